@@ -1,0 +1,35 @@
+"""Turn library exceptions into one-line messages and exit codes (the only place that exits)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+
+import typer
+
+
+def handle_errors(command):
+    """Wrap a typer command: XmrError -> `Error: ...` + exit 1; Ctrl-C -> exit 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from retrieval.errors import XmrError
+
+        # open_clip logs through the root logger; users see our messages, not its chatter.
+        logging.getLogger().setLevel(logging.CRITICAL)
+        try:
+            return command(*args, **kwargs)
+        except XmrError as exc:
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo(
+                "interrupted; committed work is kept, run the command again to resume", err=True
+            )
+            raise typer.Exit(130) from None
+        except BrokenPipeError:  # `xmr search ... | head`
+            sys.stderr.close()
+            raise typer.Exit(0) from None
+
+    return wrapper

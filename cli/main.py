@@ -1,0 +1,183 @@
+"""The `xmr` command line. Each command parses, calls one library function, formats.
+
+Heavy imports (torch, open_clip, faiss) happen inside commands, so `xmr --help` and
+argument errors answer at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cli.errors import handle_errors
+from cli.options import (
+    DeviceOption,
+    IndexOption,
+    ModelOption,
+    QuietOption,
+    index_dir,
+    load_encoder_for_cli,
+    model_for_index,
+)
+
+app = typer.Typer(
+    name="xmr",
+    help="Cross-modal retrieval: index images and texts, search text->image, image->image, "
+    "image->text.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.command()
+@handle_errors
+def index(
+    folders: list[Path] = typer.Argument(..., help="Folders (or files) of images to index."),
+    index: Path = IndexOption,
+    model: str = ModelOption,
+    device: str = DeviceOption,
+    exclude: list[str] = typer.Option(
+        [], "--exclude", "-x", help="Glob to leave out (repeatable)."
+    ),
+    hidden: bool = typer.Option(False, "--hidden", help="Include hidden files and folders."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    workers: int = typer.Option(
+        None, "--workers", min=0, help="Decoding processes [default: cores]."
+    ),
+    commit_every: int = typer.Option(
+        256, "--commit-every", min=1, help="Images per commit: the most a kill can lose."
+    ),
+    max_pixels: int = typer.Option(None, "--max-pixels", help="Decompression-bomb guard."),
+    no_tokens: bool = typer.Option(
+        False, "--no-tokens", help="Do not keep token features (no re-ranking; less disk)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    quiet: bool = QuietOption,
+):
+    """Index every image under FOLDERS, incrementally (new, changed, moved, deleted)."""
+    from cli.progress import BarReporter
+    from indexer.decode import DEFAULT_MAX_PIXELS, default_workers
+    from indexer.images import IndexOptions, index_folders
+    from retrieval.library import Library
+
+    directory = index_dir(index)
+    spec = model_for_index(directory, model)
+    encoder = load_encoder_for_cli(spec, device, quiet, lazy=True)
+    options = IndexOptions(
+        exclude=tuple(exclude),
+        include_hidden=hidden,
+        batch_size=batch_size,
+        workers=default_workers() if workers is None else workers,
+        commit_every=commit_every,
+        max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+    )
+    with Library.open_or_create(directory, encoder, keep_tokens=not no_tokens) as library:
+        summary = index_folders(library, encoder, folders, options, BarReporter(quiet))
+    if as_json or not quiet:
+        from cli.output import print_summary
+
+        print_summary(summary, "images", as_json)
+
+
+@app.command("add-texts")
+@handle_errors
+def add_texts(
+    file: Path = typer.Argument(..., help=".txt (one per line), .jsonl or .csv corpus."),
+    index: Path = IndexOption,
+    model: str = ModelOption,
+    device: str = DeviceOption,
+    text_field: str = typer.Option(
+        None, "--text-field", help="JSONL key / CSV column [default: text, caption, ...]."
+    ),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    quiet: bool = QuietOption,
+):
+    """Add a text corpus to the index (deduplicated; re-runs embed only what changed)."""
+    from cli.progress import BarReporter
+    from indexer.texts import add_texts as run_add_texts
+    from indexer.texts import read_corpus
+    from retrieval.library import Library
+
+    read_corpus(file, text_field)  # refuse a bad file before loading a model
+    directory = index_dir(index)
+    spec = model_for_index(directory, model)
+    encoder = load_encoder_for_cli(spec, device, quiet, lazy=True)
+    with Library.open_or_create(directory, encoder) as library:
+        summary = run_add_texts(library, encoder, file, text_field, batch_size, BarReporter(quiet))
+    if as_json or not quiet:
+        from cli.output import print_summary
+
+        print_summary(summary, "texts", as_json)
+
+
+@app.command()
+@handle_errors
+def search(
+    query: str = typer.Argument(None, help="Text query (omit with --image)."),
+    image: Path = typer.Option(None, "--image", "-i", help="Query by this image."),
+    texts: bool = typer.Option(
+        False, "--texts", "-t", help="Search the text corpus instead of images."
+    ),
+    k: int = typer.Option(10, "-k", "--top", min=1, help="How many results."),
+    index: Path = IndexOption,
+    device: str = DeviceOption,
+    as_json: bool = typer.Option(
+        False, "--json", help="JSON array with rank, score, id, path/text."
+    ),
+    paths_only: bool = typer.Option(
+        False, "--paths", "-p", help="Only paths (or texts), one a line."
+    ),
+):
+    """Search: text->image (default), image->image (--image), image->text (--image --texts)."""
+    if (query is None) == (image is None):
+        raise typer.BadParameter("give either a text QUERY or --image PATH (not both)")
+    from cli.output import print_hits
+    from retrieval.library import Library
+    from retrieval.searcher import Searcher
+
+    with Library.open(index_dir(index)) as library:
+        encoder = load_encoder_for_cli(library.encoder_spec, device, quiet=True)
+        searcher = Searcher(library, encoder)
+        q = searcher.image_query(image) if image is not None else searcher.text_query(query)
+        hits = searcher.search(q, "texts" if texts else "images", k=k)
+    print_hits(hits, as_json, paths_only)
+
+
+@app.command()
+@handle_errors
+def info(
+    index: Path = IndexOption,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+):
+    """What an index holds: counts, model, sizes on disk."""
+    import json
+
+    from cli.output import human_bytes
+    from retrieval.library import Library
+    from retrieval.stats import index_info
+
+    with Library.open(index_dir(index)) as library:
+        data = index_info(library)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    typer.echo(f"index:    {data['directory']}")
+    typer.echo(f"model:    {data['model']} (dim {data['dim']})")
+    typer.echo(f"images:   {data['images']} indexed, {data['images_skipped']} skipped")
+    typer.echo(f"texts:    {data['texts']}")
+    typer.echo(f"tokens:   images {data['image_tokens']}, texts {data['text_tokens']}")
+    typer.echo(f"on disk:  {human_bytes(data['bytes_total'])}")
+    for name, size in data["files"].items():
+        typer.echo(f"  {name:<24} {human_bytes(size):>10}")
+
+
+def run() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    run()

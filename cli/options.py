@@ -1,0 +1,63 @@
+"""Options shared by several commands, and the helpers that resolve them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+IndexOption = typer.Option(
+    None,
+    "--index",
+    help="Index directory [default: $XMR_INDEX, else a per-user data directory].",
+    show_default=False,
+)
+ModelOption = typer.Option(
+    None,
+    "--model",
+    "-m",
+    help="NAME[:PRETRAINED], e.g. ViT-B-32:laion2b_s34b_b79k, xmr-tiny, "
+    "cfg.json:weights.safetensors, ViT-B-32:none. Default: the index's model, else "
+    "ViT-B-32:laion2b_s34b_b79k.",
+    show_default=False,
+)
+DeviceOption = typer.Option(
+    None, "--device", help="cpu, cuda, cuda:1 ... [default: cuda when present, else cpu]"
+)
+QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars or summary.")
+
+
+def index_dir(index: Path | None) -> Path:
+    from retrieval.library import default_index_dir
+
+    return Path(index).expanduser() if index is not None else default_index_dir()
+
+
+def model_for_index(index: Path, model: str | None) -> str:
+    """--model if given, else the model the index was built with, else the default."""
+    if model:
+        return model
+    from retrieval.library import MANIFEST_FILE
+    from retrieval.modelspec import DEFAULT_MODEL
+
+    manifest = index / MANIFEST_FILE
+    if manifest.exists():
+        import json
+
+        return json.loads(manifest.read_text())["encoder"]["spec"]
+    return DEFAULT_MODEL
+
+
+def load_encoder_for_cli(spec: str, device: str | None, quiet: bool, lazy: bool = False):
+    """The encoder for `spec`; `lazy` defers loading the model until something needs it."""
+    from retrieval.encoder import LazyEncoder, load_encoder
+
+    encoder = LazyEncoder(spec, device) if lazy else load_encoder(spec, device)
+    if encoder.spec.random_weights and not quiet and not os.environ.get("XMR_NO_RANDOM_WARNING"):
+        typer.echo(
+            f"warning: {spec} has random weights; its results mean nothing "
+            f"(use it for tests and speed measurements only)",
+            err=True,
+        )
+    return encoder

@@ -1,0 +1,48 @@
+"""Results for people (aligned columns), pipes (paths only) and programs (JSON)."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def print_hits(hits, as_json: bool, paths_only: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps([h.as_dict() for h in hits], ensure_ascii=False, indent=2))
+        return
+    for hit in hits:
+        target = hit.path if hit.kind == "image" else hit.text
+        if paths_only:
+            typer.echo(target)
+        else:
+            typer.echo(f"{hit.rank:>3}  {hit.score:7.4f}  {target}")
+
+
+def print_summary(summary, what: str, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(summary.as_dict(), indent=2))
+        return
+    parts = [f"{summary.new} new"]
+    for label, value in (
+        ("updated", summary.updated),
+        ("unchanged", summary.unchanged),
+        ("touched", summary.touched),
+        ("moved", summary.moved),
+        ("duplicates", summary.duplicates),
+        ("removed", summary.removed),
+        ("skipped", len(summary.skipped)),
+        ("skipped earlier", summary.skipped_before),
+    ):
+        if value or label in ("unchanged", "removed", "skipped"):
+            parts.append(f"{value} {label}")
+    rate = f", {summary.items_per_second:.1f} {what}/s encoded" if summary.encoded else ""
+    typer.echo(f"{what}: " + ", ".join(parts) + f" in {summary.seconds:.1f}s{rate}", err=True)

@@ -1,0 +1,264 @@
+"""`xmr index`: bring an index in line with folders of images, incrementally.
+
+Plan (no pixels touched):
+  unchanged  size+mtime equal                          -> nothing
+  touched    stat differs, same content hash           -> update stat
+  moved      new path, hash of a file that vanished    -> update path, keep id/vector
+  duplicate  new path, hash of an indexed file         -> new row, copy vector
+  changed    stat and hash differ                      -> re-embed under a new id
+  new        unknown path and hash                     -> embed
+  removed    indexed path no longer on disk            -> delete row and vector
+Then embed in batches; each batch commits (rows + vectors), so a killed run resumes
+from the last committed batch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import delete, or_, select
+
+from indexer.decode import DEFAULT_MAX_PIXELS, decode_batches, default_workers
+from indexer.report import IndexSummary, Reporter
+from indexer.scan import ScannedFile, content_hash, scan_folders
+from retrieval.db import Database, ImageRow
+from retrieval.library import Library
+
+
+@dataclass
+class IndexOptions:
+    exclude: tuple[str, ...] = ()
+    include_hidden: bool = False
+    batch_size: int = 64
+    workers: int = field(default_factory=default_workers)
+    commit_every: int = 256  # images per transaction: what a kill can cost at most
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass
+class _Pending:
+    """A file that needs the encoder."""
+
+    file: ScannedFile
+    content_hash: str
+    replaces: int | None  # id of the stale row of a changed file
+
+
+def index_folders(
+    library: Library,
+    encoder,
+    roots: list[Path],
+    options: IndexOptions | None = None,
+    reporter: Reporter | None = None,
+) -> IndexSummary:
+    options = options or IndexOptions()
+    reporter = reporter or Reporter()
+    started = time.monotonic()
+    summary = IndexSummary()
+    roots = [Path(r).expanduser().resolve() for r in roots]
+
+    scanned = {f.path: f for f in scan_folders(roots, options.exclude, options.include_hidden)}
+    with library.db.session() as session:
+        known = {row.path: row for row in session.scalars(_rows_under(roots))}
+        pending, twins = _plan(session, library, scanned, known, summary, reporter)
+        library.db.bump_generation(session)
+        session.commit()
+
+    _embed(library, encoder, pending, twins, options, summary, reporter)
+    library.save()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _rows_under(roots: list[Path]):
+    conditions = []
+    for root in roots:
+        conditions.append(ImageRow.path == str(root))
+        conditions.append(ImageRow.path.startswith(str(root) + os.sep, autoescape=True))
+    return select(ImageRow).where(or_(*conditions))
+
+
+def _plan(session, library, scanned, known, summary, reporter):
+    """Apply every change that needs no encoder; return the files that do."""
+    to_hash: list[ScannedFile] = []
+    for path, file in scanned.items():
+        row = known.get(path)
+        if row is not None and row.size == file.size and row.mtime_ns == file.mtime_ns:
+            if row.state == "indexed":
+                summary.unchanged += 1
+            else:
+                summary.skipped_before += 1
+        else:
+            to_hash.append(file)
+    hashes = _hash_files(to_hash, reporter)
+    gone = {path: row for path, row in known.items() if path not in scanned}
+    gone_by_hash = {row.content_hash: row for row in gone.values() if row.state == "indexed"}
+    indexed_by_hash = _indexed_hashes(session) if to_hash else {}
+
+    pending: list[_Pending] = []
+    twins: dict[str, list[_Pending]] = {}  # hash -> later files of the same new content
+    for file in to_hash:
+        digest = hashes.get(file.path)
+        if digest is None:
+            summary.skipped.append((file.path, "cannot read file"))
+            reporter.skip(file.path, "cannot read file")
+            continue
+        row = known.get(file.path)
+        if row is not None and row.state == "indexed" and row.content_hash == digest:
+            row.size, row.mtime_ns = file.size, file.mtime_ns
+            summary.touched += 1
+        elif row is None and digest in gone_by_hash:
+            moved = gone_by_hash.pop(digest)
+            gone.pop(moved.path)
+            moved.path, moved.size, moved.mtime_ns = file.path, file.size, file.mtime_ns
+            session.flush()  # the old path is free before another row may claim it
+            summary.moved += 1
+        elif (twin := _twin(session, indexed_by_hash, digest)) is not None:
+            _add_copy(session, library, twin, file, replaces=None if row is None else row.id)
+            summary.duplicates += 1
+        elif digest in twins:
+            twins[digest].append(_Pending(file, digest, None if row is None else row.id))
+        else:
+            twins[digest] = []
+            pending.append(_Pending(file, digest, None if row is None else row.id))
+    for row in gone.values():
+        session.delete(row)
+        library.images.index.remove([row.id])
+        summary.removed += 1
+    return pending, twins
+
+
+def _hash_files(files: list[ScannedFile], reporter: Reporter) -> dict[str, str]:
+    if not files:
+        return {}
+    reporter.stage("hashing", len(files))
+    hashes: dict[str, str] = {}
+
+    def one(file: ScannedFile) -> tuple[str, str | None]:
+        try:
+            return file.path, content_hash(file.path)
+        except OSError:
+            return file.path, None
+
+    # hashlib releases the GIL on large buffers, so threads overlap file I/O and hashing.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for path, digest in pool.map(one, files):
+            if digest is not None:
+                hashes[path] = digest
+            reporter.advance(1)
+    reporter.done()
+    return hashes
+
+
+def _indexed_hashes(session) -> dict[str, int]:
+    """content hash -> id of one indexed image with it (one query, not one per file)."""
+    query = select(ImageRow.content_hash, ImageRow.id).where(ImageRow.state == "indexed")
+    return {digest: row_id for digest, row_id in session.execute(query)}
+
+
+def _twin(session, indexed_by_hash: dict[str, int], digest: str) -> ImageRow | None:
+    row_id = indexed_by_hash.get(digest)
+    return None if row_id is None else session.get(ImageRow, row_id)
+
+
+def _add_copy(session, library, twin: ImageRow, file: ScannedFile, replaces: int | None):
+    _drop_stale(session, library, replaces)
+    row = ImageRow(
+        path=file.path,
+        size=file.size,
+        mtime_ns=file.mtime_ns,
+        content_hash=twin.content_hash,
+        width=twin.width,
+        height=twin.height,
+        format=twin.format,
+        taken_at=twin.taken_at,
+    )
+    session.add(row)
+    session.flush()
+    library.images.copy(twin.id, row.id)
+
+
+def _drop_stale(session, library, row_id: int | None) -> None:
+    """Remove the row of a file whose content changed, before its replacement is added."""
+    if row_id is not None:
+        library.images.index.remove([row_id])
+        session.execute(delete(ImageRow).where(ImageRow.id == row_id))
+        session.flush()
+
+
+def _embed(library, encoder, pending, twins, options, summary, reporter) -> None:
+    if not pending:
+        return
+    import torch
+
+    reporter.stage("embedding", len(pending))
+    paths = [p.file.path for p in pending]
+    batches = decode_batches(
+        paths, encoder.preprocess, options.batch_size, options.workers, options.max_pixels
+    )
+    session = library.db.session()
+    uncommitted = 0
+    try:
+        for batch in batches:
+            good = [d for d in batch if d.pixels is not None]
+            encoded = None
+            if good:
+                t0 = time.monotonic()
+                encoded = encoder.encode_images(torch.stack([d.pixels for d in good]))
+                summary.encode_seconds += time.monotonic() - t0
+                summary.encoded += len(good)
+            rows = []
+            for decoded in batch:
+                item = pending[decoded.position]
+                _drop_stale(session, library, item.replaces)
+                row = ImageRow(
+                    path=item.file.path,
+                    size=item.file.size,
+                    mtime_ns=item.file.mtime_ns,
+                    content_hash=item.content_hash,
+                    width=decoded.width or None,
+                    height=decoded.height or None,
+                    format=decoded.format,
+                    taken_at=decoded.taken_at,
+                    state="indexed" if decoded.pixels is not None else "skipped",
+                    error=decoded.error,
+                )
+                session.add(row)
+                if decoded.pixels is None:
+                    summary.skipped.append((item.file.path, decoded.error))
+                    reporter.skip(item.file.path, decoded.error)
+                else:
+                    rows.append(row)
+                    if item.replaces is None:
+                        summary.new += 1
+                    else:
+                        summary.updated += 1
+            session.flush()  # assigns ids
+            if encoded is not None:
+                ids = np.array([row.id for row in rows], dtype=np.int64)
+                library.images.write(ids, encoded.vectors, encoded.tokens)
+                for row in rows:
+                    for twin in twins.get(row.content_hash, ()):
+                        _add_copy(session, library, row, twin.file, replaces=twin.replaces)
+                        summary.duplicates += 1
+            uncommitted += len(batch)
+            reporter.advance(len(batch))
+            if uncommitted >= options.commit_every:
+                _commit(library, session)
+                uncommitted = 0
+        _commit(library, session)
+    finally:
+        session.close()
+        reporter.done()
+
+
+def _commit(library: Library, session) -> None:
+    """Vectors reach the disk before the rows that point at them."""
+    library.images.flush()
+    Database.bump_generation(session)
+    session.commit()

@@ -1,0 +1,99 @@
+"""Walk folder trees for image files: recursive, excludes, hidden files, symlink-loop safe."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from retrieval.errors import InputError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    path: str  # absolute
+    size: int
+    mtime_ns: int
+
+
+def scan_folders(
+    roots: Iterable[Path],
+    exclude: Iterable[str] = (),
+    include_hidden: bool = False,
+    follow_symlinks: bool = True,
+) -> Iterator[ScannedFile]:
+    """Yield every image file under `roots`, each path once.
+
+    `exclude` holds globs matched against the path relative to its root and against
+    each name (so `raw` and `*/thumbs/*` both work). Directories are visited once by
+    (device, inode), so a symlink loop cannot recurse forever.
+    """
+    patterns = list(exclude)
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[str] = set()
+    for root in roots:
+        root = Path(root).expanduser()
+        if not root.exists():
+            raise InputError(f"{root} does not exist; give a folder of images")
+        root = root.resolve()
+        if root.is_file():
+            entry = _scanned(root)
+            if entry is not None:
+                yield entry
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
+            stat = os.stat(dirpath)
+            if (stat.st_dev, stat.st_ino) in seen_dirs:
+                dirnames[:] = []
+                continue
+            seen_dirs.add((stat.st_dev, stat.st_ino))
+            rel_dir = os.path.relpath(dirpath, root)
+            dirnames[:] = sorted(
+                d
+                for d in dirnames
+                if (include_hidden or not d.startswith("."))
+                and not _excluded(d, os.path.join(rel_dir, d), patterns)
+            )
+            for name in sorted(filenames):
+                if not include_hidden and name.startswith("."):
+                    continue
+                if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                    continue
+                if _excluded(name, os.path.normpath(os.path.join(rel_dir, name)), patterns):
+                    continue
+                path = os.path.join(dirpath, name)
+                real = os.path.realpath(path) if follow_symlinks else path
+                if real in seen_files:
+                    continue
+                seen_files.add(real)
+                entry = _scanned(Path(path))
+                if entry is not None:
+                    yield entry
+
+
+def _excluded(name: str, rel_path: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(rel_path, p) for p in patterns)
+
+
+def _scanned(path: Path) -> ScannedFile | None:
+    try:
+        stat = path.stat()
+    except OSError:  # a dangling symlink or a file deleted while walking
+        return None
+    return ScannedFile(str(path.absolute()), stat.st_size, stat.st_mtime_ns)
+
+
+def content_hash(path: str, chunk_size: int = 1 << 20) -> str:
+    """128-bit BLAKE2b of the file's bytes: recognises moved and duplicated files."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()

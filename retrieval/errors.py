@@ -1,0 +1,37 @@
+"""Typed exceptions of the library. `cli/` turns each into `Error: <message>` and exit code 1.
+
+Library code raises these and never prints or exits; the message must name the
+file or value at fault and say what to do instead.
+"""
+
+
+class XmrError(Exception):
+    """Base class of every error xmr reports to a user."""
+
+
+class ModelNotAvailable(XmrError):
+    """The encoder's weights or config cannot be found or loaded."""
+
+
+class InvalidModelSpec(XmrError):
+    """A `--model NAME[:PRETRAINED]` string that names nothing usable."""
+
+
+class EncoderMismatch(XmrError):
+    """An index built with one encoder was opened with another."""
+
+
+class IndexNotFound(XmrError):
+    """No xmr index lives at the given directory."""
+
+
+class IndexCorrupt(XmrError):
+    """An index directory whose files cannot be read back."""
+
+
+class DatasetError(XmrError):
+    """A retrieval dataset file (Karpathy / LAVIS / corpus JSON) is malformed or incomplete."""
+
+
+class InputError(XmrError):
+    """A user-supplied file or argument that cannot be used (missing, wrong format)."""

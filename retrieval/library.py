@@ -1,0 +1,238 @@
+"""An index directory: manifest + SQLite + per-modality vector/token stores + FAISS.
+
+    DIR/manifest.json        encoder identity, dimension, token shapes
+    DIR/xmr.sqlite3          metadata, the source of truth (see db.py)
+    DIR/images.vec           (capacity, D) float32 vectors by id     (arraystore.py)
+    DIR/images.tok           (capacity, N, D) float16 tokens by id   (optional)
+    DIR/images.faiss(.json)  FAISS index over the vectors            (vector_index.py)
+    DIR/texts.*              the same for the text corpus
+
+Opening an index with a different encoder is refused: vectors of two models do not
+share a space, and mixing them would give silently wrong results.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.arraystore import ArrayStore
+from retrieval.db import Database, ImageRow, TextRow
+from retrieval.errors import EncoderMismatch, IndexCorrupt, IndexNotFound, XmrError
+from retrieval.modelspec import parse_model_spec
+from retrieval.vector_index import VectorIndex
+
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
+INDEX_ENV = "XMR_INDEX"
+
+
+def default_index_dir() -> Path:
+    """`$XMR_INDEX`, else a per-user data directory."""
+    if os.environ.get(INDEX_ENV):
+        return Path(os.environ[INDEX_ENV]).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("xmr")) / "index"
+
+
+@dataclass
+class Collection:
+    """One modality of an index: its table, vectors, tokens and FAISS index."""
+
+    name: str  # "images" | "texts"
+    table: type
+    vectors: ArrayStore
+    tokens: ArrayStore | None
+    index: VectorIndex
+    faiss_path: Path
+
+    def write(self, ids: np.ndarray, vectors: np.ndarray, tokens: np.ndarray | None) -> None:
+        """Store new items' records (before the DB commit) and add them to FAISS."""
+        self.vectors.write(ids, vectors)
+        if self.tokens is not None and tokens is not None:
+            self.tokens.write(ids, tokens)
+        self.index.add(ids, vectors)
+
+    def copy(self, source_id: int, new_id: int) -> None:
+        """A duplicate file reuses the vector (and tokens) of its twin."""
+        ids = np.array([new_id])
+        vector = self.vectors.read(np.array([source_id]))
+        tokens = None if self.tokens is None else self.tokens.read(np.array([source_id]))
+        self.write(ids, vector, tokens)
+
+    def flush(self) -> None:
+        self.vectors.flush()
+        if self.tokens is not None:
+            self.tokens.flush()
+
+
+class Library:
+    def __init__(self, directory: Path, manifest: dict, writable: bool):
+        self.directory = Path(directory)
+        self.manifest = manifest
+        self.writable = writable
+        self._lock_file = None
+        if writable:
+            self._lock()
+        self.db = Database(self.directory)
+        dim = int(manifest["dim"])
+        self.images = self._collection("images", ImageRow, dim, manifest.get("image_tokens"))
+        self.texts = self._collection("texts", TextRow, dim, manifest.get("text_tokens"))
+        self.sync()
+
+    # -- opening -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, directory: Path, writable: bool = False) -> Library:
+        directory = Path(directory).expanduser()
+        manifest_path = directory / MANIFEST_FILE
+        if not manifest_path.exists():
+            raise IndexNotFound(
+                f"no xmr index at {directory}; build one with `xmr index FOLDER --index "
+                f"{directory}` (or set {INDEX_ENV})"
+            )
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise IndexCorrupt(f"{manifest_path} is unreadable: {exc}") from exc
+        return cls(directory, manifest, writable)
+
+    @classmethod
+    def open_or_create(cls, directory: Path, encoder, keep_tokens: bool = True) -> Library:
+        """Open for writing with `encoder`, creating the index if it does not exist."""
+        directory = Path(directory).expanduser()
+        if (directory / MANIFEST_FILE).exists():
+            library = cls.open(directory, writable=True)
+            try:
+                library.check_encoder(encoder.spec.identity())  # no model load needed
+            except EncoderMismatch:
+                library.close()
+                raise
+            return library
+        directory.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "format": FORMAT_VERSION,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "encoder": {"spec": encoder.spec.canonical, "identity": encoder.identity()},
+            "dim": encoder.dim,
+            "image_tokens": _shape(encoder.image_token_shape) if keep_tokens else None,
+            "text_tokens": _shape(encoder.text_token_shape) if keep_tokens else None,
+        }
+        _write_json_atomic(directory / MANIFEST_FILE, manifest)
+        return cls(directory, manifest, writable=True)
+
+    @property
+    def encoder_spec(self) -> str:
+        return self.manifest["encoder"]["spec"]
+
+    def check_encoder(self, identity: dict) -> None:
+        stored = self.manifest["encoder"]["identity"]
+        comparable = {k: v for k, v in identity.items() if k != "dim"}
+        if {k: v for k, v in stored.items() if k != "dim"} != comparable:
+            raise EncoderMismatch(
+                f"index {self.directory} was built with model '{self.encoder_spec}', not "
+                f"'{_describe(identity)}'; use --model {self.encoder_spec} or another --index"
+            )
+
+    def check_model_spec(self, spec_text: str) -> None:
+        """Refuse a --model that differs from the index's, without loading the model."""
+        self.check_encoder(parse_model_spec(spec_text).identity())
+
+    def _collection(self, name, table, dim, token_shape) -> Collection:
+        vectors = ArrayStore(self.directory / f"{name}.vec", (dim,), "float32")
+        tokens = None
+        if token_shape:
+            tokens = ArrayStore(self.directory / f"{name}.tok", tuple(token_shape), "float16")
+        faiss_path = self.directory / f"{name}.faiss"
+        try:
+            index = VectorIndex.load(faiss_path, dim)
+        except RuntimeError as exc:  # a truncated FAISS file: it is derived data, rebuild it
+            if not self.writable:
+                raise IndexCorrupt(
+                    f"{faiss_path} is unreadable ({exc}); run `xmr index` to rebuild it"
+                ) from exc
+            index = VectorIndex.empty(dim)
+        return Collection(name, table, vectors, tokens, index, faiss_path)
+
+    # -- consistency ---------------------------------------------------------------------
+    def sync(self) -> None:
+        """Catch FAISS up with the database after a killed run (cheap when up to date)."""
+        generation = self.db.generation()
+        for collection in (self.images, self.texts):
+            if collection.index.generation == generation:
+                continue
+            ids = np.asarray(self.db.ids(collection.table), dtype=np.int64)
+            added, removed = collection.index.sync(ids, collection.vectors.read)
+            if self.writable and (added or removed or collection.index.generation != generation):
+                collection.index.save(collection.faiss_path, generation)
+
+    def save(self) -> None:
+        """Flush stores and write FAISS files that reflect the current database generation."""
+        generation = self.db.generation()
+        for collection in (self.images, self.texts):
+            collection.flush()
+            if collection.index.generation != generation:
+                collection.index.save(collection.faiss_path, generation)
+
+    def close(self) -> None:
+        if self.writable:
+            self.save()
+        for collection in (self.images, self.texts):
+            collection.vectors.close()
+            if collection.tokens is not None:
+                collection.tokens.close()
+        self.db.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is not None and self.writable:
+            # FAISS may hold vectors whose rows were rolled back: leave the old file, whose
+            # generation is behind, so the next open re-syncs from the database.
+            self.writable = False
+        self.close()
+
+    def _lock(self) -> None:
+        self._lock_file = open(self.directory / "write.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self._lock_file.close()
+            self._lock_file = None
+            raise XmrError(
+                f"another xmr process is writing to {self.directory}; wait for it to finish"
+            ) from exc
+
+    # -- reporting -----------------------------------------------------------------------
+    def disk_usage(self) -> dict[str, int]:
+        return {
+            p.name: p.stat().st_size
+            for p in sorted(self.directory.iterdir())
+            if p.is_file() and not p.name.endswith(".lock")
+        }
+
+
+def _shape(shape) -> list[int] | None:
+    return None if shape is None else [int(s) for s in shape]
+
+
+def _describe(identity: dict) -> str:
+    name = identity.get("name")
+    pretrained = identity.get("pretrained")
+    return name if pretrained is None else f"{name}:{pretrained}"
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)

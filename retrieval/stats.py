@@ -1,0 +1,30 @@
+"""What an index holds, as a plain dict (for `xmr info` and the HTTP server)."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from retrieval.db import ImageRow, TextRow
+from retrieval.library import Library
+
+
+def index_info(library: Library) -> dict:
+    with library.db.session() as session:
+        images = session.scalar(select(func.count()).where(ImageRow.state == "indexed"))
+        skipped = session.scalar(select(func.count()).where(ImageRow.state == "skipped"))
+        texts = session.scalar(select(func.count()).select_from(TextRow))
+    files = library.disk_usage()
+    manifest = library.manifest
+    return {
+        "directory": str(library.directory),
+        "model": library.encoder_spec,
+        "dim": manifest["dim"],
+        "images": images,
+        "images_skipped": skipped,
+        "texts": texts,
+        "image_tokens": manifest.get("image_tokens"),
+        "text_tokens": manifest.get("text_tokens"),
+        "faiss": {"images": library.images.index.ntotal, "texts": library.texts.index.ntotal},
+        "files": files,
+        "bytes_total": sum(files.values()),
+    }
