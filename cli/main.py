@@ -59,8 +59,8 @@ def index(
 ):
     """Index every image under FOLDERS, incrementally (new, changed, moved, deleted)."""
     from cli.progress import BarReporter
-    from indexer.decode import DEFAULT_MAX_PIXELS, default_workers
     from indexer.images import IndexOptions, index_folders
+    from retrieval.imageio import DEFAULT_MAX_PIXELS, default_workers
     from retrieval.library import Library
 
     directory = index_dir(index)
@@ -123,10 +123,17 @@ def search(
         False, "--texts", "-t", help="Search the text corpus instead of images."
     ),
     k: int = typer.Option(10, "-k", "--top", min=1, help="How many results."),
+    candidates: int = typer.Option(
+        None, "--candidates", "-K", min=1, help="Stage-1 depth re-ranked [default: 128]."
+    ),
+    no_rerank: bool = typer.Option(False, "--no-rerank", help="Stage 1 only (dual encoder)."),
+    reranker: str = typer.Option(
+        "auto", "--reranker", help="Re-ranker folder, 'auto' (the model's own) or 'none'."
+    ),
     index: Path = IndexOption,
     device: str = DeviceOption,
     as_json: bool = typer.Option(
-        False, "--json", help="JSON array with rank, score, id, path/text."
+        False, "--json", help="JSON array with rank, score, id, stage1_score, path/text."
     ),
     paths_only: bool = typer.Option(
         False, "--paths", "-p", help="Only paths (or texts), one a line."
@@ -137,13 +144,15 @@ def search(
         raise typer.BadParameter("give either a text QUERY or --image PATH (not both)")
     from cli.output import print_hits
     from retrieval.library import Library
+    from retrieval.reranker_loading import resolve_reranker
     from retrieval.searcher import Searcher
 
     with Library.open(index_dir(index)) as library:
         encoder = load_encoder_for_cli(library.encoder_spec, device, quiet=True)
-        searcher = Searcher(library, encoder)
+        ranker = None if no_rerank else resolve_reranker(reranker, encoder, device)
+        searcher = Searcher(library, encoder, ranker)
         q = searcher.image_query(image) if image is not None else searcher.text_query(query)
-        hits = searcher.search(q, "texts" if texts else "images", k=k)
+        hits = searcher.search(q, "texts" if texts else "images", k=k, candidates=candidates)
     print_hits(hits, as_json, paths_only)
 
 
@@ -173,6 +182,14 @@ def info(
     typer.echo(f"on disk:  {human_bytes(data['bytes_total'])}")
     for name, size in data["files"].items():
         typer.echo(f"  {name:<24} {human_bytes(size):>10}")
+
+
+from cli import bench_cmd, train_cmds  # noqa: E402 (registered after the core commands)
+
+app.command("make-corpus")(train_cmds.make_corpus)
+app.command("train-encoder")(train_cmds.train_encoder)
+app.command("train-reranker")(train_cmds.train_reranker)
+app.command("bench")(bench_cmd.bench)
 
 
 def run() -> None:

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import delete, or_, select
 
-from indexer.decode import DEFAULT_MAX_PIXELS, decode_batches, default_workers
 from indexer.report import IndexSummary, Reporter
 from indexer.scan import ScannedFile, content_hash, scan_folders
 from retrieval.db import Database, ImageRow
+from retrieval.imageio import DEFAULT_MAX_PIXELS, decode_batches, default_workers
 from retrieval.library import Library
 
 
@@ -232,6 +232,22 @@ def _embed(library, encoder, pending, twins, options, summary, reporter) -> None
                 if decoded.pixels is None:
                     summary.skipped.append((item.file.path, decoded.error))
                     reporter.skip(item.file.path, decoded.error)
+                    # Later files with the same bytes fail the same way (e.g. several
+                    # zero-byte files): record and report each, or they vanish silently.
+                    for twin in twins.get(item.content_hash, ()):
+                        _drop_stale(session, library, twin.replaces)
+                        session.add(
+                            ImageRow(
+                                path=twin.file.path,
+                                size=twin.file.size,
+                                mtime_ns=twin.file.mtime_ns,
+                                content_hash=twin.content_hash,
+                                state="skipped",
+                                error=decoded.error,
+                            )
+                        )
+                        summary.skipped.append((twin.file.path, decoded.error))
+                        reporter.skip(twin.file.path, decoded.error)
                 else:
                     rows.append(row)
                     if item.replaces is None:

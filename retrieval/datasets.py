@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,20 @@ class RetrievalDataset:
     @property
     def n_texts(self) -> int:
         return len(self.captions)
+
+    def head(self, n_images: int) -> RetrievalDataset:
+        """The first `n_images` images with their captions (quick runs of a benchmark)."""
+        if n_images >= self.n_images:
+            return self
+        n_texts = self.image_to_texts[n_images - 1][-1] + 1  # captions are stored image by image
+        return replace(
+            self,
+            image_paths=self.image_paths[:n_images],
+            captions=self.captions[:n_texts],
+            text_to_image=self.text_to_image[:n_texts],
+            image_to_texts=self.image_to_texts[:n_images],
+            negatives=None if self.negatives is None else self.negatives[:n_images],
+        )
 
 
 def _abs(path: Path) -> Path:

@@ -203,18 +203,10 @@ def load_encoder(spec: str | ModelSpec, device: str | None = None) -> Encoder:
     """Resolve, build and load an encoder. Raises InvalidModelSpec / ModelNotAvailable."""
     if isinstance(spec, str):
         spec = parse_model_spec(spec)
-    _fail_fast_if_not_cached(spec)
-    open_clip = _import_open_clip()
-    import torch
-
+    _fail_fast_if_not_cached(spec)  # before select_device: it imports torch (~2 s)
     device = select_device(device)
     started = time.monotonic()
-    if spec.random_weights:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_WEIGHTS_SEED)
-            model, preprocess, tokenizer = _build(open_clip, spec)
-    else:
-        model, preprocess, tokenizer = _build(open_clip, spec)
+    model, preprocess, tokenizer = build_open_clip(spec)
     model = model.to(device).eval()
     for param in model.parameters():
         param.requires_grad_(False)
@@ -239,11 +231,34 @@ def _fail_fast_if_not_cached(spec: ModelSpec) -> None:
         raise ModelNotAvailable(_unavailable_message(spec, None))
 
 
+def build_open_clip(spec: str | ModelSpec):
+    """(model, preprocess, tokenizer) for a spec, trainable as built (used by training too).
+
+    `:none` weights are drawn from a fixed seed, so every process builds the same model.
+    """
+    if isinstance(spec, str):
+        spec = parse_model_spec(spec)
+    _fail_fast_if_not_cached(spec)
+    open_clip = _import_open_clip()
+    import torch
+
+    if not spec.random_weights:
+        return _build(open_clip, spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        return _build(open_clip, spec)
+
+
 def _build(open_clip, spec: ModelSpec):
     if spec.kind in ("shipped", "folder"):
         ref = f"local-dir:{spec.name}"
         load_weights = spec.pretrained is None
-        model, _, preprocess = open_clip.create_model_and_transforms(ref, load_weights=load_weights)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                ref, load_weights=load_weights
+            )
+        except Exception as exc:  # weights that do not fit the config, a broken config
+            raise ModelNotAvailable(_unavailable_message(spec, exc)) from exc
         tokenizer = open_clip.get_tokenizer(ref)
         if spec.pretrained not in (None, RANDOM_WEIGHTS):
             _load_checkpoint(open_clip, model, spec)

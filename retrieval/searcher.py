@@ -19,6 +19,8 @@ from retrieval.errors import InputError
 from retrieval.imageio import DecodeError, decode_image
 from retrieval.library import Collection, Library
 
+DEFAULT_CANDIDATES = 128  # stage-1 depth for re-ranking: ALBEF/BLIP's Flickr30k setting
+
 
 @dataclass
 class Hit:
@@ -41,7 +43,9 @@ class Hit:
         else:
             out["text"] = self.text
             out["source"] = self.source
-        out.update(self.meta)
+        if self.meta:
+            # Nested, so a record's own "id" or "score" cannot overwrite the hit's.
+            out["meta"] = self.meta
         return out
 
 
@@ -111,16 +115,34 @@ class Searcher:
         exclude = None
         if target == "images" and query.exclude_image_id is not None:
             exclude = [query.exclude_image_id]  # image->image never answers with itself
-        use_reranker = rerank and self.reranker is not None and collection.tokens is not None
-        depth = max(k, candidates or k) if use_reranker else k
+        # The re-ranker matches texts with images: it serves text->image and image->text.
+        cross_modal = (query.kind == "text") == (target == "images")
+        use_reranker = (
+            rerank
+            and cross_modal
+            and self.reranker is not None
+            and collection.tokens is not None
+            and query.tokens is not None
+        )
+        depth = max(k, candidates or DEFAULT_CANDIDATES) if use_reranker else k
         scores, ids = collection.index.search(query.vector[None, :], depth, exclude, allowed_ids)
         keep = ids[0] >= 0
         ids, stage1 = ids[0][keep], scores[0][keep]  # (K,), (K,)
         final = stage1
         if use_reranker and len(ids):
-            final = self.reranker.score(query, collection, ids, stage1)  # (K,)
+            final = self._rerank(query, collection, ids, stage1)  # (K,)
         order = np.argsort(-final, kind="stable")[:k]
         return self._hits(collection, ids[order], final[order], stage1[order])
+
+    def _rerank(self, query: Query, collection: Collection, ids, stage1) -> np.ndarray:
+        tokens = collection.tokens.read(ids)  # (K, N, D) images or (K, L, D) texts
+        if query.kind == "text":
+            return self.reranker.rerank_images(query.tokens, query.length, tokens, stage1)
+        with self.library.db.session() as session:
+            query_lengths = select(TextRow.id, TextRow.n_tokens).where(TextRow.id.in_(ids.tolist()))
+            lengths = dict(session.execute(query_lengths).tuples())
+        text_lengths = np.array([lengths[int(i)] for i in ids])
+        return self.reranker.rerank_texts(query.tokens, tokens, text_lengths, stage1)
 
     def _hits(self, collection: Collection, ids, final, stage1) -> list[Hit]:
         table = collection.table

@@ -1,0 +1,80 @@
+"""`xmr bench`: recall@k of the dual encoder and the re-ranker on a dataset split."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from cli.errors import handle_errors
+from cli.options import DeviceOption, QuietOption
+
+
+@handle_errors
+def bench(
+    data: Path = typer.Argument(
+        ...,
+        help="Karpathy JSON (COCO/Flickr30k/xmr make-corpus) or "
+        "LAVIS/CLIP_benchmark annotation list.",
+    ),
+    images_root: Path = typer.Option(None, "--images-root", help="Folder image paths are under."),
+    model: str = typer.Option("xmr-tiny", "--model", "-m", help="Encoder NAME[:PRETRAINED]."),
+    reranker: str = typer.Option(
+        "auto", "--reranker", help="Re-ranker folder, 'auto' (the model's own) or 'none'."
+    ),
+    split: str = typer.Option("test", "--split", help="Karpathy split; 'all' for every image."),
+    candidates: int = typer.Option(
+        128, "--candidates", "-K", min=1, help="Stage-1 depth for re-ranking."
+    ),
+    index_type: str = typer.Option("flat", "--index-type", help="flat, hnsw, ivf, ivfpq, auto."),
+    limit: int = typer.Option(None, "--limit", help="Only the first N images (quick runs)."),
+    cache: Path = typer.Option(
+        Path.home() / ".cache" / "xmr" / "bench", "--cache", help="Embedding cache folder."
+    ),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Always re-encode."),
+    json_out: Path = typer.Option(None, "--json", help="Write the result JSON here."),
+    report: Path = typer.Option(None, "--report", help="Write a markdown table here."),
+    plot: Path = typer.Option(None, "--plot", help="Write a PNG of recall@k curves here."),
+    device: str = DeviceOption,
+    quiet: bool = QuietOption,
+):
+    """Recall@1/5/10 both ways (CLIP-paper definition), per stage, plus hard negatives."""
+    from retrieval.bench import BenchOptions, run_benchmark
+    from retrieval.bench_report import markdown_report, plot_curves
+    from retrieval.datasets import load_dataset
+    from retrieval.encoder import load_encoder
+    from retrieval.reranker_loading import resolve_reranker
+
+    dataset = load_dataset(data, images_root, split=None if split == "all" else split)
+    if limit:
+        dataset = dataset.head(limit)
+    encoder = load_encoder(model, device)
+    ranker = resolve_reranker(reranker, encoder, device)
+    options = BenchOptions(
+        candidates=candidates, index_type=index_type, cache_dir=None if no_cache else cache
+    )
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if quiet or not sys.stderr.isatty():
+            return
+        bar = bars.setdefault(
+            stage, tqdm(total=total, desc=f"encoding {stage}", leave=False, file=sys.stderr)
+        )
+        bar.update(done - bar.n)
+
+    result = run_benchmark(dataset, encoder, ranker, options, progress)
+    for bar in bars.values():
+        bar.close()
+    text = markdown_report(result)
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=2))
+    if report:
+        report.write_text(text)
+    if plot:
+        plot_curves(result, plot)
+    typer.echo(text)

@@ -1,0 +1,163 @@
+"""Commands that make data and models: make-corpus, train-encoder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from cli.errors import handle_errors
+from cli.options import QuietOption
+
+
+def _bar(total: int, desc: str, quiet: bool):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        file=sys.stderr,
+        disable=quiet or not sys.stderr.isatty(),
+        dynamic_ncols=True,
+        leave=False,
+    )
+
+
+@handle_errors
+def make_corpus(
+    out: Path = typer.Argument(..., help="Folder to write images/ and captions.json into."),
+    images: int = typer.Option(10000, "--images", "-n", min=10, help="How many scenes."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same corpus."),
+    quiet: bool = QuietOption,
+):
+    """Generate a compositional shapes corpus (Karpathy format, with ARO-style negatives)."""
+    from training.corpus import make_corpus as run_make_corpus
+
+    with _bar(images, "rendering", quiet) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+
+        info = run_make_corpus(out, images, seed, progress=progress)
+    if not quiet:
+        typer.echo(f"wrote {info}", err=True)
+    typer.echo(str(Path(out) / "captions.json"))
+
+
+@handle_errors
+def train_encoder(
+    data: Path = typer.Argument(
+        ..., help="Karpathy-format JSON (xmr make-corpus, COCO, Flickr30k)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (open_clip artefact)."),
+    model: str = typer.Option(
+        ..., "--model", "-m", help="NAME[:PRETRAINED] to train or fine-tune."
+    ),
+    images_root: Path = typer.Option(
+        None, "--images-root", help="Folder the image paths are under."
+    ),
+    epochs: int = typer.Option(10, "--epochs", min=1),
+    batch_size: int = typer.Option(256, "--batch-size", min=2),
+    lr: float = typer.Option(1e-3, "--lr"),
+    warmup: int = typer.Option(50, "--warmup"),
+    max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many steps."),
+    seed: int = typer.Option(0, "--seed"),
+    name: str = typer.Option("xmr-encoder", "--name", help="Name of the config in the artefact."),
+    quiet: bool = QuietOption,
+):
+    """Contrastive training (open_clip ClipLoss); resumes from OUT/checkpoints/last.pt."""
+    from training.encoder_training import EncoderTrainConfig
+    from training.encoder_training import train_encoder as run_train
+
+    config = EncoderTrainConfig(
+        data=str(data),
+        model=model,
+        out=str(out),
+        images_root=None if images_root is None else str(images_root),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=warmup,
+        max_steps=max_steps,
+        seed=seed,
+        name=name,
+    )
+    bar = None
+
+    def progress(step: int, total: int, loss: float, rate: float) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = _bar(total, "training", quiet)
+            bar.update(step - 1)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{rate:.0f}")
+
+    state = run_train(config, progress)
+    if bar is not None:
+        bar.close()
+    if not quiet:
+        for row in state.history:
+            val = row.get("val")
+            recall = ""
+            if val:
+                recall = (
+                    "  t2i R@1/5/10 "
+                    + "/".join(f"{v:.1f}" for v in val["t2i"].values())
+                    + "  i2t "
+                    + "/".join(f"{v:.1f}" for v in val["i2t"].values())
+                )
+            typer.echo(
+                f"epoch {row['epoch']:>3}  step {row['step']:>5}  "
+                f"loss {row['loss'] or float('nan'):.4f}{recall}",
+                err=True,
+            )
+    typer.echo(str(out))
+
+
+@handle_errors
+def train_reranker(
+    data: Path = typer.Argument(..., help="Karpathy-format JSON with a train (and val) split."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the re-ranker."),
+    model: str = typer.Option("xmr-tiny", "--model", "-m", help="The frozen encoder it reads."),
+    images_root: Path = typer.Option(None, "--images-root"),
+    steps: int = typer.Option(1500, "--steps", min=1),
+    batch_size: int = typer.Option(64, "--batch-size", min=2, help="Images per step."),
+    lr: float = typer.Option(5e-4, "--lr"),
+    width: int = typer.Option(128, "--width"),
+    layers: int = typer.Option(2, "--layers"),
+    max_train_images: int = typer.Option(None, "--max-train-images"),
+    val_every: int = typer.Option(500, "--val-every"),
+    seed: int = typer.Option(0, "--seed"),
+    quiet: bool = QuietOption,
+):
+    """Train the cross-attention re-ranker (ITM with hard negatives); resumes from OUT."""
+    from training.reranker_training import RerankerTrainConfig
+    from training.reranker_training import train_reranker as run_train
+
+    config = RerankerTrainConfig(
+        data=str(data),
+        model=model,
+        out=str(out),
+        images_root=None if images_root is None else str(images_root),
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        width=width,
+        layers=layers,
+        max_train_images=max_train_images,
+        val_every=val_every,
+        seed=seed,
+    )
+    bar = _bar(steps, "training re-ranker", quiet)
+
+    def progress(step: int, total: int, loss: float, rate: float) -> None:
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{loss:.3f}", pairs_s=f"{rate:.0f}")
+
+    state = run_train(config, progress)
+    bar.close()
+    if not quiet:
+        for row in state.history:
+            typer.echo("  ".join(f"{k} {v}" for k, v in row.items()), err=True)
+    typer.echo(str(out))

@@ -1,0 +1,170 @@
+"""Recall@k benchmark of the whole retrieval stack on one dataset split.
+
+Stages, side by side, on the same embeddings:
+  exact   brute-force dual-encoder scores (the reference every paper reports)
+  index   the same vectors through the FAISS index type xmr would use
+  rerank  exact top-K candidates re-scored by the cross-attention re-ranker
+plus ARO-style hard-negative accuracy when the data carries negatives, and timings.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retrieval import metrics
+from retrieval.embed_dataset import embed_dataset_cached
+
+CURVE_KS = (1, 2, 3, 5, 7, 10, 15, 20, 30, 50)
+
+
+@dataclass
+class BenchOptions:
+    candidates: int = 128  # stage-1 depth for re-ranking (ALBEF/BLIP: 128 Flickr, 256 COCO)
+    index_type: str = "flat"
+    batch_size: int = 128
+    workers: int | None = None
+    cache_dir: Path | None = None
+    ks: tuple[int, ...] = metrics.DEFAULT_KS
+
+
+def run_benchmark(
+    dataset, encoder, reranker=None, options: BenchOptions | None = None, progress=None
+) -> dict:
+    """-> the JSON-ready result (schema in the README / `xmr bench --help`)."""
+    options = options or BenchOptions()
+    embeddings, cached = embed_dataset_cached(
+        encoder,
+        dataset,
+        options.cache_dir,
+        batch_size=options.batch_size,
+        workers=options.workers,
+        with_tokens=reranker is not None,
+        progress=progress,
+    )
+    t2i = np.asarray(dataset.text_to_image)
+    images, texts = embeddings.image_vectors, embeddings.text_vectors  # (N, D), (T, D)
+
+    results, curves, timings = {}, {}, {}
+    timings["images_per_second"] = round(embeddings.images_per_second, 2)
+    timings["texts_per_second"] = round(embeddings.texts_per_second, 2)
+    timings["embeddings_cached"] = cached
+
+    started = time.monotonic()
+    scores = texts @ images.T  # (T, N)
+    exact_ms = (time.monotonic() - started) * 1000 / (len(texts) + len(images))
+    ranks = {
+        "t2i": metrics.text_to_image_ranks(scores, t2i),
+        "i2t": metrics.image_to_text_ranks(scores.T, t2i),
+    }
+    results["exact"] = _recalls(ranks, options.ks)
+    curves["exact"] = _recalls(ranks, CURVE_KS)
+    timings["exact_ms_per_query"] = round(exact_ms, 4)
+
+    index_ranks, index_ms = _index_stage(images, texts, t2i, options)
+    results["index"] = _recalls(index_ranks, options.ks)
+    curves["index"] = _recalls(index_ranks, CURVE_KS)
+    timings["index_ms_per_query"] = round(index_ms, 4)
+
+    compositional = {}
+    if dataset.negatives is not None:
+        compositional["exact"] = _dual_encoder_negatives(encoder, dataset, embeddings)
+
+    if reranker is not None:
+        from retrieval.rerank_eval import negative_accuracy, rerank_logits, reranked_ranks
+
+        logits, rerank_ms = rerank_logits(reranker, embeddings, scores, options.candidates)
+        timings["rerank_ms_per_query"] = round(rerank_ms, 3)
+        # The configured final score, and both variants side by side (BLIP adds ITC to ITM).
+        weights = {
+            "rerank": reranker.config.stage1_weight,
+            "rerank_itm": 0.0,
+            "rerank_itm_itc": reranker.config.itc_weight,
+        }
+        for stage, weight in weights.items():
+            stage_ranks = reranked_ranks(logits, t2i, weight)
+            results[stage] = _recalls(stage_ranks, options.ks)
+            if stage == "rerank":
+                curves[stage] = _recalls(stage_ranks, CURVE_KS)
+            if dataset.negatives is not None:
+                compositional[stage] = negative_accuracy(
+                    reranker, encoder, dataset, embeddings, weight
+                )
+        results["rerank_ceiling"] = {
+            d: {f"R@{options.candidates}": metrics.rerank_ceiling(ranks[d], options.candidates)}
+            for d in ("t2i", "i2t")
+        }
+
+    return {
+        "dataset": dataset.name,
+        "source": str(dataset.source_file),
+        "split": dataset.split,
+        "model": encoder.spec.canonical,
+        "reranker": None if reranker is None else reranker.name,
+        "n_images": len(images),
+        "n_texts": len(texts),
+        "candidates": options.candidates if reranker is not None else None,
+        "index_type": options.index_type,
+        "results": results,
+        "compositional": compositional,
+        "curves": curves,
+        "timings": timings,
+    }
+
+
+def _recalls(ranks: dict, ks) -> dict:
+    return {d: metrics.recall_at_ks(r, ks) for d, r in ranks.items()}
+
+
+def _index_stage(images, texts, t2i, options: BenchOptions):
+    """Recall through the FAISS index type in use (approximate types may lose some)."""
+    from retrieval.index_types import build_index
+
+    depth = max(max(options.ks), max(CURVE_KS))
+    image_index = build_index(images, options.index_type)
+    text_index = build_index(texts, options.index_type)
+    started = time.monotonic()
+    _, image_lists = image_index.search(texts, min(depth, len(images)))  # (T, depth)
+    _, text_lists = text_index.search(images, min(depth, len(texts)))  # (N, depth)
+    ms = (time.monotonic() - started) * 1000 / (len(texts) + len(images))
+    ranks = {
+        "t2i": metrics.text_to_image_ranks_from_lists(image_lists, t2i),
+        "i2t": metrics.image_to_text_ranks_from_lists(text_lists, t2i),
+    }
+    return ranks, ms
+
+
+def negative_pairs(dataset) -> dict[str, list[tuple[int, int, str]]]:
+    """kind -> [(image index, index of the true caption it perturbs, negative text)].
+
+    The positive is the image's caption closest in words to the negative (the one it was
+    made from, for ARO-style edits), so the probe isolates the edit itself.
+    """
+    pairs: dict[str, list] = {}
+    for image, negatives in enumerate(dataset.negatives or []):
+        for kind, negative in negatives.items():
+            words = set(negative.lower().split())
+            candidates = dataset.image_to_texts[image]
+            best = max(candidates, key=lambda c: _overlap(words, dataset.captions[c]))
+            pairs.setdefault(kind, []).append((image, best, negative))
+    return pairs
+
+
+def _overlap(words: set[str], caption: str) -> float:
+    other = set(caption.lower().split())
+    return len(words & other) / max(1, len(words | other))
+
+
+def _dual_encoder_negatives(encoder, dataset, embeddings) -> dict[str, float]:
+    out = {}
+    for kind, pairs in negative_pairs(dataset).items():
+        negatives = encoder.encode_texts([neg for _, _, neg in pairs]).vectors  # (P, D)
+        image_vecs = embeddings.image_vectors[[i for i, _, _ in pairs]]  # (P, D)
+        positives = embeddings.text_vectors[[c for _, c, _ in pairs]]  # (P, D)
+        pos = (image_vecs * positives).sum(1)
+        neg = (image_vecs * negatives).sum(1)
+        out[kind] = round(metrics.hard_negative_accuracy(pos, neg), 2)
+    return out

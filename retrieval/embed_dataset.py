@@ -1,0 +1,145 @@
+"""Encode every image and caption of a retrieval dataset (benchmarks, validation, training).
+
+Results can be cached on disk, keyed by the encoder's identity and the contents of the
+dataset (annotation file bytes + each image's size and mtime), so re-running a
+benchmark with another re-ranker or k never re-encodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.errors import DatasetError
+from retrieval.imageio import DEFAULT_MAX_PIXELS, decode_batches, default_workers
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class DatasetEmbeddings:
+    image_vectors: np.ndarray  # (n_images, D) float32
+    text_vectors: np.ndarray  # (n_texts, D) float32
+    image_tokens: np.ndarray | None  # (n_images, N, D) float16
+    text_tokens: np.ndarray | None  # (n_texts, L, D) float16
+    text_lengths: np.ndarray  # (n_texts,) int32
+    image_seconds: float  # wall time to decode+encode the images
+    text_seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.image_vectors) / max(self.image_seconds, 1e-9)
+
+    @property
+    def texts_per_second(self) -> float:
+        return len(self.text_vectors) / max(self.text_seconds, 1e-9)
+
+
+def embed_dataset(
+    encoder,
+    dataset,
+    batch_size: int = 128,
+    workers: int | None = None,
+    with_tokens: bool = True,
+    progress=None,
+) -> DatasetEmbeddings:
+    """`progress(stage, done, total)` is called as batches finish (optional)."""
+    import torch
+
+    paths = [str(p) for p in dataset.image_paths]
+    workers = default_workers() if workers is None else workers
+    started = time.monotonic()
+    vectors, tokens = [], []
+    done = 0
+    for batch in decode_batches(paths, encoder.preprocess, batch_size, workers, DEFAULT_MAX_PIXELS):
+        bad = [d for d in batch if d.pixels is None]
+        if bad:
+            raise DatasetError(f"{paths[bad[0].position]}: {bad[0].error}")
+        encoded = encoder.encode_images(torch.stack([d.pixels for d in batch]))
+        vectors.append(encoded.vectors)
+        if with_tokens and encoded.tokens is not None:
+            tokens.append(encoded.tokens)
+        done += len(batch)
+        if progress:
+            progress("images", done, len(paths))
+    image_seconds = time.monotonic() - started
+
+    started = time.monotonic()
+    t_vectors, t_tokens, lengths = [], [], []
+    captions = dataset.captions
+    for start in range(0, len(captions), batch_size * 2):
+        encoded = encoder.encode_texts(captions[start : start + batch_size * 2])
+        t_vectors.append(encoded.vectors)
+        lengths.append(encoded.lengths)
+        if with_tokens and encoded.tokens is not None:
+            t_tokens.append(encoded.tokens)
+        if progress:
+            progress("texts", min(start + batch_size * 2, len(captions)), len(captions))
+    text_seconds = time.monotonic() - started
+    return DatasetEmbeddings(
+        image_vectors=np.concatenate(vectors),
+        text_vectors=np.concatenate(t_vectors),
+        image_tokens=np.concatenate(tokens) if tokens else None,
+        text_tokens=np.concatenate(t_tokens) if t_tokens else None,
+        text_lengths=np.concatenate(lengths).astype(np.int32),
+        image_seconds=image_seconds,
+        text_seconds=text_seconds,
+    )
+
+
+def cache_key(encoder_identity: dict, dataset, with_tokens: bool) -> str:
+    digest = hashlib.sha256()
+    digest.update(
+        json.dumps(
+            {"v": CACHE_VERSION, "enc": encoder_identity, "tokens": with_tokens}, sort_keys=True
+        ).encode()
+    )
+    digest.update(Path(dataset.source_file).read_bytes())
+    digest.update(str(dataset.split).encode())
+    for path in dataset.image_paths:
+        stat = Path(path).stat()
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+def embed_dataset_cached(
+    encoder, dataset, cache_dir: Path | None, **kwargs
+) -> tuple[DatasetEmbeddings, bool]:
+    """Like embed_dataset, but reuse `cache_dir/<key>.npz`; returns (embeddings, was_cached)."""
+    if cache_dir is None:
+        return embed_dataset(encoder, dataset, **kwargs), False
+    with_tokens = kwargs.get("with_tokens", True)
+    path = Path(cache_dir) / f"{cache_key(encoder.identity(), dataset, with_tokens)}.npz"
+    if path.exists():
+        data = np.load(path)
+        return DatasetEmbeddings(
+            image_vectors=data["image_vectors"],
+            text_vectors=data["text_vectors"],
+            image_tokens=data["image_tokens"] if "image_tokens" in data else None,
+            text_tokens=data["text_tokens"] if "text_tokens" in data else None,
+            text_lengths=data["text_lengths"],
+            image_seconds=float(data["image_seconds"]),
+            text_seconds=float(data["text_seconds"]),
+        ), True
+    result = embed_dataset(encoder, dataset, **kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "image_vectors": result.image_vectors,
+        "text_vectors": result.text_vectors,
+        "text_lengths": result.text_lengths,
+        "image_seconds": np.float64(result.image_seconds),
+        "text_seconds": np.float64(result.text_seconds),
+    }
+    if result.image_tokens is not None:
+        arrays["image_tokens"] = result.image_tokens
+    if result.text_tokens is not None:
+        arrays["text_tokens"] = result.text_tokens
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+    return result, False

@@ -1,0 +1,112 @@
+"""Stage 2 over a whole evaluation set: re-rank every query's stage-1 top K.
+
+Used by `xmr bench` (the `rerank` rows) and by re-ranker training (validation). Image-side
+re-ranker states are computed once per image and shared by all the pairs that use it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from retrieval import metrics
+
+QUERY_CHUNK = 256  # queries scored per call: bounds the (chunk*K, L, D) pair buffer
+
+
+def rerank_logits(runtime, embeddings, scores: np.ndarray, k: int):
+    """Stage-1 candidates and re-ranker logits, both directions.
+
+    scores: (T, N) stage-1 similarities. Returns dict direction -> (cands (Q, K),
+    stage1 (Q, K), logits (Q, K)), and the stage-2 milliseconds per query.
+    """
+    started = time.monotonic()
+    states = runtime.image_states(embeddings.image_tokens)  # every image once
+    text_tokens, lengths = embeddings.text_tokens, embeddings.text_lengths
+    out = {}
+
+    cands = metrics.stable_top_k(scores, min(k, scores.shape[1]))  # (T, K) images
+    logits = np.empty(cands.shape, np.float32)
+    for a in range(0, len(cands), QUERY_CHUNK):
+        rows = np.arange(a, min(a + QUERY_CHUNK, len(cands)))
+        texts = np.repeat(rows, cands.shape[1])
+        logits[rows] = runtime.score_pairs(
+            text_tokens[texts], lengths[texts], states, cands[rows].ravel()
+        ).reshape(len(rows), -1)
+    out["t2i"] = (cands, np.take_along_axis(scores, cands, 1), logits)
+
+    cands = metrics.stable_top_k(scores.T, min(k, scores.shape[0]))  # (N, K) texts
+    logits = np.empty(cands.shape, np.float32)
+    for a in range(0, len(cands), QUERY_CHUNK):
+        rows = np.arange(a, min(a + QUERY_CHUNK, len(cands)))
+        flat = cands[rows].ravel()
+        logits[rows] = runtime.score_pairs(
+            text_tokens[flat], lengths[flat], states, np.repeat(rows, cands.shape[1])
+        ).reshape(len(rows), -1)
+    out["i2t"] = (cands, np.take_along_axis(scores.T, cands, 1), logits)
+    ms = (time.monotonic() - started) * 1000 / (scores.shape[0] + scores.shape[1])
+    return out, ms
+
+
+def reranked_ranks(logits_by_direction, t2i_map, stage1_weight: float) -> dict:
+    """Ranks after ordering each query's candidates by logit + stage1_weight * stage-1."""
+    ranks = {}
+    for direction, (cands, stage1, logits) in logits_by_direction.items():
+        final = logits + stage1_weight * stage1
+        order = np.argsort(-final, axis=1, kind="stable")
+        lists = np.take_along_axis(cands, order, 1)
+        if direction == "t2i":
+            ranks[direction] = metrics.text_to_image_ranks_from_lists(lists, t2i_map)
+        else:
+            ranks[direction] = metrics.image_to_text_ranks_from_lists(lists, t2i_map)
+    return ranks
+
+
+def negative_accuracy(runtime, encoder, dataset, embeddings, stage1_weight: float) -> dict:
+    """ARO-style probe for the re-ranker: true caption vs its edit, against the same image."""
+    from retrieval.bench import negative_pairs
+
+    out = {}
+    for kind, pairs in negative_pairs(dataset).items():
+        images = np.array([i for i, _, _ in pairs])
+        positives = np.array([c for _, c, _ in pairs])
+        encoded = encoder.encode_texts([neg for _, _, neg in pairs])
+        states = runtime.image_states(embeddings.image_tokens[images])
+        rows = np.arange(len(pairs))
+        pos = runtime.score_pairs(
+            embeddings.text_tokens[positives], embeddings.text_lengths[positives], states, rows
+        )
+        neg = runtime.score_pairs(encoded.tokens, encoded.lengths, states, rows)
+        image_vecs = embeddings.image_vectors[images]
+        pos = pos + stage1_weight * (image_vecs * embeddings.text_vectors[positives]).sum(1)
+        neg = neg + stage1_weight * (image_vecs * encoded.vectors).sum(1)
+        out[kind] = round(metrics.hard_negative_accuracy(pos, neg), 2)
+    return out
+
+
+def quick_validation(model, val, k: int) -> dict:
+    """Re-ranked R@1 both ways and hard-negative accuracy on a validation split."""
+    from retrieval.reranker import RerankerRuntime
+
+    dataset, embeddings, encoder = val
+    runtime = RerankerRuntime(model, "training", "cpu")
+    scores = embeddings.text_vectors @ embeddings.image_vectors.T
+    t2i_map = np.asarray(dataset.text_to_image)
+    logits, _ = rerank_logits(runtime, embeddings, scores, k)
+    ranks = reranked_ranks(logits, t2i_map, 0.0)
+    row = {
+        "val_t2i_R@1": metrics.recall_at_ks(ranks["t2i"], (1,))["R@1"],
+        "val_i2t_R@1": metrics.recall_at_ks(ranks["i2t"], (1,))["R@1"],
+        "val_stage1_t2i_R@1": metrics.recall_at_ks(
+            metrics.text_to_image_ranks(scores, t2i_map), (1,)
+        )["R@1"],
+    }
+    if dataset.negatives is not None:
+        row.update(
+            {
+                f"val_{k}": v
+                for k, v in negative_accuracy(runtime, encoder, dataset, embeddings, 0.0).items()
+            }
+        )
+    return row

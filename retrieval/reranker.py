@@ -1,0 +1,269 @@
+"""The cross-attention re-ranker: reads a query and each candidate's tokens together.
+
+Dual encoders squeeze a sentence into one vector and behave like bags of words: "a red
+circle left of a blue square" and "a blue circle left of a red square" land together.
+Here, as in ALBEF/BLIP's matching head, the text tokens attend to each other (binding
+"red" to "circle") and to the image's patch tokens (finding a red circle, and where it
+is), and a head turns the result into one matching logit per (text, image) pair.
+
+Inputs are the frozen encoder's projected token features from the token store:
+  text  (B, L, D) float + mask (B, L) bool      image (B, N, D) float
+One model scores both directions: one text against K images, or one image against K texts,
+batched in one pass.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CONFIG_FILE = "reranker_config.json"
+WEIGHTS_FILE = "reranker.safetensors"
+
+
+@dataclass
+class RerankerConfig:
+    token_dim: int  # D of the encoder's projected tokens
+    text_len: int  # L: the encoder's context length
+    image_tokens: int  # N: patch tokens per image
+    width: int = 128
+    layers: int = 2
+    heads: int = 4
+    image_layers: int = 1  # self-attention over patches before matching
+    mlp_ratio: float = 4.0
+    stage1_weight: float = 0.0  # final score = logit + stage1_weight * stage-1 similarity
+    itc_weight: float = 0.0  # the encoder's logit scale: stage 1 as a contrastive logit (BLIP)
+    encoder: str = ""  # the encoder spec these tokens come from
+
+
+class Attention(nn.Module):
+    """Multi-head attention through PyTorch's scaled_dot_product_attention."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)
+        self.out = nn.Linear(width, width)
+
+    def project_kv(self, context):
+        """context (B, Lk, W) -> keys, values (B, h, Lk, W/h); cacheable per image."""
+        b, lk, w = context.shape
+        k, v = self.kv(context).view(b, lk, 2, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def attend(self, x, k, v, context_mask=None):
+        # x (B, Lq, W); k, v (B, h, Lk, W/h); context_mask (B, Lk) bool: True = attend
+        b, lq, w = x.shape
+        q = self.q(x).view(b, lq, self.heads, w // self.heads).transpose(1, 2)  # (B, h, Lq, W/h)
+        mask = None if context_mask is None else context_mask[:, None, None, :]  # (B, 1, 1, Lk)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, Lq, W/h)
+        return self.out(y.transpose(1, 2).reshape(b, lq, w))
+
+    def forward(self, x, context, context_mask=None):
+        return self.attend(x, *self.project_kv(context), context_mask)
+
+
+class MLP(nn.Sequential):
+    def __init__(self, width: int, ratio: float):
+        hidden = int(width * ratio)
+        super().__init__(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+
+
+class SelfBlock(nn.Module):
+    """Pre-norm transformer block: self-attention, MLP."""
+
+    def __init__(self, width: int, heads: int, ratio: float):
+        super().__init__()
+        self.ln1, self.attn = nn.LayerNorm(width), Attention(width, heads)
+        self.ln2, self.mlp = nn.LayerNorm(width), MLP(width, ratio)
+
+    def forward(self, x, mask=None):
+        h = self.ln1(x)
+        x = x + self.attn(h, h, mask)
+        return x + self.mlp(self.ln2(x))
+
+
+class CrossBlock(nn.Module):
+    """Pre-norm: text self-attention, text -> image cross-attention, MLP."""
+
+    def __init__(self, width: int, heads: int, ratio: float):
+        super().__init__()
+        self.ln1, self.self_attn = nn.LayerNorm(width), Attention(width, heads)
+        self.ln2, self.cross_attn = nn.LayerNorm(width), Attention(width, heads)
+        self.ln_image = nn.LayerNorm(width)
+        self.ln3, self.mlp = nn.LayerNorm(width), MLP(width, ratio)
+
+    def image_kv(self, image):
+        """The image side of cross-attention: depends on the image only, so it is computed
+        once per image and shared by every text it is matched with."""
+        return self.cross_attn.project_kv(self.ln_image(image))
+
+    def forward(self, text, text_mask, image_kv):
+        h = self.ln1(text)
+        text = text + self.self_attn(h, h, text_mask)  # (B, 1+L, W)
+        text = text + self.cross_attn.attend(self.ln2(text), *image_kv)
+        return text + self.mlp(self.ln3(text))
+
+
+class Reranker(nn.Module):
+    def __init__(self, config: RerankerConfig):
+        super().__init__()
+        self.config = config
+        w = config.width
+        self.text_in = nn.Linear(config.token_dim, w)
+        self.image_in = nn.Linear(config.token_dim, w)
+        # Positions matter: word order binds attributes, patch position gives "left of".
+        self.text_pos = nn.Parameter(torch.zeros(1, 1 + config.text_len, w))
+        self.image_pos = nn.Parameter(torch.zeros(1, config.image_tokens, w))
+        self.cls = nn.Parameter(torch.zeros(1, 1, w))
+        nn.init.normal_(self.text_pos, std=0.02)
+        nn.init.normal_(self.image_pos, std=0.02)
+        nn.init.normal_(self.cls, std=0.02)
+        self.image_blocks = nn.ModuleList(
+            SelfBlock(w, config.heads, config.mlp_ratio) for _ in range(config.image_layers)
+        )
+        self.blocks = nn.ModuleList(
+            CrossBlock(w, config.heads, config.mlp_ratio) for _ in range(config.layers)
+        )
+        self.ln_out = nn.LayerNorm(w)
+        self.head = nn.Linear(w, 1)
+
+    def encode_images(self, image) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """image (B, N, D) -> per cross block (keys, values), each (B, h, N, W/h)."""
+        img = self.image_in(image) + self.image_pos  # (B, N, W)
+        for block in self.image_blocks:
+            img = block(img)
+        return [block.image_kv(img) for block in self.blocks]
+
+    def match(self, text, text_mask, image_kv) -> torch.Tensor:
+        """text (B, L, D), text_mask (B, L) bool, image_kv from encode_images -> logits (B,)."""
+        b, length, _ = text.shape
+        x = self.text_in(text) + self.text_pos[:, 1 : 1 + length]  # (B, L, W)
+        x = torch.cat([self.cls.expand(b, -1, -1) + self.text_pos[:, :1], x], dim=1)
+        mask = torch.cat([text_mask.new_ones(b, 1), text_mask], dim=1)  # (B, 1+L)
+        for block, kv in zip(self.blocks, image_kv, strict=True):
+            x = block(x, mask, kv)
+        return self.head(self.ln_out(x[:, 0])).squeeze(-1)  # (B,)
+
+    def forward(self, text, text_mask, image):
+        """text (B, L, D), text_mask (B, L) bool, image (B, N, D) -> logits (B,)."""
+        return self.match(text, text_mask, self.encode_images(image))
+
+
+def text_mask(lengths: torch.Tensor, length: int) -> torch.Tensor:
+    """(B,) valid token counts -> (B, length) bool mask."""
+    return torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class RerankerRuntime:
+    """A trained re-ranker ready for search: device, bf16 autocast on CUDA, batching."""
+
+    def __init__(self, model: Reranker, name: str, device: str = "cpu"):
+        self.model = model.to(device).eval()
+        self.name = name
+        self.device = device
+        self.config = model.config
+
+    @torch.inference_mode()
+    def image_states(self, image_tokens, batch: int = 256):
+        """(M, N, D) numpy -> per cross block (keys, values) for M images, computed once."""
+        parts = []
+        for start in range(0, len(image_tokens), batch):
+            image = torch.as_tensor(image_tokens[start : start + batch], device=self.device)
+            with _autocast(self.device):
+                parts.append(self.model.encode_images(image.float()))
+        return [
+            tuple(torch.cat([p[b][i] for p in parts]) for i in range(2))
+            for b in range(len(self.model.blocks))
+        ]
+
+    @torch.inference_mode()
+    def score_pairs(self, text_tokens, text_lengths, states, image_index, batch: int = 512):
+        """Logits of P pairs: text_tokens (P, L, D), text_lengths (P,), image_index (P,) into
+        `states` (from image_states). Texts are trimmed to the batch's longest real length."""
+        out = []
+        index = torch.as_tensor(np.asarray(image_index), device=self.device)
+        for start in range(0, len(text_tokens), batch):
+            lengths = torch.as_tensor(text_lengths[start : start + batch], device=self.device)
+            longest = int(lengths.max())  # attention cost follows the real length
+            text = torch.as_tensor(
+                text_tokens[start : start + batch, :longest], device=self.device
+            ).float()
+            rows = index[start : start + batch]
+            kv = [(k[rows], v[rows]) for k, v in states]
+            with _autocast(self.device):
+                logits = self.model.match(text, text_mask(lengths, longest), kv)
+            out.append(logits.float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    def final_scores(self, logits: np.ndarray, stage1: np.ndarray) -> np.ndarray:
+        return logits + self.config.stage1_weight * stage1
+
+    def rerank_images(self, text_tokens, text_length: int, image_tokens, stage1):
+        """One text (L, D) against K images (K, N, D) -> final scores (K,)."""
+        k = len(image_tokens)
+        states = self.image_states(image_tokens)
+        text = np.repeat(text_tokens[None], k, axis=0)
+        logits = self.score_pairs(text, np.full(k, text_length), states, np.arange(k))
+        return self.final_scores(logits, stage1)
+
+    def rerank_texts(self, image_tokens, text_tokens, text_lengths, stage1):
+        """One image (N, D) against K texts (K, L, D) -> final scores (K,)."""
+        states = self.image_states(image_tokens[None])  # computed once, shared by K texts
+        logits = self.score_pairs(
+            text_tokens, text_lengths, states, np.zeros(len(text_tokens), dtype=np.int64)
+        )
+        return self.final_scores(logits, stage1)
+
+
+def _autocast(device: str):
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def save_reranker(model: Reranker, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS_FILE)
+    )
+    (folder / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=2))
+
+
+def load_reranker(folder: Path, encoder=None, device: str | None = None) -> RerankerRuntime:
+    from safetensors.torch import load_file
+
+    from retrieval.errors import InvalidModelSpec
+
+    folder = Path(folder)
+    try:
+        config = RerankerConfig(**json.loads((folder / CONFIG_FILE).read_text()))
+        state = load_file(str(folder / WEIGHTS_FILE))
+    except (OSError, TypeError, json.JSONDecodeError) as exc:
+        raise InvalidModelSpec(f"{folder} is not an xmr re-ranker ({exc})") from exc
+    if encoder is not None and encoder.image_token_shape is not None:
+        expected = (config.image_tokens, config.token_dim)
+        if tuple(encoder.image_token_shape) != expected:
+            raise InvalidModelSpec(
+                f"re-ranker {folder} reads tokens of shape {expected}, but the encoder "
+                f"{encoder.spec.canonical} gives {tuple(encoder.image_token_shape)}"
+            )
+    model = Reranker(config)
+    model.load_state_dict(state)
+    if device in (None, "", "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return RerankerRuntime(
+        model,
+        folder.name if folder.name != "reranker" else f"{folder.parent.name}/reranker",
+        device,
+    )

@@ -1,0 +1,1 @@
+"""Training-side tools of xmr: synthetic corpora to fine-tune and evaluate encoders on."""

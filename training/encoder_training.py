@@ -1,0 +1,254 @@
+"""`xmr train-encoder`: contrastive (CLIP) training of an open_clip dual encoder.
+
+From scratch for a tiny config (`cfg.json:none`) or fine-tuning any open_clip model on a
+user's image-caption pairs. Images are decoded once into memory (training/pixels.py),
+captions tokenised once; each step draws a batch of images and one random caption per
+image and minimises open_clip's `ClipLoss`. Checkpoints every epoch (resumable, with
+RNG state), validation recall@k at each epoch's end, and a standard open_clip artefact
+at the end (training/artifact.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.errors import InputError
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.pt"
+
+
+@dataclass
+class EncoderTrainConfig:
+    data: str  # Karpathy-format JSON (xmr make-corpus, COCO, Flickr30k)
+    model: str  # NAME[:PRETRAINED]
+    out: str
+    images_root: str | None = None
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 50
+    seed: int = 0
+    max_steps: int | None = None  # stop early (tests, time budgets)
+    val_images: int = 1000  # cap on validation images per epoch
+    threads: int | None = None
+    name: str = "xmr-encoder"
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)  # one row per epoch: loss, recall
+
+
+def train_encoder(config: EncoderTrainConfig, progress=None) -> TrainState:
+    """Train; `progress(step, total_steps, loss, images_per_second)` after each step."""
+    import torch
+    from open_clip import ClipLoss
+
+    from retrieval.datasets import load_dataset
+    from retrieval.encoder import build_open_clip
+    from retrieval.modelspec import parse_model_spec
+    from training.artifact import model_config_of, save_open_clip_artifact
+    from training.pixels import preload_pixels
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    _seed_everything(config.seed)
+    out = Path(config.out)
+    spec = parse_model_spec(config.model)
+    model, preprocess, tokenizer = build_open_clip(spec)
+    model_cfg, _ = model_config_of(spec)
+    from open_clip.model import get_model_preprocess_cfg
+
+    preprocess_cfg = get_model_preprocess_cfg(model)
+
+    train = load_dataset(config.data, config.images_root, split="train")
+    val = _val_split(config)
+    pixels = preload_pixels(train.image_paths, preprocess)  # (N, 3, H, W) float16
+    tokens = tokenizer(train.captions)  # (T, ctx)
+    captions_of = [np.asarray(ids) for ids in train.image_to_texts]
+
+    steps_per_epoch = max(1, len(train.image_paths) // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _cosine_with_warmup(config.warmup_steps, total_steps)
+    )
+    state = TrainState()
+    resumed = _maybe_resume(out, model, optimizer, schedule, state)
+    loss_fn = ClipLoss()
+    model.train()
+    rng = np.random.default_rng(config.seed + state.step)  # resumed runs draw fresh batches
+
+    while state.step < total_steps:
+        epoch_losses = []
+        order = rng.permutation(len(train.image_paths))
+        first = (state.step % steps_per_epoch) * config.batch_size if resumed else 0
+        resumed = False
+        for start in range(first, steps_per_epoch * config.batch_size, config.batch_size):
+            if state.step >= total_steps:
+                break
+            t0 = time.monotonic()
+            batch = order[start : start + config.batch_size]
+            caption_ids = [int(rng.choice(captions_of[i])) for i in batch]
+            images = pixels[batch].float()  # (B, 3, H, W)
+            texts = tokens[caption_ids]  # (B, ctx)
+            image_features = model.encode_image(images, normalize=True)  # (B, D)
+            text_features = model.encode_text(texts, normalize=True)  # (B, D)
+            loss = loss_fn(image_features, text_features, model.logit_scale.exp())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            with torch.no_grad():  # CLIP's clamp: temperature no lower than 1/100
+                model.logit_scale.clamp_(0, math.log(100))
+            state.step += 1
+            epoch_losses.append(loss.item())
+            if progress:
+                progress(
+                    state.step, total_steps, epoch_losses[-1], len(batch) / (time.monotonic() - t0)
+                )
+        state.epoch += 1
+        row = {
+            "epoch": state.epoch,
+            "step": state.step,
+            "loss": float(np.mean(epoch_losses)) if epoch_losses else None,
+        }
+        if val is not None:
+            row["val"] = evaluate_encoder(model, preprocess, tokenizer, val, config.val_images)
+            model.train()
+        state.history.append(row)
+        _save_checkpoint(out, model, optimizer, schedule, state, config)
+
+    model.eval()
+    save_open_clip_artifact(model, model_cfg, preprocess_cfg, out, config.name)
+    (out / "train_log.json").write_text(
+        json.dumps({"config": asdict(config), "history": state.history}, indent=2)
+    )
+    return state
+
+
+def evaluate_encoder(model, preprocess, tokenizer, dataset, max_images: int | None = None):
+    """Dual-encoder recall@1/5/10 (percent) both ways on (the first max_images of) a split."""
+    import torch
+
+    from retrieval.metrics import retrieval_recall
+    from training.pixels import preload_pixels
+
+    n = len(dataset.image_paths) if not max_images else min(max_images, len(dataset.image_paths))
+    caption_ids = [c for i in range(n) for c in dataset.image_to_texts[i]]
+    text_to_image = np.asarray(dataset.text_to_image)[caption_ids]
+    model.eval()
+    pixels = preload_pixels(dataset.image_paths[:n], preprocess)
+    with torch.inference_mode():
+        image_vectors = torch.cat(
+            [
+                model.encode_image(pixels[i : i + 256].float(), normalize=True)
+                for i in range(0, n, 256)
+            ]
+        )
+        texts = tokenizer([dataset.captions[c] for c in caption_ids])
+        text_vectors = torch.cat(
+            [
+                model.encode_text(texts[i : i + 512], normalize=True)
+                for i in range(0, len(texts), 512)
+            ]
+        )
+    scores = (text_vectors @ image_vectors.T).numpy()  # (T, N)
+    recall = retrieval_recall(scores, text_to_image)
+    return {"t2i": recall["text_to_image"], "i2t": recall["image_to_text"], "n_images": n}
+
+
+def _val_split(config: EncoderTrainConfig):
+    from retrieval.datasets import load_dataset
+    from retrieval.errors import DatasetError
+
+    try:
+        return load_dataset(config.data, config.images_root, split="val")
+    except DatasetError:
+        return None  # no val split: train without validation
+
+
+def _param_groups(model, weight_decay: float):
+    """No weight decay on gains, biases, embeddings and the temperature (as open_clip does)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        exclude = param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name
+        exclude = exclude or "logit_scale" in name or "embedding" in name
+        (no_decay if exclude else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _cosine_with_warmup(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _save_checkpoint(out: Path, model, optimizer, schedule, state: TrainState, config) -> None:
+    import torch
+
+    folder = out / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "state": asdict(state),
+        "config": asdict(config),
+        "torch_rng": torch.get_rng_state(),
+    }
+    tmp = folder / f"{LAST_CHECKPOINT}.tmp"
+    torch.save(payload, tmp)
+    tmp.replace(folder / LAST_CHECKPOINT)  # atomic: a kill never leaves half a checkpoint
+
+
+def _maybe_resume(out: Path, model, optimizer, schedule, state: TrainState) -> bool:
+    import torch
+
+    path = out / CHECKPOINT_DIR / LAST_CHECKPOINT
+    if not path.exists():
+        return False
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        model.load_state_dict(payload["model"])
+    except Exception as exc:
+        raise InputError(f"cannot resume from {path}: {exc}; delete it to start over") from exc
+    optimizer.load_state_dict(payload["optimizer"])
+    schedule.load_state_dict(payload["schedule"])
+    saved = payload["state"]
+    state.step, state.epoch, state.history = saved["step"], saved["epoch"], saved["history"]
+    torch.set_rng_state(payload["torch_rng"])
+    return True
