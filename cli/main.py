@@ -184,12 +184,13 @@ def info(
         typer.echo(f"  {name:<24} {human_bytes(size):>10}")
 
 
-from cli import bench_cmd, train_cmds  # noqa: E402 (registered after the core commands)
+from cli import bench_cmd, demo_cmd, train_cmds  # noqa: E402 (after the core commands)
 
 app.command("make-corpus")(train_cmds.make_corpus)
 app.command("train-encoder")(train_cmds.train_encoder)
 app.command("train-reranker")(train_cmds.train_reranker)
 app.command("bench")(bench_cmd.bench)
+app.command("demo")(demo_cmd.demo)
 
 
 def run() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -39,7 +40,8 @@ def make_corpus(
         def progress(done: int, total: int) -> None:
             bar.update(done - bar.n)
 
-        info = run_make_corpus(out, images, seed, progress=progress)
+        workers = min(4, os.cpu_count() or 1)
+        info = run_make_corpus(out, images, seed, progress=progress, workers=workers)
     if not quiet:
         typer.echo(f"wrote {info}", err=True)
     typer.echo(str(Path(out) / "captions.json"))

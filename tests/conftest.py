@@ -1,0 +1,223 @@
+"""Shared fixtures: a tiny real open_clip encoder, generated images, and ways to run `xmr`.
+
+Everything here is real: the encoder is an open_clip CLIP built from a tiny config with
+seeded random weights (spec `CONFIG.json:none`), images are PNG/JPEG files drawn with PIL,
+the index is real FAISS + SQLite, and `run_xmr` runs the installed `xmr` console script
+in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parent.parent
+XMR = Path(sys.executable).parent / "xmr"
+
+# An open_clip CLIP small enough to build in a fraction of a second and encode thousands
+# of 32 px images a second: 32-d joint space, 4x4 patches of 8 px, 16 text tokens.
+TINY_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+# A second, different model (one more vision layer), for encoder-mismatch tests.
+OTHER_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 3, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+# -- models ------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_config(models_dir) -> Path:
+    path = models_dir / "tiny.json"
+    path.write_text(json.dumps(TINY_CFG))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tiny_config) -> str:
+    return f"{tiny_config}:none"
+
+
+@pytest.fixture(scope="session")
+def other_spec(models_dir) -> str:
+    path = models_dir / "other.json"
+    path.write_text(json.dumps(OTHER_CFG))
+    return f"{path}:none"
+
+
+@pytest.fixture(scope="session")
+def encoder(tiny_spec):
+    """The tiny encoder, loaded once per session (open_clip's import is the slow part)."""
+    import torch
+
+    from retrieval.encoder import load_encoder
+
+    # One thread: the machines running the suite share their cores, and a 32 px model
+    # gains nothing from a second thread that has to wait for a busy core.
+    torch.set_num_threads(1)
+    return load_encoder(tiny_spec, "cpu")
+
+
+# -- images ------------------------------------------------------------------------------
+def make_image(path: Path, seed: int, size: tuple[int, int] = (48, 40), **save_kwargs) -> Path:
+    """A distinct picture: random background, shapes in random colours, and pixel noise.
+
+    The format follows the extension; the same seed always draws the same picture.
+    """
+    rng = np.random.default_rng(seed)
+    w, h = size
+    image = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 256, 3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(2, 6))):
+        x0, x1 = sorted(int(v) for v in rng.integers(0, w, 2))
+        y0, y1 = sorted(int(v) for v in rng.integers(0, h, 2))
+        box = (x0, y0, x1 + 4, y1 + 4)
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            draw.rectangle(box, fill=colour)
+        else:
+            draw.ellipse(box, fill=colour)
+    pixels = np.asarray(image).astype(np.int16)
+    pixels += rng.integers(-20, 21, pixels.shape, dtype=np.int16)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **save_kwargs)
+    return path
+
+
+def bump_mtime(path: Path, seconds: int = 10) -> None:
+    """Move a file's mtime forward, so a rewrite is seen as a change on any file system."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + seconds * 1_000_000_000))
+
+
+def make_images(folder: Path, n: int, start_seed: int = 0, ext: str = ".png") -> list[Path]:
+    return [make_image(folder / f"img{i:04d}{ext}", start_seed + i) for i in range(n)]
+
+
+def make_bad_files(folder: Path) -> dict[str, str]:
+    """One file of every kind that cannot be indexed -> the reason text expected for it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("this is a shopping list, not a photo\n")
+    (folder / "noise.png").write_bytes(np.random.default_rng(0).bytes(4000))
+    png = make_image(folder / "whole.png", seed=70).read_bytes()
+    (folder / "whole.png").unlink()
+    (folder / "half.png").write_bytes(png[: len(png) // 2])
+    jpg = make_image(folder / "whole.jpg", seed=71, size=(96, 96)).read_bytes()
+    (folder / "whole.jpg").unlink()
+    (folder / "half.jpg").write_bytes(jpg[: len(jpg) // 2])
+    make_image(folder / "bomb.png", seed=72, size=(200, 200))  # 40,000 px > --max-pixels
+    return {
+        "empty.jpg": "empty file",
+        "notes.jpg": "not an image",
+        "noise.png": "not an image",
+        "half.png": "corrupt or truncated",
+        "half.jpg": "corrupt or truncated",
+        "bomb.png": "exceeds the limit",
+    }
+
+
+MAX_PIXELS = 10_000  # above every good test image (48x40, 96x96), below the bomb
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """Twelve distinct images, some in a subfolder, PNG and JPEG."""
+    folder = tmp_path / "photos"
+    make_images(folder, 8)
+    make_images(folder / "trip", 4, start_seed=100, ext=".jpg")
+    return folder
+
+
+# -- the library -------------------------------------------------------------------------
+def index_with(index_dir: Path, encoder, folders, **options):
+    """Run the library's `index_folders` once (decoding in-process unless told)."""
+    from indexer.images import IndexOptions, index_folders
+    from retrieval.library import Library
+
+    options.setdefault("workers", 0)
+    with Library.open_or_create(index_dir, encoder) as library:
+        return index_folders(library, encoder, [Path(f) for f in folders], IndexOptions(**options))
+
+
+def db_rows(index_dir: Path, table: str = "images") -> list[dict]:
+    """Rows of the index's SQLite file, read with plain sqlite3 (not through xmr)."""
+    with sqlite3.connect(index_dir / "xmr.sqlite3") as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute(f"SELECT * FROM {table} ORDER BY id")]
+
+
+def indexed_paths(index_dir: Path) -> dict[str, int]:
+    """path -> id of every indexed (not skipped) image."""
+    return {r["path"]: r["id"] for r in db_rows(index_dir) if r["state"] == "indexed"}
+
+
+def faiss_ids(index_dir: Path, collection: str = "images") -> set[int]:
+    """Ids in the FAISS index as an index opened read-only sees it."""
+    from retrieval.library import Library
+
+    with Library.open(index_dir) as library:
+        return set(getattr(library, collection).index.ids().tolist())
+
+
+def stored_vectors(index_dir: Path, ids, collection: str = "images") -> np.ndarray:
+    from retrieval.library import Library
+
+    with Library.open(index_dir) as library:
+        return getattr(library, collection).vectors.read(np.asarray(list(ids), dtype=np.int64))
+
+
+# -- the command line --------------------------------------------------------------------
+def xmr_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"XMR_NO_RANDOM_WARNING": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    env.pop("XMR_INDEX", None)
+    env.update(extra)
+    return env
+
+
+def run_xmr(*args, env: dict | None = None, timeout: float = 180, cwd=None):
+    """Run the installed `xmr` script; returns the CompletedProcess (text mode)."""
+    return subprocess.run(
+        [str(XMR), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env or xmr_env(),
+        timeout=timeout,
+        cwd=cwd or REPO,
+    )
+
+
+@pytest.fixture
+def cli():
+    """Invoke `xmr` in-process through typer's CliRunner: cli(*args) -> Result."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    runner = CliRunner()
+
+    def invoke(*args, env: dict | None = None):
+        return runner.invoke(
+            app, [str(a) for a in args], env={"XMR_NO_RANDOM_WARNING": "1", **(env or {})}
+        )
+
+    return invoke
