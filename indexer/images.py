@@ -62,7 +62,14 @@ def index_folders(
     summary = IndexSummary()
     roots = [Path(r).expanduser().resolve() for r in roots]
 
-    scanned = {f.path: f for f in scan_folders(roots, options.exclude, options.include_hidden)}
+    def unreadable(path: str, reason: str) -> None:
+        summary.skipped.append((path, reason))
+        reporter.skip(path, reason)
+
+    scanned = {
+        f.path: f
+        for f in scan_folders(roots, options.exclude, options.include_hidden, on_skip=unreadable)
+    }
     with library.db.session() as session:
         known = {row.path: row for row in session.scalars(_rows_under(roots))}
         pending, twins = _plan(session, library, scanned, known, summary, reporter)
@@ -70,7 +77,7 @@ def index_folders(
         session.commit()
 
     _embed(library, encoder, pending, twins, options, summary, reporter)
-    library.save()
+    library.save(reporter)
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -129,7 +136,7 @@ def _plan(session, library, scanned, known, summary, reporter):
     for row in gone.values():
         session.delete(row)
         library.images.index.remove([row.id])
-        summary.removed += 1
+        summary.removed += row.state == "indexed"  # a vanished bad file was never searchable
     return pending, twins
 
 

@@ -28,13 +28,16 @@ def scan_folders(
     exclude: Iterable[str] = (),
     include_hidden: bool = False,
     follow_symlinks: bool = True,
+    on_skip=None,
 ) -> Iterator[ScannedFile]:
     """Yield every image file under `roots`, each path once.
 
     `exclude` holds globs matched against the path relative to its root and against
     each name (so `raw` and `*/thumbs/*` both work). Directories are visited once by
-    (device, inode), so a symlink loop cannot recurse forever.
+    (device, inode), so a symlink loop cannot recurse forever. `on_skip(path, reason)`
+    hears of image-named entries that cannot be read (a dangling symlink).
     """
+    on_skip = on_skip or (lambda path, reason: None)
     patterns = list(exclude)
     seen_dirs: set[tuple[int, int]] = set()
     seen_files: set[str] = set()
@@ -44,7 +47,7 @@ def scan_folders(
             raise InputError(f"{root} does not exist; give a folder of images")
         root = root.resolve()
         if root.is_file():
-            entry = _scanned(root)
+            entry = _scanned(root, on_skip)
             if entry is not None:
                 yield entry
             continue
@@ -73,7 +76,7 @@ def scan_folders(
                 if real in seen_files:
                     continue
                 seen_files.add(real)
-                entry = _scanned(Path(path))
+                entry = _scanned(Path(path), on_skip)
                 if entry is not None:
                     yield entry
 
@@ -82,10 +85,18 @@ def _excluded(name: str, rel_path: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(rel_path, p) for p in patterns)
 
 
-def _scanned(path: Path) -> ScannedFile | None:
+def _scanned(path: Path, on_skip) -> ScannedFile | None:
     try:
         stat = path.stat()
-    except OSError:  # a dangling symlink or a file deleted while walking
+    except FileNotFoundError:
+        if path.is_symlink():
+            on_skip(str(path.absolute()), f"broken symlink (points to {os.readlink(path)})")
+        return None  # else: deleted while walking
+    except OSError as exc:
+        on_skip(str(path.absolute()), f"cannot read file ({exc.strerror})")
+        return None
+    if not path.is_file():
+        on_skip(str(path.absolute()), "not a regular file")
         return None
     return ScannedFile(str(path.absolute()), stat.st_size, stat.st_mtime_ns)
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from indexer.report import IndexSummary, Reporter
-from retrieval.db import Database, TextRow
+from retrieval.db import Database, TextRow, TextSource
 from retrieval.errors import InputError
 from retrieval.library import Library
 
@@ -135,21 +135,31 @@ def add_texts(
             unique[digest] = record
 
     with library.db.session() as session:
-        existing = {
-            row.text_hash: (row.id, row.source)
-            for row in session.execute(select(TextRow.text_hash, TextRow.id, TextRow.source))
-        }
+        existing = {h: i for h, i in session.execute(select(TextRow.text_hash, TextRow.id))}
+        linked = set(session.scalars(select(TextSource.text_id).where(TextSource.source == source)))
         summary.unchanged = sum(1 for d in unique if d in existing)
-        stale = [
-            rid for digest, (rid, src) in existing.items() if src == source and digest not in unique
-        ]
-        if stale:
-            for rid in stale:
-                session.delete(session.get(TextRow, rid))
-            library.texts.index.remove(stale)
-            summary.removed = len(stale)
-            Database.bump_generation(session)
-            session.commit()
+        # Texts this file holds that are stored already (maybe from another file): link them.
+        wanted = {existing[d]: r for d, r in unique.items() if d in existing}
+        session.add_all(
+            TextSource(text_id=tid, source=source, record=r.record)
+            for tid, r in wanted.items()
+            if tid not in linked
+        )
+        # Texts that left this file: unlink; delete those no other file holds.
+        gone = [tid for tid in linked if tid not in wanted]
+        if gone:
+            session.execute(
+                delete(TextSource).where(TextSource.source == source, TextSource.text_id.in_(gone))
+            )
+            still_held = set(
+                session.scalars(select(TextSource.text_id).where(TextSource.text_id.in_(gone)))
+            )
+            orphans = [tid for tid in gone if tid not in still_held]
+            session.execute(delete(TextRow).where(TextRow.id.in_(orphans)))
+            library.texts.index.remove(orphans)
+            summary.removed = len(orphans)
+        Database.bump_generation(session)
+        session.commit()
 
     new = [(d, r) for d, r in unique.items() if d not in existing]
     if new:
@@ -174,6 +184,9 @@ def add_texts(
                     ]
                     session.add_all(rows)
                     session.flush()
+                    session.add_all(
+                        TextSource(text_id=row.id, source=source, record=row.record) for row in rows
+                    )
                     ids = np.array([row.id for row in rows], dtype=np.int64)
                     library.texts.write(ids, encoded.vectors, encoded.tokens)
                     library.texts.flush()

@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    ForeignKey,
     Integer,
     String,
     Text,
@@ -27,7 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from retrieval.errors import IndexCorrupt
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_FILE = "xmr.sqlite3"
 
 
@@ -71,15 +72,38 @@ class TextRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     text: Mapped[str] = mapped_column(Text)
     text_hash: Mapped[str] = mapped_column(String(32), unique=True)
-    source: Mapped[str] = mapped_column(Text, index=True)  # absolute path of the corpus file
-    record: Mapped[str] = mapped_column(String)  # line number / record id inside the source
+    source: Mapped[str] = mapped_column(Text, index=True)  # the corpus file it came from first
+    record: Mapped[str] = mapped_column(String)  # line number / record id in that file
     meta_json: Mapped[str | None] = mapped_column(Text)  # the record's other fields, as JSON
     n_tokens: Mapped[int] = mapped_column(Integer, default=0)  # valid rows in the token store
     added_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class TextSource(Base):
+    """Which corpus files hold a text: a text shared by two files lives while either does."""
+
+    __tablename__ = "text_sources"
+
+    text_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("texts.id", ondelete="CASCADE"), primary_key=True
+    )
+    source: Mapped[str] = mapped_column(Text, primary_key=True)
+    record: Mapped[str] = mapped_column(String)
+
+
+def _v1_to_v2(session: Session) -> None:
+    """v2 adds text_sources; every v1 text belonged to exactly its one `source`."""
+    session.execute(
+        text(
+            "INSERT OR IGNORE INTO text_sources (text_id, source, record) "
+            "SELECT id, source, record FROM texts"
+        )
+    )
+
+
 # Forward migrations: MIGRATIONS[v] upgrades a database at version v to v + 1.
-MIGRATIONS: dict[int, Callable[[Session], None]] = {}
+# (New tables are created by create_all before these run; they move the data.)
+MIGRATIONS: dict[int, Callable[[Session], None]] = {1: _v1_to_v2}
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -88,6 +112,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
 

@@ -43,6 +43,7 @@ def decode_image(path: str, preprocess, max_pixels: int = DEFAULT_MAX_PIXELS):
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 image.load()
             image = ImageOps.exif_transpose(image)  # camera orientation, as a viewer shows it
+            width, height = image.size  # as displayed, after the rotation
             pixels = preprocess(image.convert("RGB"))
     except DecodeError:
         raise

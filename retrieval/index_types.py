@@ -1,65 +1,403 @@
-"""FAISS index types, the automatic choice between them, and build-time tuning.
+"""FAISS index types: building one, its query-time knobs, and tuning them at build time.
 
-The choice follows autofaiss's reasoning, owned here (autofaiss pins numpy<2):
-  flat   exact; best below ~100k items (a scan of 100k x 512 floats is ~10 ms)
-  hnsw   graph; fast and accurate while vectors + graph fit in memory
-  ivf    inverted lists over k-means cells; scales, loads memory-mapped
-  ivfpq  IVF with product-quantised codes, for when the vectors do not fit the budget
-Query-time knobs (nprobe, efSearch) are tuned at build time so recall@10 against exact
-search stays >= the target (0.95 by default), and recorded with the index.
+Which type to use is decided in `index_choice` (no FAISS there). Here:
+  new_index        an empty inner-product index that carries our int64 ids
+                   (flat/hnsw inside IndexIDMap2; IVF types store ids in their lists)
+  kind_of          the type of an index read back from disk
+  faiss_params     SearchParameters for a type, its tuned knobs and an id selector
+  tune_search_params  smallest nprobe / efSearch (and re-ranking depth for IVF-PQ) whose
+                   recall@10 against exact search reaches the target (0.95)
+  refine_exact     exact re-scoring of approximate candidates from the full vectors
+  build_tuned      train, fill and tune a new index, vectors streamed from a store
+  build_index      a tuned index over an in-memory matrix whose ids are row positions
+                   (benchmarks and `xmr bench`; the product's index is vector_index.py)
+
+IVF-PQ scores are approximate; its candidates are re-scored exactly from the stored
+float32 vectors (`k_factor` x k of them), like FAISS's IndexRefineFlat but reading the
+vectors from the memory-mapped vector store instead of keeping a second copy in RAM.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
-from retrieval.errors import InputError
+from retrieval.index_choice import (
+    HNSW_M,
+    INDEX_TYPES,
+    PQ_BITS,
+    IndexChoice,
+    check_index_type,
+    choose_index_type,
+    nlist_for,
+    pq_subquantizers,
+)
 
-INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
-FLAT_LIMIT = 100_000
-HNSW_M = 32
 TARGET_RECALL = 0.95
+# Tuning aims this much above the target: 1,000 tuning queries measure recall to about
+# +-0.007, and a fresh set of queries must still land at or above the target.
+TUNE_MARGIN = 0.01
+EF_CONSTRUCTION = 40
+TRAIN_POINTS_PER_LIST = 64  # k-means sample per IVF cell (FAISS wants >= 39)
+TUNE_QUERIES = 1000
+EF_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+NPROBE_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
+K_FACTOR_GRID = (1, 2, 4, 8, 16, 32)
+
+__all__ = [
+    "INDEX_TYPES",
+    "IndexChoice",
+    "TunedIndex",
+    "build_index",
+    "build_tuned",
+    "choose_index_type",
+    "exact_top_k",
+    "exact_truth",
+    "faiss_params",
+    "kind_of",
+    "new_index",
+    "refine_exact",
+    "tune_search_params",
+    "tuning_sample",
+]
+
+ReadVectors = Callable[[np.ndarray], np.ndarray]  # ids (B,) -> (B, D) float32
+
+
+def new_index(index_type: str, dim: int, params: dict) -> faiss.Index:
+    """An empty index of `index_type` that accepts add_with_ids; fills `params` defaults."""
+    ip = faiss.METRIC_INNER_PRODUCT
+    if index_type == "flat":
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    if index_type == "hnsw":
+        inner = faiss.IndexHNSWFlat(dim, params.setdefault("m", HNSW_M), ip)
+        inner.hnsw.efConstruction = params.setdefault("ef_construction", EF_CONSTRUCTION)
+        return faiss.IndexIDMap2(inner)
+    if index_type not in ("ivf", "ivfpq"):
+        check_index_type(index_type)
+        raise ValueError(f"'{index_type}' is not a concrete index type")
+    nlist = params.setdefault("nlist", nlist_for(10_000))
+    quantizer = faiss.IndexFlatIP(dim)
+    if index_type == "ivf":
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, ip)
+    else:
+        pq_m = params.setdefault("pq_m", pq_subquantizers(dim))
+        index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, PQ_BITS, ip)
+    index.own_fields = True  # the quantizer lives as long as the index (no Python ref needed)
+    quantizer.this.disown()
+    index.cp.niter = 20
+    return index
+
+
+def kind_of(index: faiss.Index) -> str:
+    """'flat' | 'hnsw' | 'ivf' | 'ivfpq' for an index made by `new_index`."""
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+    if isinstance(inner, faiss.IndexHNSW):
+        return "hnsw"
+    if isinstance(inner, faiss.IndexIVFPQ):
+        return "ivfpq"
+    if isinstance(inner, faiss.IndexIVFFlat):
+        return "ivf"
+    if isinstance(inner, faiss.IndexFlat):
+        return "flat"
+    raise ValueError(f"unsupported FAISS index {type(inner).__name__}")
+
+
+def train_sample_size(index_type: str, params: dict, n_items: int) -> int:
+    if index_type not in ("ivf", "ivfpq"):
+        return 0
+    wanted = TRAIN_POINTS_PER_LIST * params["nlist"]
+    if index_type == "ivfpq":
+        wanted = max(wanted, 64 * (1 << PQ_BITS))
+    return min(n_items, wanted)
+
+
+def faiss_params(index_type: str, search_params: dict, selector=None, boost: int = 1):
+    """SearchParameters for one search; `boost` widens the search (shortfall retries)."""
+    if index_type == "hnsw":
+        ef = int(search_params.get("efSearch", 64)) * boost
+        return faiss.SearchParametersHNSW(efSearch=ef, sel=selector)
+    if index_type in ("ivf", "ivfpq"):
+        nprobe = int(search_params.get("nprobe", 8)) * boost
+        return faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
+    return faiss.SearchParameters(sel=selector) if selector is not None else None
+
+
+def refine_exact(
+    queries: np.ndarray, candidates: np.ndarray, read_vectors: ReadVectors, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k among candidates: queries (Q, D), candidates (Q, C) ids (-1 = none).
+
+    Returns scores (Q, k) float32 and ids (Q, k) int64, -1 padded.
+    """
+    q = len(queries)
+    out_scores = np.full((q, k), -np.inf, dtype=np.float32)
+    out_ids = np.full((q, k), -1, dtype=np.int64)
+    valid = candidates >= 0
+    if not valid.any():
+        return out_scores, out_ids
+    unique, inverse = np.unique(candidates[valid], return_inverse=True)
+    vectors = read_vectors(unique)  # (U, D), each stored vector read once
+    scores = np.full(candidates.shape, -np.inf, dtype=np.float32)  # (Q, C)
+    rows = np.nonzero(valid)[0]
+    scores[valid] = np.einsum("nd,nd->n", queries[rows], vectors[inverse])
+    take = min(k, candidates.shape[1])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :take]  # (Q, take)
+    out_scores[:, :take] = np.take_along_axis(scores, order, 1)
+    out_ids[:, :take] = np.take_along_axis(candidates, order, 1)
+    out_ids[~np.isfinite(out_scores)] = -1
+    return out_scores, out_ids
+
+
+class RunningTopK:
+    """The best k (score, id) pairs per query, fed chunk by chunk (a streamed scan)."""
+
+    def __init__(self, n_queries: int, k: int):
+        self.k = k
+        self.scores = np.full((n_queries, k), -np.inf, dtype=np.float32)  # (Q, k)
+        self.ids = np.full((n_queries, k), -1, dtype=np.int64)  # (Q, k)
+
+    def push(self, scores: np.ndarray, ids: np.ndarray) -> None:
+        """scores (Q, C) for ids (C,) shared by all queries."""
+        merged_scores = np.concatenate([self.scores, scores.astype(np.float32)], axis=1)
+        merged_ids = np.concatenate([self.ids, np.broadcast_to(ids, scores.shape)], axis=1)
+        top = np.argpartition(-merged_scores, self.k - 1, axis=1)[:, : self.k]
+        self.scores = np.take_along_axis(merged_scores, top, 1)
+        self.ids = np.take_along_axis(merged_ids, top, 1)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, k) scores and ids, best first, -1 where fewer than k were seen."""
+        order = np.argsort(-self.scores, axis=1, kind="stable")
+        scores = np.take_along_axis(self.scores, order, 1)
+        ids = np.take_along_axis(self.ids, order, 1)
+        ids[~np.isfinite(scores)] = -1
+        return scores, ids
+
+
+def exact_top_k(
+    queries: np.ndarray, ids: np.ndarray, read_vectors: ReadVectors, k: int, chunk: int = 65536
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force over `ids` (N,), streamed `chunk` vectors at a time: (Q, k) scores, ids."""
+    top = RunningTopK(len(queries), k)
+    for start in range(0, len(ids), chunk):
+        part = np.asarray(ids[start : start + chunk], dtype=np.int64)
+        top.push(queries @ read_vectors(part).T, part)  # (Q, C)
+    return top.result()
+
+
+def exact_truth(
+    queries: np.ndarray,
+    ids: np.ndarray,
+    read_vectors: ReadVectors,
+    k: int,
+    query_ids: np.ndarray | None = None,
+) -> np.ndarray:
+    """Exact top-k ids (Q, k) of each query over `ids`, leaving out its own id if given."""
+    extra = 0 if query_ids is None else 1
+    _, top = exact_top_k(queries, ids, read_vectors, k + extra)
+    return drop_self(top, query_ids)
+
+
+def tuning_sample(ids: np.ndarray, n: int = TUNE_QUERIES, seed: int = 0) -> np.ndarray:
+    """Ids of items that serve as tuning queries, sorted (sequential reads).
+
+    At build time they are held out: tuned against the index built without them, and
+    added afterwards. A held-out item is exactly a fresh point from the collection's
+    distribution, the honest stand-in for a query not seen yet. (An item searched
+    while in the index, even leaving itself out of the answer, is easier for HNSW: its
+    own node links straight to its neighbours. At 10k x 512 leave-one-out read 0.98 at
+    efSearch 16, where fresh queries got 0.949. Noisy copies of items are easier too.)
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(ids, size=min(n, len(ids)), replace=False))
+
+
+def drop_self(found: np.ndarray, self_ids: np.ndarray | None) -> np.ndarray:
+    """found (Q, C) ids -> (Q, C - 1) without each query's own id (or the last column)."""
+    if self_ids is None:
+        return found
+    out = np.empty((found.shape[0], found.shape[1] - 1), dtype=found.dtype)
+    for row, (ids, own) in enumerate(zip(found, self_ids, strict=True)):
+        hit = np.nonzero(ids == own)[0]
+        out[row] = np.delete(ids, hit[0]) if len(hit) else ids[:-1]
+    return out
+
+
+def overlap_recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of each query's true top-k that the approximate top-k holds."""
+    k = truth.shape[1]
+    hits = sum(
+        len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist()))
+        for f, t in zip(found, truth, strict=True)
+    )
+    return hits / (len(truth) * k) if len(truth) else 1.0
+
+
+def tune_search_params(
+    index_type: str,
+    params: dict,
+    search: Callable[[np.ndarray, int, dict], np.ndarray],
+    queries: np.ndarray,
+    truth: np.ndarray,
+    read_vectors: ReadVectors | None,
+    target: float = TARGET_RECALL,
+    query_ids: np.ndarray | None = None,
+) -> dict:
+    """The cheapest knobs reaching `target` recall@k (k = truth's width) against exact.
+
+    `search(queries, depth, knobs) -> ids (Q, depth)` runs the approximate index;
+    `query_ids` (Q,) are the queries' own ids when they are stored items (see
+    `tuning_sample`), dropped from what the index returns; `truth` already lacks them. For
+    IVF-PQ each nprobe is searched once, 32k deep, and every k_factor is read off that
+    one candidate list (its first k_factor * k entries re-scored exactly).
+    Returns e.g. {"nprobe": 16, "k_factor": 4, "recall_at_10": 0.962}.
+    """
+    k = truth.shape[1]
+    if index_type == "flat":
+        return {"recall_at_10": 1.0}
+    if index_type == "hnsw":
+        key, values = "efSearch", [v for v in EF_GRID if v >= k] or [k]
+    else:
+        nlist = params["nlist"]
+        key, values = "nprobe", sorted({min(nlist, v) for v in (*NPROBE_GRID, nlist)})
+    factors = K_FACTOR_GRID if index_type == "ivfpq" and read_vectors is not None else (1,)
+    best: dict = {}
+    for value in values:
+        knobs = {key: value}
+        extra = 0 if query_ids is None else 1
+        deep = search(queries, k * factors[-1] + extra, knobs)  # (Q, k * max factor [+ 1])
+        deep = drop_self(deep, query_ids)
+        for factor in factors:
+            if factor == 1 and len(factors) == 1:
+                found = deep[:, :k]
+            else:
+                _, found = refine_exact(queries, deep[:, : k * factor], read_vectors, k)
+            recall = overlap_recall(found, truth)
+            candidate = {**knobs, "recall_at_10": round(recall, 4)}
+            if len(factors) > 1:
+                candidate["k_factor"] = factor
+            if recall >= target + TUNE_MARGIN:
+                return candidate
+            if not best or recall > best["recall_at_10"]:
+                best = candidate
+    return best  # the target is out of reach: the most accurate setting tried
 
 
 @dataclass
-class IndexChoice:
+class TunedIndex:
+    """A FAISS index over a matrix (ids = row positions) with its tuned search knobs."""
+
+    index: faiss.Index
     type: str
-    params: dict = field(default_factory=dict)  # nlist, m, pq_m ...
-    reason: str = ""
+    params: dict
+    search_params: dict  # {"nprobe": 16} / {"efSearch": 64} / {"nprobe": 8, "k_factor": 4}
+    vectors: np.ndarray | None = None  # (N, D): exact re-scoring for ivfpq
+
+    def _read(self, ids: np.ndarray) -> np.ndarray:
+        return self.vectors[ids]
+
+    def faiss_params(self, selector=None):
+        return faiss_params(self.type, self.search_params, selector)
+
+    def search(self, queries: np.ndarray, k: int, selector=None):
+        """queries (Q, D) -> scores (Q, k), ids (Q, k) (row positions, -1 padded)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        factor = int(self.search_params.get("k_factor", 1))
+        if self.type == "ivfpq" and factor > 1 and self.vectors is not None:
+            _, candidates = self.index.search(
+                queries, k * factor, params=self.faiss_params(selector)
+            )
+            return refine_exact(queries, candidates, self._read, k)
+        return self.index.search(queries, k, params=self.faiss_params(selector))
 
 
-def choose_index_type(n_items: int, dim: int, max_memory_bytes: int | None = None) -> IndexChoice:
-    """The `auto` rule: documented sizes, tested in tests/test_index_types.py."""
-    flat_bytes = n_items * dim * 4
-    hnsw_bytes = flat_bytes + n_items * HNSW_M * 2 * 4  # vectors + ~2M neighbour ids per node
-    if max_memory_bytes is not None and hnsw_bytes > max_memory_bytes:
-        pq_m = _pq_subquantizers(dim)
-        return IndexChoice(
-            "ivfpq",
-            {"nlist": _nlist(n_items), "pq_m": pq_m},
-            f"{n_items} vectors exceed the memory budget uncompressed",
+MIN_TUNE_ITEMS = 1000  # below this, search exhaustively instead of tuning
+
+
+def exhaustive_params(index_type: str, params: dict, n_items: int) -> dict:
+    """Knobs that search (nearly) everything: for collections too small to tune."""
+    if index_type == "hnsw":
+        return {"efSearch": max(64, n_items), "recall_at_10": 1.0}
+    if index_type in ("ivf", "ivfpq"):
+        knobs = {"nprobe": params["nlist"], "recall_at_10": 1.0}
+        return {**knobs, "k_factor": 8} if index_type == "ivfpq" else knobs
+    return {}
+
+
+def build_tuned(
+    index_type: str,
+    params: dict,
+    dim: int,
+    ids: np.ndarray,
+    read_vectors: ReadVectors,
+    target_recall: float = TARGET_RECALL,
+    tune: bool = True,
+    reporter=None,
+    chunk: int = 65_536,
+) -> tuple[faiss.Index, dict, dict]:
+    """Train, fill and tune a new index over `ids`, vectors streamed from `read_vectors`.
+
+    The tuning sample is held out (see `tuning_sample`): every other vector is added,
+    chunk by chunk, while the exact top-10 of the sample over those same vectors is
+    accumulated; the knobs are tuned on that index; then the sample is added too.
+    Returns (index, knobs, seconds {"train", "add", "tune"}). `params` gets defaults.
+    `reporter` is anything with stage(name, total) / advance(n) / done().
+    """
+    ids = np.unique(np.asarray(ids, dtype=np.int64))
+    n = len(ids)
+    seconds = {"train": 0.0, "add": 0.0, "tune": 0.0}
+    index = new_index(index_type, dim, params)
+    started = time.perf_counter()
+    if not index.is_trained:
+        size = train_sample_size(index_type, params, n)
+        picks = np.sort(np.random.default_rng(1).choice(ids, size, replace=False))
+        index.train(np.ascontiguousarray(read_vectors(picks), dtype=np.float32))
+    seconds["train"] = time.perf_counter() - started
+
+    tuning = tune and index_type != "flat" and n >= MIN_TUNE_ITEMS
+    held = tuning_sample(ids) if tuning else np.zeros(0, np.int64)
+    rest = np.setdiff1d(ids, held, assume_unique=True)
+    queries = np.ascontiguousarray(read_vectors(held), dtype=np.float32) if tuning else None
+    truth = RunningTopK(len(held), 10) if tuning else None
+    if reporter is not None:
+        reporter.stage(f"building {index_type} index", n)
+    started = time.perf_counter()
+    for start in range(0, len(rest), chunk):
+        part = rest[start : start + chunk]
+        vectors = np.ascontiguousarray(read_vectors(part), dtype=np.float32)  # (C, D)
+        index.add_with_ids(vectors, part)
+        if truth is not None:
+            truth.push(queries @ vectors.T, part)  # (Q, C)
+        if reporter is not None:
+            reporter.advance(len(part))
+    seconds["add"] = time.perf_counter() - started
+
+    knobs = exhaustive_params(index_type, params, n)
+    if tuning:
+        started = time.perf_counter()
+
+        def search(q, depth, trial):
+            return index.search(q, depth, params=faiss_params(index_type, trial))[1]
+
+        exact = truth.result()[1]  # (Q, 10)
+        knobs = tune_search_params(
+            index_type, params, search, queries, exact, read_vectors, target_recall
         )
-    if n_items < FLAT_LIMIT:
-        return IndexChoice("flat", {}, f"{n_items} < {FLAT_LIMIT}: exact search is fast enough")
-    if n_items < 2_000_000:
-        return IndexChoice("hnsw", {"m": HNSW_M}, "fits in memory: graph search")
-    return IndexChoice("ivf", {"nlist": _nlist(n_items)}, "large: inverted lists")
-
-
-def _nlist(n_items: int) -> int:
-    # ~4 sqrt(N) cells, and at least 39 training points per cell (FAISS's own warning).
-    return int(max(1, min(4 * math.sqrt(n_items), n_items // 39)))
-
-
-def _pq_subquantizers(dim: int) -> int:
-    for m in (64, 48, 32, 16, 8):
-        if dim % m == 0 and dim // m >= 2:
-            return m
-    return 1
+        knobs["tuned_on"] = len(held)
+        seconds["tune"] = time.perf_counter() - started
+        started = time.perf_counter()
+        index.add_with_ids(queries, held)
+        seconds["add"] += time.perf_counter() - started
+        if reporter is not None:
+            reporter.advance(len(held))
+    if reporter is not None:
+        reporter.done()
+    return index, knobs, {k: round(v, 3) for k, v in seconds.items()}
 
 
 def build_index(
@@ -68,113 +406,22 @@ def build_index(
     params: dict | None = None,
     tune: bool = True,
     target_recall: float = TARGET_RECALL,
-):
+) -> TunedIndex:
     """An inner-product index over `vectors` (N, D) whose ids are row positions.
 
-    Returns a `TunedIndex`: the FAISS index and the search parameters reaching
-    `target_recall` recall@10 against exact search on a sample of the data.
+    Returns a `TunedIndex`: the FAISS index and the search knobs reaching
+    `target_recall` recall@10 against exact search on held-out items (`build_tuned`).
     """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
     if index_type == "auto":
         choice = choose_index_type(n, dim)
         index_type, params = choice.type, {**choice.params, **(params or {})}
+    check_index_type(index_type)
     params = dict(params or {})
-    if index_type not in INDEX_TYPES:
-        raise InputError(
-            f"unknown index type '{index_type}'; use one of: auto, " + ", ".join(INDEX_TYPES)
-        )
-    index = new_index(index_type, dim, n, params)
-    if not index.is_trained:
-        train = (
-            vectors
-            if n <= 200_000
-            else vectors[np.random.default_rng(0).choice(n, 200_000, replace=False)]
-        )
-        index.train(train)
-    index.add(vectors)
-    tuned = TunedIndex(index, index_type, params, {})
-    if tune and index_type != "flat":
-        tuned.search_params = tune_search_params(tuned, vectors, target_recall)
-    return tuned
-
-
-def new_index(index_type: str, dim: int, n_items: int, params: dict):
-    ip = faiss.METRIC_INNER_PRODUCT
-    if index_type == "flat":
-        return faiss.IndexFlatIP(dim)
-    if index_type == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, params.setdefault("m", HNSW_M), ip)
-        index.hnsw.efConstruction = params.setdefault("ef_construction", 80)
-        return index
-    nlist = params.setdefault("nlist", _nlist(n_items))
-    quantizer = faiss.IndexFlatIP(dim)
-    if index_type == "ivf":
-        return faiss.IndexIVFFlat(quantizer, dim, nlist, ip)
-    pq_m = params.setdefault("pq_m", _pq_subquantizers(dim))
-    return faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, 8, ip)
-
-
-@dataclass
-class TunedIndex:
-    index: faiss.Index
-    type: str
-    params: dict
-    search_params: dict  # {"nprobe": 16} / {"efSearch": 64}
-
-    def faiss_params(self, selector=None):
-        if self.type == "hnsw":
-            return faiss.SearchParametersHNSW(
-                efSearch=self.search_params.get("efSearch", 64), sel=selector
-            )
-        if self.type in ("ivf", "ivfpq"):
-            return faiss.SearchParametersIVF(
-                nprobe=self.search_params.get("nprobe", 8), sel=selector
-            )
-        return faiss.SearchParameters(sel=selector) if selector is not None else None
-
-    def search(self, queries: np.ndarray, k: int, selector=None):
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        return self.index.search(queries, k, params=self.faiss_params(selector))
-
-
-def tune_search_params(
-    tuned: TunedIndex, vectors: np.ndarray, target: float, sample: int = 500, k: int = 10
-) -> dict:
-    """Smallest nprobe / efSearch whose recall@k against exact search reaches `target`.
-
-    Queries are stored vectors plus small noise (a query is never exactly an item), and the
-    exact answer comes from a flat scan of the same vectors.
-    """
-    rng = np.random.default_rng(0)
-    n = len(vectors)
-    picks = rng.choice(n, size=min(sample, n), replace=False)
-    queries = vectors[picks] + rng.normal(0, 0.02, size=(len(picks), vectors.shape[1]))
-    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
-    k = min(k, n)
-    exact = faiss.IndexFlatIP(vectors.shape[1])
-    exact.add(vectors)
-    _, truth = exact.search(queries, k)
-
-    if tuned.type == "hnsw":
-        key, values = "efSearch", [16, 32, 64, 128, 256, 512, 1024]
-    else:
-        nlist = tuned.params["nlist"]
-        key, values = (
-            "nprobe",
-            sorted({min(nlist, v) for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, nlist)}),
-        )
-    best = {key: values[-1], "recall_at_10": None}
-    for value in values:
-        tuned.search_params = {key: value}
-        _, found = tuned.search(queries, k)
-        recall = _overlap_recall(found, truth)
-        if recall >= target:
-            return {key: value, "recall_at_10": round(recall, 4)}
-        best = {key: value, "recall_at_10": round(recall, 4)}
-    return best  # the target is out of reach (e.g. PQ codes): the most accurate setting
-
-
-def _overlap_recall(found: np.ndarray, truth: np.ndarray) -> float:
-    hits = sum(len(set(f[f >= 0]) & set(t)) for f, t in zip(found, truth, strict=True))
-    return hits / truth.size
+    if index_type in ("ivf", "ivfpq"):
+        params.setdefault("nlist", nlist_for(n))
+    index, knobs, _ = build_tuned(
+        index_type, params, dim, np.arange(n), vectors.__getitem__, target_recall, tune
+    )
+    return TunedIndex(index, index_type, params, knobs, vectors if index_type == "ivfpq" else None)

@@ -9,6 +9,12 @@
 
 Opening an index with a different encoder is refused: vectors of two models do not
 share a space, and mixing them would give silently wrong results.
+
+The manifest's "index" entry is the user's index policy (`--index-type`, `--max-memory`,
+see index_choice.py). Each save applies it (`plan_upkeep`): a collection that outgrew
+its type is rebuilt from the vector store, drifted knobs are re-tuned. `compact`
+rebuilds every collection from the store and the database: no tombstones, the type the
+policy picks for today's size, nothing re-encoded. A reader memory-maps IVF files.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import numpy as np
 from retrieval.arraystore import ArrayStore
 from retrieval.db import Database, ImageRow, TextRow
 from retrieval.errors import EncoderMismatch, IndexCorrupt, IndexNotFound, XmrError
+from retrieval.index_choice import IndexPolicy, check_index_type, parse_size, plan_upkeep
 from retrieval.modelspec import parse_model_spec
 from retrieval.vector_index import VectorIndex
 
@@ -82,9 +89,15 @@ class Library:
         if writable:
             self._lock()
         self.db = Database(self.directory)
+        self.policy = IndexPolicy.from_dict(manifest.get("index"))
         dim = int(manifest["dim"])
-        self.images = self._collection("images", ImageRow, dim, manifest.get("image_tokens"))
-        self.texts = self._collection("texts", TextRow, dim, manifest.get("text_tokens"))
+        generation = self.db.generation()
+        self.images = self._collection(
+            "images", ImageRow, dim, manifest.get("image_tokens"), generation
+        )
+        self.texts = self._collection(
+            "texts", TextRow, dim, manifest.get("text_tokens"), generation
+        )
         self.sync()
 
     # -- opening -------------------------------------------------------------------------
@@ -104,9 +117,21 @@ class Library:
         return cls(directory, manifest, writable)
 
     @classmethod
-    def open_or_create(cls, directory: Path, encoder, keep_tokens: bool = True) -> Library:
-        """Open for writing with `encoder`, creating the index if it does not exist."""
+    def open_or_create(
+        cls,
+        directory: Path,
+        encoder,
+        keep_tokens: bool = True,
+        index_type: str | None = None,
+        max_memory: str | int | None = None,
+    ) -> Library:
+        """Open for writing with `encoder`, creating the index if it does not exist.
+
+        `index_type` / `max_memory` (None: keep the stored policy) change the index
+        policy; the next save applies it.
+        """
         directory = Path(directory).expanduser()
+        policy_change = _policy_change(index_type, max_memory)  # bad values fail first
         if (directory / MANIFEST_FILE).exists():
             library = cls.open(directory, writable=True)
             try:
@@ -114,6 +139,7 @@ class Library:
             except EncoderMismatch:
                 library.close()
                 raise
+            library.set_policy(**policy_change)
             return library
         directory.mkdir(parents=True, exist_ok=True)
         manifest = {
@@ -123,9 +149,12 @@ class Library:
             "dim": encoder.dim,
             "image_tokens": _shape(encoder.image_token_shape) if keep_tokens else None,
             "text_tokens": _shape(encoder.text_token_shape) if keep_tokens else None,
+            "index": IndexPolicy().as_dict(),
         }
         _write_json_atomic(directory / MANIFEST_FILE, manifest)
-        return cls(directory, manifest, writable=True)
+        library = cls(directory, manifest, writable=True)
+        library.set_policy(**policy_change)
+        return library
 
     @property
     def encoder_spec(self) -> str:
@@ -144,21 +173,44 @@ class Library:
         """Refuse a --model that differs from the index's, without loading the model."""
         self.check_encoder(parse_model_spec(spec_text).identity())
 
-    def _collection(self, name, table, dim, token_shape) -> Collection:
+    def _collection(self, name, table, dim, token_shape, generation: int) -> Collection:
         vectors = ArrayStore(self.directory / f"{name}.vec", (dim,), "float32")
         tokens = None
         if token_shape:
             tokens = ArrayStore(self.directory / f"{name}.tok", tuple(token_shape), "float16")
         faiss_path = self.directory / f"{name}.faiss"
+        # A reader memory-maps an up-to-date IVF file; a writer reads it into memory.
+        mmap_generation = None if self.writable else generation
         try:
-            index = VectorIndex.load(faiss_path, dim)
+            index = VectorIndex.load(faiss_path, dim, vectors.read, mmap_generation)
         except RuntimeError as exc:  # a truncated FAISS file: it is derived data, rebuild it
             if not self.writable:
                 raise IndexCorrupt(
                     f"{faiss_path} is unreadable ({exc}); run `xmr index` to rebuild it"
                 ) from exc
-            index = VectorIndex.empty(dim)
+            index = VectorIndex.empty(dim, vectors.read)
         return Collection(name, table, vectors, tokens, index, faiss_path)
+
+    # -- index policy --------------------------------------------------------------------
+    def set_policy(self, index_type: str | None = None, max_memory: int | None = ...) -> None:
+        """Record a new index policy in the manifest (applied by the next save).
+
+        `max_memory=...` keeps the stored budget; None removes it.
+        """
+        policy = IndexPolicy(
+            self.policy.type if index_type is None else check_index_type(index_type),
+            self.policy.max_memory if max_memory is ... else max_memory,
+        )
+        if policy == self.policy:
+            return
+        self._require_writable()
+        self.policy = policy
+        self.manifest["index"] = policy.as_dict()
+        _write_json_atomic(self.directory / MANIFEST_FILE, self.manifest)
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise XmrError(f"{self.directory} is open read-only")
 
     # -- consistency ---------------------------------------------------------------------
     def sync(self) -> None:
@@ -172,13 +224,76 @@ class Library:
             if self.writable and (added or removed or collection.index.generation != generation):
                 collection.index.save(collection.faiss_path, generation)
 
-    def save(self) -> None:
-        """Flush stores and write FAISS files that reflect the current database generation."""
+    def save(self, reporter=None) -> None:
+        """Flush stores, apply the index policy, and write FAISS files that reflect the
+        current database generation. `reporter` hears of long rebuilds."""
         generation = self.db.generation()
         for collection in (self.images, self.texts):
             collection.flush()
-            if collection.index.generation != generation:
+            changed = self._upkeep(collection, reporter)
+            if changed or collection.index.generation != generation:
                 collection.index.save(collection.faiss_path, generation)
+
+    def _upkeep(self, collection: Collection, reporter=None) -> bool:
+        """Rebuild or re-tune `collection`'s index if the policy says so; True if it did."""
+        index = collection.index
+        action, choice = plan_upkeep(
+            self.policy,
+            int(self.manifest["dim"]),
+            index.kind,
+            index.live_count,
+            index.built_n,
+            len(index.tombstones),
+            tuned=bool(index.search_params),
+        )
+        if action == "keep":
+            return False
+        ids = np.asarray(self.db.ids(collection.table), dtype=np.int64)
+        if action == "retune":
+            index.retune(ids)
+        else:
+            collection.index = VectorIndex.build(
+                choice, int(self.manifest["dim"]), ids, collection.vectors.read, reporter=reporter
+            )
+        return True
+
+    def compact(
+        self,
+        index_type: str | None = None,
+        max_memory: str | int | None = None,
+        reporter=None,
+    ) -> dict[str, dict]:
+        """Rebuild both FAISS indexes from the vector store and the database.
+
+        Drops tombstones, re-trains and re-tunes, and switches type when `index_type`
+        (or the stored policy, for today's size) says so. Nothing is re-encoded.
+        Returns {collection: {"before": {...}, "after": {...}, "reason", "seconds"}}.
+        """
+        import time
+
+        self._require_writable()
+        self.set_policy(**_policy_change(index_type, max_memory))
+        self.sync()
+        generation = self.db.generation()
+        dim = int(self.manifest["dim"])
+        report = {}
+        for collection in (self.images, self.texts):
+            started = time.monotonic()
+            before = collection.index.describe()
+            ids = np.asarray(self.db.ids(collection.table), dtype=np.int64)
+            choice = self.policy.choose(len(ids), dim)
+            collection.flush()
+            collection.index = VectorIndex.build(
+                choice, dim, ids, collection.vectors.read, reporter=reporter
+            )
+            collection.index.save(collection.faiss_path, generation)
+            report[collection.name] = {
+                "before": before,
+                "after": collection.index.describe(),
+                "reason": choice.reason,
+                "seconds": round(time.monotonic() - started, 2),
+            }
+        return report
 
     def close(self) -> None:
         if self.writable:
@@ -220,6 +335,17 @@ class Library:
             for p in sorted(self.directory.iterdir())
             if p.is_file() and not p.name.endswith(".lock")
         }
+
+
+def _policy_change(index_type: str | None, max_memory: str | int | None) -> dict:
+    """set_policy() arguments for CLI-style values (validated here, before any work)."""
+    change: dict = {}
+    if index_type is not None:
+        change["index_type"] = check_index_type(index_type)
+    if max_memory is not None:
+        none = isinstance(max_memory, str) and max_memory.strip().lower() in ("none", "0", "")
+        change["max_memory"] = None if none else parse_size(max_memory)
+    return change
 
 
 def _shape(shape) -> list[int] | None:

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from retrieval.db import ImageRow, TextRow
 from retrieval.errors import InputError
+from retrieval.filters import SearchFilter
 from retrieval.imageio import DecodeError, decode_image
 from retrieval.library import Collection, Library
 
@@ -109,9 +110,19 @@ class Searcher:
         candidates: int | None = None,
         rerank: bool = True,
         allowed_ids=None,
+        where: SearchFilter | None = None,
     ) -> list[Hit]:
-        """Top-k items of `target` ("images" | "texts") for `query`, best first."""
+        """Top-k items of `target` ("images" | "texts") for `query`, best first.
+
+        `where` (or a ready set of `allowed_ids`) restricts the answers inside the
+        stage-1 search, so k come back whenever k items match (see filters.py).
+        """
         collection = self.library.images if target == "images" else self.library.texts
+        if where is not None and where.active:
+            matching = where.allowed_ids(self.library.db, target)
+            allowed_ids = (
+                matching if allowed_ids is None else np.intersect1d(matching, list(allowed_ids))
+            )
         exclude = None
         if target == "images" and query.exclude_image_id is not None:
             exclude = [query.exclude_image_id]  # image->image never answers with itself
@@ -140,7 +151,7 @@ class Searcher:
             return self.reranker.rerank_images(query.tokens, query.length, tokens, stage1)
         with self.library.db.session() as session:
             query_lengths = select(TextRow.id, TextRow.n_tokens).where(TextRow.id.in_(ids.tolist()))
-            lengths = dict(session.execute(query_lengths).tuples())
+            lengths = {i: n for i, n in session.execute(query_lengths)}
         text_lengths = np.array([lengths[int(i)] for i in ids])
         return self.reranker.rerank_texts(query.tokens, tokens, text_lengths, stage1)
 

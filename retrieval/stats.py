@@ -24,7 +24,15 @@ def index_info(library: Library) -> dict:
         "texts": texts,
         "image_tokens": manifest.get("image_tokens"),
         "text_tokens": manifest.get("text_tokens"),
-        "faiss": {"images": library.images.index.ntotal, "texts": library.texts.index.ntotal},
+        "faiss": {
+            "images": library.images.index.live_count,
+            "texts": library.texts.index.live_count,
+        },
+        "index": {
+            "policy": library.policy.as_dict(),
+            "images": library.images.index.describe(),
+            "texts": library.texts.index.describe(),
+        },
         "files": files,
         "bytes_total": sum(files.values()),
     }

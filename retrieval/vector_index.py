@@ -1,9 +1,29 @@
-"""The FAISS side of an index: vectors by id, searched by inner product.
+"""The FAISS side of one collection: vectors by id, searched by inner product.
 
 The index is derived data: every vector also lives in an `ArrayStore` and every id in
 SQLite, so a FAISS file that lags behind the database (a killed run) is caught up on
-open by `sync`, never trusted blindly. A sidecar JSON records the database generation
-the file reflects, so an up-to-date index opens without reading any ids.
+open by `sync`, never trusted blindly. A sidecar JSON (`images.faiss.json`) records
+what the file is and the database generation it reflects:
+
+    {"generation": 12, "file_bytes": 2093, "ntotal": 500, "type": "hnsw",
+     "params": {"m": 32, "ef_construction": 40}, "built_n": 480,
+     "search_params": {"efSearch": 24, "recall_at_10": 0.97}, "tombstones": [17, 40]}
+
+Types (see index_choice / index_types): flat and hnsw sit inside IndexIDMap2; IVF types
+keep our ids in their inverted lists. Flat and IVF remove ids for real; HNSW cannot, so
+a deleted id there becomes a tombstone, excluded from every search through an id
+selector until `xmr compact` rebuilds the graph. Ids are never reused (AUTOINCREMENT),
+so a tombstone stays true forever.
+
+Searching with a filter (`allowed_ids`) follows one rule, so k results come back
+whenever k items pass it:
+  1. allowed sets of at most EXACT_FILTER_MAX ids are scored exactly, their vectors
+     read from the vector store (faster than any index at that size, and exact);
+  2. larger sets go through the index with an `IDSelectorBatch`, its efSearch / nprobe
+     widened by 0.1 / selectivity (1x at 10% of the items, 10x at 1%, at most 16x);
+  3. if the index returns fewer than min(k, allowed) (a graph or cell search starved by
+     the filter or by tombstones), it is asked again 4x and 16x wider, and as a last
+     resort the allowed (or all live) vectors are scanned exactly.
 """
 
 from __future__ import annotations
@@ -15,107 +35,372 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from retrieval.index_choice import IndexChoice
+from retrieval.index_types import (
+    MIN_TUNE_ITEMS,
+    TARGET_RECALL,
+    ReadVectors,
+    build_tuned,
+    drop_self,
+    exact_top_k,
+    exhaustive_params,
+    faiss_params,
+    kind_of,
+    new_index,
+    refine_exact,
+    tune_search_params,
+    tuning_sample,
+)
+
+IVF_TYPES = ("ivf", "ivfpq")
+EXACT_FILTER_MAX = 20_000  # rule 1 above: ~40 MB of 512-d vectors, a few ms of BLAS
+CHUNK = 65_536  # vectors read from the store at a time when (re)building
+TUNE_K = 10
+
 
 class VectorIndex:
-    def __init__(self, index: faiss.Index, generation: int = -1):
-        self.index = index  # IndexIDMap2 over an inner-product index
+    def __init__(
+        self,
+        index: faiss.Index,
+        kind: str | None = None,
+        params: dict | None = None,
+        search_params: dict | None = None,
+        tombstones=(),
+        generation: int = -1,
+        built_n: int = 0,
+        read_vectors: ReadVectors | None = None,
+        mmapped: bool = False,
+    ):
+        self.index = index
+        self.kind = kind or kind_of(index)
+        self.params = dict(params or {})
+        self.search_params = dict(search_params or {})  # {"efSearch": 24, "recall_at_10": ..}
         self.generation = generation
+        self.built_n = built_n  # live items when built or last tuned
+        self.read_vectors = read_vectors  # ids (B,) -> (B, D): the collection's vector store
+        self.mmapped = mmapped  # IVF lists memory-mapped read-only (a searching process)
+        self.exact_filter_max = EXACT_FILTER_MAX  # rule 1 of the filter rule (0: never)
+        self._tombstones = np.unique(np.asarray(list(tombstones), dtype=np.int64))
+        self._stored: np.ndarray | None = None  # cache of every id in the index
+        self._prune()
+
+    # -- creating, loading, saving -------------------------------------------------------
+    @classmethod
+    def empty(cls, dim: int, read_vectors: ReadVectors | None = None) -> VectorIndex:
+        return cls(new_index("flat", dim, {}), "flat", read_vectors=read_vectors)
 
     @classmethod
-    def empty(cls, dim: int) -> VectorIndex:
-        return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)))
-
-    @classmethod
-    def load(cls, path: Path, dim: int) -> VectorIndex:
+    def load(
+        cls,
+        path: Path,
+        dim: int,
+        read_vectors: ReadVectors | None = None,
+        mmap_generation: int | None = None,
+    ) -> VectorIndex:
+        """Read `path`; IVF files are memory-mapped when `mmap_generation` is the generation
+        the file reflects (a reader that will not need to add to it). Raises RuntimeError
+        on an unreadable file."""
         path = Path(path)
         if not path.exists():
-            return cls.empty(dim)
-        index = faiss.read_index(str(path))
-        sidecar = _sidecar(path)
-        generation = json.loads(sidecar.read_text())["generation"] if sidecar.exists() else -1
-        return cls(index, generation)
+            return cls.empty(dim, read_vectors)
+        meta = _read_sidecar(path)
+        describes_file = meta.get("file_bytes") == path.stat().st_size
+        mmap = (
+            mmap_generation is not None
+            and describes_file
+            and meta.get("type") in IVF_TYPES
+            and meta.get("generation") == mmap_generation
+        )
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if mmap else 0)
+        kind = kind_of(index)
+        if not describes_file or meta.get("type", kind) != kind:
+            # The sidecar belongs to another file (a kill between the two renames of
+            # `save`): keep only its tombstones, which stay true; sync and re-tune.
+            meta = {"tombstones": meta.get("tombstones", [])}
+        return cls(
+            index,
+            kind,
+            meta.get("params"),
+            meta.get("search_params"),
+            meta.get("tombstones", ()),
+            meta.get("generation", -1),
+            meta.get("built_n", 0),
+            read_vectors,
+            mmap,
+        )
 
     def save(self, path: Path, generation: int) -> None:
-        """Atomic: write a temporary file, then rename over the old one."""
+        """Atomic: write a temporary file, then rename over the old one; sidecar second."""
+        if self.mmapped:
+            raise RuntimeError("a memory-mapped index is read-only; open the library writable")
         path = Path(path)
+        self._prune()
         tmp = path.with_suffix(path.suffix + ".tmp")
         faiss.write_index(self.index, str(tmp))
         _fsync(tmp)
+        file_bytes = tmp.stat().st_size
         os.replace(tmp, path)
-        # The sidecar is written second: if a kill lands between the two renames the
-        # sidecar names an older generation and the next open re-syncs, which is safe.
+        # If a kill lands between the two renames, the old sidecar names an older
+        # generation and another file size, so the next open re-syncs: safe.
+        meta = {
+            "generation": generation,
+            "file_bytes": file_bytes,
+            "ntotal": self.ntotal,
+            "type": self.kind,
+            "params": self.params,
+            "built_n": self.built_n,
+            "search_params": self.search_params,
+            "tombstones": self.tombstones.tolist(),
+        }
         side_tmp = _sidecar(path).with_suffix(".tmp")
-        side_tmp.write_text(json.dumps({"generation": generation, "ntotal": self.ntotal}))
+        side_tmp.write_text(json.dumps(meta))
         _fsync(side_tmp)
         os.replace(side_tmp, _sidecar(path))
         self.generation = generation
 
+    @classmethod
+    def build(
+        cls,
+        choice: IndexChoice,
+        dim: int,
+        ids: np.ndarray,
+        read_vectors: ReadVectors,
+        target_recall: float = TARGET_RECALL,
+        reporter=None,
+    ) -> VectorIndex:
+        """A fresh index of `choice.type` over `ids`, vectors streamed from the store and
+        its knobs tuned on held-out items (index_types.build_tuned)."""
+        params = dict(choice.params)
+        index, knobs, seconds = build_tuned(
+            choice.type, params, dim, ids, read_vectors, target_recall, reporter=reporter,
+            chunk=CHUNK,
+        )  # fmt: skip
+        if knobs:
+            knobs["build_seconds"] = seconds
+        return cls(index, choice.type, params, knobs, (), -1, len(np.unique(ids)), read_vectors)
+
+    def retune(self, ids: np.ndarray, target_recall: float = TARGET_RECALL) -> None:
+        """Re-tune IVF knobs after growth, on stored items searched leaving themselves out.
+
+        (Unbiased for IVF, whose cells do not know the query is stored; HNSW is rebuilt
+        instead, see index_choice.plan_upkeep.)
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        self.built_n = len(ids)
+        if len(ids) < MIN_TUNE_ITEMS or self.read_vectors is None:
+            self.search_params = exhaustive_params(self.kind, self.params, len(ids))
+            return
+        query_ids = tuning_sample(ids)
+        queries = self.read_vectors(query_ids).astype(np.float32)
+        _, top = exact_top_k(queries, ids, self.read_vectors, TUNE_K + 1, CHUNK)
+        exact = drop_self(top, query_ids)
+
+        def search(q, depth, knobs):
+            return self._faiss_search(q, depth, faiss_params(self.kind, knobs))[1]
+
+        self.search_params = tune_search_params(
+            self.kind, self.params, search, queries, exact, self.read_vectors,
+            target_recall, query_ids,
+        )  # fmt: skip
+        self.search_params["tuned_on"] = len(query_ids)
+
+    # -- what it holds -------------------------------------------------------------------
     @property
     def ntotal(self) -> int:
+        """Vectors in FAISS, tombstoned ones included."""
         return int(self.index.ntotal)
 
     @property
     def dim(self) -> int:
         return int(self.index.d)
 
-    def ids(self) -> np.ndarray:
-        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+    @property
+    def tombstones(self) -> np.ndarray:
+        """Deleted ids still in the graph (HNSW), sorted."""
+        return self._tombstones
 
+    def _prune(self) -> None:
+        """Keep only tombstones of stored ids (on load, save and sync; O(N), not per search).
+
+        Between prunes a tombstone may name an id that was never stored (a skipped file's
+        row): harmless, it only makes `live_count` low by one.
+        """
+        if len(self._tombstones):
+            self._tombstones = np.intersect1d(self._tombstones, self._stored_ids())
+
+    @property
+    def live_count(self) -> int:
+        return self.ntotal - len(self.tombstones)
+
+    def ids(self) -> np.ndarray:
+        """The live ids (tombstones excluded), sorted."""
+        return np.setdiff1d(self._stored_ids(), self.tombstones)
+
+    def _stored_ids(self) -> np.ndarray:
+        if self._stored is None:
+            if isinstance(self.index, faiss.IndexIDMap):
+                stored = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+            else:
+                stored = _ivf_ids(self.index)
+            self._stored = np.sort(stored)
+        return self._stored
+
+    def describe(self) -> dict:
+        """Type, knobs and counts, for `xmr info` and `xmr compact`."""
+        return {
+            "type": self.kind,
+            "params": self.params,
+            "search_params": self.search_params,
+            "ntotal": self.ntotal,
+            "live": self.live_count,
+            "tombstones": len(self.tombstones),
+            "memory_mapped": self.mmapped,
+        }
+
+    # -- changing it ---------------------------------------------------------------------
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """ids: (B,) int64; vectors: (B, D) float32, unit norm."""
+        """ids: (B,) int64; vectors: (B, D) float32, unit norm. IVF: into trained lists."""
         if len(ids):
+            self._writable()
             self.index.add_with_ids(
                 np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64)
             )
+            self._stored = None
 
     def remove(self, ids) -> None:
-        ids = np.asarray(list(ids), dtype=np.int64)
-        if len(ids):
+        """Delete ids: for real (flat, IVF) or as tombstones (HNSW cannot remove)."""
+        ids = np.unique(np.asarray(list(ids), dtype=np.int64))
+        if not len(ids):
+            return
+        self._writable()
+        if self.kind == "hnsw":
+            self._tombstones = np.union1d(self._tombstones, ids)  # pruned on save
+        else:
             self.index.remove_ids(faiss.IDSelectorBatch(ids))
+            self._stored = None
 
-    def sync(self, expected_ids: np.ndarray, read_vectors) -> tuple[int, int]:
-        """Make the index hold exactly `expected_ids`; returns (added, removed).
+    def sync(self, expected_ids: np.ndarray, read_vectors: ReadVectors) -> tuple[int, int]:
+        """Make the index hold exactly `expected_ids` live; returns (added, removed).
 
         `read_vectors(ids) -> (B, D)` supplies vectors of ids the index lacks. Ids never
-        change meaning (see arraystore), so a set difference is a complete repair.
+        change meaning (see arraystore), so a set difference is a complete repair; a
+        tombstoned id the database still has (its deletion rolled back) is revived.
         """
-        have = self.ids()
-        expected = np.asarray(expected_ids, dtype=np.int64)
-        extra = np.setdiff1d(have, expected, assume_unique=False)
-        missing = np.setdiff1d(expected, have, assume_unique=False)
+        expected = np.unique(np.asarray(expected_ids, dtype=np.int64))
+        self._prune()
+        tombstones = self.tombstones
+        have = np.setdiff1d(self._stored_ids(), tombstones)
+        extra = np.setdiff1d(have, expected)
+        missing = np.setdiff1d(expected, have)
+        revived = np.intersect1d(missing, tombstones)
+        missing = np.setdiff1d(missing, revived)
         self.remove(extra)
-        for start in range(0, len(missing), 65536):
-            chunk = missing[start : start + 65536]
+        self._tombstones = np.setdiff1d(self._tombstones, revived)
+        for start in range(0, len(missing), CHUNK):
+            chunk = missing[start : start + CHUNK]
             self.add(chunk, read_vectors(chunk))
-        return len(missing), len(extra)
+        return len(missing) + len(revived), len(extra)
 
+    def _writable(self) -> None:
+        if self.mmapped:
+            raise RuntimeError("a memory-mapped index is read-only; open the library writable")
+
+    # -- searching -----------------------------------------------------------------------
     def search(
         self, queries: np.ndarray, k: int, exclude_ids=None, allowed_ids=None
     ) -> tuple[np.ndarray, np.ndarray]:
         """queries: (Q, D) -> scores (Q, k) float32, ids (Q, k) int64 (-1 where fewer match).
 
-        Filters run inside FAISS through an id selector, so k results come back whenever
-        k items pass the filter (no post-filtering shortfall).
+        Tombstones and `exclude_ids` never come back; with `allowed_ids` only those do,
+        and k of them whenever k exist (the rule in the module docstring).
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        k = max(1, min(int(k), max(self.ntotal, 1)))
-        selector = None
+        width = max(1, min(int(k), max(self.ntotal, 1)))
+        excluded = self.tombstones
+        if exclude_ids is not None and len(exclude_ids):
+            excluded = np.union1d(excluded, np.asarray(list(exclude_ids), dtype=np.int64))
+        if self.ntotal == 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+
         keep_alive = []  # SWIG selectors must outlive the search call
         if allowed_ids is not None:
-            inner = faiss.IDSelectorBatch(np.asarray(list(allowed_ids), dtype=np.int64))
-            keep_alive.append(inner)
-            selector = inner
-        if exclude_ids is not None and len(exclude_ids):
-            excluded = faiss.IDSelectorBatch(np.asarray(list(exclude_ids), dtype=np.int64))
-            negated = faiss.IDSelectorNot(excluded)
-            keep_alive += [excluded, negated]
-            selector = negated if selector is None else faiss.IDSelectorAnd(selector, negated)
+            allowed = np.setdiff1d(np.asarray(list(allowed_ids), dtype=np.int64), excluded)
+            wanted = min(width, len(allowed))
+            if wanted == 0:
+                return _padded(np.zeros((len(queries), 0), np.float32), None, width)
+            if len(allowed) <= self.exact_filter_max and self.read_vectors is not None:
+                return _padded(*exact_top_k(queries, allowed, self.read_vectors, wanted), width)
+            selector = faiss.IDSelectorBatch(allowed)
             keep_alive.append(selector)
-        if self.ntotal == 0:
-            return (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64))
-        params = faiss.SearchParameters(sel=selector) if selector is not None else None
-        scores, ids = self.index.search(queries, k, params=params)
-        return scores, ids
+            # A graph walk or a cell scan meets allowed items at rate `selectivity`:
+            # widen it accordingly (10% and above: as tuned; 1%: 10x) before searching.
+            selectivity = len(allowed) / max(self.live_count, 1)
+            widen = int(min(16, max(1, round(0.1 / selectivity))))
+        else:
+            allowed = None
+            widen = 1
+            wanted = min(width, max(self.live_count - len(excluded) + len(self.tombstones), 0))
+            selector = None
+            if len(excluded):
+                inner = faiss.IDSelectorBatch(excluded)
+                selector = faiss.IDSelectorNot(inner)
+                keep_alive += [inner, selector]
+
+        for boost in (widen, 4 * widen, 16 * widen):
+            scores, ids = self._approximate(queries, width, selector, boost)
+            if (ids >= 0).sum(axis=1).min() >= wanted or self.kind == "flat":
+                return scores, ids
+        if self.read_vectors is None:
+            return scores, ids
+        pool = allowed if allowed is not None else np.setdiff1d(self._stored_ids(), excluded)
+        return _padded(*exact_top_k(queries, pool, self.read_vectors, wanted, CHUNK), width)
+
+    def _approximate(self, queries, k, selector, boost):
+        """One index search; IVF-PQ candidates are re-scored exactly from the store."""
+        params = faiss_params(self.kind, self.search_params, selector, boost)
+        factor = int(self.search_params.get("k_factor", 1))
+        if self.kind == "ivfpq" and factor > 1 and self.read_vectors is not None:
+            _, candidates = self._faiss_search(queries, min(k * factor, self.ntotal), params)
+            return refine_exact(queries, candidates, self.read_vectors, k)
+        return self._faiss_search(queries, k, params)
+
+    def _faiss_search(self, queries, k, params):
+        if self.kind == "hnsw" and params is not None:
+            params.efSearch = max(int(params.efSearch), k)
+        return self.index.search(queries, k, params=params)
+
+
+def _padded(scores: np.ndarray, ids: np.ndarray | None, width: int):
+    """Pad (Q, w) results to (Q, width) with -inf scores and -1 ids."""
+    q = len(scores)
+    out_scores = np.full((q, width), -np.inf, dtype=np.float32)
+    out_ids = np.full((q, width), -1, dtype=np.int64)
+    w = scores.shape[1]
+    out_scores[:, :w] = scores
+    if ids is not None:
+        out_ids[:, :w] = ids
+    return out_scores, out_ids
+
+
+def _ivf_ids(index: faiss.Index) -> np.ndarray:
+    """Every id stored in an IVF index's inverted lists (in memory or memory-mapped)."""
+    invlists = faiss.extract_index_ivf(index).invlists
+    parts = []
+    for list_no in range(invlists.nlist):
+        size = invlists.list_size(list_no)
+        if size:
+            pointer = invlists.get_ids(list_no)
+            parts.append(faiss.rev_swig_ptr(pointer, size).astype(np.int64))
+            invlists.release_ids(list_no, pointer)
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _read_sidecar(path: Path) -> dict:
+    sidecar = _sidecar(path)
+    try:
+        return json.loads(sidecar.read_text()) if sidecar.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}  # derived data: an unreadable sidecar only costs a re-sync
 
 
 def _sidecar(path: Path) -> Path:

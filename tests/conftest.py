@@ -221,3 +221,74 @@ def cli():
         )
 
     return invoke
+
+
+# -- a generated corpus and a tiny encoder trained on it (training, re-ranker, bench) -----
+TRAIN_CFG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 96, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 48, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def shapes_corpus(tmp_path_factory):
+    from training.corpus import make_corpus
+
+    return make_corpus(tmp_path_factory.mktemp("corpus") / "shapes", 600, seed=5)
+
+
+@pytest.fixture(scope="session")
+def train_config_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "train-tiny.json"
+    path.write_text(json.dumps(TRAIN_CFG))
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained(shapes_corpus, train_config_path, tmp_path_factory):
+    """A tiny encoder trained for 300 steps (~30 s on 2 cores)."""
+    from training.encoder_training import EncoderTrainConfig, train_encoder
+
+    out = tmp_path_factory.mktemp("trained") / "tiny"
+    config = EncoderTrainConfig(
+        data=str(shapes_corpus.captions_path),
+        model=f"{train_config_path}:none",
+        out=str(out),
+        epochs=100,
+        batch_size=64,
+        lr=2e-3,
+        warmup_steps=20,
+        max_steps=300,
+        seed=0,
+        name="xmr-test-tiny",
+    )
+    state = train_encoder(config)
+    return out, state
+
+
+@pytest.fixture(scope="session")
+def trained_reranker(trained, shapes_corpus, tmp_path_factory):
+    """A re-ranker trained for 300 steps on the tiny trained encoder's frozen tokens."""
+    from training.reranker_training import RerankerTrainConfig, train_reranker
+
+    encoder_dir, _ = trained
+    out = tmp_path_factory.mktemp("reranker") / "rr"
+    config = RerankerTrainConfig(
+        data=str(shapes_corpus.captions_path),
+        model=str(encoder_dir),
+        out=str(out),
+        steps=300,
+        batch_size=32,
+        lr=1e-3,
+        warmup_steps=30,
+        width=64,
+        layers=2,
+        heads=4,
+        val_every=300,
+        val_images=60,
+        candidates=8,
+        seed=0,
+    )
+    state = train_reranker(config)
+    return out, state

@@ -246,11 +246,6 @@ def test_cli_texts_json_output_and_image_to_text(cli, encoder, tiny_spec, tmp_pa
     assert len(lines) == 3 and lines[0] == CAPTIONS[0] and set(lines) <= set(CAPTIONS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a text is stored once with ONE source file, so editing that file "
-    "drops the text although another corpus file still holds it",
-)
 def test_text_shared_by_two_files_survives_its_removal_from_one(encoder, tmp_path):
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     a.write_text("a shared caption\nonly in a\n")
@@ -261,3 +256,6 @@ def test_text_shared_by_two_files_survives_its_removal_from_one(encoder, tmp_pat
     a.write_text("only in a\n")
     _add(index_dir, encoder, a)
     assert "a shared caption" in _texts(index_dir)  # b.txt still holds it
+    b.write_text("only in b\n")
+    _add(index_dir, encoder, b)
+    assert "a shared caption" not in _texts(index_dir)  # now no file holds it

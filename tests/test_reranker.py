@@ -1,0 +1,163 @@
+"""The cross-attention re-ranker: masking, batching, training signal, search integration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from retrieval.reranker import Reranker, RerankerConfig, RerankerRuntime, text_mask
+
+
+def _random_runtime(dim=32, text_len=12, image_tokens=9, seed=0):
+    torch.manual_seed(seed)
+    config = RerankerConfig(
+        token_dim=dim, text_len=text_len, image_tokens=image_tokens, width=32, layers=2, heads=4
+    )
+    return RerankerRuntime(Reranker(config).eval(), "random", "cpu")
+
+
+def test_pair_score_does_not_depend_on_the_rest_of_the_batch():
+    runtime = _random_runtime()
+    rng = np.random.default_rng(0)
+    texts = rng.normal(size=(6, 12, 32)).astype(np.float16)
+    lengths = np.array([3, 12, 7, 1, 9, 5])
+    images = rng.normal(size=(4, 9, 32)).astype(np.float16)
+    states = runtime.image_states(images)
+    pairs_text = np.array([0, 1, 2, 3, 4, 5, 0, 2])
+    pairs_image = np.array([0, 1, 2, 3, 0, 1, 3, 3])
+    together = runtime.score_pairs(texts[pairs_text], lengths[pairs_text], states, pairs_image)
+    for p, (t, i) in enumerate(zip(pairs_text, pairs_image, strict=True)):
+        alone_states = runtime.image_states(images[i : i + 1])
+        alone = runtime.score_pairs(texts[t : t + 1], lengths[t : t + 1], alone_states, [0])
+        np.testing.assert_allclose(together[p], alone[0], atol=1e-5)
+
+
+def test_padding_is_masked_out():
+    """Garbage in the padded positions of a text must not change its score."""
+    runtime = _random_runtime()
+    rng = np.random.default_rng(1)
+    text = rng.normal(size=(1, 12, 32)).astype(np.float32)
+    noisy = text.copy()
+    noisy[0, 4:] = rng.normal(size=(8, 32)) * 100
+    image = rng.normal(size=(1, 9, 32)).astype(np.float32)
+    states = runtime.image_states(image)
+    clean = runtime.score_pairs(text, np.array([4]), states, [0])
+    dirty = runtime.score_pairs(noisy, np.array([4]), states, [0])
+    np.testing.assert_allclose(clean, dirty, atol=1e-5)
+    longer = runtime.score_pairs(noisy, np.array([5]), states, [0])
+    assert abs(float(longer[0] - clean[0])) > 1e-4  # the mask really is what hides them
+
+
+def test_cached_image_states_match_the_plain_forward():
+    runtime = _random_runtime()
+    rng = np.random.default_rng(2)
+    text = torch.tensor(rng.normal(size=(3, 12, 32)), dtype=torch.float32)
+    image = torch.tensor(rng.normal(size=(3, 9, 32)), dtype=torch.float32)
+    lengths = torch.tensor([12, 5, 2])
+    with torch.no_grad():
+        direct = runtime.model(text, text_mask(lengths, 12), image).numpy()
+    cached = runtime.score_pairs(
+        text.numpy(), lengths.numpy(), runtime.image_states(image.numpy()), [0, 1, 2]
+    )
+    np.testing.assert_allclose(direct, cached, atol=1e-5)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    from retrieval.reranker import load_reranker, save_reranker
+
+    runtime = _random_runtime(seed=4)
+    save_reranker(runtime.model, tmp_path / "rr")
+    loaded = load_reranker(tmp_path / "rr", device="cpu")
+    rng = np.random.default_rng(3)
+    text, image = rng.normal(size=(2, 12, 32)), rng.normal(size=(2, 9, 32))
+    a = runtime.score_pairs(text, np.array([12, 3]), runtime.image_states(image), [0, 1])
+    b = loaded.score_pairs(text, np.array([12, 3]), loaded.image_states(image), [0, 1])
+    np.testing.assert_array_equal(a, b)
+
+
+def test_token_store_returns_exactly_what_was_written(tmp_path):
+    from retrieval.arraystore import ArrayStore
+
+    store = ArrayStore(tmp_path / "t.tok", (5, 4), "float16")
+    rng = np.random.default_rng(0)
+    ids = np.array([3, 0, 2000, 17])  # out of order, and past the first growth
+    records = rng.normal(size=(4, 5, 4)).astype(np.float16)
+    store.write(ids, records)
+    store.flush()
+    reopened = ArrayStore(tmp_path / "t.tok", (5, 4), "float16")
+    np.testing.assert_array_equal(reopened.read(ids), records)
+    np.testing.assert_array_equal(reopened.read(np.array([2000])), records[2:3])
+
+
+def test_indexed_tokens_equal_the_encoder_tokens(tmp_path, encoder):
+    from conftest import index_with, make_images
+
+    from retrieval.library import Library
+
+    paths = make_images(tmp_path / "imgs", 5)
+    index_with(tmp_path / "idx", encoder, [tmp_path / "imgs"])
+    with Library.open(tmp_path / "idx") as library:
+        from sqlalchemy import select
+
+        from retrieval.db import ImageRow
+
+        with library.db.session() as session:
+            rows = {r.path: r.id for r in session.scalars(select(ImageRow))}
+        from retrieval.imageio import decode_image
+
+        for path in paths:
+            pixels, *_ = decode_image(str(path.resolve()), encoder.preprocess)
+            expected = encoder.encode_images(pixels.unsqueeze(0)).tokens[0]
+            stored = library.images.tokens.read(np.array([rows[str(path.resolve())]]))[0]
+            np.testing.assert_array_equal(stored, expected)
+
+
+def test_reranking_never_leaves_the_stage1_candidates(tmp_path, encoder):
+    from conftest import index_with, make_images
+
+    from retrieval.library import Library
+    from retrieval.searcher import Searcher
+
+    make_images(tmp_path / "imgs", 40)
+    index_with(tmp_path / "idx", encoder, [tmp_path / "imgs"])
+    runtime = _random_runtime(
+        dim=encoder.dim,
+        text_len=encoder.context_length,
+        image_tokens=encoder.image_token_shape[0],
+        seed=7,
+    )
+    with Library.open(tmp_path / "idx") as library:
+        plain = Searcher(library, encoder)
+        reranked = Searcher(library, encoder, runtime)
+        for text in ("a red square", "green circles on blue", "noise"):
+            query = plain.text_query(text)
+            stage1 = {h.id for h in plain.search(query, "images", k=8)}
+            hits = reranked.search(query, "images", k=5, candidates=8)
+            assert {h.id for h in hits} <= stage1
+            assert len(hits) == 5
+            assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+            # a random re-ranker reorders: final scores are its logits, not stage 1's
+            assert any(abs(h.score - h.stage1_score) > 1e-6 for h in hits)
+
+
+@pytest.mark.slow
+def test_training_beats_the_dual_encoder_on_attribute_swaps(
+    trained_reranker, trained, shapes_corpus
+):
+    from retrieval.bench import BenchOptions, run_benchmark
+    from retrieval.datasets import load_dataset
+    from retrieval.encoder import load_encoder
+    from retrieval.reranker import load_reranker
+
+    rr_dir, state = trained_reranker
+    encoder = load_encoder(str(trained[0]), "cpu")
+    runtime = load_reranker(rr_dir, encoder, "cpu")
+    test = load_dataset(shapes_corpus.captions_path, split="test")
+    result = run_benchmark(test, encoder, runtime, BenchOptions(candidates=10))
+    dual = result["compositional"]["exact"]["attribute_swap"]
+    reranked = result["compositional"]["rerank_itm"]["attribute_swap"]
+    assert reranked >= dual + 15, (dual, reranked, state.history)
+    # re-ranking only reorders stage 1's top 10
+    for d in ("t2i", "i2t"):
+        assert result["results"]["rerank"][d]["R@10"] <= result["results"]["exact"][d]["R@10"]
