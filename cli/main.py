@@ -14,6 +14,8 @@ from cli.errors import handle_errors
 from cli.options import (
     DeviceOption,
     IndexOption,
+    IndexTypeOption,
+    MaxMemoryOption,
     ModelOption,
     QuietOption,
     index_dir,
@@ -54,6 +56,8 @@ def index(
     no_tokens: bool = typer.Option(
         False, "--no-tokens", help="Do not keep token features (no re-ranking; less disk)."
     ),
+    index_type: str = IndexTypeOption,
+    max_memory: str = MaxMemoryOption,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = QuietOption,
 ):
@@ -61,8 +65,19 @@ def index(
     from cli.progress import BarReporter
     from indexer.images import IndexOptions, index_folders
     from retrieval.imageio import DEFAULT_MAX_PIXELS, default_workers
+    from retrieval.index_choice import check_index_type, parse_size
     from retrieval.library import Library
 
+    if index_type is not None:  # bad values fail before a model is loaded
+        check_index_type(index_type)
+    if max_memory is not None and max_memory.strip().lower() != "none":
+        parse_size(max_memory)
+
+    missing = [str(f) for f in folders if not f.expanduser().exists()]
+    if missing:  # before any model or index is touched
+        from retrieval.errors import InputError
+
+        raise InputError(f"{', '.join(missing)} does not exist; give a folder of images")
     directory = index_dir(index)
     spec = model_for_index(directory, model)
     encoder = load_encoder_for_cli(spec, device, quiet, lazy=True)
@@ -74,7 +89,9 @@ def index(
         commit_every=commit_every,
         max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
     )
-    with Library.open_or_create(directory, encoder, keep_tokens=not no_tokens) as library:
+    with Library.open_or_create(
+        directory, encoder, not no_tokens, index_type, max_memory
+    ) as library:
         summary = index_folders(library, encoder, folders, options, BarReporter(quiet))
     if as_json or not quiet:
         from cli.output import print_summary
@@ -138,21 +155,40 @@ def search(
     paths_only: bool = typer.Option(
         False, "--paths", "-p", help="Only paths (or texts), one a line."
     ),
+    under: list[Path] = typer.Option(
+        [], "--under", help="Only files at or below this folder (repeatable; texts: corpus files)."
+    ),
+    after: str = typer.Option(
+        None, "--after", help="Only images taken (EXIF) or modified on or after YYYY-MM-DD."
+    ),
+    before: str = typer.Option(
+        None, "--before", help="Only images taken (EXIF) or modified before YYYY-MM-DD."
+    ),
+    ext: str = typer.Option(None, "--ext", help="Only these extensions, e.g. jpg,png."),
 ):
-    """Search: text->image (default), image->image (--image), image->text (--image --texts)."""
+    """Search: text->image (default), image->image (--image), image->text (--image --texts).
+
+    Filters (--under, --after, --before, --ext) act inside the search: k results come
+    back whenever k items match.
+    """
     if (query is None) == (image is None):
         raise typer.BadParameter("give either a text QUERY or --image PATH (not both)")
     from cli.output import print_hits
+    from retrieval.filters import SearchFilter
     from retrieval.library import Library
     from retrieval.reranker_loading import resolve_reranker
     from retrieval.searcher import Searcher
 
+    where = SearchFilter.parse(under, after, before, ext)  # bad values fail before any work
     with Library.open(index_dir(index)) as library:
         encoder = load_encoder_for_cli(library.encoder_spec, device, quiet=True)
         ranker = None if no_rerank else resolve_reranker(reranker, encoder, device)
         searcher = Searcher(library, encoder, ranker)
         q = searcher.image_query(image) if image is not None else searcher.text_query(query)
-        hits = searcher.search(q, "texts" if texts else "images", k=k, candidates=candidates)
+        target = "texts" if texts else "images"
+        hits = searcher.search(q, target, k=k, candidates=candidates, where=where)
+    if not hits and where.active:
+        typer.echo(f"no {target} match the filter", err=True)
     print_hits(hits, as_json, paths_only)
 
 
@@ -179,18 +215,22 @@ def info(
     typer.echo(f"images:   {data['images']} indexed, {data['images_skipped']} skipped")
     typer.echo(f"texts:    {data['texts']}")
     typer.echo(f"tokens:   images {data['image_tokens']}, texts {data['text_tokens']}")
+    from cli.output import describe_index
+
+    typer.echo(f"faiss:    {describe_index(data['index'])}")
     typer.echo(f"on disk:  {human_bytes(data['bytes_total'])}")
     for name, size in data["files"].items():
         typer.echo(f"  {name:<24} {human_bytes(size):>10}")
 
 
-from cli import bench_cmd, demo_cmd, train_cmds  # noqa: E402 (after the core commands)
+from cli import bench_cmd, demo_cmd, index_cmds, train_cmds  # noqa: E402 (after the core commands)
 
 app.command("make-corpus")(train_cmds.make_corpus)
 app.command("train-encoder")(train_cmds.train_encoder)
 app.command("train-reranker")(train_cmds.train_reranker)
 app.command("bench")(bench_cmd.bench)
 app.command("demo")(demo_cmd.demo)
+app.command("compact")(index_cmds.compact)
 
 
 def run() -> None:

@@ -26,6 +26,20 @@ DeviceOption = typer.Option(
     None, "--device", help="cpu, cuda, cuda:1 ... [default: cuda when present, else cpu]"
 )
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars or summary.")
+IndexTypeOption = typer.Option(
+    None,
+    "--index-type",
+    help="FAISS index: auto, flat, hnsw, ivf, ivfpq. Kept in the index; auto picks by "
+    "size and --max-memory [default: the index's, else auto].",
+    show_default=False,
+)
+MaxMemoryOption = typer.Option(
+    None,
+    "--max-memory",
+    help="RAM budget for the FAISS index under auto, e.g. 4G, 512M; 'none' removes it. "
+    "Over budget, auto compresses (ivfpq).",
+    show_default=False,
+)
 
 
 def index_dir(index: Path | None) -> Path:

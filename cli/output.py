@@ -46,3 +46,24 @@ def print_summary(summary, what: str, as_json: bool) -> None:
             parts.append(f"{value} {label}")
     rate = f", {summary.items_per_second:.1f} {what}/s encoded" if summary.encoded else ""
     typer.echo(f"{what}: " + ", ".join(parts) + f" in {summary.seconds:.1f}s{rate}", err=True)
+
+
+def describe_index(index: dict) -> str:
+    """'images hnsw (efSearch 24, recall@10 0.97, 3 tombstones), texts flat; policy auto'."""
+    parts = []
+    for name in ("images", "texts"):
+        info = index[name]
+        knobs = {k: v for k, v in info["search_params"].items() if k in ("nprobe", "efSearch")}
+        details = [f"{k} {v}" for k, v in knobs.items()]
+        if "k_factor" in info["search_params"]:
+            details.append(f"re-rank x{info['search_params']['k_factor']}")
+        if info["search_params"].get("recall_at_10") is not None and knobs:
+            details.append(f"recall@10 {info['search_params']['recall_at_10']}")
+        if info["tombstones"]:
+            details.append(f"{info['tombstones']} tombstones")
+        if info["memory_mapped"]:
+            details.append("memory-mapped")
+        parts.append(f"{name} {info['type']}" + (f" ({', '.join(details)})" if details else ""))
+    policy = index["policy"]
+    budget = f", max memory {human_bytes(policy['max_memory'])}" if policy["max_memory"] else ""
+    return ", ".join(parts) + f"; policy {policy['type']}{budget}"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -269,8 +270,6 @@ class Library:
         (or the stored policy, for today's size) says so. Nothing is re-encoded.
         Returns {collection: {"before": {...}, "after": {...}, "reason", "seconds"}}.
         """
-        import time
-
         self._require_writable()
         self.set_policy(**_policy_change(index_type, max_memory))
         self.sync()

@@ -269,7 +269,7 @@ class VectorIndex:
 
     def remove(self, ids) -> None:
         """Delete ids: for real (flat, IVF) or as tombstones (HNSW cannot remove)."""
-        ids = np.unique(np.asarray(list(ids), dtype=np.int64))
+        ids = np.unique(_id_array(ids))
         if not len(ids):
             return
         self._writable()
@@ -318,13 +318,13 @@ class VectorIndex:
         width = max(1, min(int(k), max(self.ntotal, 1)))
         excluded = self.tombstones
         if exclude_ids is not None and len(exclude_ids):
-            excluded = np.union1d(excluded, np.asarray(list(exclude_ids), dtype=np.int64))
+            excluded = np.union1d(excluded, _id_array(exclude_ids))
         if self.ntotal == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
 
         keep_alive = []  # SWIG selectors must outlive the search call
         if allowed_ids is not None:
-            allowed = np.setdiff1d(np.asarray(list(allowed_ids), dtype=np.int64), excluded)
+            allowed = np.setdiff1d(_id_array(allowed_ids), excluded)
             wanted = min(width, len(allowed))
             if wanted == 0:
                 return _padded(np.zeros((len(queries), 0), np.float32), None, width)
@@ -368,6 +368,13 @@ class VectorIndex:
         if self.kind == "hnsw" and params is not None:
             params.efSearch = max(int(params.efSearch), k)
         return self.index.search(queries, k, params=params)
+
+
+def _id_array(ids) -> np.ndarray:
+    """Any collection of ids (array, list, set) -> (N,) int64."""
+    if isinstance(ids, np.ndarray):
+        return ids.astype(np.int64, copy=False).ravel()
+    return np.fromiter(ids, dtype=np.int64)
 
 
 def _padded(scores: np.ndarray, ids: np.ndarray | None, width: int):

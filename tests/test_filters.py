@@ -51,11 +51,12 @@ def library_dir(encoder, tmp_path_factory):
     for i, path in enumerate(make_images(folder / "b", 12, 100, ".jpg")):
         _set_mtime(path, f"2024-0{1 + i % 3}-10")
         facts[str(path)] = (f"2024-0{1 + i % 3}", "jpg")
-    for i, path in enumerate(make_images(folder / "b" / "deep", 5, 200, ".JPEG")):
+    for path in make_images(folder / "b" / "deep", 5, 200, ".JPEG"):
         _set_mtime(path, "2024-02-20")
         facts[str(path)] = ("2024-02", "jpeg")
     for i in range(10):
-        path = _with_exif_date(folder / "c" / f"exif{i}.jpg", 300 + i, f"2019:0{1 + i % 2}:05 12:00:00")
+        taken = f"2019:0{1 + i % 2}:05 12:00:00"
+        path = _with_exif_date(folder / "c" / f"exif{i}.jpg", 300 + i, taken)
         facts[str(path)] = (f"2019-0{1 + i % 2}", "jpg")
     index_dir = root / "index"
     index_with(index_dir, encoder, [folder])
@@ -91,17 +92,19 @@ CASES = [
 ]
 
 
+SAME_EXT = {"jpg": {"jpg", "jpeg"}, "jpeg": {"jpg", "jpeg"}, "png": {"png"}}
+
+
 def _query(case, folder):
-    under = [folder / case["under"]] if "under" in case else ()
-    where = SearchFilter.parse(under, case.get("after"), case.get("before"), case.get("ext"))
+    """The SearchFilter for a case, and the arguments of `_expected` for it."""
+    under = folder / case["under"] if "under" in case else None
+    where = SearchFilter.parse(
+        [under] if under else (), case.get("after"), case.get("before"), case.get("ext")
+    )
     exts = None
     if "ext" in case:
-        exts = {"jpg", "jpeg"} if "jpg" in case["ext"] else set()
-        exts |= {e.lower() for e in case["ext"].split(",")}
-        if "jpeg" in exts:
-            exts.add("jpg")
-    under_path = folder / case["under"] if "under" in case else None
-    return where, (under_path, case.get("after"), case.get("before"), exts)
+        exts = set().union(*(SAME_EXT[e.lower()] for e in case["ext"].split(",")))
+    return where, (under, case.get("after"), case.get("before"), exts)
 
 
 @pytest.mark.parametrize("through_graph", [False, True], ids=["exact", "hnsw-graph"])

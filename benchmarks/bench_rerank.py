@@ -1,0 +1,104 @@
+"""Re-ranker latency: one query against K candidates, K = 16, 64, 128, both directions.
+
+Two token shapes: xmr-tiny's (the shipped re-ranker when present) and ViT-B-32's
+(49 patch tokens and 77 text tokens, projected to 512; random weights: latency does not
+depend on them). Reports the median over repeats and writes
+benchmarks/results/rerank_latency_<device>.{json,md}.
+
+    python benchmarks/bench_rerank.py [--device cuda] [--repeats 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from common import log, write_results
+
+SHAPES = {
+    # name: (token_dim, text_len, image_tokens, image_pool)
+    "xmr-tiny": (128, 48, 64, 2),
+    "ViT-B-32": (512, 77, 49, 2),
+}
+
+
+def _runtime(name: str, device: str):
+    import torch
+
+    from retrieval.modelspec import SHIPPED_MODELS_DIR
+    from retrieval.reranker import Reranker, RerankerConfig, RerankerRuntime, load_reranker
+
+    shipped = SHIPPED_MODELS_DIR / "xmr-tiny" / "reranker"
+    if name == "xmr-tiny" and shipped.is_dir():
+        return load_reranker(shipped, device=device), "shipped weights"
+    dim, text_len, image_tokens, pool = SHAPES[name]
+    torch.manual_seed(0)
+    config = RerankerConfig(
+        token_dim=dim, text_len=text_len, image_tokens=image_tokens, image_pool=pool, image_layers=0
+    )
+    return RerankerRuntime(Reranker(config), f"{name}-random", device), "random weights"
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up (allocations, kernels)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(times))
+
+
+def _measure(runtime, k: int, rng, repeats: int) -> tuple[float, float]:
+    """Median ms of one text against K images, and of one image against K texts."""
+    c = runtime.config
+    images = rng.normal(size=(k, c.image_tokens, c.token_dim)).astype(np.float16)
+    texts = rng.normal(size=(k, c.text_len, c.token_dim)).astype(np.float16)
+    lengths = np.full(k, min(c.text_len, 24))  # a typical caption's token count
+    stage1 = np.zeros(k, np.float32)
+    t2i = _median_ms(lambda: runtime.rerank_images(texts[0], 24, images, stage1), repeats)
+    i2t = _median_ms(lambda: runtime.rerank_texts(images[0], texts, lengths, stage1), repeats)
+    return t2i, i2t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--ks", default="16,64,128")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    rows = []
+    for name in SHAPES:
+        runtime, weights = _runtime(name, args.device)
+        for k in (int(x) for x in args.ks.split(",")):
+            t2i, i2t = _measure(runtime, k, rng, args.repeats)
+            log(f"{name} K={k}: text->images {t2i:.2f} ms, image->texts {i2t:.2f} ms")
+            rows.append(
+                {
+                    "shapes": name,
+                    "weights": weights,
+                    "K": k,
+                    "text_to_images_ms": round(t2i, 3),
+                    "image_to_texts_ms": round(i2t, 3),
+                }
+            )
+    lines = [
+        f"Re-ranker latency on {args.device}, median of {args.repeats} (ms per query)",
+        "",
+        "| token shapes | K | text → K images | image → K texts |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['shapes']} ({r['weights']}) | {r['K']} | {r['text_to_images_ms']:.1f} | "
+        f"{r['image_to_texts_ms']:.1f} |"
+        for r in rows
+    ]
+    write_results(
+        f"rerank_latency_{args.device.split(':')[0]}", {"rows": rows}, "\n".join(lines) + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# xmr on one H100: ViT-B-32 indexing images/s (end to end and encoder alone) and the
+# re-ranker's latency at K = 16/64/128. A few minutes; writes gpu_bench.json/.md and
+# the log to $OUT (or benchmarks/results/gpu).
+#
+# The device image has torch but not open_clip, faiss, SQLAlchemy, ftfy or platformdirs.
+# Fetch their wheels once on the development machine (needs pip access to an index):
+#     bash benchmarks/gpu_h100.sh --fetch-wheels          # -> .whl/ (git-ignored)
+# then run this script there with `.whl` carried:
+#     run(command="bash benchmarks/gpu_h100.sh", carry=[".whl"], timeout_s=480)
+# Knobs: IMAGES=3000 BATCH=256 WORKERS=(xmr's default) PYTHON=python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+
+if [[ "${1:-}" == "--fetch-wheels" ]]; then
+    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+    mkdir -p .whl
+    # Pure-Python ones first, then the compiled ones for the device's CPython 3.12.
+    "$PY" -m pip download --no-deps -d .whl \
+        open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth platformdirs
+    "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+        faiss-cpu==1.15.1 SQLAlchemy==2.1.9
+    ls -l .whl
+    exit 0
+fi
+
+OUT=${OUT:-benchmarks/results/gpu}
+mkdir -p "$OUT"
+echo "== xmr GPU benchmark: $(date -u +%FT%TZ) on $(hostname) =="
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+"$PY" --version
+
+if compgen -G ".whl/*.whl" > /dev/null; then
+    echo "== installing carried wheels into /tmp/site =="
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export HF_HUB_OFFLINE=1 XMR_NO_RANDOM_WARNING=1 PYTHONUNBUFFERED=1
+
+echo "== checking imports =="
+"$PY" - <<'EOF'
+import importlib, sys
+missing = []
+for name in ("torch", "torchvision", "open_clip", "faiss", "sqlalchemy", "typer", "platformdirs", "ftfy"):
+    try:
+        module = importlib.import_module(name)
+        print(f"  {name} {getattr(module, '__version__', '')}")
+    except Exception as exc:  # noqa: BLE001
+        missing.append(f"{name} ({exc})")
+import torch
+if not torch.cuda.is_available():
+    missing.append("CUDA (torch.cuda.is_available() is False)")
+else:
+    print(f"  cuda: {torch.cuda.get_device_name(0)}")
+if missing:
+    print("missing: " + "; ".join(missing), file=sys.stderr)
+    print("fetch wheels with `bash benchmarks/gpu_h100.sh --fetch-wheels` and carry .whl",
+          file=sys.stderr)
+    sys.exit(2)
+EOF
+
+echo "== benchmark =="
+set -o pipefail
+"$PY" benchmarks/gpu_bench.py --out "$OUT" --images "${IMAGES:-3000}" \
+    --batch-size "${BATCH:-256}" ${WORKERS:+--workers "$WORKERS"} 2>&1 | tee "$OUT/gpu_bench.log"
+echo "== done: $OUT =="
+ls -l "$OUT"

@@ -1,0 +1,55 @@
+"""Index maintenance commands: `xmr compact` (rebuild FAISS from the stored vectors)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from cli.errors import handle_errors
+from cli.options import IndexOption, IndexTypeOption, MaxMemoryOption, QuietOption, index_dir
+
+
+@handle_errors
+def compact(
+    index: Path = IndexOption,
+    index_type: str = IndexTypeOption,
+    max_memory: str = MaxMemoryOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    quiet: bool = QuietOption,
+):
+    """Rebuild the FAISS indexes from the stored vectors: drop tombstones, re-train and
+    re-tune, or switch type (--index-type hnsw). Nothing is re-encoded."""
+    from cli.output import human_bytes
+    from cli.progress import BarReporter
+    from retrieval.index_choice import check_index_type, parse_size
+    from retrieval.library import Library
+
+    if index_type is not None:  # bad values fail before the index is touched
+        check_index_type(index_type)
+    if max_memory is not None and max_memory.strip().lower() != "none":
+        parse_size(max_memory)
+    with Library.open(index_dir(index), writable=True) as library:
+        report = library.compact(index_type, max_memory, BarReporter(quiet))
+        sizes = library.disk_usage()
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    if quiet:
+        return
+    for name, entry in report.items():
+        before, after = entry["before"], entry["after"]
+        knobs = {k: v for k, v in after["search_params"].items() if k in ("nprobe", "efSearch")}
+        recall = after["search_params"].get("recall_at_10")
+        tuned = ", ".join(f"{k} {v}" for k, v in knobs.items())
+        if tuned and recall is not None:
+            tuned += f", recall@10 {recall}"
+        size = human_bytes(sizes.get(f"{name}.faiss", 0))
+        typer.echo(
+            f"{name}: {before['type']} ({before['live']} items, {before['tombstones']} "
+            f"tombstones) -> {after['type']} ({after['live']} items"
+            + (f"; {tuned}" if tuned else "")
+            + f"), {size}, {entry['seconds']:.1f}s",
+            err=True,
+        )
