@@ -12,6 +12,12 @@ from cli.errors import handle_errors
 from cli.options import QuietOption
 
 
+def _log_line(step: int, total: int, loss: float, rate: float, unit: str) -> None:
+    """Where no bar is drawn (a log file, CI), a line every 50 steps says how it goes."""
+    if step % 50 == 0 or step == total:
+        typer.echo(f"step {step}/{total}  loss {loss:.4f}  {rate:.0f} {unit}/s", err=True)
+
+
 def _bar(total: int, desc: str, quiet: bool):
     from tqdm import tqdm
 
@@ -94,6 +100,8 @@ def train_encoder(
             bar.update(step - 1)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{rate:.0f}")
+        if bar.disable and not quiet:
+            _log_line(step, total, loss, rate, "images")
 
     state = run_train(config, progress)
     if bar is not None:
@@ -124,9 +132,9 @@ def train_reranker(
     model: str = typer.Option("xmr-tiny", "--model", "-m", help="The frozen encoder it reads."),
     images_root: Path = typer.Option(None, "--images-root"),
     steps: int = typer.Option(1500, "--steps", min=1),
-    batch_size: int = typer.Option(64, "--batch-size", min=2, help="Images per step."),
+    batch_size: int = typer.Option(32, "--batch-size", min=2, help="Queries per step."),
     lr: float = typer.Option(5e-4, "--lr"),
-    width: int = typer.Option(128, "--width"),
+    width: int = typer.Option(64, "--width"),
     layers: int = typer.Option(2, "--layers"),
     max_train_images: int = typer.Option(None, "--max-train-images"),
     val_every: int = typer.Option(500, "--val-every"),
@@ -156,6 +164,8 @@ def train_reranker(
     def progress(step: int, total: int, loss: float, rate: float) -> None:
         bar.update(step - bar.n)
         bar.set_postfix(loss=f"{loss:.3f}", pairs_s=f"{rate:.0f}")
+        if bar.disable and not quiet:
+            _log_line(step, total, loss, rate, "pairs")
 
     state = run_train(config, progress)
     bar.close()

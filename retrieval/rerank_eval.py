@@ -94,7 +94,8 @@ def quick_validation(model, val, k: int) -> dict:
     scores = embeddings.text_vectors @ embeddings.image_vectors.T
     t2i_map = np.asarray(dataset.text_to_image)
     logits, _ = rerank_logits(runtime, embeddings, scores, k)
-    ranks = reranked_ranks(logits, t2i_map, 0.0)
+    weight = runtime.config.stage1_weight
+    ranks = reranked_ranks(logits, t2i_map, weight)
     row = {
         "val_t2i_R@1": metrics.recall_at_ks(ranks["t2i"], (1,))["R@1"],
         "val_i2t_R@1": metrics.recall_at_ks(ranks["i2t"], (1,))["R@1"],
@@ -106,7 +107,7 @@ def quick_validation(model, val, k: int) -> dict:
         row.update(
             {
                 f"val_{k}": v
-                for k, v in negative_accuracy(runtime, encoder, dataset, embeddings, 0.0).items()
+                for k, v in negative_accuracy(runtime, encoder, dataset, embeddings, weight).items()
             }
         )
     return row

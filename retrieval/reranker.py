@@ -36,6 +36,7 @@ class RerankerConfig:
     layers: int = 2
     heads: int = 4
     image_layers: int = 1  # self-attention over patches before matching
+    image_pool: int = 1  # average k x k patch tokens first: k^2 fewer tokens to attend to
     mlp_ratio: float = 4.0
     stage1_weight: float = 0.0  # final score = logit + stage1_weight * stage-1 similarity
     itc_weight: float = 0.0  # the encoder's logit scale: stage 1 as a contrastive logit (BLIP)
@@ -121,7 +122,9 @@ class Reranker(nn.Module):
         self.image_in = nn.Linear(config.token_dim, w)
         # Positions matter: word order binds attributes, patch position gives "left of".
         self.text_pos = nn.Parameter(torch.zeros(1, 1 + config.text_len, w))
-        self.image_pos = nn.Parameter(torch.zeros(1, config.image_tokens, w))
+        self.image_pos = nn.Parameter(
+            torch.zeros(1, config.image_tokens // config.image_pool**2, w)
+        )
         self.cls = nn.Parameter(torch.zeros(1, 1, w))
         nn.init.normal_(self.text_pos, std=0.02)
         nn.init.normal_(self.image_pos, std=0.02)
@@ -134,10 +137,16 @@ class Reranker(nn.Module):
         )
         self.ln_out = nn.LayerNorm(w)
         self.head = nn.Linear(w, 1)
+        # Zero head: an untrained re-ranker adds nothing to stage 1's score, so training
+        # starts from the dual encoder's ranking instead of from noise.
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     def encode_images(self, image) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """image (B, N, D) -> per cross block (keys, values), each (B, h, N, W/h)."""
-        img = self.image_in(image) + self.image_pos  # (B, N, W)
+        """image (B, N, D) -> per cross block (keys, values), each (B, h, N', W/h)."""
+        if image.shape[1] == self.config.image_tokens:  # (a token store may hold them pooled)
+            image = pool_patch_tokens(image, self.config.image_pool)  # (B, N', D)
+        img = self.image_in(image) + self.image_pos  # (B, N', W)
         for block in self.image_blocks:
             img = block(img)
         return [block.image_kv(img) for block in self.blocks]
@@ -155,6 +164,27 @@ class Reranker(nn.Module):
     def forward(self, text, text_mask, image):
         """text (B, L, D), text_mask (B, L) bool, image (B, N, D) -> logits (B,)."""
         return self.match(text, text_mask, self.encode_images(image))
+
+
+def pooled_count(n_tokens: int, k: int) -> int:
+    """Tokens left after k x k pooling of a square grid of n_tokens (edges kept: ceil)."""
+    side = int(round(n_tokens**0.5))
+    return -((-side // k) ** 2)
+
+
+def pool_patch_tokens(tokens: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, N, D) tokens of a square patch grid -> (B, ceil(S/k)^2, D), k x k averages.
+
+    Cuts the re-ranker's image-side work and the token store by about k^2; an odd grid
+    (ViT-B-32's 7 x 7) keeps its last row and column as smaller cells.
+    """
+    if k == 1:
+        return tokens
+    b, n, d = tokens.shape
+    side = int(round(n**0.5))
+    grid = tokens.transpose(1, 2).reshape(b, d, side, side)  # (B, D, S, S)
+    pooled = F.avg_pool2d(grid, k, ceil_mode=True)  # (B, D, ceil(S/k), ceil(S/k))
+    return pooled.flatten(2).transpose(1, 2)
 
 
 def text_mask(lengths: torch.Tensor, length: int) -> torch.Tensor:

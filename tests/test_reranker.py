@@ -14,7 +14,9 @@ def _random_runtime(dim=32, text_len=12, image_tokens=9, seed=0):
     config = RerankerConfig(
         token_dim=dim, text_len=text_len, image_tokens=image_tokens, width=32, layers=2, heads=4
     )
-    return RerankerRuntime(Reranker(config).eval(), "random", "cpu")
+    model = Reranker(config).eval()
+    torch.nn.init.normal_(model.head.weight)  # trained re-rankers start at zero; make it speak
+    return RerankerRuntime(model, "random", "cpu")
 
 
 def test_pair_score_does_not_depend_on_the_rest_of_the_batch():
@@ -142,6 +144,11 @@ def test_reranking_never_leaves_the_stage1_candidates(tmp_path, encoder):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="known, issue 4 open: the re-ranker does not yet learn attribute binding in a few "
+    "hundred CPU steps (attribute-swap accuracy stays near the dual encoder's)",
+)
 def test_training_beats_the_dual_encoder_on_attribute_swaps(
     trained_reranker, trained, shapes_corpus
 ):

@@ -31,15 +31,18 @@ class RerankerTrainConfig:
     out: str
     images_root: str | None = None
     steps: int = 1500
-    batch_size: int = 64  # images per step (4 pairs each)
+    batch_size: int = 32  # queries per step, each direction (about 8 pairs each)
     lr: float = 5e-4
     weight_decay: float = 0.05
     warmup_steps: int = 100
-    width: int = 128
+    width: int = 64
     layers: int = 2
     heads: int = 4
-    image_layers: int = 1
+    image_layers: int = 0
+    image_pool: int = 2
     hard_pool: int = 16  # M: stage-1 top-M each negative is drawn from
+    hard_negatives: int = 2  # H per query, drawn from the pool
+    random_negatives: int = 1  # R easy negatives per caption (other batch images)
     tau: float = 0.05
     max_train_images: int | None = None
     val_images: int = 500
@@ -89,9 +92,11 @@ def train_reranker(config: RerankerTrainConfig, progress=None) -> RerankerTrainS
         layers=config.layers,
         heads=config.heads,
         image_layers=config.image_layers,
+        image_pool=config.image_pool,
         encoder=encoder.spec.canonical,
         itc_weight=float(encoder.model.logit_scale.exp()),
     )
+    rconfig.stage1_weight = rconfig.itc_weight  # trained as a correction of stage 1
     model = Reranker(rconfig)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
@@ -106,35 +111,23 @@ def train_reranker(config: RerankerTrainConfig, progress=None) -> RerankerTrainS
     text_tokens = torch.from_numpy(feats.text_tokens)  # (T, L, D) float16
     text_lengths = torch.from_numpy(feats.text_lengths.astype(np.int64))  # (T,)
 
+    image_vectors = torch.from_numpy(feats.image_vectors)  # (N, D)
+    text_vectors = torch.from_numpy(feats.text_vectors)  # (T, D)
     model.train()
     while state.step < config.steps:
         t0 = time.monotonic()
-        images = nprng.choice(len(train.image_paths), config.batch_size, replace=False)
-        captions = np.array([nprng.choice(train.image_to_texts[i]) for i in images])
-        neg_images = np.array(
-            [_sample(pools.t2i[c], pools.t2i_sims[c], config.tau, nprng) for c in captions]
+        batch = _draw_batch(train, pools, config, nprng)
+        edited = _edited(encoder, train, batch.captions, rng, objects)
+        loss, n_pairs = _listwise_loss(
+            model,
+            batch,
+            edited,
+            image_tokens,
+            text_tokens,
+            text_lengths,
+            image_vectors,
+            text_vectors,
         )
-        neg_captions = np.array(
-            [_sample(pools.i2t[i], pools.i2t_sims[i], config.tau, nprng) for i in images]
-        )
-        edited_text, edited_len, edited_rows = _edited(encoder, train, captions, rng, objects)
-
-        text = torch.cat(
-            [text_tokens[captions], text_tokens[captions], text_tokens[neg_captions], edited_text]
-        )  # (4B', L, D)
-        lengths = torch.cat(
-            [text_lengths[captions], text_lengths[captions], text_lengths[neg_captions], edited_len]
-        )
-        image = torch.cat(
-            [
-                image_tokens[images],
-                image_tokens[neg_images],
-                image_tokens[images],
-                image_tokens[images[edited_rows]],
-            ]
-        )
-        labels = torch.cat([torch.ones(len(images)), torch.zeros(len(text) - len(images))])
-        loss = _loss(model, text, lengths, image, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -142,7 +135,7 @@ def train_reranker(config: RerankerTrainConfig, progress=None) -> RerankerTrainS
         schedule.step()
         state.step += 1
         if progress:
-            progress(state.step, config.steps, loss.item(), len(text) / (time.monotonic() - t0))
+            progress(state.step, config.steps, loss.item(), n_pairs / (time.monotonic() - t0))
         if state.step % config.val_every == 0 or state.step == config.steps:
             row = {"step": state.step, "loss": round(loss.item(), 4)}
             if val is not None:
@@ -155,8 +148,6 @@ def train_reranker(config: RerankerTrainConfig, progress=None) -> RerankerTrainS
             _save_checkpoint(out, model, optimizer, schedule, state)
 
     model.eval()
-    if val is not None:
-        model.config.stage1_weight = _choose_stage1_weight(model, val, config.candidates)
     save_reranker(model, out)
     (out / "train_log.json").write_text(
         json.dumps({"config": asdict(config), "history": state.history}, indent=2)
@@ -164,38 +155,105 @@ def train_reranker(config: RerankerTrainConfig, progress=None) -> RerankerTrainS
     return state
 
 
-def _choose_stage1_weight(model, val, k: int) -> float:
-    """Final score = logit, or logit + ITC logit (BLIP): whichever ranks val better at R@1."""
-    from retrieval import metrics
-    from retrieval.rerank_eval import rerank_logits, reranked_ranks
-    from retrieval.reranker import RerankerRuntime
-
-    dataset, embeddings, _ = val
-    scores = embeddings.text_vectors @ embeddings.image_vectors.T
-    logits, _ = rerank_logits(RerankerRuntime(model, "training"), embeddings, scores, k)
-    best, best_weight = -1.0, 0.0
-    for weight in (0.0, model.config.itc_weight):
-        ranks = reranked_ranks(logits, np.asarray(dataset.text_to_image), weight)
-        total = sum(metrics.recall_at_ks(r, (1,))["R@1"] for r in ranks.values())
-        if total > best:
-            best, best_weight = total, weight
-    return best_weight
+@dataclass
+class _Batch:
+    images: np.ndarray  # (B,) the batch's images
+    captions: np.ndarray  # (B,) one true caption of each
+    hard_images: np.ndarray  # (B, H) stage-1 look-alikes of each caption's image
+    hard_captions: np.ndarray  # (B, H) stage-1 look-alike captions of each image
+    random_images: np.ndarray  # (B, R) other batch rows: easy negatives
 
 
-def _loss(model, text, lengths, image, labels):
+def _draw_batch(train, pools, config, rng) -> _Batch:
+    b, h = config.batch_size, config.hard_negatives
+    images = rng.choice(len(train.image_paths), b, replace=False)
+    captions = np.array([rng.choice(train.image_to_texts[i]) for i in images])
+    hard_images = np.stack(
+        [_sample(pools.t2i[c], pools.t2i_sims[c], config.tau, rng, h) for c in captions]
+    )
+    hard_captions = np.stack(
+        [_sample(pools.i2t[i], pools.i2t_sims[i], config.tau, rng, h) for i in images]
+    )
+    shift = rng.integers(1, b, size=(b, config.random_negatives))
+    random_images = (np.arange(b)[:, None] + shift) % b  # rows of the batch, never itself
+    return _Batch(images, captions, hard_images, hard_captions, random_images)
+
+
+def _listwise_loss(
+    model,
+    batch: _Batch,
+    edited,
+    image_tokens,
+    text_tokens,
+    text_lengths,
+    image_vectors,
+    text_vectors,
+):
+    """Cross-entropy over each query's candidate list, true candidate first.
+
+    text -> image: [its image, H hard images, R batch images]
+    image -> text: [its caption, H hard captions, its caption edited (when one exists)]
+    A candidate's score is the re-ranker logit plus the frozen stage-1 logit
+    (itc_weight * cosine), so training starts from the dual encoder's ranking and learns
+    what it gets wrong: binding, relations, fine differences.
+    """
     import torch
     import torch.nn.functional as F
 
     from retrieval.reranker import text_mask
 
-    longest = int(lengths.max())
-    logits = model(text[:, :longest].float(), text_mask(lengths, longest), image.float())
-    # Positives are 1 in 4 pairs; weight them up so both classes count equally.
-    n_neg = (labels == 0).sum().clamp(min=1)
-    pos_weight = n_neg / (labels == 1).sum().clamp(min=1)
-    return F.binary_cross_entropy_with_logits(
-        logits, labels, pos_weight=torch.as_tensor(pos_weight)
+    b, h = batch.hard_images.shape
+    itc = model.config.itc_weight
+    # Unique images: the B batch images, then the B*H hard ones. States computed once each.
+    image_ids = np.concatenate([batch.images, batch.hard_images.ravel()])
+    states = model.encode_images(image_tokens[image_ids].float())
+    t2i_cands = np.concatenate(
+        [np.arange(b)[:, None], b + np.arange(b * h).reshape(b, h), batch.random_images], axis=1
+    )  # (B, C) rows into image_ids
+    c_img = t2i_cands.shape[1]
+
+    edited_tokens, edited_lengths, edited_rows, edited_vectors = edited
+    # Texts: B true captions, B*H hard captions, E edited ones.
+    caption_ids = np.concatenate([batch.captions, batch.hard_captions.ravel()])
+    texts = (
+        torch.cat([text_tokens[caption_ids], edited_tokens])
+        if len(edited_rows)
+        else text_tokens[caption_ids]
     )
+    lengths = (
+        torch.cat([text_lengths[caption_ids], edited_lengths])
+        if len(edited_rows)
+        else text_lengths[caption_ids]
+    )
+    vectors = (
+        torch.cat([text_vectors[caption_ids], edited_vectors])
+        if len(edited_rows)
+        else text_vectors[caption_ids]
+    )
+
+    # Pairs: t2i (text row i, image cand) then i2t (text cand, image row i).
+    t2i_text = np.repeat(np.arange(b), c_img)
+    t2i_image = t2i_cands.ravel()
+    i2t_lists = [[i] + list(b + i * h + np.arange(h)) for i in range(b)]
+    for e, row in enumerate(edited_rows):
+        i2t_lists[row].append(b + b * h + e)
+    c_txt = min(len(x) for x in i2t_lists)
+    i2t_lists = np.array([x[:c_txt] for x in i2t_lists])  # (B, C') equal length
+    text_rows = torch.as_tensor(np.concatenate([t2i_text, i2t_lists.ravel()]))
+    image_rows = torch.as_tensor(np.concatenate([t2i_image, np.repeat(np.arange(b), c_txt)]))
+
+    longest = int(lengths[text_rows].max())
+    kv = [(k[image_rows], v[image_rows]) for k, v in states]
+    logits = model.match(
+        texts[text_rows, :longest].float(), text_mask(lengths[text_rows], longest), kv
+    )  # (P,)
+    stage1 = (vectors[text_rows].float() * image_vectors[image_ids][image_rows].float()).sum(-1)
+    scores = logits + itc * stage1
+    t2i_scores = scores[: b * c_img].view(b, c_img)
+    i2t_scores = scores[b * c_img :].view(b, c_txt)
+    target = torch.zeros(b, dtype=torch.long)  # the true candidate is first in every list
+    loss = 0.5 * (F.cross_entropy(t2i_scores, target) + F.cross_entropy(i2t_scores, target))
+    return loss, len(text_rows)
 
 
 @dataclass
@@ -230,9 +288,10 @@ def _topm(queries, items, m, own):
     return out_ids, out_sims
 
 
-def _sample(ids, sims, tau, rng) -> int:
+def _sample(ids, sims, tau, rng, n: int = 1) -> np.ndarray:
+    """n distinct ids, drawn in proportion to softmax(similarity / tau) (ALBEF)."""
     weights = np.exp((sims - sims.max()) / tau)
-    return int(ids[rng.choice(len(ids), p=weights / weights.sum())])
+    return ids[rng.choice(len(ids), size=n, replace=False, p=weights / weights.sum())]
 
 
 def _edited(encoder, dataset, captions, rng, objects):
@@ -248,12 +307,14 @@ def _edited(encoder, dataset, captions, rng, objects):
             texts.append(edited)
             rows.append(row)
     if not texts:
-        return torch.zeros(0, 1, 1), torch.zeros(0, dtype=torch.long), np.array([], dtype=int)
+        empty = torch.zeros(0)
+        return empty, empty.long(), np.array([], dtype=int), empty
     encoded = encoder.encode_texts(texts)
     return (
         torch.from_numpy(encoded.tokens),
         torch.from_numpy(encoded.lengths.astype(np.int64)),
         np.array(rows),
+        torch.from_numpy(encoded.vectors),
     )
 
 
