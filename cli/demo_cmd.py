@@ -28,7 +28,6 @@ def demo(
     quiet: bool = QuietOption,
 ):
     """Generate a corpus, index it with xmr-tiny, run queries, print recall@k (offline)."""
-    from cli.output import print_hits
     from cli.progress import BarReporter
     from retrieval.bench_report import markdown_report
     from training.demo import run_demo
@@ -43,9 +42,12 @@ def demo(
     )
     for q in result.queries:
         typer.echo(f"== {q.title}: {q.query}")
-        if q.expected:
-            typer.echo(f"   (correct answer: {q.expected})")
-        print_hits(q.hits, as_json=False, paths_only=False)
+        for hit in q.hits:
+            answer = hit.path if hit.kind == "image" else hit.text
+            mark = ("  ✓" if answer in q.correct else "  ✗") if q.correct else ""
+            typer.echo(f"{hit.rank:>3}  {hit.score:7.4f}  {answer}{mark}")
+        if q.correct:
+            typer.echo("     (✓ = a correct answer: the scene the caption was written for)")
         typer.echo("")
     typer.echo(markdown_report(result.bench))
     typer.echo(

@@ -123,7 +123,7 @@ class Reranker(nn.Module):
         # Positions matter: word order binds attributes, patch position gives "left of".
         self.text_pos = nn.Parameter(torch.zeros(1, 1 + config.text_len, w))
         self.image_pos = nn.Parameter(
-            torch.zeros(1, config.image_tokens // config.image_pool**2, w)
+            torch.zeros(1, pooled_count(config.image_tokens, config.image_pool), w)
         )
         self.cls = nn.Parameter(torch.zeros(1, 1, w))
         nn.init.normal_(self.text_pos, std=0.02)
@@ -169,7 +169,8 @@ class Reranker(nn.Module):
 def pooled_count(n_tokens: int, k: int) -> int:
     """Tokens left after k x k pooling of a square grid of n_tokens (edges kept: ceil)."""
     side = int(round(n_tokens**0.5))
-    return -((-side // k) ** 2)
+    cells = -(-side // k)  # ceil(side / k)
+    return cells * cells
 
 
 def pool_patch_tokens(tokens: torch.Tensor, k: int) -> torch.Tensor:

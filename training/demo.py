@@ -18,7 +18,7 @@ DEMO_MODEL = "xmr-tiny"
 class DemoQuery:
     title: str
     query: str  # the text, or the query image's path
-    expected: str | None  # what a correct answer is (a path or a caption)
+    correct: set[str]  # the right answers (image paths or captions); empty: none defined
     hits: list  # retrieval.searcher.Hit
 
 
