@@ -5,7 +5,9 @@ The rule follows autofaiss's reasoning, owned here (autofaiss pins numpy<2):
 
   flat   exact; best below FLAT_LIMIT items (a scan of 100k x 512 floats is ~10 ms)
   hnsw   graph; fast and accurate while vectors + graph fit the memory budget,
-         up to HNSW_LIMIT items (beyond it the build takes hours on a few cores)
+         up to HNSW_LIMIT items: at 1M x 512 on 2 cores a graph cheap enough to build
+         (505 s) reached only recall@10 0.77, while IVF reached 0.96 641x faster than
+         flat (benchmarks/results/bench_index.md)
   ivf    inverted lists over k-means cells; scales, and loads memory-mapped
   ivfpq  IVF with product-quantised codes: what `auto` picks when even the raw
          vectors exceed `--max-memory`; exact re-ranking from the vector store
@@ -26,7 +28,7 @@ from retrieval.errors import InputError
 INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 POLICY_TYPES = ("auto", *INDEX_TYPES)
 FLAT_LIMIT = 100_000
-HNSW_LIMIT = 2_000_000
+HNSW_LIMIT = 500_000
 HNSW_M = 32
 PQ_BITS = 8
 PQ_MIN_TRAIN = 39 * (1 << PQ_BITS)  # FAISS warns below 39 training points per centroid

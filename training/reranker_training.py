@@ -107,27 +107,13 @@ def train_reranker(config: RerankerTrainConfig, progress=None) -> RerankerTrainS
     val = _validation_set(config, encoder)
     rng = random.Random(config.seed + state.step)
     nprng = np.random.default_rng(config.seed + state.step)
-    image_tokens = torch.from_numpy(feats.image_tokens)  # (N, P, D) float16
-    text_tokens = torch.from_numpy(feats.text_tokens)  # (T, L, D) float16
-    text_lengths = torch.from_numpy(feats.text_lengths.astype(np.int64))  # (T,)
-
-    image_vectors = torch.from_numpy(feats.image_vectors)  # (N, D)
-    text_vectors = torch.from_numpy(feats.text_vectors)  # (T, D)
+    tensors = _FeatureTensors.of(feats)
     model.train()
     while state.step < config.steps:
         t0 = time.monotonic()
         batch = _draw_batch(train, pools, config, nprng)
         edited = _edited(encoder, train, batch.captions, rng, objects)
-        loss, n_pairs = _listwise_loss(
-            model,
-            batch,
-            edited,
-            image_tokens,
-            text_tokens,
-            text_lengths,
-            image_vectors,
-            text_vectors,
-        )
+        loss, n_pairs = _listwise_loss(model, batch, edited, tensors)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -179,16 +165,30 @@ def _draw_batch(train, pools, config, rng) -> _Batch:
     return _Batch(images, captions, hard_images, hard_captions, random_images)
 
 
-def _listwise_loss(
-    model,
-    batch: _Batch,
-    edited,
-    image_tokens,
-    text_tokens,
-    text_lengths,
-    image_vectors,
-    text_vectors,
-):
+@dataclass
+class _FeatureTensors:
+    """The frozen encoder's outputs for the training split, as torch tensors."""
+
+    image_tokens: object  # (N, P, D) float16
+    text_tokens: object  # (T, L, D) float16
+    text_lengths: object  # (T,) int64
+    image_vectors: object  # (N, D) float32
+    text_vectors: object  # (T, D) float32
+
+    @classmethod
+    def of(cls, feats) -> _FeatureTensors:
+        import torch
+
+        return cls(
+            torch.from_numpy(feats.image_tokens),
+            torch.from_numpy(feats.text_tokens),
+            torch.from_numpy(feats.text_lengths.astype(np.int64)),
+            torch.from_numpy(feats.image_vectors),
+            torch.from_numpy(feats.text_vectors),
+        )
+
+
+def _listwise_loss(model, batch: _Batch, edited, f: _FeatureTensors):
     """Cross-entropy over each query's candidate list, true candidate first.
 
     text -> image: [its image, H hard images, R batch images]
@@ -206,7 +206,7 @@ def _listwise_loss(
     itc = model.config.itc_weight
     # Unique images: the B batch images, then the B*H hard ones. States computed once each.
     image_ids = np.concatenate([batch.images, batch.hard_images.ravel()])
-    states = model.encode_images(image_tokens[image_ids].float())
+    states = model.encode_images(f.image_tokens[image_ids].float())
     t2i_cands = np.concatenate(
         [np.arange(b)[:, None], b + np.arange(b * h).reshape(b, h), batch.random_images], axis=1
     )  # (B, C) rows into image_ids
@@ -216,19 +216,19 @@ def _listwise_loss(
     # Texts: B true captions, B*H hard captions, E edited ones.
     caption_ids = np.concatenate([batch.captions, batch.hard_captions.ravel()])
     texts = (
-        torch.cat([text_tokens[caption_ids], edited_tokens])
+        torch.cat([f.text_tokens[caption_ids], edited_tokens])
         if len(edited_rows)
-        else text_tokens[caption_ids]
+        else f.text_tokens[caption_ids]
     )
     lengths = (
-        torch.cat([text_lengths[caption_ids], edited_lengths])
+        torch.cat([f.text_lengths[caption_ids], edited_lengths])
         if len(edited_rows)
-        else text_lengths[caption_ids]
+        else f.text_lengths[caption_ids]
     )
     vectors = (
-        torch.cat([text_vectors[caption_ids], edited_vectors])
+        torch.cat([f.text_vectors[caption_ids], edited_vectors])
         if len(edited_rows)
-        else text_vectors[caption_ids]
+        else f.text_vectors[caption_ids]
     )
 
     # Pairs: t2i (text row i, image cand) then i2t (text cand, image row i).
@@ -247,7 +247,7 @@ def _listwise_loss(
     logits = model.match(
         texts[text_rows, :longest].float(), text_mask(lengths[text_rows], longest), kv
     )  # (P,)
-    stage1 = (vectors[text_rows].float() * image_vectors[image_ids][image_rows].float()).sum(-1)
+    stage1 = (vectors[text_rows].float() * f.image_vectors[image_ids][image_rows].float()).sum(-1)
     scores = logits + itc * stage1
     t2i_scores = scores[: b * c_img].view(b, c_img)
     i2t_scores = scores[b * c_img :].view(b, c_txt)
