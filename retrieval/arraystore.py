@@ -3,7 +3,7 @@
 Vectors (D,) float32 and token features (L, D) float16 live here, keyed by the SQLite
 row id. An id's record is written once and never changes (a changed file gets a new
 id), which is what lets the FAISS index be rebuilt or caught up from this file at any
-time. Deleted ids leave holes that `compact` reclaims.
+time. Deleted ids leave holes; `xmr compact` rebuilds FAISS but does not reclaim them yet.
 """
 
 from __future__ import annotations
@@ -75,7 +75,3 @@ class ArrayStore:
     def close(self) -> None:
         self.flush()
         self._map = None
-
-    def compact(self, ids: np.ndarray) -> dict[int, int]:
-        """Rewrite the file with only `ids`; returns old id -> new position. Unused for now."""
-        raise NotImplementedError
