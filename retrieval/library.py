@@ -33,7 +33,6 @@ from retrieval.arraystore import ArrayStore
 from retrieval.db import Database, ImageRow, TextRow
 from retrieval.errors import EncoderMismatch, IndexCorrupt, IndexNotFound, XmrError
 from retrieval.index_choice import IndexPolicy, check_index_type, parse_size, plan_upkeep
-from retrieval.modelspec import parse_model_spec
 from retrieval.vector_index import VectorIndex
 
 MANIFEST_FILE = "manifest.json"
@@ -169,10 +168,6 @@ class Library:
                 f"index {self.directory} was built with model '{self.encoder_spec}', not "
                 f"'{_describe(identity)}'; use --model {self.encoder_spec} or another --index"
             )
-
-    def check_model_spec(self, spec_text: str) -> None:
-        """Refuse a --model that differs from the index's, without loading the model."""
-        self.check_encoder(parse_model_spec(spec_text).identity())
 
     def _collection(self, name, table, dim, token_shape, generation: int) -> Collection:
         vectors = ArrayStore(self.directory / f"{name}.vec", (dim,), "float32")
