@@ -133,11 +133,18 @@ def _plan(session, library, scanned, known, summary, reporter):
         else:
             twins[digest] = []
             pending.append(_Pending(file, digest, None if row is None else row.id))
-    for row in gone.values():
-        session.delete(row)
-        library.images.index.remove([row.id])
-        summary.removed += row.state == "indexed"  # a vanished bad file was never searchable
+    _remove_rows(session, library, list(gone.values()))
+    summary.removed += sum(row.state == "indexed" for row in gone.values())  # bad files never were
     return pending, twins
+
+
+def _remove_rows(session, library, rows: list[ImageRow]) -> None:
+    """Delete vanished files' rows and vectors in bulk: one FAISS call, chunked SQL."""
+    ids = [row.id for row in rows]
+    library.images.index.remove(ids)  # one pass over the index, not one per id
+    for start in range(0, len(ids), 500):  # SQLite caps bound parameters per statement
+        chunk = ids[start : start + 500]
+        session.execute(delete(ImageRow).where(ImageRow.id.in_(chunk)))
 
 
 def _hash_files(files: list[ScannedFile], reporter: Reporter) -> dict[str, str]:

@@ -208,28 +208,31 @@ def test_touched_file_needs_no_encoder(indexed, encoder):
     assert (again.touched, again.unchanged) == (0, 12)
 
 
-def test_deleted_file_leaves_db_faiss_and_results(indexed, encoder):
+def test_deleted_files_leave_db_faiss_and_results(indexed, encoder):
     from retrieval.searcher import Query, Searcher
     from retrieval.stats import index_info
 
     folder, index_dir = indexed
-    target = folder / "img0004.png"
-    gone_id = indexed_paths(index_dir)[str(target)]
-    gone_vector = stored_vectors(index_dir, [gone_id])[0]
-    target.unlink()
+    before = indexed_paths(index_dir)
+    targets = [Path(p) for p in sorted(before)[3:6]]  # removed in one bulk pass
+    gone_ids = [before[str(t)] for t in targets]
+    gone_vector = stored_vectors(index_dir, gone_ids[:1])[0]
+    for target in targets:
+        target.unlink()
 
     summary = index_with(index_dir, encoder, [folder])
-    assert (summary.removed, summary.encoded, summary.unchanged) == (1, 0, 11)
+    assert (summary.removed, summary.encoded, summary.unchanged) == (3, 0, 9)
     paths = _consistent(index_dir)
-    assert str(target) not in paths and gone_id not in paths.values()
-    assert str(target) not in {r["path"] for r in db_rows(index_dir)}
+    assert not {str(t) for t in targets} & set(paths)
+    assert not set(gone_ids) & set(paths.values())
+    assert not {str(t) for t in targets} & {r["path"] for r in db_rows(index_dir)}
     with Library.open(index_dir) as library:
         info = index_info(library)
         hits = Searcher(library, encoder).search(
             Query(gone_vector, None, None, "image"), "images", k=20
         )
-    assert (info["images"], info["faiss"]["images"]) == (11, 11)
-    assert len(hits) == 11 and str(target) not in [h.path for h in hits]
+    assert (info["images"], info["faiss"]["images"]) == (9, 9)
+    assert len(hits) == 9 and not {str(t) for t in targets} & {h.path for h in hits}
 
 
 def test_indexing_one_folder_leaves_other_folders_alone(encoder, tmp_path):
