@@ -21,6 +21,7 @@ from cli.options import (
     index_dir,
     load_encoder_for_cli,
     model_for_index,
+    warn_random_weights,
 )
 
 app = typer.Typer(
@@ -80,7 +81,7 @@ def index(
         raise InputError(f"{', '.join(missing)} does not exist; give a folder of images")
     directory = index_dir(index)
     spec = model_for_index(directory, model)
-    encoder = load_encoder_for_cli(spec, device, quiet, lazy=True)
+    encoder = load_encoder_for_cli(spec, device, quiet, lazy=True, warn=False)
     options = IndexOptions(
         exclude=tuple(exclude),
         include_hidden=hidden,
@@ -92,6 +93,7 @@ def index(
     with Library.open_or_create(
         directory, encoder, not no_tokens, index_type, max_memory
     ) as library:
+        warn_random_weights(encoder, quiet)  # only once the index accepted the model
         summary = index_folders(library, encoder, folders, options, BarReporter(quiet))
     if as_json or not quiet:
         from cli.output import print_summary
@@ -122,8 +124,9 @@ def add_texts(
     read_corpus(file, text_field)  # refuse a bad file before loading a model
     directory = index_dir(index)
     spec = model_for_index(directory, model)
-    encoder = load_encoder_for_cli(spec, device, quiet, lazy=True)
+    encoder = load_encoder_for_cli(spec, device, quiet, lazy=True, warn=False)
     with Library.open_or_create(directory, encoder) as library:
+        warn_random_weights(encoder, quiet)
         summary = run_add_texts(library, encoder, file, text_field, batch_size, BarReporter(quiet))
     if as_json or not quiet:
         from cli.output import print_summary

@@ -63,15 +63,26 @@ def model_for_index(index: Path, model: str | None) -> str:
     return DEFAULT_MODEL
 
 
-def load_encoder_for_cli(spec: str, device: str | None, quiet: bool, lazy: bool = False):
-    """The encoder for `spec`; `lazy` defers loading the model until something needs it."""
+def load_encoder_for_cli(
+    spec: str, device: str | None, quiet: bool, lazy: bool = False, warn: bool = True
+):
+    """The encoder for `spec`; `lazy` defers loading the model until something needs it.
+
+    `warn=False` leaves the random-weights warning to the caller (`warn_random_weights`),
+    so a command that may still refuse the model (index mismatch) prints only the error.
+    """
     from retrieval.encoder import LazyEncoder, load_encoder
 
     encoder = LazyEncoder(spec, device) if lazy else load_encoder(spec, device)
+    if warn:
+        warn_random_weights(encoder, quiet)
+    return encoder
+
+
+def warn_random_weights(encoder, quiet: bool) -> None:
     if encoder.spec.random_weights and not quiet and not os.environ.get("XMR_NO_RANDOM_WARNING"):
         typer.echo(
-            f"warning: {spec} has random weights; its results mean nothing "
+            f"warning: {encoder.spec.canonical} has random weights; its results mean nothing "
             f"(use it for tests and speed measurements only)",
             err=True,
         )
-    return encoder

@@ -299,8 +299,11 @@ def test_encoder_mismatch_is_refused_and_changes_nothing(cli, cli_index, other_s
         ("index", folder, "--workers", "0"),
         ("add-texts", corpus),
     ):
-        result = cli(*args, "--index", index_dir, "--model", other_spec)
+        # Warnings on: a refused (random-weights) model gets only the error, no warning first.
+        result = cli(*args, "--index", index_dir, "--model", other_spec,
+                     env={"XMR_NO_RANDOM_WARNING": None})  # fmt: skip
         assert result.exit_code == 1, result.output
+        assert "random weights" not in result.output
         message = _error_line(result)
         assert f"built with model '{tiny_spec}'" in message
         assert str(Path(other_spec.split(":")[0]).resolve()) in message
