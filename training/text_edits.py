@@ -71,9 +71,16 @@ def _replace(caption: str, edits: list[tuple[int, int, str]]) -> str:
     return caption
 
 
+_BACKGROUND = re.compile(r"\s*background\b", re.IGNORECASE)
+
+
 def swap_attributes(caption: str, rng: random.Random) -> str | None:
-    """Exchange two different colour words: binds each colour to the other object."""
-    spans = _spans(caption, COLOURS)
+    """Exchange two different colour words: binds each colour to the other object.
+
+    A background's colour stays: "a cyan background" would be a negative that the text
+    alone gives away (backgrounds and objects use different colours), not a binding test.
+    """
+    spans = [s for s in _spans(caption, COLOURS) if not _BACKGROUND.match(caption, s[1])]
     pairs = [
         (a, b) for i, a in enumerate(spans) for b in spans[i + 1 :] if a[2].lower() != b[2].lower()
     ]
