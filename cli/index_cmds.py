@@ -20,7 +20,8 @@ def compact(
     quiet: bool = QuietOption,
 ):
     """Rebuild the FAISS indexes from the stored vectors: drop tombstones, re-train and
-    re-tune, or switch type (--index-type hnsw). Nothing is re-encoded."""
+    re-tune, or switch type (--index-type hnsw); free the disk space of deleted items'
+    vectors and tokens. Nothing is re-encoded."""
     from cli.output import human_bytes
     from cli.progress import BarReporter
     from retrieval.index_choice import check_index_type, parse_size
@@ -50,6 +51,7 @@ def compact(
             f"{name}: {before['type']} ({before['live']} items, {before['tombstones']} "
             f"tombstones) -> {after['type']} ({after['live']} items"
             + (f"; {tuned}" if tuned else "")
-            + f"), {size}, {entry['seconds']:.1f}s",
+            + f"), {size}, {human_bytes(entry['store_bytes_freed'])} of dead records freed, "
+            + f"{entry['seconds']:.1f}s",
             err=True,
         )

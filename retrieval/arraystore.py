@@ -3,17 +3,21 @@
 Vectors (D,) float32 and token features (L, D) float16 live here, keyed by the SQLite
 row id. An id's record is written once and never changes (a changed file gets a new
 id), which is what lets the FAISS index be rebuilt or caught up from this file at any
-time. Deleted ids leave holes; `xmr compact` rebuilds FAISS but does not reclaim them yet.
+time. Deleted ids leave dead records; `xmr compact` gives their disk blocks back by punching
+holes in the file (Linux), which keeps every live id's offset, so nothing else changes.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 from pathlib import Path
 
 import numpy as np
 
 _MIN_CAPACITY = 1024
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 
 
 class ArrayStore:
@@ -75,3 +79,52 @@ class ArrayStore:
     def close(self) -> None:
         self.flush()
         self._map = None
+
+    def allocated_bytes(self) -> int:
+        """Disk space the file really uses (a sparse file uses less than its size)."""
+        return self.path.stat().st_blocks * 512
+
+    def release(self, live_ids: np.ndarray) -> int:
+        """Give back the disk blocks of every record not in `live_ids`; returns bytes freed.
+
+        Dead records read back as zeros afterwards; live ones are untouched. Only whole
+        filesystem blocks are freed, so small records (vectors) free space where several
+        dead ids sit side by side. Where the OS or filesystem cannot punch holes, frees 0.
+        """
+        capacity = self.capacity
+        if capacity == 0:
+            return 0
+        dead = np.ones(capacity, dtype=bool)
+        live = np.asarray(live_ids, dtype=np.int64)
+        dead[live[live < capacity]] = False
+        self.close()  # dirty pages written first, so none lands in a hole afterwards
+        before = self.allocated_bytes()
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            size = self.record_bytes
+            for start, stop in _runs(dead):
+                if not _punch_hole(fd, start * size, (stop - start) * size):
+                    break  # not supported here: nothing more to gain
+        finally:
+            os.close(fd)
+        return max(0, before - self.allocated_bytes())
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) ranges where `mask` is True."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> bool:
+    libc = _libc()
+    if libc is None or not hasattr(libc, "fallocate"):
+        return False
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+    return libc.fallocate(fd, mode, offset, length) == 0
+
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    return None if name is None else ctypes.CDLL(name, use_errno=True)

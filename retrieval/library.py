@@ -281,10 +281,12 @@ class Library:
                 choice, dim, ids, collection.vectors.read, reporter=reporter
             )
             collection.index.save(collection.faiss_path, generation)
+            stores = [s for s in (collection.vectors, collection.tokens) if s is not None]
             report[collection.name] = {
                 "before": before,
                 "after": collection.index.describe(),
                 "reason": choice.reason,
+                "store_bytes_freed": sum(store.release(ids) for store in stores),
                 "seconds": round(time.monotonic() - started, 2),
             }
         return report
