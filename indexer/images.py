@@ -133,8 +133,8 @@ def _plan(session, library, scanned, known, summary, reporter):
         else:
             twins[digest] = []
             pending.append(_Pending(file, digest, None if row is None else row.id))
-    _remove_rows(session, library, list(gone.values()))
     summary.removed += sum(row.state == "indexed" for row in gone.values())  # bad files never were
+    _remove_rows(session, library, list(gone.values()))
     return pending, twins
 
 

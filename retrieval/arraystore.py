@@ -10,7 +10,7 @@ holes in the file (Linux), which keeps every live id's offset, so nothing else c
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 from pathlib import Path
 
@@ -117,14 +117,16 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _punch_hole(fd: int, offset: int, length: int) -> bool:
-    libc = _libc()
-    if libc is None or not hasattr(libc, "fallocate"):
+    fallocate = _fallocate()
+    if fallocate is None:
         return False
-    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
-    return libc.fallocate(fd, mode, offset, length) == 0
+    return fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0
 
 
-def _libc():
-    name = ctypes.util.find_library("c")
-    return None if name is None else ctypes.CDLL(name, use_errno=True)
+@functools.cache
+def _fallocate():
+    """libc's fallocate(2), looked up once; None where the C library has none (macOS)."""
+    fallocate = getattr(ctypes.CDLL(None, use_errno=True), "fallocate", None)
+    if fallocate is not None:
+        fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return fallocate
