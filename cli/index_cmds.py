@@ -8,7 +8,14 @@ from pathlib import Path
 import typer
 
 from cli.errors import handle_errors
-from cli.options import IndexOption, IndexTypeOption, MaxMemoryOption, QuietOption, index_dir
+from cli.options import (
+    IndexOption,
+    IndexTypeOption,
+    MaxMemoryOption,
+    QuietOption,
+    check_index_options,
+    index_dir,
+)
 
 
 @handle_errors
@@ -24,13 +31,9 @@ def compact(
     vectors and tokens. Nothing is re-encoded."""
     from cli.output import human_bytes
     from cli.progress import BarReporter
-    from retrieval.index_choice import check_index_type, parse_size
     from retrieval.library import Library
 
-    if index_type is not None:  # bad values fail before the index is touched
-        check_index_type(index_type)
-    if max_memory is not None and max_memory.strip().lower() != "none":
-        parse_size(max_memory)
+    check_index_options(index_type, max_memory)
     with Library.open(index_dir(index), writable=True) as library:
         report = library.compact(index_type, max_memory, BarReporter(quiet))
         sizes = library.disk_usage()

@@ -18,6 +18,7 @@ from cli.options import (
     MaxMemoryOption,
     ModelOption,
     QuietOption,
+    check_index_options,
     index_dir,
     load_encoder_for_cli,
     model_for_index,
@@ -66,14 +67,9 @@ def index(
     from cli.progress import BarReporter
     from indexer.images import IndexOptions, index_folders
     from retrieval.imageio import DEFAULT_MAX_PIXELS, default_workers
-    from retrieval.index_choice import check_index_type, parse_size
     from retrieval.library import Library
 
-    if index_type is not None:  # bad values fail before a model is loaded
-        check_index_type(index_type)
-    if max_memory is not None and max_memory.strip().lower() != "none":
-        parse_size(max_memory)
-
+    check_index_options(index_type, max_memory)
     missing = [str(f) for f in folders if not f.expanduser().exists()]
     if missing:  # before any model or index is touched
         from retrieval.errors import InputError

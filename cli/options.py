@@ -42,6 +42,16 @@ MaxMemoryOption = typer.Option(
 )
 
 
+def check_index_options(index_type: str | None, max_memory: str | None) -> None:
+    """Refuse a bad --index-type or --max-memory before any model or index is touched."""
+    from retrieval.index_choice import check_index_type, parse_size
+
+    if index_type is not None:
+        check_index_type(index_type)
+    if max_memory is not None and max_memory.strip().lower() != "none":
+        parse_size(max_memory)
+
+
 def index_dir(index: Path | None) -> Path:
     from retrieval.library import default_index_dir
 
