@@ -215,21 +215,9 @@ def _listwise_loss(model, batch: _Batch, edited, f: _FeatureTensors):
     edited_tokens, edited_lengths, edited_rows, edited_vectors = edited
     # Texts: B true captions, B*H hard captions, E edited ones.
     caption_ids = np.concatenate([batch.captions, batch.hard_captions.ravel()])
-    texts = (
-        torch.cat([f.text_tokens[caption_ids], edited_tokens])
-        if len(edited_rows)
-        else f.text_tokens[caption_ids]
-    )
-    lengths = (
-        torch.cat([f.text_lengths[caption_ids], edited_lengths])
-        if len(edited_rows)
-        else f.text_lengths[caption_ids]
-    )
-    vectors = (
-        torch.cat([f.text_vectors[caption_ids], edited_vectors])
-        if len(edited_rows)
-        else f.text_vectors[caption_ids]
-    )
+    texts = _then(f.text_tokens[caption_ids], edited_tokens)
+    lengths = _then(f.text_lengths[caption_ids], edited_lengths)
+    vectors = _then(f.text_vectors[caption_ids], edited_vectors)
 
     # Pairs: t2i (text row i, image cand) then i2t (text cand, image row i).
     t2i_text = np.repeat(np.arange(b), c_img)
@@ -254,6 +242,13 @@ def _listwise_loss(model, batch: _Batch, edited, f: _FeatureTensors):
     target = torch.zeros(b, dtype=torch.long)  # the true candidate is first in every list
     loss = 0.5 * (F.cross_entropy(t2i_scores, target) + F.cross_entropy(i2t_scores, target))
     return loss, len(text_rows)
+
+
+def _then(rows, extra):
+    """`rows` followed by `extra` (the edited captions' rows), which may be empty."""
+    import torch
+
+    return torch.cat([rows, extra]) if len(extra) else rows
 
 
 @dataclass
