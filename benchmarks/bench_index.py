@@ -38,8 +38,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import RESULTS, log  # (also puts the repository on sys.path)
 
 from retrieval.index_choice import resolve_choice  # noqa: E402
 from retrieval.index_types import (  # noqa: E402
@@ -49,12 +48,7 @@ from retrieval.index_types import (  # noqa: E402
     refine_exact,
 )
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TYPES = ("flat", "hnsw", "ivf", "ivfpq")
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def mixture(n: int, dim: int, seed: int, centres: int = 1000, local: int = 16) -> np.ndarray:

@@ -14,7 +14,7 @@ import argparse
 import time
 
 import numpy as np
-from common import log, write_results
+from common import log, median, write_results
 
 SHAPES = {
     # name: (token_dim, text_len, image_tokens, image_pool)
@@ -40,26 +40,34 @@ def _runtime(name: str, device: str):
     return RerankerRuntime(Reranker(config), f"{name}-random", device), "random weights"
 
 
-def _median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up (allocations, kernels)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return float(np.median(times))
+def latency_ms(runtime, k: int, rng, repeats: int, text_length: int, warmup: int = 1) -> dict:
+    """Per-call ms of one text against K images ("t2i") and one image against K texts
+    ("i2t"), `repeats` calls each after `warmup` unrecorded ones; random fp16 tokens, as
+    the token store hands them over."""
+    c = runtime.config
+    images = rng.normal(size=(k, c.image_tokens, c.token_dim)).astype(np.float16)  # (K, N, D)
+    texts = rng.normal(size=(k, c.text_len, c.token_dim)).astype(np.float16)  # (K, L, D)
+    lengths = np.full(k, text_length)
+    stage1 = np.zeros(k, np.float32)
+    calls = {
+        "t2i": lambda: runtime.rerank_images(texts[0], text_length, images, stage1),
+        "i2t": lambda: runtime.rerank_texts(images[0], texts, lengths, stage1),
+    }
+    times = {direction: [] for direction in calls}
+    for i in range(warmup + repeats):
+        for direction, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            if i >= warmup:  # allocations and kernels settle first
+                times[direction].append((time.perf_counter() - t0) * 1000)
+    return times
 
 
 def _measure(runtime, k: int, rng, repeats: int) -> tuple[float, float]:
     """Median ms of one text against K images, and of one image against K texts."""
-    c = runtime.config
-    images = rng.normal(size=(k, c.image_tokens, c.token_dim)).astype(np.float16)
-    texts = rng.normal(size=(k, c.text_len, c.token_dim)).astype(np.float16)
-    lengths = np.full(k, min(c.text_len, 24))  # a typical caption's token count
-    stage1 = np.zeros(k, np.float32)
-    t2i = _median_ms(lambda: runtime.rerank_images(texts[0], 24, images, stage1), repeats)
-    i2t = _median_ms(lambda: runtime.rerank_texts(images[0], texts, lengths, stage1), repeats)
-    return t2i, i2t
+    length = min(runtime.config.text_len, 24)  # a typical caption's token count
+    times = latency_ms(runtime, k, rng, repeats, length)
+    return median(times["t2i"]), median(times["i2t"])
 
 
 def main() -> None:

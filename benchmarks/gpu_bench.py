@@ -119,36 +119,17 @@ def index_cli(photos: Path, batch_size: int, workers: int | None, device: str) -
 
 def reranker_latency(device: str, ks=(16, 64, 128), repeats: int = 50) -> dict:
     import torch
+    from bench_rerank import latency_ms
 
-    from retrieval.reranker import Reranker, RerankerConfig
+    from retrieval.reranker import Reranker, RerankerConfig, RerankerRuntime
 
     config = RerankerConfig(token_dim=512, text_len=77, image_tokens=49)
     torch.manual_seed(0)
-    model = Reranker(config)
-    try:
-        from retrieval.reranker import RerankerRuntime
-
-        runtime = RerankerRuntime(model, "random", device)
-    except (ImportError, TypeError) as exc:  # the runtime's API moved: report, do not guess
-        return {"error": f"RerankerRuntime unavailable: {exc}"}
+    runtime = RerankerRuntime(Reranker(config), "random", device)
     rng = np.random.default_rng(0)
-    text = rng.normal(size=(77, 512)).astype(np.float16)  # (L, D)
     out = {"config": {"token_dim": 512, "text_len": 77, "image_tokens": 49}, "k": {}}
     for k in ks:
-        images = rng.normal(size=(k, 49, 512)).astype(np.float16)  # (K, N, D)
-        texts = rng.normal(size=(k, 77, 512)).astype(np.float16)  # (K, L, D)
-        stage1 = rng.random(k).astype(np.float32)
-        lengths = np.full(k, 77)
-        timings = {"t2i": [], "i2t": []}
-        for i in range(repeats + 5):
-            t0 = time.perf_counter()
-            runtime.rerank_images(text, 77, images, stage1)
-            t1 = time.perf_counter()
-            runtime.rerank_texts(images[0], texts, lengths, stage1)
-            t2 = time.perf_counter()
-            if i >= 5:  # the first five are warm-up
-                timings["t2i"].append((t1 - t0) * 1000)
-                timings["i2t"].append((t2 - t1) * 1000)
+        timings = latency_ms(runtime, k, rng, repeats, text_length=77, warmup=5)
         out["k"][str(k)] = {
             d: {
                 "median_ms": round(median(t), 3),
