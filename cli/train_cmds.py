@@ -136,6 +136,11 @@ def train_reranker(
     lr: float = typer.Option(5e-4, "--lr"),
     width: int = typer.Option(64, "--width"),
     layers: int = typer.Option(2, "--layers"),
+    image_layers: int = typer.Option(0, "--image-layers", min=0, help="Patch self-attention."),
+    image_pool: int = typer.Option(2, "--image-pool", min=1, help="k x k patch pooling."),
+    gallery: int = typer.Option(
+        1000, "--gallery", min=2, help="Images per hard-negative gallery (~ what stage 2 sees)."
+    ),
     max_train_images: int = typer.Option(None, "--max-train-images"),
     val_every: int = typer.Option(500, "--val-every"),
     seed: int = typer.Option(0, "--seed"),
@@ -155,6 +160,9 @@ def train_reranker(
         lr=lr,
         width=width,
         layers=layers,
+        image_layers=image_layers,
+        image_pool=image_pool,
+        gallery=gallery,
         max_train_images=max_train_images,
         val_every=val_every,
         seed=seed,

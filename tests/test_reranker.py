@@ -168,3 +168,90 @@ def test_training_beats_the_dual_encoder_on_attribute_swaps(
     # re-ranking only reorders stage 1's top 10
     for d in ("t2i", "i2t"):
         assert result["results"]["rerank"][d]["R@10"] <= result["results"]["exact"][d]["R@10"]
+
+
+def _toy_dataset(n_images: int, per_image: int = 2):
+    from types import SimpleNamespace
+
+    t2i = np.repeat(np.arange(n_images), per_image)
+    return SimpleNamespace(text_to_image=t2i)
+
+
+def test_hard_negatives_come_from_the_query_gallery_and_never_the_own_item():
+    """Mined over all training images, negatives are far harder than in the gallery stage 2
+    re-ranks from, and the re-ranker learns to distrust stage 1. They must stay in-gallery."""
+    from types import SimpleNamespace
+
+    from training.reranker_training import _hard_pools, gallery_blocks
+
+    rng = np.random.default_rng(0)
+    n, per = 50, 2
+    dataset = _toy_dataset(n, per)
+    feats = SimpleNamespace(
+        image_vectors=rng.normal(size=(n, 8)).astype(np.float32),
+        text_vectors=rng.normal(size=(n * per, 8)).astype(np.float32),
+    )
+    pools = _hard_pools(feats, dataset, m=6, gallery=10)
+    block_of = np.empty(n, int)
+    for b, ids in enumerate(gallery_blocks(n, 10)):
+        block_of[ids] = b
+    t2i = dataset.text_to_image
+    assert pools.t2i.shape == (n * per, 6) and pools.i2t.shape == (n, 6)
+    assert (block_of[pools.t2i] == block_of[t2i][:, None]).all()  # same gallery as the caption
+    assert (pools.t2i != t2i[:, None]).all()  # never its own image
+    assert (block_of[t2i[pools.i2t]] == block_of[:, None]).all()
+    assert (t2i[pools.i2t] != np.arange(n)[:, None]).all()  # never one of its own captions
+    # within the gallery they are the most similar ones, as stage 1 would rank them
+    row, gallery = 7, gallery_blocks(n, 10)[block_of[t2i[7]]]
+    sims = feats.text_vectors[row] @ feats.image_vectors[gallery].T
+    expected = [g for g in gallery[np.argsort(-sims)] if g != t2i[row]][:6]
+    assert sorted(pools.t2i[row]) == sorted(expected)
+
+
+def test_every_edited_caption_enters_the_loss_even_when_one_row_has_none():
+    """The image->text lists are padded and masked: a row without an edit must not cut the
+    other rows' edited captions out of the loss."""
+    from training.reranker_training import _Batch, _FeatureTensors, _listwise_loss
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    dim, length, tokens, n_images = 16, 6, 4, 8
+    config = RerankerConfig(
+        token_dim=dim,
+        text_len=length,
+        image_tokens=tokens,
+        width=16,
+        layers=1,
+        heads=2,
+        image_pool=1,
+        itc_weight=1.0,
+    )
+    model = Reranker(config)
+    torch.nn.init.normal_(model.head.weight)
+    features = _FeatureTensors(
+        torch.tensor(rng.normal(size=(n_images, tokens, dim)), dtype=torch.float16),
+        torch.tensor(rng.normal(size=(n_images, length, dim)), dtype=torch.float16),
+        torch.full((n_images,), length, dtype=torch.int64),
+        torch.tensor(rng.normal(size=(n_images, dim)), dtype=torch.float32),
+        torch.tensor(rng.normal(size=(n_images, dim)), dtype=torch.float32),
+    )
+    batch = _Batch(
+        images=np.array([0, 1, 2]),
+        captions=np.array([0, 1, 2]),
+        hard_images=np.array([[3], [4], [5]]),
+        hard_captions=np.array([[3], [4], [5]]),
+        random_images=np.array([[1], [2], [0]]),
+    )
+
+    edit_vectors = torch.tensor(rng.normal(size=(2, dim)), dtype=torch.float32)
+
+    def loss_with(edit_tokens):
+        lengths = torch.full((2,), length, dtype=torch.int64)
+        edited = (edit_tokens, lengths, np.array([0, 2]), edit_vectors)  # row 1 has no edit
+        with torch.no_grad():
+            return float(_listwise_loss(model, batch, edited, features)[0])
+
+    edits = torch.tensor(rng.normal(size=(2, length, dim)), dtype=torch.float32)
+    other = edits.clone()
+    other[1] = torch.tensor(rng.normal(size=(length, dim)) * 3)  # row 2's edit only
+    assert abs(loss_with(edits) - loss_with(other)) > 1e-4
