@@ -58,6 +58,13 @@ def index(
     no_tokens: bool = typer.Option(
         False, "--no-tokens", help="Do not keep token features (no re-ranking; less disk)."
     ),
+    token_pool: int = typer.Option(
+        None,
+        "--token-pool",
+        min=1,
+        help="Store image patch tokens k x k pooled: k^2 less disk; needs a re-ranker "
+        "trained with --image-pool k. Fixed at the index's creation [default: 1].",
+    ),
     index_type: str = IndexTypeOption,
     max_memory: str = MaxMemoryOption,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
@@ -87,7 +94,7 @@ def index(
         max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
     )
     with Library.open_or_create(
-        directory, encoder, not no_tokens, index_type, max_memory
+        directory, encoder, not no_tokens, index_type, max_memory, token_pool
     ) as library:
         warn_random_weights(encoder, quiet)  # only once the index accepted the model
         summary = index_folders(library, encoder, folders, options, BarReporter(quiet))

@@ -3,7 +3,8 @@
     DIR/manifest.json        encoder identity, dimension, token shapes
     DIR/xmr.sqlite3          metadata, the source of truth (see db.py)
     DIR/images.vec           (capacity, D) float32 vectors by id     (arraystore.py)
-    DIR/images.tok           (capacity, N, D) float16 tokens by id   (optional)
+    DIR/images.tok           (capacity, N, D) float16 tokens by id   (optional; N is
+                             pooled_count(patches, k) for `--token-pool k`)
     DIR/images.faiss(.json)  FAISS index over the vectors            (vector_index.py)
     DIR/texts.*              the same for the text corpus
 
@@ -31,7 +32,7 @@ import numpy as np
 
 from retrieval.arraystore import ArrayStore
 from retrieval.db import Database, ImageRow, TextRow
-from retrieval.errors import EncoderMismatch, IndexCorrupt, IndexNotFound, XmrError
+from retrieval.errors import EncoderMismatch, IndexCorrupt, IndexNotFound, InputError, XmrError
 from retrieval.index_choice import IndexPolicy, check_index_type, parse_size, plan_upkeep
 from retrieval.vector_index import VectorIndex
 
@@ -59,11 +60,16 @@ class Collection:
     tokens: ArrayStore | None
     index: VectorIndex
     faiss_path: Path
+    token_pool: int = 1  # images: patch tokens stored k x k average-pooled
 
     def write(self, ids: np.ndarray, vectors: np.ndarray, tokens: np.ndarray | None) -> None:
         """Store new items' records (before the DB commit) and add them to FAISS."""
         self.vectors.write(ids, vectors)
         if self.tokens is not None and tokens is not None:
+            if tokens.shape[1:] != self.tokens.record_shape:  # the encoder's full patch grid
+                from retrieval.reranker import pool_token_array
+
+                tokens = pool_token_array(tokens, self.token_pool)  # (B, N', D)
             self.tokens.write(ids, tokens)
         self.index.add(ids, vectors)
 
@@ -95,6 +101,7 @@ class Library:
         self.images = self._collection(
             "images", ImageRow, dim, manifest.get("image_tokens"), generation
         )
+        self.images.token_pool = self.token_pool
         self.texts = self._collection(
             "texts", TextRow, dim, manifest.get("text_tokens"), generation
         )
@@ -124,11 +131,14 @@ class Library:
         keep_tokens: bool = True,
         index_type: str | None = None,
         max_memory: str | int | None = None,
+        token_pool: int | None = None,
     ) -> Library:
         """Open for writing with `encoder`, creating the index if it does not exist.
 
         `index_type` / `max_memory` (None: keep the stored policy) change the index
-        policy; the next save applies it.
+        policy; the next save applies it. `token_pool` k stores image patch tokens k x k
+        average-pooled (k^2 less disk; a re-ranker trained with `--image-pool k` reads them
+        unchanged); fixed when the index is created.
         """
         directory = Path(directory).expanduser()
         policy_change = _policy_change(index_type, max_memory)  # bad values fail first
@@ -139,15 +149,29 @@ class Library:
             except EncoderMismatch:
                 library.close()
                 raise
+            if token_pool not in (None, library.token_pool):
+                library.close()
+                raise InputError(
+                    f"index {directory} stores image tokens pooled {library.token_pool}x"
+                    f"{library.token_pool}; --token-pool {token_pool} needs a new --index "
+                    "(or leave the option out)"
+                )
             library.set_policy(**policy_change)
             return library
         directory.mkdir(parents=True, exist_ok=True)
+        token_pool = token_pool or 1
+        image_tokens = encoder.image_token_shape if keep_tokens else None
+        if image_tokens is not None and token_pool > 1:
+            from retrieval.reranker import pooled_count
+
+            image_tokens = (pooled_count(image_tokens[0], token_pool), image_tokens[1])
         manifest = {
             "format": FORMAT_VERSION,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "encoder": {"spec": encoder.spec.canonical, "identity": encoder.identity()},
             "dim": encoder.dim,
-            "image_tokens": _shape(encoder.image_token_shape) if keep_tokens else None,
+            "image_tokens": _shape(image_tokens),
+            "image_token_pool": token_pool,
             "text_tokens": _shape(encoder.text_token_shape) if keep_tokens else None,
             "index": IndexPolicy().as_dict(),
         }
@@ -155,6 +179,11 @@ class Library:
         library = cls(directory, manifest, writable=True)
         library.set_policy(**policy_change)
         return library
+
+    @property
+    def token_pool(self) -> int:
+        """k when image patch tokens are stored k x k pooled (indexes before it: 1)."""
+        return int(self.manifest.get("image_token_pool") or 1)
 
     @property
     def encoder_spec(self) -> str:

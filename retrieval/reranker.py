@@ -188,6 +188,13 @@ def pool_patch_tokens(tokens: torch.Tensor, k: int) -> torch.Tensor:
     return pooled.flatten(2).transpose(1, 2)
 
 
+def pool_token_array(tokens: np.ndarray, k: int) -> np.ndarray:
+    """pool_patch_tokens for the token store: (B, N, D) float16 -> (B, N', D) float16."""
+    if k == 1:
+        return tokens
+    return pool_patch_tokens(torch.from_numpy(tokens).float(), k).to(torch.float16).numpy()
+
+
 def text_mask(lengths: torch.Tensor, length: int) -> torch.Tensor:
     """(B,) valid token counts -> (B, length) bool mask."""
     return torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]

@@ -66,6 +66,18 @@ class Searcher:
         self.library = library
         self.encoder = encoder
         self.reranker = reranker
+        pool = library.token_pool
+        if reranker is not None and library.images.tokens is not None and pool > 1:
+            if reranker.config.image_pool != pool:  # its positions fit one grid only
+                from retrieval.errors import InvalidModelSpec
+
+                raise InvalidModelSpec(
+                    f"index {library.directory} stores image tokens pooled {pool}x{pool}, but "
+                    f"re-ranker {reranker.name} reads them pooled "
+                    f"{reranker.config.image_pool}x{reranker.config.image_pool}; use one "
+                    f"trained with --image-pool {pool}, --no-rerank, or re-index without "
+                    "--token-pool"
+                )
 
     # -- building queries ----------------------------------------------------------------
     def text_query(self, text: str) -> Query:

@@ -255,3 +255,68 @@ def test_every_edited_caption_enters_the_loss_even_when_one_row_has_none():
     other = edits.clone()
     other[1] = torch.tensor(rng.normal(size=(length, dim)) * 3)  # row 2's edit only
     assert abs(loss_with(edits) - loss_with(other)) > 1e-4
+
+
+def test_pooled_token_store_cuts_disk_and_serves_a_matching_reranker(tmp_path, encoder):
+    """`--token-pool 2`: a quarter of the image token bytes, the same re-ranked results for a
+    re-ranker that pools 2x2 itself, and a clear refusal for one that reads the full grid."""
+    from conftest import make_images, run_xmr
+
+    from indexer.images import IndexOptions, index_folders
+    from retrieval.db import ImageRow
+    from retrieval.errors import InputError, InvalidModelSpec
+    from retrieval.library import Library
+    from retrieval.reranker import pool_token_array, save_reranker
+    from retrieval.searcher import Searcher
+
+    make_images(tmp_path / "imgs", 24)
+    for name, pool in (("full", None), ("pooled", 2)):
+        with Library.open_or_create(tmp_path / name, encoder, token_pool=pool) as library:
+            index_folders(library, encoder, [tmp_path / "imgs"], IndexOptions(workers=0))
+    n_tokens, dim = encoder.image_token_shape
+    with Library.open(tmp_path / "full") as full, Library.open(tmp_path / "pooled") as pooled:
+        ids = np.array(full.db.ids(ImageRow))  # same files in the same order: same ids
+        stored = pooled.images.tokens.read(ids)
+        assert stored.shape == (len(ids), n_tokens // 4, dim) and pooled.token_pool == 2
+        np.testing.assert_allclose(
+            stored.astype(np.float32),
+            pool_token_array(full.images.tokens.read(ids), 2).astype(np.float32),
+            atol=2e-3,
+        )
+        assert pooled.images.tokens.record_bytes * 4 == full.images.tokens.record_bytes
+
+        def runtime(image_pool):
+            torch.manual_seed(3)
+            config = RerankerConfig(
+                token_dim=dim,
+                text_len=encoder.context_length,
+                image_tokens=n_tokens,
+                width=32,
+                layers=1,
+                heads=4,
+                image_pool=image_pool,
+            )
+            model = Reranker(config).eval()
+            torch.nn.init.normal_(model.head.weight)
+            return RerankerRuntime(model, f"pool{image_pool}", "cpu")
+
+        query = Searcher(full, encoder).text_query("a red square on green")
+        a = Searcher(full, encoder, runtime(2)).search(query, "images", k=6, candidates=12)
+        b = Searcher(pooled, encoder, runtime(2)).search(query, "images", k=6, candidates=12)
+        assert [h.id for h in a] == [h.id for h in b]
+        np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-2)
+        with pytest.raises(InvalidModelSpec, match="pooled 2x2"):
+            Searcher(pooled, encoder, runtime(1))
+        save_reranker(runtime(1).model, tmp_path / "rr1")
+    with pytest.raises(InputError, match="--token-pool 1 needs a new --index"):
+        Library.open_or_create(tmp_path / "pooled", encoder, token_pool=1)
+    done = run_xmr(
+        "search",
+        "a red square",
+        "--index",
+        tmp_path / "pooled",
+        "--reranker",
+        tmp_path / "rr1",
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "pooled 2x2" in done.stderr and "--image-pool 2" in done.stderr
