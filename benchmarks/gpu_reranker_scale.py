@@ -300,7 +300,7 @@ def train(frozen, data, pools, args, source: str, test, save=lambda history: Non
         mlp_ratio=4.0,
         itc_weight=itc,
         stage1_weight=itc,
-        encoder=f"xmr-tiny ({source} tokens)",
+        encoder="xmr-tiny" if source == "stored" else f"xmr-tiny ({source} tokens)",
     )
     model = Reranker(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
@@ -404,6 +404,14 @@ def train(frozen, data, pools, args, source: str, test, save=lambda history: Non
         if step % 100 == 0 or step == 1:
             loss_value = loss.item()
             log(f"{source}: step {step} loss {loss_value:.4f} {elapsed / step * 1000:.0f} ms/step")
+    if args.save and source == "stored":  # reads what `xmr index` stores: usable by search
+        from retrieval.reranker import save_reranker
+
+        model.eval()
+        # float16 weights: half the bytes (a width-256 model's 19 MB would not come back from
+        # the device machine, 16 MB a file); load_reranker casts them back to float32.
+        save_reranker(model.cpu().to(torch.float16), Path(args.save))
+        log(f"saved the re-ranker to {args.save}")
     return {"source": source, "config": config.__dict__, "steps": step, "history": history}
 
 
@@ -517,6 +525,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results/gpu"))
+    parser.add_argument(
+        "--save",
+        default=None,
+        help="write the `stored` run's re-ranker here (an `xmr search --reranker` folder)",
+    )
     args = parser.parse_args()
     args.eval_at = [float(x) for x in args.eval_at.split(",")]
 
