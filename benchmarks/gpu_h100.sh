@@ -8,7 +8,10 @@
 #     bash benchmarks/gpu_h100.sh --fetch-wheels          # -> .whl/ (git-ignored)
 # then run this script there with `.whl` carried:
 #     run(command="bash benchmarks/gpu_h100.sh", carry=[".whl"], timeout_s=480)
-# Knobs: IMAGES=3000 BATCH=256 WORKERS=(xmr's default) PYTHON=python3.
+# Knobs: IMAGES=10000 BATCH=256 WORKERS=(xmr's default) PYTHON=python3.
+# Each decoding process builds whole batches, so IMAGES must be many batches per process for
+# `xmr index` to reach its steady rate: the 2,000-image run of 2026-11-26 was one batch per
+# process (start-up and pipeline fill, 331 images/s). 10,000 pre-decoded images take ~6 GB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,7 +70,7 @@ EOF
 
 echo "== benchmark =="
 set -o pipefail
-"$PY" benchmarks/gpu_bench.py --out "$OUT" --images "${IMAGES:-3000}" \
+"$PY" benchmarks/gpu_bench.py --out "$OUT" --images "${IMAGES:-10000}" \
     --batch-size "${BATCH:-256}" ${WORKERS:+--workers "$WORKERS"} 2>&1 | tee "$OUT/gpu_bench.log"
 echo "== done: $OUT =="
 ls -l "$OUT"
