@@ -8,6 +8,9 @@
 #     bash benchmarks/gpu_h100.sh --fetch-wheels          # -> .whl/ (git-ignored)
 # then run this script there with `.whl` carried:
 #     run(command="bash benchmarks/gpu_h100.sh", carry=[".whl"], timeout_s=480)
+# or, to train xmr-tiny's re-ranker there instead (gpu_reranker_scale.py, MINUTES=6 of
+# training on SCENES=100000 drawn scenes; the re-ranker comes back in $OUT/reranker):
+#     run(command="bash benchmarks/gpu_h100.sh --train-reranker", carry=[".whl"], timeout_s=580)
 # Knobs: IMAGES=10000 BATCH=256 WORKERS=(xmr's default) PYTHON=python3.
 # Each decoding process builds whole batches, so IMAGES must be many batches per process for
 # `xmr index` to reach its steady rate: the 2,000-image run of 2026-11-26 was one batch per
@@ -68,8 +71,16 @@ if missing:
     sys.exit(2)
 EOF
 
-echo "== benchmark =="
 set -o pipefail
+if [[ "${1:-}" == "--train-reranker" ]]; then
+    echo "== training the re-ranker =="
+    "$PY" benchmarks/gpu_reranker_scale.py --scenes "${SCENES:-100000}" \
+        --minutes "${MINUTES:-6}" --eval-at 0.5,1.0 --sources stored \
+        --save "$OUT/reranker" --out "$OUT" 2>&1 | tee "$OUT/reranker_scale.log"
+    ls -l "$OUT" "$OUT/reranker"
+    exit 0
+fi
+echo "== benchmark =="
 "$PY" benchmarks/gpu_bench.py --out "$OUT" --images "${IMAGES:-10000}" \
     --batch-size "${BATCH:-256}" ${WORKERS:+--workers "$WORKERS"} 2>&1 | tee "$OUT/gpu_bench.log"
 echo "== done: $OUT =="
