@@ -28,6 +28,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -93,8 +94,6 @@ def _chunk(job) -> dict:
             has_negative.append(kind in description.negatives)
     n = len(scenes)
     return {
-        "scenes": np.array(scenes + [None], dtype=object)[:-1],  # (n,) kept for filter_pools
-        "texts": np.array(captions, dtype=object),  # (n*5,)
         "pixels": np.stack(pixels),  # (n, 64, 64, 3) uint8
         "captions": _tokenize(captions).reshape(n, CAPTIONS, -1),
         "swaps": _tokenize(swaps).reshape(n, CAPTIONS, -1),
@@ -189,34 +188,21 @@ def embed_all(frozen, data: dict, batch: int = 4096) -> tuple:
     return images, texts
 
 
-def hard_pools(images, texts, m: int = 16, gallery: int = 1000) -> tuple:
-    """Stage-1 top-m images of each caption and captions of each image, own ones excluded,
-    searched within the caption's gallery: consecutive blocks of `gallery` scenes.
-
-    Why galleries: negatives mined from 200,000 images are ranked above the true image by
-    the dual encoder far more often than in a 1,000-image test gallery, so training learns
-    "high stage-1 similarity means negative" and re-ranking then buries the right answer
-    (measured: t2i R@1 56 -> 26). A gallery the size of the test one (as ALBEF's in-batch
-    mining does with its batch) gives training lists like the lists stage 2 will re-rank."""
+def mining_pools(images, texts, m: int, gallery: int) -> tuple:
+    """The trainer's own hard-negative pools (`training.reranker_training.hard_pools`:
+    stage-1 top-m within galleries of ~`gallery` images), as tensors on the images' device."""
     import torch
 
-    if len(images) % gallery:
-        raise SystemExit(f"--scenes must be a multiple of --gallery ({gallery})")
-    t2i, t2i_s, i2t, i2t_s = [], [], [], []
-    for start in range(0, len(images), gallery):
-        stop = min(start + gallery, len(images))
-        g_images, g_texts = images[start:stop], texts[start * CAPTIONS : stop * CAPTIONS]
-        k = min(m, stop - start - 1)
-        sims = g_texts @ g_images.T  # (g*5, g)
-        rows = torch.arange(len(g_texts), device=sims.device)
-        sims[rows, rows // CAPTIONS] = -float("inf")
-        top = sims.topk(k, dim=1)
-        t2i.append(top.indices + start), t2i_s.append(top.values)
-        sims = sims.T.contiguous()  # (g, g*5): the same similarities, image side
-        sims[rows // CAPTIONS, rows] = -float("inf")
-        top = sims.topk(min(m, len(g_texts) - CAPTIONS), dim=1)
-        i2t.append(top.indices + start * CAPTIONS), i2t_s.append(top.values)
-    return torch.cat(t2i), torch.cat(t2i_s), torch.cat(i2t), torch.cat(i2t_s)
+    from training.reranker_training import hard_pools
+
+    n = len(images)
+    vectors = SimpleNamespace(image_vectors=images.cpu().numpy(), text_vectors=texts.cpu().numpy())
+    dataset = SimpleNamespace(text_to_image=np.repeat(np.arange(n), CAPTIONS))
+    pools = hard_pools(vectors, dataset, m, gallery)
+    return tuple(
+        torch.from_numpy(a).to(images.device)
+        for a in (pools.t2i, pools.t2i_sims, pools.i2t, pools.i2t_sims)
+    )
 
 
 def sample_from(pool_ids, pool_sims, rows, tau: float, k: int):
@@ -226,54 +212,6 @@ def sample_from(pool_ids, pool_sims, rows, tau: float, k: int):
     weights = torch.softmax(pool_sims[rows] / tau, dim=1)
     picks = torch.multinomial(weights, k, replacement=False)
     return pool_ids[rows].gather(1, picks)
-
-
-_FILTER = None  # (scenes, caption texts, t2i pool, i2t pool), inherited by forked workers
-
-
-def _true_matches(job) -> np.ndarray:
-    """Which pool entries of rows a..b are not negatives at all: the caption is true of them."""
-    from training.corpus import is_caption_true
-
-    direction, a, b = job
-    scenes, texts, t2i, i2t = _FILTER
-    if direction == "t2i":  # caption r against candidate images
-        return np.array(
-            [[is_caption_true(scenes[j], texts[r]) for j in t2i[r]] for r in range(a, b)]
-        )
-    return np.array([[is_caption_true(scenes[r], texts[c]) for c in i2t[r]] for r in range(a, b)])
-
-
-def filter_pools(pools, data: dict, workers: int | None) -> tuple[tuple, dict]:
-    """Replace false negatives in the stage-1 pools (candidates the caption is true of: with
-    hundreds of thousands of scenes many images fit a caption, and the dual encoder ranks
-    exactly those first) by random items with the lowest weight. Returns pools and counts."""
-    import torch
-
-    global _FILTER
-    t2i_ids, t2i_sims, i2t_ids, i2t_sims = (p.cpu() for p in pools)
-    _FILTER = (data["scenes"], data["texts"], t2i_ids.numpy(), i2t_ids.numpy())
-    workers = workers or max(1, (os.cpu_count() or 2) - 1)
-    t2i_jobs = [("t2i", a, min(a + 20000, len(t2i_ids))) for a in range(0, len(t2i_ids), 20000)]
-    i2t_jobs = [("i2t", a, min(a + 4000, len(i2t_ids))) for a in range(0, len(i2t_ids), 4000)]
-    # fork: the workers read the globals above and never touch torch or CUDA.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        t2i_true = torch.from_numpy(np.concatenate(list(pool.map(_true_matches, t2i_jobs))))
-        i2t_true = torch.from_numpy(np.concatenate(list(pool.map(_true_matches, i2t_jobs))))
-    out = []
-    for ids, sims, true, n_items in (
-        (t2i_ids, t2i_sims, t2i_true, len(i2t_ids)),
-        (i2t_ids, i2t_sims, i2t_true, len(t2i_ids)),
-    ):
-        ids = torch.where(true, torch.randint(n_items, ids.shape), ids)
-        floor = sims.min(dim=1, keepdim=True).values - 1.0  # weight ~exp(-1/tau): rarely drawn
-        out += [ids.to(pools[0].device), torch.where(true, floor, sims).to(pools[0].device)]
-    counts = {
-        "t2i_pool_true_fraction": round(float(t2i_true.float().mean()), 4),
-        "i2t_pool_true_fraction": round(float(i2t_true.float().mean()), 4),
-        "t2i_rows_all_true": round(float(t2i_true.all(1).float().mean()), 4),
-    }
-    return tuple(out), counts
 
 
 # --- training -----------------------------------------------------------------------------
@@ -512,9 +450,6 @@ def main() -> None:
     parser.add_argument("--hard", type=int, default=3)
     parser.add_argument("--pool", type=int, default=16, help="stage-1 top-M negatives come from")
     parser.add_argument("--gallery", type=int, default=1000, help="scenes negatives come from")
-    parser.add_argument(
-        "--filter-false-negatives", action=argparse.BooleanOptionalAction, default=False
-    )
     parser.add_argument("--tau", type=float, default=0.05)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--layers", type=int, default=3)
@@ -563,13 +498,9 @@ def main() -> None:
         if "pools" not in results:  # pooled vectors do not depend on the token source
             t0 = time.monotonic()
             images, texts = embed_all(frozen, data)
-            pools = hard_pools(images, texts, args.pool, args.gallery)
+            pools = mining_pools(images, texts, args.pool, args.gallery)
             del images, texts
-            if args.filter_false_negatives:
-                pools, results["pools"] = filter_pools(pools, data, args.workers)
-            else:
-                results["pools"] = {}
-            results["pools"]["seconds"] = round(time.monotonic() - t0, 1)
+            results["pools"] = {"seconds": round(time.monotonic() - t0, 1)}
             log(f"stage-1 pools: {results['pools']}")
         run = {"source": source, "history": []}
         results["runs"].append(run)

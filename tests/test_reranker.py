@@ -183,7 +183,7 @@ def test_hard_negatives_come_from_the_query_gallery_and_never_the_own_item():
     re-ranks from, and the re-ranker learns to distrust stage 1. They must stay in-gallery."""
     from types import SimpleNamespace
 
-    from training.reranker_training import _hard_pools, gallery_blocks
+    from training.reranker_training import gallery_blocks, hard_pools
 
     rng = np.random.default_rng(0)
     n, per = 50, 2
@@ -192,7 +192,7 @@ def test_hard_negatives_come_from_the_query_gallery_and_never_the_own_item():
         image_vectors=rng.normal(size=(n, 8)).astype(np.float32),
         text_vectors=rng.normal(size=(n * per, 8)).astype(np.float32),
     )
-    pools = _hard_pools(feats, dataset, m=6, gallery=10)
+    pools = hard_pools(feats, dataset, m=6, gallery=10)
     block_of = np.empty(n, int)
     for b, ids in enumerate(gallery_blocks(n, 10)):
         block_of[ids] = b

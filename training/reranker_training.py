@@ -82,7 +82,7 @@ def train_reranker(config: RerankerTrainConfig, progress=None) -> RerankerTrainS
     if config.max_train_images:
         train = train.head(config.max_train_images)
     feats = embed_dataset(encoder, train, with_tokens=True)
-    pools = _hard_pools(feats, train, config.hard_pool, config.gallery)
+    pools = hard_pools(feats, train, config.hard_pool, config.gallery)
     objects = object_words(train.captions)
 
     rconfig = RerankerConfig(
@@ -269,7 +269,7 @@ def gallery_blocks(n_images: int, gallery: int) -> list[np.ndarray]:
     return np.array_split(np.arange(n_images), n_blocks)
 
 
-def _hard_pools(feats, dataset, m: int, gallery: int) -> _Pools:
+def hard_pools(feats, dataset, m: int, gallery: int) -> _Pools:
     """Each caption's stage-1 top-m images and each image's top-m captions, searched within
     its gallery (a block of about `gallery` images and their captions), own matches excluded.
 
