@@ -9,14 +9,18 @@ import torch
 from retrieval.reranker import Reranker, RerankerConfig, RerankerRuntime, text_mask
 
 
-def _random_runtime(dim=32, text_len=12, image_tokens=9, seed=0):
+def _random_runtime(dim=32, text_len=12, image_tokens=9, seed=0, **config):
+    """A random re-ranker that speaks; `config`: other RerankerConfig fields."""
     torch.manual_seed(seed)
     config = RerankerConfig(
-        token_dim=dim, text_len=text_len, image_tokens=image_tokens, width=32, layers=2, heads=4
+        token_dim=dim,
+        text_len=text_len,
+        image_tokens=image_tokens,
+        **{"width": 32, "layers": 2, "heads": 4, **config},
     )
     model = Reranker(config).eval()
     torch.nn.init.normal_(model.head.weight)  # trained re-rankers start at zero; make it speak
-    return RerankerRuntime(model, "random", "cpu")
+    return RerankerRuntime(model, f"random-pool{config.image_pool}", "cpu")
 
 
 def test_pair_score_does_not_depend_on_the_rest_of_the_batch():
@@ -214,21 +218,11 @@ def test_every_edited_caption_enters_the_loss_even_when_one_row_has_none():
     other rows' edited captions out of the loss."""
     from training.reranker_training import _Batch, _FeatureTensors, _listwise_loss
 
-    torch.manual_seed(0)
     rng = np.random.default_rng(0)
     dim, length, tokens, n_images = 16, 6, 4, 8
-    config = RerankerConfig(
-        token_dim=dim,
-        text_len=length,
-        image_tokens=tokens,
-        width=16,
-        layers=1,
-        heads=2,
-        image_pool=1,
-        itc_weight=1.0,
-    )
-    model = Reranker(config)
-    torch.nn.init.normal_(model.head.weight)
+    model = _random_runtime(
+        dim, length, tokens, width=16, layers=1, heads=2, image_pool=1, itc_weight=1.0
+    ).model
     features = _FeatureTensors(
         torch.tensor(rng.normal(size=(n_images, tokens, dim)), dtype=torch.float16),
         torch.tensor(rng.normal(size=(n_images, length, dim)), dtype=torch.float16),
@@ -287,19 +281,9 @@ def test_pooled_token_store_cuts_disk_and_serves_a_matching_reranker(tmp_path, e
         assert pooled.images.tokens.record_bytes * 4 == full.images.tokens.record_bytes
 
         def runtime(image_pool):
-            torch.manual_seed(3)
-            config = RerankerConfig(
-                token_dim=dim,
-                text_len=encoder.context_length,
-                image_tokens=n_tokens,
-                width=32,
-                layers=1,
-                heads=4,
-                image_pool=image_pool,
+            return _random_runtime(
+                dim, encoder.context_length, n_tokens, seed=3, layers=1, image_pool=image_pool
             )
-            model = Reranker(config).eval()
-            torch.nn.init.normal_(model.head.weight)
-            return RerankerRuntime(model, f"pool{image_pool}", "cpu")
 
         query = Searcher(full, encoder).text_query("a red square on green")
         a = Searcher(full, encoder, runtime(2)).search(query, "images", k=6, candidates=12)
