@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from cli.errors import handle_errors
-from cli.options import QuietOption
+from cli.options import DeviceOption, QuietOption
 
 
 def _log_line(step: int, total: int, loss: float, rate: float, unit: str) -> None:
@@ -144,6 +144,7 @@ def train_reranker(
     max_train_images: int = typer.Option(None, "--max-train-images"),
     val_every: int = typer.Option(500, "--val-every"),
     seed: int = typer.Option(0, "--seed"),
+    device: str = DeviceOption,
     quiet: bool = QuietOption,
 ):
     """Train the cross-attention re-ranker (ITM with hard negatives); resumes from OUT."""
@@ -166,6 +167,7 @@ def train_reranker(
         max_train_images=max_train_images,
         val_every=val_every,
         seed=seed,
+        device=device,
     )
     bar = _bar(steps, "training re-ranker", quiet)
 

@@ -70,25 +70,37 @@ def embed_dataset(
     image_seconds = time.monotonic() - started
 
     started = time.monotonic()
-    t_vectors, t_tokens, lengths = [], [], []
-    captions = dataset.captions
-    for start in range(0, len(captions), batch_size * 2):
-        encoded = encoder.encode_texts(captions[start : start + batch_size * 2])
-        t_vectors.append(encoded.vectors)
-        lengths.append(encoded.lengths)
-        if with_tokens and encoded.tokens is not None:
-            t_tokens.append(encoded.tokens)
-        if progress:
-            progress("texts", min(start + batch_size * 2, len(captions)), len(captions))
+    texts = encode_text_list(encoder, dataset.captions, batch_size * 2, with_tokens, progress)
     text_seconds = time.monotonic() - started
     return DatasetEmbeddings(
         image_vectors=np.concatenate(vectors),
-        text_vectors=np.concatenate(t_vectors),
+        text_vectors=texts.vectors,
         image_tokens=np.concatenate(tokens) if tokens else None,
-        text_tokens=np.concatenate(t_tokens) if t_tokens else None,
-        text_lengths=np.concatenate(lengths).astype(np.int32),
+        text_tokens=texts.tokens,
+        text_lengths=texts.lengths,
         image_seconds=image_seconds,
         text_seconds=text_seconds,
+    )
+
+
+def encode_text_list(encoder, texts, batch_size: int = 256, with_tokens=True, progress=None):
+    """Encode many texts in batches -> Encoded: vectors (T, D) float32, tokens (T, L, D)
+    float16 or None, lengths (T,) int32. `progress("texts", done, total)` per batch."""
+    from retrieval.encoder import Encoded
+
+    vectors, tokens, lengths = [], [], []
+    for start in range(0, len(texts), batch_size):
+        encoded = encoder.encode_texts(texts[start : start + batch_size])
+        vectors.append(encoded.vectors)
+        lengths.append(encoded.lengths)
+        if with_tokens and encoded.tokens is not None:
+            tokens.append(encoded.tokens)
+        if progress:
+            progress("texts", min(start + batch_size, len(texts)), len(texts))
+    return Encoded(
+        vectors=np.concatenate(vectors),
+        tokens=np.concatenate(tokens) if tokens else None,
+        lengths=np.concatenate(lengths).astype(np.int32),
     )
 
 

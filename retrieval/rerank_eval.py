@@ -90,7 +90,7 @@ def quick_validation(model, val, k: int) -> dict:
     from retrieval.reranker import RerankerRuntime
 
     dataset, embeddings, encoder = val
-    runtime = RerankerRuntime(model, "training", "cpu")
+    runtime = RerankerRuntime(model, "training", str(next(model.parameters()).device))
     scores = embeddings.text_vectors @ embeddings.image_vectors.T
     t2i_map = np.asarray(dataset.text_to_image)
     logits, _ = rerank_logits(runtime, embeddings, scores, k)

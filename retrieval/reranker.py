@@ -215,7 +215,7 @@ class RerankerRuntime:
         parts = []
         for start in range(0, len(image_tokens), batch):
             image = torch.as_tensor(image_tokens[start : start + batch], device=self.device)
-            with _autocast(self.device):
+            with autocast(self.device):
                 parts.append(self.model.encode_images(image.float()))
         return [
             tuple(torch.cat([p[b][i] for p in parts]) for i in range(2))
@@ -236,7 +236,7 @@ class RerankerRuntime:
             ).float()
             rows = index[start : start + batch]
             kv = [(k[rows], v[rows]) for k, v in states]
-            with _autocast(self.device):
+            with autocast(self.device):
                 logits = self.model.match(text, text_mask(lengths, longest), kv)
             out.append(logits.float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, np.float32)
@@ -261,7 +261,8 @@ class RerankerRuntime:
         return self.final_scores(logits, stage1)
 
 
-def _autocast(device: str):
+def autocast(device: str):
+    """bf16 autocast on CUDA (tensor cores); full precision on the CPU."""
     if device.startswith("cuda"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
@@ -273,7 +274,8 @@ def save_reranker(model: Reranker, folder: Path) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS_FILE)
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        str(folder / WEIGHTS_FILE),
     )
     (folder / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=2))
 

@@ -305,3 +305,42 @@ def test_pooled_token_store_cuts_disk_and_serves_a_matching_reranker(tmp_path, e
     )
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "pooled 2x2" in done.stderr and "--image-pool 2" in done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without")
+def test_train_reranker_device_reaches_training_and_fails_fast_without_a_gpu(
+    cli, shapes_corpus, tmp_path
+):
+    """`--device cuda` must reach the trainer (the encoder and re-ranker go there), so on a
+    machine without CUDA it is a one-line error before any embedding, and nothing is written."""
+    out = tmp_path / "rr"
+    result = cli(
+        "train-reranker",
+        shapes_corpus.captions_path,
+        "--out",
+        out,
+        "--steps",
+        "1",
+        "--device",
+        "cuda",
+    )
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "no CUDA GPU" in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert not (out / "reranker.safetensors").exists()
+
+
+def test_hard_negative_sampling_draws_distinct_pool_ids_favouring_similar_ones():
+    """ALBEF's sampling in proportion to softmax(sim / tau), without replacement."""
+    from training.reranker_training import _sample
+
+    rows, m = 4000, 16
+    ids = np.tile(np.arange(100, 100 + m), (rows, 1))  # (rows, M)
+    sims = np.tile(np.linspace(0.3, 0.0, m), (rows, 1))  # id 100 most similar, 115 least
+    drawn = _sample(ids, sims, 0.05, np.random.default_rng(0), 3)
+    assert drawn.shape == (rows, 3)
+    assert all(len(set(row)) == 3 for row in drawn) and np.isin(drawn, ids[0]).all()
+    share = [(drawn == i).any(axis=1).mean() for i in (100, 115)]
+    # a uniform draw would give each id 3/16 = 0.19
+    assert share[0] > 0.6 and share[1] < 0.01, share

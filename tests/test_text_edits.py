@@ -2,7 +2,9 @@
 
 import random
 
-from training.text_edits import change_object, flip_relation, random_edit, swap_attributes
+import numpy as np
+
+from training.text_edits import change_object, flip_relation, swap_attributes
 
 OBJECTS = ["circle", "square", "triangle", "cross"]
 
@@ -30,9 +32,24 @@ def test_flip_relation_and_change_object():
     assert changed == f"A red {noun}; the {noun} is small."  # every mention changes
 
 
-def test_random_edit_changes_the_caption_or_says_it_cannot():
-    assert random_edit("There is a cat.", random.Random(0), OBJECTS) is None
-    caption = "A red circle and a blue square."
-    for seed in range(10):
-        edited = random_edit(caption, random.Random(seed), OBJECTS)
-        assert edited is not None and edited != caption
+def test_caption_edits_encode_every_edit_that_applies_at_its_row(encoder):
+    """The trainer's text negatives: each caption's swap, flip and object change, encoded
+    once; a batch gets exactly its captions' edits, tagged with their batch rows."""
+    from training.reranker_training import caption_edits
+
+    caption = "A red circle is left of a blue square."
+    # 5 mentions after a colour make a word an object: circle, square, triangle
+    captions = [caption] * 5 + ["A green triangle."] * 5 + ["There is a cat."]
+    edits = caption_edits(encoder, captions, random.Random(0))
+    assert (edits.rows[:5] >= 0).all() and (edits.rows[10] == -1).all()
+    assert list(edits.rows[5] >= 0) == [False, False, True]  # only an object change applies
+    swap, flip = edits.rows[0, 0], edits.rows[0, 1]
+    expected = encoder.encode_texts(
+        ["A blue circle is left of a red square.", "A red circle is right of a blue square."]
+    )
+    # (batch composition moves float16 tokens by ~1e-4; a wrong text moves them by ~1)
+    np.testing.assert_allclose(edits.tokens[swap].float(), expected.tokens[0], atol=2e-3)
+    np.testing.assert_allclose(edits.tokens[flip].float(), expected.tokens[1], atol=2e-3)
+    tokens, lengths, batch_rows, vectors = edits.of(np.array([10, 0, 10]))
+    assert list(batch_rows) == [1, 1, 1] and len(tokens) == len(vectors) == 3
+    assert int(lengths[0]) == int(expected.lengths[0])

@@ -116,19 +116,3 @@ def change_object(caption: str, rng: random.Random, objects: list[str]) -> str |
     new = rng.choice(choices)
     # Every mention of that object changes, or a later "the circle" would still be true.
     return _replace(caption, [(s, e, new) for s, e, w in spans if w.lower() == word.lower()])
-
-
-def random_edit(caption: str, rng: random.Random, objects: list[str]) -> str | None:
-    """One meaning-changing edit, attribute swaps most often (the dual encoder's blind spot)."""
-    kinds = [
-        swap_attributes,
-        swap_attributes,
-        flip_relation,
-        lambda c, r: change_object(c, r, objects),
-    ]
-    rng.shuffle(kinds)
-    for kind in kinds:
-        edited = kind(caption, rng)
-        if edited is not None and edited != caption:
-            return edited
-    return None
