@@ -132,12 +132,19 @@ def train_reranker(
     model: str = typer.Option("xmr-tiny", "--model", "-m", help="The frozen encoder it reads."),
     images_root: Path = typer.Option(None, "--images-root"),
     steps: int = typer.Option(1500, "--steps", min=1),
+    max_minutes: float = typer.Option(
+        None, "--max-minutes", min=0.1, help="Stop after this much training (a GPU budget)."
+    ),
     batch_size: int = typer.Option(32, "--batch-size", min=2, help="Queries per step."),
     lr: float = typer.Option(5e-4, "--lr"),
     width: int = typer.Option(64, "--width"),
     layers: int = typer.Option(2, "--layers"),
+    heads: int = typer.Option(4, "--heads", min=1, help="Attention heads (divide --width)."),
     image_layers: int = typer.Option(0, "--image-layers", min=0, help="Patch self-attention."),
     image_pool: int = typer.Option(2, "--image-pool", min=1, help="k x k patch pooling."),
+    hard_negatives: int = typer.Option(
+        2, "--hard-negatives", min=1, help="Stage-1 look-alikes per query and step."
+    ),
     gallery: int = typer.Option(
         1000, "--gallery", min=2, help="Images per hard-negative gallery (~ what stage 2 sees)."
     ),
@@ -157,12 +164,15 @@ def train_reranker(
         out=str(out),
         images_root=None if images_root is None else str(images_root),
         steps=steps,
+        max_minutes=max_minutes,
         batch_size=batch_size,
         lr=lr,
         width=width,
         layers=layers,
+        heads=heads,
         image_layers=image_layers,
         image_pool=image_pool,
+        hard_negatives=hard_negatives,
         gallery=gallery,
         max_train_images=max_train_images,
         val_every=val_every,

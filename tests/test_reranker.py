@@ -344,3 +344,37 @@ def test_hard_negative_sampling_draws_distinct_pool_ids_favouring_similar_ones()
     share = [(drawn == i).any(axis=1).mean() for i in (100, 115)]
     # a uniform draw would give each id 3/16 = 0.19
     assert share[0] > 0.6 and share[1] < 0.01, share
+
+
+def test_max_minutes_ends_training_early_with_a_validated_saved_reranker(shapes_corpus, tmp_path):
+    """A lent GPU's budget: the run stops at the deadline, validates, and saves what it has."""
+    import json
+
+    from retrieval.reranker import load_reranker
+    from training.reranker_training import RerankerTrainConfig, train_reranker
+
+    out = tmp_path / "rr"
+    config = RerankerTrainConfig(
+        data=str(shapes_corpus.captions_path),
+        model="xmr-tiny",
+        out=str(out),
+        steps=10_000,
+        max_minutes=1e-4,  # gone after the first step
+        batch_size=8,
+        max_train_images=100,
+        val_images=20,
+        val_every=5_000,
+        candidates=4,
+    )
+    state = train_reranker(config)
+    assert state.step < 10_000
+    history = json.loads((out / "train_log.json").read_text())["history"]
+    assert history[-1]["step"] == state.step and "val_t2i_R@1" in history[-1]
+    assert load_reranker(out).config.width == config.width
+
+
+def test_train_reranker_refuses_heads_that_do_not_divide_the_width(cli, shapes_corpus, tmp_path):
+    result = cli("train-reranker", shapes_corpus.captions_path, "--out", tmp_path, "--heads", "5")
+    assert result.exit_code != 0
+    line = "Error: --width 64 is not a multiple of --heads 5: pick --heads that divides it"
+    assert result.output.strip() == line, result.output

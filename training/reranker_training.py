@@ -34,6 +34,7 @@ class RerankerTrainConfig:
     out: str
     images_root: str | None = None
     steps: int = 1500
+    max_minutes: float | None = None  # stop (validate, save) after this much training time
     batch_size: int = 32  # queries per step, each direction (about 8 pairs each)
     lr: float = 5e-4
     weight_decay: float = 0.05
@@ -72,6 +73,13 @@ def train_reranker(config: RerankerTrainConfig, progress=None) -> RerankerTrainS
     from retrieval.encoder import load_encoder
     from retrieval.reranker import Reranker, RerankerConfig, autocast, save_reranker
 
+    from retrieval.errors import InputError
+
+    if config.width % config.heads:
+        raise InputError(
+            f"--width {config.width} is not a multiple of --heads {config.heads}: "
+            "pick --heads that divides it"
+        )
     if config.threads:
         torch.set_num_threads(config.threads)
     random.seed(config.seed)
@@ -113,6 +121,8 @@ def train_reranker(config: RerankerTrainConfig, progress=None) -> RerankerTrainS
     rng = np.random.default_rng(config.seed + state.step)
     tensors = _FeatureTensors.of(feats, device)
     model.train()
+    # A time budget (a lent GPU's minutes) ends the run early; lr follows `steps` regardless.
+    deadline = time.monotonic() + 60 * config.max_minutes if config.max_minutes else None
     while state.step < config.steps:
         t0 = time.monotonic()
         batch = _draw_batch(train, pools, config, rng)
@@ -127,7 +137,8 @@ def train_reranker(config: RerankerTrainConfig, progress=None) -> RerankerTrainS
         state.step += 1
         if progress:
             progress(state.step, config.steps, loss.item(), n_pairs / (time.monotonic() - t0))
-        if state.step % config.val_every == 0 or state.step == config.steps:
+        out_of_time = deadline is not None and time.monotonic() >= deadline
+        if state.step % config.val_every == 0 or state.step == config.steps or out_of_time:
             row = {"step": state.step, "loss": round(loss.item(), 4)}
             if val is not None:
                 from retrieval.rerank_eval import quick_validation
@@ -137,6 +148,8 @@ def train_reranker(config: RerankerTrainConfig, progress=None) -> RerankerTrainS
                 model.train()
             state.history.append(row)
             _save_checkpoint(out, model, optimizer, schedule, state)
+        if out_of_time:
+            break
 
     model.eval()
     save_reranker(model, out)
