@@ -8,10 +8,13 @@
 #     bash benchmarks/gpu_h100.sh --fetch-wheels          # -> .whl/ (git-ignored)
 # then run this script there with `.whl` carried:
 #     run(command="bash benchmarks/gpu_h100.sh", carry=[".whl"], timeout_s=480)
-# or, to train xmr-tiny's re-ranker there instead (gpu_reranker_scale.py, MINUTES=6 of
-# training on SCENES=100000 drawn scenes; the re-ranker comes back in $OUT/reranker):
-#     run(command="bash benchmarks/gpu_h100.sh --train-reranker", carry=[".whl"], timeout_s=580)
-# Knobs: IMAGES=10000 BATCH=256 WORKERS=(xmr's default) PYTHON=python3.
+# or, to train xmr-tiny's re-ranker there instead with the shipped command (`xmr make-corpus`
+# SCENES=60000, `xmr train-reranker --device cuda` for MINUTES=4 at most, `xmr bench` on the
+# seed-1234 test split at K=16 and 128; the re-ranker comes back in $OUT/reranker, float16):
+#     run(command="bash benchmarks/gpu_h100.sh --train-reranker", carry=[".whl"], timeout_s=590)
+# (benchmarks/gpu_reranker_scale.py is the research version: fresh scenes drawn in memory.)
+# Knobs: IMAGES=10000 BATCH=256 WORKERS=(xmr's default) PYTHON=python3; for --train-reranker
+# SCENES STEPS MINUTES RR_BATCH EVAL_IMAGES KS WORK DEVICE (DEVICE=cpu RR_BATCH=16: a smoke run).
 # Each decoding process builds whole batches, so IMAGES must be many batches per process for
 # `xmr index` to reach its steady rate: the 2,000-image run of 2026-11-26 was one batch per
 # process (start-up and pipeline fill, 331 images/s). 10,000 pre-decoded images take ~6 GB.
@@ -51,7 +54,7 @@ export HF_HUB_OFFLINE=1 XMR_NO_RANDOM_WARNING=1 PYTHONUNBUFFERED=1
 
 echo "== checking imports =="
 "$PY" - <<'EOF'
-import importlib, sys
+import importlib, os, sys
 missing = []
 for name in ("torch", "torchvision", "open_clip", "faiss", "sqlalchemy", "typer", "platformdirs", "ftfy"):
     try:
@@ -60,7 +63,9 @@ for name in ("torch", "torchvision", "open_clip", "faiss", "sqlalchemy", "typer"
     except Exception as exc:  # noqa: BLE001
         missing.append(f"{name} ({exc})")
 import torch
-if not torch.cuda.is_available():
+if os.environ.get("DEVICE", "cuda") == "cpu":  # a CPU smoke run of this script
+    print("  cuda: not asked for (DEVICE=cpu)")
+elif not torch.cuda.is_available():
     missing.append("CUDA (torch.cuda.is_available() is False)")
 else:
     print(f"  cuda: {torch.cuda.get_device_name(0)}")
@@ -73,10 +78,40 @@ EOF
 
 set -o pipefail
 if [[ "${1:-}" == "--train-reranker" ]]; then
-    echo "== training the re-ranker =="
-    "$PY" benchmarks/gpu_reranker_scale.py --scenes "${SCENES:-100000}" \
-        --minutes "${MINUTES:-6}" --eval-at 0.5,1.0 --sources stored \
-        --save "$OUT/reranker" --out "$OUT" 2>&1 | tee "$OUT/reranker_scale.log"
+    XMR=("$PY" -m cli.main)
+    WORK=${WORK:-/tmp/xmr-rr}
+    mkdir -p "$WORK"
+    echo "== corpora: $(date -u +%T) =="
+    "${XMR[@]}" make-corpus "$WORK/shapes" --images "${SCENES:-60000}" --seed 0 -q
+    "${XMR[@]}" make-corpus "$WORK/eval1234" --images "${EVAL_IMAGES:-10000}" --seed 1234 -q
+    echo "== training the re-ranker: $(date -u +%T) =="
+    # H100 recipe of benchmarks/results/reranker_scale_h100.md (width 256, 3 cross layers,
+    # 2 patch layers, 8 heads, batch 512, 3 hard negatives, lr 3e-4); checkpoints stay in
+    # $WORK (the optimizer state is too big to bring back).
+    "${XMR[@]}" train-reranker "$WORK/shapes/captions.json" --model xmr-tiny \
+        --out "$WORK/reranker" --device "${DEVICE:-cuda}" --steps "${STEPS:-3000}" \
+        --max-minutes "${MINUTES:-4}" --batch-size "${RR_BATCH:-512}" --width 256 --layers 3 --heads 8 \
+        --image-layers 2 --image-pool 1 --hard-negatives 3 --lr 3e-4 --val-every 1000 \
+        2>&1 | tee "$OUT/train_reranker.log"
+    echo "== float16 copy for the trip back: $(date -u +%T) =="
+    "$PY" - "$WORK/reranker" "$OUT/reranker" <<'EOF'
+import sys
+from pathlib import Path
+
+import torch
+
+from retrieval.reranker import load_reranker, save_reranker
+
+model = load_reranker(Path(sys.argv[1]), device="cpu").model
+save_reranker(model.to(torch.float16), Path(sys.argv[2]))  # load_reranker reads it as fp32
+EOF
+    cp "$WORK/reranker/train_log.json" "$OUT/reranker/"
+    for k in ${KS:-16 128}; do
+        echo "== bench K=$k: $(date -u +%T) =="
+        "${XMR[@]}" bench "$WORK/eval1234/captions.json" --model xmr-tiny \
+            --reranker "$OUT/reranker" --candidates "$k" --device "${DEVICE:-cuda}" \
+            --json "$OUT/bench_k$k.json" --report "$OUT/bench_k$k.md" 2>&1 | tee "$OUT/bench_k$k.log"
+    done
     ls -l "$OUT" "$OUT/reranker"
     exit 0
 fi

@@ -71,9 +71,8 @@ def train_reranker(config: RerankerTrainConfig, progress=None) -> RerankerTrainS
     from retrieval.datasets import load_dataset
     from retrieval.embed_dataset import embed_dataset
     from retrieval.encoder import load_encoder
-    from retrieval.reranker import Reranker, RerankerConfig, autocast, save_reranker
-
     from retrieval.errors import InputError
+    from retrieval.reranker import Reranker, RerankerConfig, autocast, save_reranker
 
     if config.width % config.heads:
         raise InputError(
@@ -93,6 +92,11 @@ def train_reranker(config: RerankerTrainConfig, progress=None) -> RerankerTrainS
     train = load_dataset(config.data, config.images_root, split="train")
     if config.max_train_images:
         train = train.head(config.max_train_images)
+    if config.batch_size > len(train.image_paths):
+        raise InputError(
+            f"--batch-size {config.batch_size} is more than the {len(train.image_paths)} "
+            f"training images of {config.data}: use a smaller --batch-size"
+        )
     feats = embed_dataset(encoder, train, with_tokens=True)
     pools = hard_pools(feats, train, config.hard_pool, config.gallery)
     edits = caption_edits(encoder, train.captions, random.Random(config.seed), device)
