@@ -179,16 +179,31 @@ def train_reranker(
         seed=seed,
         device=device,
     )
-    bar = _bar(steps, "training re-ranker", quiet)
+    bars: dict = {}  # one per stage, opened when it starts: embedding..., then training
+
+    def bar_for(title: str, total: int):
+        if title not in bars:
+            bars[title] = _bar(total, title, quiet)
+            if bars[title].disable and not quiet and not title.startswith("training"):
+                typer.echo(f"{title}: {total}", err=True)  # a log still says what takes time
+        return bars[title]
+
+    def preparing(what: str, done: int, total: int) -> None:
+        bar = bar_for(f"embedding {what}", total)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
 
     def progress(step: int, total: int, loss: float, rate: float) -> None:
+        bar = bar_for("training re-ranker", total)
         bar.update(step - bar.n)
         bar.set_postfix(loss=f"{loss:.3f}", pairs_s=f"{rate:.0f}")
         if bar.disable and not quiet:
             _log_line(step, total, loss, rate, "pairs")
 
-    state = run_train(config, progress)
-    bar.close()
+    state = run_train(config, progress, preparing)
+    for bar in bars.values():
+        bar.close()
     if not quiet:
         for row in state.history:
             typer.echo("  ".join(f"{k} {v}" for k, v in row.items()), err=True)

@@ -347,7 +347,8 @@ def test_hard_negative_sampling_draws_distinct_pool_ids_favouring_similar_ones()
 
 
 def test_max_minutes_ends_training_early_with_a_validated_saved_reranker(shapes_corpus, tmp_path):
-    """A lent GPU's budget: the run stops at the deadline, validates, and saves what it has."""
+    """A lent GPU's budget: the run stops at the deadline, validates, and saves what it has.
+    The minutes of embedding before the first step are reported stage by stage."""
     import json
 
     from retrieval.reranker import load_reranker
@@ -366,7 +367,10 @@ def test_max_minutes_ends_training_early_with_a_validated_saved_reranker(shapes_
         val_every=5_000,
         candidates=4,
     )
-    state = train_reranker(config)
+    seen = {}
+    state = train_reranker(config, preparing=lambda what, *counts: seen.__setitem__(what, counts))
+    assert seen["images"] == (100, 100) and seen["texts"][0] == seen["texts"][1] >= 100
+    assert seen["caption edits"][0] == seen["caption edits"][1] > 0 and len(seen) == 3
     assert state.step < 10_000
     history = json.loads((out / "train_log.json").read_text())["history"]
     assert history[-1]["step"] == state.step and "val_t2i_R@1" in history[-1]

@@ -64,8 +64,12 @@ class RerankerTrainState:
     history: list[dict] = field(default_factory=list)
 
 
-def train_reranker(config: RerankerTrainConfig, progress=None) -> RerankerTrainState:
-    """`progress(step, total, loss, pairs_per_second)` after every step."""
+def train_reranker(
+    config: RerankerTrainConfig, progress=None, preparing=None
+) -> RerankerTrainState:
+    """`progress(step, total, loss, pairs_per_second)` after every step;
+    `preparing(what, done, total)` while the frozen encoder embeds the training split
+    ("images", "texts") and the caption edits ("caption edits"): minutes on a CPU."""
     import torch
 
     from retrieval.datasets import load_dataset
@@ -97,9 +101,9 @@ def train_reranker(config: RerankerTrainConfig, progress=None) -> RerankerTrainS
             f"--batch-size {config.batch_size} is more than the {len(train.image_paths)} "
             f"training images of {config.data}: use a smaller --batch-size"
         )
-    feats = embed_dataset(encoder, train, with_tokens=True)
+    feats = embed_dataset(encoder, train, with_tokens=True, progress=preparing)
     pools = hard_pools(feats, train, config.hard_pool, config.gallery)
-    edits = caption_edits(encoder, train.captions, random.Random(config.seed), device)
+    edits = caption_edits(encoder, train.captions, random.Random(config.seed), device, preparing)
 
     rconfig = RerankerConfig(
         token_dim=feats.image_tokens.shape[2],
@@ -383,8 +387,11 @@ class _CaptionEdits:
         return self.tokens[ids], self.lengths[ids], batch_row, self.vectors[ids]
 
 
-def caption_edits(encoder, captions, rng: random.Random, device: str = "cpu") -> _CaptionEdits:
-    """Each caption's attribute swap, relation flip and object change (those that apply)."""
+def caption_edits(
+    encoder, captions, rng: random.Random, device: str = "cpu", progress=None
+) -> _CaptionEdits:
+    """Each caption's attribute swap, relation flip and object change (those that apply);
+    `progress("caption edits", done, total)` as they are encoded."""
     import torch
 
     from retrieval.embed_dataset import encode_text_list
@@ -403,7 +410,11 @@ def caption_edits(encoder, captions, rng: random.Random, device: str = "cpu") ->
     if not texts:  # captions without colours, relations or known objects: no text negatives
         empty = torch.zeros(0, device=device)
         return _CaptionEdits(rows, empty, empty.long(), empty)
-    encoded = encode_text_list(encoder, texts)
+    encoded = encode_text_list(
+        encoder,
+        texts,
+        progress=progress and (lambda _, done, total: progress("caption edits", done, total)),
+    )
     return _CaptionEdits(
         rows,
         torch.from_numpy(encoded.tokens).to(device),
