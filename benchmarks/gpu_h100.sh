@@ -9,9 +9,12 @@
 # then run this script there with `.whl` carried:
 #     run(command="bash benchmarks/gpu_h100.sh", carry=[".whl"], timeout_s=480)
 # or, to train xmr-tiny's re-ranker there instead with the shipped command (`xmr make-corpus`
-# SCENES=60000, `xmr train-reranker --device cuda` for MINUTES=4 at most, `xmr bench` on the
+# SCENES=40000, `xmr train-reranker --device cuda` for MINUTES=3 at most, `xmr bench` on the
 # seed-1234 test split at K=16 and 128; the re-ranker comes back in $OUT/reranker, float16):
 #     run(command="bash benchmarks/gpu_h100.sh --train-reranker", carry=[".whl"], timeout_s=590)
+# Budget (estimated, not yet timed on the GPU): corpora ~1 min; embedding ~2.5 min, most of it
+# open_clip's tokenizer (5,400 texts/s on one core here) over 160k captions + ~400k edits;
+# training 3 min; the float16 re-ranker reaches $OUT at ~7 min, the two benches follow.
 # (benchmarks/gpu_reranker_scale.py is the research version: fresh scenes drawn in memory.)
 # Knobs: IMAGES=10000 BATCH=256 WORKERS=(xmr's default) PYTHON=python3; for --train-reranker
 # SCENES STEPS MINUTES RR_BATCH EVAL_IMAGES KS WORK DEVICE (DEVICE=cpu RR_BATCH=16: a smoke run).
@@ -82,7 +85,7 @@ if [[ "${1:-}" == "--train-reranker" ]]; then
     WORK=${WORK:-/tmp/xmr-rr}
     mkdir -p "$WORK"
     echo "== corpora: $(date -u +%T) =="
-    "${XMR[@]}" make-corpus "$WORK/shapes" --images "${SCENES:-60000}" --seed 0 -q
+    "${XMR[@]}" make-corpus "$WORK/shapes" --images "${SCENES:-40000}" --seed 0 -q
     "${XMR[@]}" make-corpus "$WORK/eval1234" --images "${EVAL_IMAGES:-10000}" --seed 1234 -q
     echo "== training the re-ranker: $(date -u +%T) =="
     # H100 recipe of benchmarks/results/reranker_scale_h100.md (width 256, 3 cross layers,
@@ -90,7 +93,7 @@ if [[ "${1:-}" == "--train-reranker" ]]; then
     # $WORK (the optimizer state is too big to bring back).
     "${XMR[@]}" train-reranker "$WORK/shapes/captions.json" --model xmr-tiny \
         --out "$WORK/reranker" --device "${DEVICE:-cuda}" --steps "${STEPS:-3000}" \
-        --max-minutes "${MINUTES:-4}" --batch-size "${RR_BATCH:-512}" --width 256 --layers 3 --heads 8 \
+        --max-minutes "${MINUTES:-3}" --batch-size "${RR_BATCH:-512}" --width 256 --layers 3 --heads 8 \
         --image-layers 2 --image-pool 1 --hard-negatives 3 --lr 3e-4 --val-every 1000 \
         2>&1 | tee "$OUT/train_reranker.log"
     echo "== float16 copy for the trip back: $(date -u +%T) =="
