@@ -184,12 +184,13 @@ def train_reranker(
     def bar_for(title: str, total: int):
         if title not in bars:
             bars[title] = _bar(total, title, quiet)
-            if bars[title].disable and not quiet and not title.startswith("training"):
-                typer.echo(f"{title}: {total}", err=True)  # a log still says what takes time
         return bars[title]
 
     def preparing(what: str, done: int, total: int) -> None:
-        bar = bar_for(f"embedding {what}", total)
+        title = f"embedding {what}"
+        if title not in bars and not quiet and not sys.stderr.isatty():
+            typer.echo(f"{title}: {total}", err=True)  # a log still says what takes time
+        bar = bar_for(title, total)
         bar.update(done - bar.n)
         if done >= total:
             bar.close()
