@@ -106,7 +106,7 @@ import torch
 from retrieval.reranker import load_reranker, save_reranker
 
 model = load_reranker(Path(sys.argv[1]), device="cpu").model
-save_reranker(model.to(torch.float16), Path(sys.argv[2]))  # load_reranker reads it as fp32
+save_reranker(model, Path(sys.argv[2]), torch.float16)  # load_reranker reads it as fp32
 EOF
     cp "$WORK/reranker/train_log.json" "$OUT/reranker/"
     for k in ${KS:-16 128}; do

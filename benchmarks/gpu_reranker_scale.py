@@ -346,9 +346,7 @@ def train(frozen, data, pools, args, source: str, test, save=lambda history: Non
         from retrieval.reranker import save_reranker
 
         model.eval()
-        # float16 weights: half the bytes (a width-256 model's 19 MB would not come back from
-        # the device machine, 16 MB a file); load_reranker casts them back to float32.
-        save_reranker(model.cpu().to(torch.float16), Path(args.save))
+        save_reranker(model, Path(args.save), torch.float16)  # fp32 would not come back
         log(f"saved the re-ranker to {args.save}")
     return {"source": source, "config": config.__dict__, "steps": step, "history": history}
 

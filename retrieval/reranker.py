@@ -268,13 +268,19 @@ def autocast(device: str):
     return torch.autocast("cpu", enabled=False)
 
 
-def save_reranker(model: Reranker, folder: Path) -> None:
+def save_reranker(model: Reranker, folder: Path, dtype: torch.dtype | None = None) -> None:
+    """Config JSON + safetensors. `dtype=torch.float16` halves the bytes (a width-256
+    model's fp32 weights would not fit a device machine's 16 MB return limit); the model
+    itself is left as it is, and load_reranker reads the weights back as float32."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(
-        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        {
+            k: v.detach().to("cpu", dtype or v.dtype).contiguous()
+            for k, v in model.state_dict().items()
+        },
         str(folder / WEIGHTS_FILE),
     )
     (folder / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=2))

@@ -82,6 +82,26 @@ def test_save_and_load_round_trip(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_float16_save_halves_the_file_and_leaves_the_model_as_it_was(tmp_path):
+    """The device machine returns files of 16 MB at most: re-rankers travel as float16."""
+    from retrieval.reranker import WEIGHTS_FILE, load_reranker, save_reranker
+
+    runtime = _random_runtime(seed=5)
+    save_reranker(runtime.model, tmp_path / "fp32")
+    save_reranker(runtime.model, tmp_path / "fp16", torch.float16)
+    assert all(p.dtype == torch.float32 for p in runtime.model.parameters())
+    full, half = ((tmp_path / d / WEIGHTS_FILE).stat().st_size for d in ("fp32", "fp16"))
+    assert half < 0.55 * full
+    loaded = load_reranker(tmp_path / "fp16", device="cpu")
+    assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
+    rng = np.random.default_rng(6)
+    text, image = rng.normal(size=(2, 12, 32)), rng.normal(size=(2, 9, 32))
+    a = runtime.score_pairs(text, np.array([12, 3]), runtime.image_states(image), [0, 1])
+    b = loaded.score_pairs(text, np.array([12, 3]), loaded.image_states(image), [0, 1])
+    assert not np.array_equal(a, b)  # rounded to float16 ...
+    np.testing.assert_allclose(a, b, atol=2e-2)  # ... but scores the same
+
+
 def test_token_store_returns_exactly_what_was_written(tmp_path):
     from retrieval.arraystore import ArrayStore
 
