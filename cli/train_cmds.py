@@ -188,9 +188,10 @@ def train_reranker(
 
     def preparing(what: str, done: int, total: int) -> None:
         title = f"embedding {what}"
-        if title not in bars and not quiet and not sys.stderr.isatty():
-            typer.echo(f"{title}: {total}", err=True)  # a log still says what takes time
+        opening = title not in bars
         bar = bar_for(title, total)
+        if opening and bar.disable and not quiet:
+            typer.echo(f"{title}: {total}", err=True)  # a log still says what takes time
         bar.update(done - bar.n)
         if done >= total:
             bar.close()

@@ -278,7 +278,9 @@ def save_reranker(model: Reranker, folder: Path, dtype: torch.dtype | None = Non
     folder.mkdir(parents=True, exist_ok=True)
     save_file(
         {
-            k: v.detach().to("cpu", dtype or v.dtype).contiguous()
+            k: v.detach()
+            .to("cpu", dtype if dtype and v.is_floating_point() else v.dtype)
+            .contiguous()
             for k, v in model.state_dict().items()
         },
         str(folder / WEIGHTS_FILE),
