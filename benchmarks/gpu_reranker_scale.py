@@ -221,7 +221,7 @@ def train(frozen, data, pools, args, source: str, test, save=lambda history: Non
     import torch
     import torch.nn.functional as F
 
-    from retrieval.reranker import Reranker, RerankerConfig, text_mask
+    from retrieval.reranker import Reranker, RerankerConfig, take_states, text_mask
 
     device = frozen.encoder.device
     torch.manual_seed(args.seed)
@@ -311,7 +311,7 @@ def train(frozen, data, pools, args, source: str, test, save=lambda history: Non
         longest = int(lengths.max())
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
             states = model.encode_images(img_tok)
-            kv = [(k[image_rows], v[image_rows]) for k, v in states]
+            kv = take_states(states, image_rows)
             logits = model.match(
                 txt_tok[text_rows, :longest], text_mask(lengths[text_rows], longest), kv
             ).float()

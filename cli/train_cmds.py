@@ -142,6 +142,18 @@ def train_reranker(
     heads: int = typer.Option(4, "--heads", min=1, help="Attention heads (divide --width)."),
     image_layers: int = typer.Option(0, "--image-layers", min=0, help="Patch self-attention."),
     image_pool: int = typer.Option(2, "--image-pool", min=1, help="k x k patch pooling."),
+    image_stem: str = typer.Option(
+        "attention", "--image-stem", help="Image blocks: attention | conv (3x3, local)."
+    ),
+    token_alignment: bool = typer.Option(
+        False, "--token-alignment/--no-token-alignment", help="Add each word's best patch."
+    ),
+    edit_pairs: int = typer.Option(
+        0, "--edit-pairs", min=0, help="Caption-vs-edit pairs per step (direct binding signal)."
+    ),
+    edit_kinds: str = typer.Option(
+        "attribute", "--edit-kinds", help="Edits those pairs use: attribute,relation,object."
+    ),
     hard_negatives: int = typer.Option(
         2, "--hard-negatives", min=1, help="Stage-1 look-alikes per query and step."
     ),
@@ -172,6 +184,10 @@ def train_reranker(
         heads=heads,
         image_layers=image_layers,
         image_pool=image_pool,
+        image_stem=image_stem,
+        token_alignment=token_alignment,
+        edit_pairs=edit_pairs,
+        edit_kinds=edit_kinds,
         hard_negatives=hard_negatives,
         gallery=gallery,
         max_train_images=max_train_images,

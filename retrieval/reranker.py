@@ -25,6 +25,7 @@ from torch import nn
 
 CONFIG_FILE = "reranker_config.json"
 WEIGHTS_FILE = "reranker.safetensors"
+IMAGE_STEMS = ("attention", "conv")
 
 
 @dataclass
@@ -35,7 +36,13 @@ class RerankerConfig:
     width: int = 128
     layers: int = 2
     heads: int = 4
-    image_layers: int = 1  # self-attention over patches before matching
+    image_layers: int = 1  # image blocks over patches before matching
+    # "attention": self-attention blocks; "conv": 3x3 convolutions over the patch grid, whose
+    # locality lets a word find "its" object's patches far sooner in training.
+    image_stem: str = "attention"
+    # Adds each word's best-matching patch score to the logit (see Reranker.align): binding
+    # gets a direct path instead of one through cross-attention, values and the CLS token.
+    token_alignment: bool = False
     image_pool: int = 1  # average k x k patch tokens first: k^2 fewer tokens to attend to
     mlp_ratio: float = 4.0
     stage1_weight: float = 0.0  # final score = logit + stage1_weight * stage-1 similarity
@@ -113,6 +120,24 @@ class CrossBlock(nn.Module):
         return text + self.mlp(self.ln3(text))
 
 
+class ConvBlock(nn.Module):
+    """Pre-norm local mixing over the patch grid: 3x3 conv, GELU, 1x1 conv, then MLP."""
+
+    def __init__(self, width: int, ratio: float):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(width)
+        self.conv = nn.Conv2d(width, width, 3, padding=1)
+        self.mix = nn.Conv2d(width, width, 1)
+        self.ln2, self.mlp = nn.LayerNorm(width), MLP(width, ratio)
+
+    def forward(self, x):
+        b, n, w = x.shape  # (B, N, W), N a square grid
+        side = int(round(n**0.5))
+        grid = self.ln1(x).transpose(1, 2).reshape(b, w, side, side)  # (B, W, S, S)
+        x = x + self.mix(F.gelu(self.conv(grid))).flatten(2).transpose(1, 2)
+        return x + self.mlp(self.ln2(x))
+
+
 class Reranker(nn.Module):
     def __init__(self, config: RerankerConfig):
         super().__init__()
@@ -129,8 +154,13 @@ class Reranker(nn.Module):
         nn.init.normal_(self.text_pos, std=0.02)
         nn.init.normal_(self.image_pos, std=0.02)
         nn.init.normal_(self.cls, std=0.02)
+        if config.image_stem not in IMAGE_STEMS:
+            raise ValueError(f"image_stem must be one of {IMAGE_STEMS}, not {config.image_stem!r}")
         self.image_blocks = nn.ModuleList(
-            SelfBlock(w, config.heads, config.mlp_ratio) for _ in range(config.image_layers)
+            SelfBlock(w, config.heads, config.mlp_ratio)
+            if config.image_stem == "attention"
+            else ConvBlock(w, config.mlp_ratio)
+            for _ in range(config.image_layers)
         )
         self.blocks = nn.ModuleList(
             CrossBlock(w, config.heads, config.mlp_ratio) for _ in range(config.layers)
@@ -141,25 +171,51 @@ class Reranker(nn.Module):
         # starts from the dual encoder's ranking instead of from noise.
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        if config.token_alignment:
+            self.align_ln_text, self.align_query = nn.LayerNorm(w), nn.Linear(w, w)
+            self.align_ln_image, self.align_key = nn.LayerNorm(w), nn.Linear(w, w)
+            self.align_gate = nn.Linear(w, 1)  # how much each word's match counts
+            # 1, not 0 like the head: at 0 the query and key projections get no gradient.
+            self.align_scale = nn.Parameter(torch.tensor(1.0))
 
-    def encode_images(self, image) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """image (B, N, D) -> per cross block (keys, values), each (B, h, N', W/h)."""
+    def encode_images(self, image) -> list[tuple[torch.Tensor, ...]]:
+        """image (B, N, D) -> image states: per cross block (keys, values), each
+        (B, h, N', W/h), then (alignment keys (B, N', W),) when token_alignment is on.
+        Every state is indexed by image along dim 0 (see take_states)."""
         if image.shape[1] == self.config.image_tokens:  # (a token store may hold them pooled)
             image = pool_patch_tokens(image, self.config.image_pool)  # (B, N', D)
         img = self.image_in(image) + self.image_pos  # (B, N', W)
         for block in self.image_blocks:
             img = block(img)
-        return [block.image_kv(img) for block in self.blocks]
+        states = [block.image_kv(img) for block in self.blocks]
+        if self.config.token_alignment:
+            states.append((self.align_key(self.align_ln_image(img)),))  # (B, N', W)
+        return states
 
     def match(self, text, text_mask, image_kv) -> torch.Tensor:
-        """text (B, L, D), text_mask (B, L) bool, image_kv from encode_images -> logits (B,)."""
+        """text (B, L, D), text_mask (B, L) bool, image states from encode_images -> (B,)."""
         b, length, _ = text.shape
         x = self.text_in(text) + self.text_pos[:, 1 : 1 + length]  # (B, L, W)
         x = torch.cat([self.cls.expand(b, -1, -1) + self.text_pos[:, :1], x], dim=1)
         mask = torch.cat([text_mask.new_ones(b, 1), text_mask], dim=1)  # (B, 1+L)
-        for block, kv in zip(self.blocks, image_kv, strict=True):
+        for block, kv in zip(self.blocks, image_kv[: len(self.blocks)], strict=True):
             x = block(x, mask, kv)
-        return self.head(self.ln_out(x[:, 0])).squeeze(-1)  # (B,)
+        logits = self.head(self.ln_out(x[:, 0])).squeeze(-1)  # (B,)
+        if self.config.token_alignment:
+            logits = logits + self.align(x[:, 1:], text_mask, image_kv[-1][0])
+        return logits
+
+    def align(self, words, text_mask, keys) -> torch.Tensor:
+        """Token-wise late interaction (as in FILIP/ColBERT), on the re-ranker's own states.
+
+        words (B, L, W) text states after the cross blocks; keys (B, N', W) per patch.
+        Each word scores its best-matching patch; a learned gate weighs the words. The max
+        makes binding cheap to learn: "red circle" scores high only where one patch is both.
+        """
+        query = self.align_query(self.align_ln_text(words))  # (B, L, W)
+        sims = query @ keys.transpose(1, 2) / query.shape[-1] ** 0.5  # (B, L, N')
+        gate = self.align_gate(words).squeeze(-1).masked_fill(~text_mask, float("-inf"))
+        return self.align_scale * (gate.softmax(-1) * sims.amax(-1)).sum(-1)  # (B,)
 
     def forward(self, text, text_mask, image):
         """text (B, L, D), text_mask (B, L) bool, image (B, N, D) -> logits (B,)."""
@@ -195,6 +251,11 @@ def pool_token_array(tokens: np.ndarray, k: int) -> np.ndarray:
     return pool_patch_tokens(torch.from_numpy(tokens).float(), k).to(torch.float16).numpy()
 
 
+def take_states(states, rows):
+    """The image states (from encode_images) of the images at `rows`, in that order."""
+    return [tuple(t[rows] for t in state) for state in states]
+
+
 def text_mask(lengths: torch.Tensor, length: int) -> torch.Tensor:
     """(B,) valid token counts -> (B, length) bool mask."""
     return torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]
@@ -211,15 +272,15 @@ class RerankerRuntime:
 
     @torch.inference_mode()
     def image_states(self, image_tokens, batch: int = 256):
-        """(M, N, D) numpy -> per cross block (keys, values) for M images, computed once."""
+        """(M, N, D) numpy -> image states (see Reranker.encode_images) of M images, once."""
         parts = []
         for start in range(0, len(image_tokens), batch):
             image = torch.as_tensor(image_tokens[start : start + batch], device=self.device)
             with autocast(self.device):
                 parts.append(self.model.encode_images(image.float()))
         return [
-            tuple(torch.cat([p[b][i] for p in parts]) for i in range(2))
-            for b in range(len(self.model.blocks))
+            tuple(torch.cat([p[s][i] for p in parts]) for i in range(len(parts[0][s])))
+            for s in range(len(parts[0]))
         ]
 
     @torch.inference_mode()
@@ -235,9 +296,10 @@ class RerankerRuntime:
                 text_tokens[start : start + batch, :longest], device=self.device
             ).float()
             rows = index[start : start + batch]
-            kv = [(k[rows], v[rows]) for k, v in states]
             with autocast(self.device):
-                logits = self.model.match(text, text_mask(lengths, longest), kv)
+                logits = self.model.match(
+                    text, text_mask(lengths, longest), take_states(states, rows)
+                )
             out.append(logits.float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 

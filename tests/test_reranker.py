@@ -23,8 +23,14 @@ def _random_runtime(dim=32, text_len=12, image_tokens=9, seed=0, **config):
     return RerankerRuntime(model, f"random-pool{config.image_pool}", "cpu")
 
 
-def test_pair_score_does_not_depend_on_the_rest_of_the_batch():
-    runtime = _random_runtime()
+# The plain re-ranker, and the one with a convolutional image stem and token alignment.
+VARIANTS = [{}, {"image_stem": "conv", "token_alignment": True}]
+VARIANT_IDS = ["attention", "conv+alignment"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_pair_score_does_not_depend_on_the_rest_of_the_batch(variant):
+    runtime = _random_runtime(**variant)
     rng = np.random.default_rng(0)
     texts = rng.normal(size=(6, 12, 32)).astype(np.float16)
     lengths = np.array([3, 12, 7, 1, 9, 5])
@@ -39,9 +45,10 @@ def test_pair_score_does_not_depend_on_the_rest_of_the_batch():
         np.testing.assert_allclose(together[p], alone[0], atol=1e-5)
 
 
-def test_padding_is_masked_out():
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_padding_is_masked_out(variant):
     """Garbage in the padded positions of a text must not change its score."""
-    runtime = _random_runtime()
+    runtime = _random_runtime(**variant)
     rng = np.random.default_rng(1)
     text = rng.normal(size=(1, 12, 32)).astype(np.float32)
     noisy = text.copy()
@@ -55,8 +62,9 @@ def test_padding_is_masked_out():
     assert abs(float(longer[0] - clean[0])) > 1e-4  # the mask really is what hides them
 
 
-def test_cached_image_states_match_the_plain_forward():
-    runtime = _random_runtime()
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_cached_image_states_match_the_plain_forward(variant):
+    runtime = _random_runtime(**variant)
     rng = np.random.default_rng(2)
     text = torch.tensor(rng.normal(size=(3, 12, 32)), dtype=torch.float32)
     image = torch.tensor(rng.normal(size=(3, 9, 32)), dtype=torch.float32)
@@ -69,10 +77,11 @@ def test_cached_image_states_match_the_plain_forward():
     np.testing.assert_allclose(direct, cached, atol=1e-5)
 
 
-def test_save_and_load_round_trip(tmp_path):
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_save_and_load_round_trip(tmp_path, variant):
     from retrieval.reranker import load_reranker, save_reranker
 
-    runtime = _random_runtime(seed=4)
+    runtime = _random_runtime(seed=4, **variant)
     save_reranker(runtime.model, tmp_path / "rr")
     loaded = load_reranker(tmp_path / "rr", device="cpu")
     rng = np.random.default_rng(3)
@@ -402,6 +411,11 @@ def test_max_minutes_ends_training_early_with_a_validated_saved_reranker(shapes_
     [
         (["--heads", "5"], "--width 64 is not a multiple of --heads 5: pick --heads that divides"),
         (["--batch-size", "5000"], "--batch-size 5000 is more than the"),
+        (["--image-stem", "mlp"], "--image-stem mlp is not one of attention, conv"),
+        (
+            ["--edit-kinds", "attribute,colour"],
+            "--edit-kinds attribute,colour: unknown kind colour",
+        ),
     ],
 )
 def test_train_reranker_turns_impossible_settings_into_one_line(
@@ -411,3 +425,69 @@ def test_train_reranker_turns_impossible_settings_into_one_line(
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Error: {message}"), result.output
+
+
+def _binding_world(rng, n, dim=32, colours=4, shapes=4, side=3):
+    """Synthetic frozen tokens where only binding tells a caption from its colour swap.
+
+    Each image holds two objects, each one patch of (colour vector + shape vector) on a
+    noisy background; a caption is four word tokens "c1 s1 c2 s2", its swap "c2 s1 c1 s2".
+    As in a causal text encoder, a shape word's token also carries the colour before it.
+    Both the mean image token and the mean caption token are identical for the two
+    captions, so a dual encoder (one pooled vector a side) is at chance: 50%."""
+    vocab = np.random.default_rng(123)  # the same words and looks for every draw
+    img_colour, img_shape = vocab.normal(size=(2, colours, dim)) / dim**0.5 * 3
+    txt_colour, txt_shape = vocab.normal(size=(2, colours, dim)) / dim**0.5 * 3
+    images = rng.normal(size=(n, side * side, dim)) * 0.3  # (n, N, D)
+    captions, swapped = np.zeros((2, n, 4, dim))
+    for i in range(n):
+        c = rng.choice(colours, 2, replace=False)
+        s = rng.choice(shapes, 2, replace=False)
+        where = rng.choice(side * side, 2, replace=False)
+        images[i, where] += img_colour[c] + img_shape[s]
+        for words, (a, b) in ((captions, c), (swapped, c[::-1])):
+            words[i] = [
+                txt_colour[a], txt_colour[a] + txt_shape[s[0]],
+                txt_colour[b], txt_colour[b] + txt_shape[s[1]],
+            ]  # fmt: skip
+    return images.astype(np.float32), captions.astype(np.float32), swapped.astype(np.float32)
+
+
+def test_edit_pair_training_teaches_binding_that_pooled_vectors_cannot_see():
+    """A re-ranker (conv stem + token alignment) trained by the trainer's edit-pair loss
+    learns which colour sits on which shape: held-out swaps far above the 50% any pooled
+    (bag-of-features) score gets; a loss with the wrong sign lands far below it."""
+    from types import SimpleNamespace
+
+    from training.reranker_training import _edit_pair_loss, _EditPairs, _FeatureTensors
+
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    n, dim = 2048, 32
+    images, captions, swapped = _binding_world(rng, n, dim)
+    # pooled vectors really are blind: the swap has the same bag of words
+    np.testing.assert_allclose(captions.mean(1), swapped.mean(1), atol=1e-6)
+    lengths = torch.full((n,), 4, dtype=torch.int64)
+    features = _FeatureTensors(torch.tensor(images), torch.tensor(captions), lengths, None, None)
+    edits = SimpleNamespace(tokens=torch.tensor(swapped), lengths=lengths)
+    config = RerankerConfig(
+        token_dim=dim, text_len=4, image_tokens=9, width=32, layers=1, heads=4,
+        image_layers=1, image_stem="conv", token_alignment=True,
+    )  # fmt: skip
+    model = Reranker(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    train = np.arange(n - 512)
+    for _ in range(300):
+        rows = rng.choice(train, 64, replace=False)
+        loss = _edit_pair_loss(model, _EditPairs(rows, rows, rows), edits, features)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    runtime = RerankerRuntime(model.eval(), "synthetic", "cpu")
+    held_out = np.arange(n - 512, n)
+    states = runtime.image_states(images[held_out])
+    four = np.full(len(held_out), 4)
+    true = runtime.score_pairs(captions[held_out], four, states, np.arange(len(held_out)))
+    false = runtime.score_pairs(swapped[held_out], four, states, np.arange(len(held_out)))
+    assert (true > false).mean() > 0.9

@@ -44,6 +44,13 @@ class RerankerTrainConfig:
     heads: int = 4
     image_layers: int = 0
     image_pool: int = 2
+    image_stem: str = "attention"  # or "conv" (see RerankerConfig)
+    token_alignment: bool = False
+    # Extra (image, true caption, its edit) triples per step, scored by the logit alone:
+    # the direct binding signal that the listwise loss, dominated by stage 1, dilutes.
+    edit_pairs: int = 0
+    edit_kinds: str = "attribute"  # which edits those are: attribute,relation,object
+    edit_weight: float = 1.0
     hard_pool: int = 16  # M: stage-1 top-M each negative is drawn from
     gallery: int = 1000  # images per mining gallery: about the size stage 2 will re-rank from
     hard_negatives: int = 2  # H per query, drawn from the pool
@@ -76,13 +83,22 @@ def train_reranker(
     from retrieval.embed_dataset import embed_dataset
     from retrieval.encoder import load_encoder
     from retrieval.errors import InputError
-    from retrieval.reranker import Reranker, RerankerConfig, autocast, save_reranker
+    from retrieval.reranker import (
+        IMAGE_STEMS,
+        Reranker,
+        RerankerConfig,
+        autocast,
+        save_reranker,
+    )
 
     if config.width % config.heads:
         raise InputError(
             f"--width {config.width} is not a multiple of --heads {config.heads}: "
             "pick --heads that divides it"
         )
+    if config.image_stem not in IMAGE_STEMS:
+        raise InputError(f"--image-stem {config.image_stem} is not one of {', '.join(IMAGE_STEMS)}")
+    edit_columns(config.edit_kinds)  # a typo fails now, not after minutes of embedding
     if config.threads:
         torch.set_num_threads(config.threads)
     random.seed(config.seed)
@@ -114,6 +130,8 @@ def train_reranker(
         heads=config.heads,
         image_layers=config.image_layers,
         image_pool=config.image_pool,
+        image_stem=config.image_stem,
+        token_alignment=config.token_alignment,
         encoder=encoder.spec.canonical,
         itc_weight=float(encoder.model.logit_scale.exp()),
     )
@@ -128,6 +146,7 @@ def train_reranker(
     val = _validation_set(config, encoder)
     rng = np.random.default_rng(config.seed + state.step)
     tensors = _FeatureTensors.of(feats, device)
+    pair_pool = edit_pair_pool(edits, config.edit_kinds, train.text_to_image)
     model.train()
     # A time budget (a lent GPU's minutes) ends the run early; lr follows `steps` regardless.
     deadline = time.monotonic() + 60 * config.max_minutes if config.max_minutes else None
@@ -137,6 +156,10 @@ def train_reranker(
         edited = edits.of(batch.captions)
         with autocast(device):  # bf16 on CUDA; a no-op on the CPU
             loss, n_pairs = _listwise_loss(model, batch, edited, tensors)
+            if config.edit_pairs and len(pair_pool.captions):
+                pairs = pair_pool.draw(config.edit_pairs, rng)
+                loss = loss + config.edit_weight * _edit_pair_loss(model, pairs, edits, tensors)
+                n_pairs += 2 * len(pairs.captions)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -225,7 +248,7 @@ def _listwise_loss(model, batch: _Batch, edited, f: _FeatureTensors):
     import torch
     import torch.nn.functional as F
 
-    from retrieval.reranker import text_mask
+    from retrieval.reranker import take_states, text_mask
 
     b, h = batch.hard_images.shape
     itc = model.config.itc_weight
@@ -264,7 +287,7 @@ def _listwise_loss(model, batch: _Batch, edited, f: _FeatureTensors):
     image_rows = on_device(np.concatenate([t2i_image, np.repeat(np.arange(b), c_txt)]))
 
     longest = int(lengths[text_rows].max())
-    kv = [(k[image_rows], v[image_rows]) for k, v in states]
+    kv = take_states(states, image_rows)
     logits = model.match(
         texts[text_rows, :longest].float(), text_mask(lengths[text_rows], longest), kv
     )  # (P,)
@@ -364,6 +387,72 @@ def _sample(ids, sims, tau, rng, n: int = 1) -> np.ndarray:
     keys = sims / tau + rng.gumbel(size=sims.shape)  # (B, M)
     top = np.argpartition(-keys, n - 1, axis=1)[:, :n]  # (B, n); n > M is an error, as before
     return np.take_along_axis(ids, top, axis=1)
+
+
+@dataclass
+class _EditPairs:
+    """(caption, its edit, the caption's image) triples the edit-pair loss draws from."""
+
+    captions: np.ndarray  # (P,) caption ids
+    edits: np.ndarray  # (P,) rows into _CaptionEdits' arrays
+    images: np.ndarray  # (P,) image id of each caption
+
+    def draw(self, n: int, rng) -> _EditPairs:
+        pick = rng.choice(len(self.captions), min(n, len(self.captions)), replace=False)
+        return _EditPairs(self.captions[pick], self.edits[pick], self.images[pick])
+
+
+EDIT_KINDS = ("attribute", "relation", "object")  # the columns of _CaptionEdits.rows
+
+
+def edit_columns(kinds: str) -> list[int]:
+    """ "attribute,relation" -> the _CaptionEdits.rows columns of those edit kinds."""
+    from retrieval.errors import InputError
+
+    names = [k.strip() for k in kinds.split(",") if k.strip()]
+    unknown = sorted(set(names) - set(EDIT_KINDS))
+    if unknown:
+        raise InputError(
+            f"--edit-kinds {kinds}: unknown kind {', '.join(unknown)}; "
+            f"use a comma-separated subset of {','.join(EDIT_KINDS)}"
+        )
+    return [EDIT_KINDS.index(k) for k in names]
+
+
+def edit_pair_pool(edits, kinds: str, text_to_image) -> _EditPairs:
+    """Every (caption, edit) of the named kinds, for the edit-pair loss."""
+    rows = edits.rows[:, edit_columns(kinds)]  # (T, k)
+    caption, column = np.nonzero(rows >= 0)
+    return _EditPairs(caption, rows[caption, column], np.asarray(text_to_image)[caption])
+
+
+def _edit_pair_loss(model, pairs: _EditPairs, edits, f: _FeatureTensors):
+    """Logistic loss on (true caption - its edit) logits against the caption's own image.
+
+    Stage 1 is left out on purpose: it barely tells the two apart, so this term's whole
+    gradient goes to what the edit changed (which colour is on which shape, which side)."""
+    import torch.nn.functional as F
+
+    from retrieval.reranker import text_mask
+
+    device = f.image_tokens.device
+    images = f.image_tokens[torch_rows(pairs.images, device)].float()  # (P, N, D)
+    states = model.encode_images(images)
+
+    def logits(tokens, lengths):
+        longest = int(lengths.max())
+        return model.match(tokens[:, :longest].float(), text_mask(lengths, longest), states)
+
+    captions, edited = torch_rows(pairs.captions, device), torch_rows(pairs.edits, device)
+    true = logits(f.text_tokens[captions], f.text_lengths[captions])  # (P,)
+    false = logits(edits.tokens[edited], edits.lengths[edited])  # (P,)
+    return F.softplus(false.float() - true.float()).mean()
+
+
+def torch_rows(rows: np.ndarray, device):
+    import torch
+
+    return torch.as_tensor(np.asarray(rows), device=device)
 
 
 @dataclass
