@@ -255,7 +255,7 @@ def _listwise_loss(model, batch: _Batch, edited, f: _FeatureTensors):
     device = f.image_tokens.device
 
     def on_device(array):
-        return torch.as_tensor(np.asarray(array), device=device)
+        return torch_rows(array, device)
 
     # Unique images: the B batch images, then the B*H hard ones. States computed once each.
     image_ids = on_device(np.concatenate([batch.images, batch.hard_images.ravel()]))
@@ -406,7 +406,7 @@ EDIT_KINDS = ("attribute", "relation", "object")  # the columns of _CaptionEdits
 
 
 def edit_columns(kinds: str) -> list[int]:
-    """ "attribute,relation" -> the _CaptionEdits.rows columns of those edit kinds."""
+    """The _CaptionEdits.rows columns of the named edit kinds ("attribute,relation")."""
     from retrieval.errors import InputError
 
     names = [k.strip() for k in kinds.split(",") if k.strip()]
