@@ -49,6 +49,10 @@ class RerankerConfig:
     itc_weight: float = 0.0  # the encoder's logit scale: stage 1 as a contrastive logit (BLIP)
     encoder: str = ""  # the encoder spec these tokens come from
 
+    def __post_init__(self):
+        if self.image_stem not in IMAGE_STEMS:
+            raise ValueError(f"image_stem must be one of {IMAGE_STEMS}, not {self.image_stem!r}")
+
 
 class Attention(nn.Module):
     """Multi-head attention through PyTorch's scaled_dot_product_attention."""
@@ -154,8 +158,6 @@ class Reranker(nn.Module):
         nn.init.normal_(self.text_pos, std=0.02)
         nn.init.normal_(self.image_pos, std=0.02)
         nn.init.normal_(self.cls, std=0.02)
-        if config.image_stem not in IMAGE_STEMS:
-            raise ValueError(f"image_stem must be one of {IMAGE_STEMS}, not {config.image_stem!r}")
         self.image_blocks = nn.ModuleList(
             SelfBlock(w, config.heads, config.mlp_ratio)
             if config.image_stem == "attention"
@@ -359,7 +361,7 @@ def load_reranker(folder: Path, encoder=None, device: str | None = None) -> Rera
     try:
         config = RerankerConfig(**json.loads((folder / CONFIG_FILE).read_text()))
         state = load_file(str(folder / WEIGHTS_FILE))
-    except (OSError, TypeError, json.JSONDecodeError) as exc:
+    except (OSError, TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise InvalidModelSpec(f"{folder} is not an xmr re-ranker ({exc})") from exc
     if encoder is not None and encoder.image_token_shape is not None:
         expected = (config.image_tokens, config.token_dim)

@@ -91,6 +91,17 @@ def test_save_and_load_round_trip(tmp_path, variant):
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_reranker_config_with_an_unknown_image_stem_is_refused_by_name(tmp_path):
+    from retrieval.errors import InvalidModelSpec
+    from retrieval.reranker import CONFIG_FILE, load_reranker, save_reranker
+
+    save_reranker(_random_runtime(seed=4).model, tmp_path / "rr")
+    config = tmp_path / "rr" / CONFIG_FILE
+    config.write_text(config.read_text().replace('"attention"', '"mlp"'))
+    with pytest.raises(InvalidModelSpec, match="rr is not an xmr re-ranker.*image_stem.*mlp"):
+        load_reranker(tmp_path / "rr", device="cpu")
+
+
 def test_float16_save_halves_the_file_and_leaves_the_model_as_it_was(tmp_path):
     """The device machine returns files of 16 MB at most: re-rankers travel as float16."""
     from retrieval.reranker import WEIGHTS_FILE, load_reranker, save_reranker
