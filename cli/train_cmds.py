@@ -162,6 +162,9 @@ def train_reranker(
     ),
     max_train_images: int = typer.Option(None, "--max-train-images"),
     val_every: int = typer.Option(500, "--val-every"),
+    calibrate: bool = typer.Option(
+        True, "--calibrate/--no-calibrate", help="Pick the stage-1 weight on validation."
+    ),
     seed: int = typer.Option(0, "--seed"),
     device: str = DeviceOption,
     quiet: bool = QuietOption,
@@ -192,6 +195,7 @@ def train_reranker(
         gallery=gallery,
         max_train_images=max_train_images,
         val_every=val_every,
+        calibrate_fusion=calibrate,
         seed=seed,
         device=device,
     )
@@ -225,4 +229,12 @@ def train_reranker(
     if not quiet:
         for row in state.history:
             typer.echo("  ".join(f"{k} {v}" for k, v in row.items()), err=True)
+        if state.fusion:
+            f = state.fusion
+            typer.echo(
+                f"final score = logit + {f['stage1_weight']:g} x stage 1 "
+                f"({f['multiplier']:g} x the encoder's logit scale, chosen on validation: "
+                f"t2i R@1 {f['t2i_R@1']:.2f}, i2t R@1 {f['i2t_R@1']:.2f})",
+                err=True,
+            )
     typer.echo(str(out))

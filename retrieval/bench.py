@@ -108,6 +108,13 @@ def run_benchmark(
         "n_texts": len(texts),
         "candidates": options.candidates if reranker is not None else None,
         "index_type": options.index_type,
+        # final score = logit + stage1_weight * stage-1 cosine (itc_weight: the encoder's scale)
+        "fusion": None
+        if reranker is None
+        else {
+            "stage1_weight": reranker.config.stage1_weight,
+            "itc_weight": reranker.config.itc_weight,
+        },
         "results": results,
         "compositional": compositional,
         "curves": curves,

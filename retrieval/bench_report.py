@@ -32,6 +32,13 @@ def markdown_report(result: dict) -> str:
         if row:
             values = [row["t2i"][k] for k in ks] + [row["i2t"][k] for k in ks]
             lines.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+    fusion = result.get("fusion")
+    if fusion:
+        lines += [
+            "",
+            f"Re-ranker final score: logit + {fusion['stage1_weight']:.2f} x stage-1 cosine "
+            f"(ITM+ITC row: {fusion['itc_weight']:.2f}, the encoder's logit scale).",
+        ]
     if result.get("compositional"):
         kinds = sorted({k for stage in result["compositional"].values() for k in stage})
         lines += [

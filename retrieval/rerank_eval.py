@@ -85,6 +85,39 @@ def negative_accuracy(runtime, encoder, dataset, embeddings, stage1_weight: floa
     return out
 
 
+# Multiples of the encoder's logit scale tried as stage1_weight when fusing the scores.
+FUSION_MULTIPLIERS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+
+
+def fusion_sweep(model, val, k: int, multipliers=FUSION_MULTIPLIERS) -> list[dict]:
+    """Validation R@1 both ways for each final score logit + m * itc_weight * stage-1.
+
+    The logit was trained beside stage 1 at m = 1, but how much of stage 1 the final order
+    should keep is an empirical question (BLIP fixes it by hand): a noisy logit is diluted
+    by a larger m. The logits are computed once; each m only re-sorts them."""
+    from retrieval.reranker import RerankerRuntime
+
+    dataset, embeddings, _ = val
+    runtime = RerankerRuntime(model, "training", str(next(model.parameters()).device))
+    scores = embeddings.text_vectors @ embeddings.image_vectors.T  # (T, N)
+    t2i_map = np.asarray(dataset.text_to_image)
+    logits, _ = rerank_logits(runtime, embeddings, scores, k)
+    rows = []
+    for m in multipliers:
+        weight = m * runtime.config.itc_weight
+        ranks = reranked_ranks(logits, t2i_map, weight)
+        row = {"multiplier": m, "stage1_weight": weight}
+        for direction in ("t2i", "i2t"):
+            row[f"{direction}_R@1"] = metrics.recall_at_ks(ranks[direction], (1,))["R@1"]
+        rows.append(row)
+    return rows
+
+
+def best_fusion(rows: list[dict]) -> dict:
+    """The row with the best mean R@1 of the two directions; ties go to the m nearest 1."""
+    return max(rows, key=lambda r: (r["t2i_R@1"] + r["i2t_R@1"], -abs(np.log(r["multiplier"]))))
+
+
 def quick_validation(model, val, k: int) -> dict:
     """Re-ranked R@1 both ways and hard-negative accuracy on a validation split."""
     from retrieval.reranker import RerankerRuntime

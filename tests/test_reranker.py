@@ -215,6 +215,50 @@ def test_training_beats_the_dual_encoder_on_attribute_swaps(
         assert result["results"]["rerank"][d]["R@10"] <= result["results"]["exact"][d]["R@10"]
 
 
+def test_training_saves_the_stage1_weight_that_validation_chose(
+    trained_reranker, trained, shapes_corpus
+):
+    """The saved final score is the sweep's best on validation, and benchmarking the
+    validation split with the saved folder reproduces the recall it was chosen by."""
+    import json
+
+    from retrieval.bench import BenchOptions, run_benchmark
+    from retrieval.datasets import load_dataset
+    from retrieval.encoder import load_encoder
+    from retrieval.rerank_eval import FUSION_MULTIPLIERS
+    from retrieval.reranker import load_reranker
+
+    rr_dir, state = trained_reranker
+    fusion = json.loads((rr_dir / "train_log.json").read_text())["fusion"]
+    sweep, chosen = fusion["sweep"], fusion["chosen"]
+    assert [row["multiplier"] for row in sweep] == list(FUSION_MULTIPLIERS)
+    assert chosen["t2i_R@1"] + chosen["i2t_R@1"] == max(
+        row["t2i_R@1"] + row["i2t_R@1"] for row in sweep
+    )
+    assert state.fusion == chosen
+    encoder = load_encoder(str(trained[0]), "cpu")
+    runtime = load_reranker(rr_dir, encoder, "cpu")
+    assert runtime.config.stage1_weight == chosen["stage1_weight"]
+    assert chosen["stage1_weight"] == chosen["multiplier"] * runtime.config.itc_weight
+    val = load_dataset(shapes_corpus.captions_path, split="val")
+    result = run_benchmark(val, encoder, runtime, BenchOptions(candidates=8))
+    for direction in ("t2i", "i2t"):
+        measured = result["results"]["rerank"][direction]["R@1"]
+        assert measured == pytest.approx(chosen[f"{direction}_R@1"], abs=1e-6)
+    assert result["fusion"]["stage1_weight"] == chosen["stage1_weight"]
+
+
+def test_best_fusion_takes_the_best_mean_recall_and_breaks_ties_towards_the_training_weight():
+    from retrieval.rerank_eval import best_fusion
+
+    def row(m, t2i, i2t):
+        return {"multiplier": m, "t2i_R@1": t2i, "i2t_R@1": i2t}
+
+    assert best_fusion([row(0.5, 60, 70), row(1.0, 61, 70), row(2.0, 58, 74)])["multiplier"] == 2.0
+    tied = [row(0.5, 60, 70), row(4.0, 60, 70), row(1.5, 60, 70), row(0.75, 60, 70)]
+    assert best_fusion(tied)["multiplier"] == 0.75  # |log 0.75| < |log 1.5|
+
+
 def _toy_dataset(n_images: int, per_image: int = 2):
     from types import SimpleNamespace
 

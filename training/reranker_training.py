@@ -60,6 +60,9 @@ class RerankerTrainConfig:
     val_images: int = 500
     val_every: int = 500
     candidates: int = 16  # stage-1 depth used in validation re-ranking
+    # After training, pick the final score's stage1_weight on the validation split
+    # (rerank_eval.fusion_sweep); off: keep the training-time weight (itc_weight).
+    calibrate_fusion: bool = True
     seed: int = 0
     threads: int | None = None
     device: str | None = None  # None: cuda when present, else cpu
@@ -69,6 +72,7 @@ class RerankerTrainConfig:
 class RerankerTrainState:
     step: int = 0
     history: list[dict] = field(default_factory=list)
+    fusion: dict | None = None  # the validation-chosen stage1_weight and its R@1s
 
 
 def train_reranker(
@@ -183,10 +187,17 @@ def train_reranker(
             break
 
     model.eval()
+    log = {"config": asdict(config), "history": state.history}
+    if val is not None and config.calibrate_fusion:
+        from retrieval.rerank_eval import best_fusion, fusion_sweep
+
+        sweep = fusion_sweep(model, val, config.candidates)
+        chosen = best_fusion(sweep)
+        model.config.stage1_weight = chosen["stage1_weight"]
+        state.fusion = chosen
+        log["fusion"] = {"chosen": chosen, "sweep": sweep}
     save_reranker(model, out)
-    (out / "train_log.json").write_text(
-        json.dumps({"config": asdict(config), "history": state.history}, indent=2)
-    )
+    (out / "train_log.json").write_text(json.dumps(log, indent=2))
     return state
 
 
