@@ -1,8 +1,9 @@
 """Re-ranker latency: one query against K candidates, K = 16, 64, 128, both directions.
 
-Two token shapes: xmr-tiny's (the shipped re-ranker when present) and ViT-B-32's
-(49 patch tokens and 77 text tokens, projected to 512; random weights: latency does not
-depend on them). Reports the median over repeats and writes
+Side by side in one run: xmr-tiny's shipped re-ranker (when present), a plain re-ranker of
+the same token shapes, and one of ViT-B-32's shapes (49 patch tokens and 77 text tokens,
+projected to 512); the plain ones have random weights (latency does not depend on them).
+Reports the median over repeats and writes
 benchmarks/results/rerank_latency_<device>.{json,md}.
 
     python benchmarks/bench_rerank.py [--device cuda] [--repeats 30]
@@ -23,21 +24,32 @@ SHAPES = {
 }
 
 
-def _runtime(name: str, device: str):
+def _runtimes(device: str):
+    """(label, runtime) pairs: xmr-tiny's shipped re-ranker when present, beside a random
+    plain one of the same token shapes (the default RerankerConfig), and ViT-B-32's."""
     import torch
 
     from retrieval.modelspec import SHIPPED_MODELS_DIR
     from retrieval.reranker import Reranker, RerankerConfig, RerankerRuntime, load_reranker
 
     shipped = SHIPPED_MODELS_DIR / "xmr-tiny" / "reranker"
-    if name == "xmr-tiny" and shipped.is_dir():
-        return load_reranker(shipped, device=device), "shipped weights"
-    dim, text_len, image_tokens, pool = SHAPES[name]
-    torch.manual_seed(0)
-    config = RerankerConfig(
-        token_dim=dim, text_len=text_len, image_tokens=image_tokens, image_pool=pool, image_layers=0
-    )
-    return RerankerRuntime(Reranker(config), f"{name}-random", device), "random weights"
+    if shipped.is_dir():
+        runtime = load_reranker(shipped, device=device)
+        c = runtime.config
+        stem = "conv stem" if c.image_stem == "conv" else "attention stem"
+        extras = ", token alignment" if c.token_alignment else ""
+        yield f"xmr-tiny (shipped: width {c.width}, {stem}{extras})", runtime
+    for name, (dim, text_len, image_tokens, pool) in SHAPES.items():
+        torch.manual_seed(0)
+        config = RerankerConfig(
+            token_dim=dim,
+            text_len=text_len,
+            image_tokens=image_tokens,
+            image_pool=pool,
+            image_layers=0,
+        )
+        label = f"{name} (plain: width {config.width}, random weights)"
+        yield label, RerankerRuntime(Reranker(config), f"{name}-random", device)
 
 
 def latency_ms(runtime, k: int, rng, repeats: int, text_length: int, warmup: int = 1) -> dict:
@@ -78,15 +90,13 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     rows = []
-    for name in SHAPES:
-        runtime, weights = _runtime(name, args.device)
+    for label, runtime in _runtimes(args.device):
         for k in (int(x) for x in args.ks.split(",")):
             t2i, i2t = _measure(runtime, k, rng, args.repeats)
-            log(f"{name} K={k}: text->images {t2i:.2f} ms, image->texts {i2t:.2f} ms")
+            log(f"{label} K={k}: text->images {t2i:.2f} ms, image->texts {i2t:.2f} ms")
             rows.append(
                 {
-                    "shapes": name,
-                    "weights": weights,
+                    "reranker": label,
                     "K": k,
                     "text_to_images_ms": round(t2i, 3),
                     "image_to_texts_ms": round(i2t, 3),
@@ -95,11 +105,11 @@ def main() -> None:
     lines = [
         f"Re-ranker latency on {args.device}, median of {args.repeats} (ms per query)",
         "",
-        "| token shapes | K | text → K images | image → K texts |",
+        "| re-ranker (token shapes) | K | text → K images | image → K texts |",
         "|---|---|---|---|",
     ]
     lines += [
-        f"| {r['shapes']} ({r['weights']}) | {r['K']} | {r['text_to_images_ms']:.1f} | "
+        f"| {r['reranker']} | {r['K']} | {r['text_to_images_ms']:.1f} | "
         f"{r['image_to_texts_ms']:.1f} |"
         for r in rows
     ]

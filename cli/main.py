@@ -183,12 +183,16 @@ def search(
     from retrieval.filters import SearchFilter
     from retrieval.library import Library
     from retrieval.reranker_loading import resolve_reranker
-    from retrieval.searcher import Searcher
+    from retrieval.searcher import Searcher, pooling_mismatch
 
     where = SearchFilter.parse(under, after, before, ext)  # bad values fail before any work
     with Library.open(index_dir(index)) as library:
         encoder = load_encoder_for_cli(library.encoder_spec, device, quiet=True)
         ranker = None if no_rerank else resolve_reranker(reranker, encoder, device)
+        reason = pooling_mismatch(library, ranker)
+        if reason and reranker == "auto":  # the model's own re-ranker does not fit this index
+            typer.echo(f"note: {reason}; stage 1 only", err=True)
+            ranker = None
         searcher = Searcher(library, encoder, ranker)
         q = searcher.image_query(image) if image is not None else searcher.text_query(query)
         target = "texts" if texts else "images"

@@ -61,23 +61,34 @@ class Query:
     exclude_image_id: int | None = None
 
 
+def pooling_mismatch(library: Library, reranker) -> str | None:
+    """Why `reranker` cannot read the index's stored image tokens (pooled k x k for another
+    grid: its learned positions fit one grid only), or None when it can."""
+    pool = library.token_pool
+    if reranker is None or library.images.tokens is None or pool == 1:
+        return None
+    if reranker.config.image_pool == pool:
+        return None
+    return (
+        f"index {library.directory} stores image tokens pooled {pool}x{pool}, but re-ranker "
+        f"{reranker.name} reads them pooled "
+        f"{reranker.config.image_pool}x{reranker.config.image_pool}"
+    )
+
+
 class Searcher:
     def __init__(self, library: Library, encoder, reranker=None):
         self.library = library
         self.encoder = encoder
         self.reranker = reranker
-        pool = library.token_pool
-        if reranker is not None and library.images.tokens is not None and pool > 1:
-            if reranker.config.image_pool != pool:  # its positions fit one grid only
-                from retrieval.errors import InvalidModelSpec
+        reason = pooling_mismatch(library, reranker)
+        if reason:
+            from retrieval.errors import InvalidModelSpec
 
-                raise InvalidModelSpec(
-                    f"index {library.directory} stores image tokens pooled {pool}x{pool}, but "
-                    f"re-ranker {reranker.name} reads them pooled "
-                    f"{reranker.config.image_pool}x{reranker.config.image_pool}; use one "
-                    f"trained with --image-pool {pool}, --no-rerank, or re-index without "
-                    "--token-pool"
-                )
+            raise InvalidModelSpec(
+                f"{reason}; use one trained with --image-pool {library.token_pool}, "
+                "--no-rerank, or re-index without --token-pool"
+            )
 
     # -- building queries ----------------------------------------------------------------
     def text_query(self, text: str) -> Query:
