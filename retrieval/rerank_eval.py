@@ -89,12 +89,9 @@ def negative_accuracy(runtime, encoder, dataset, embeddings, stage1_weight: floa
 FUSION_MULTIPLIERS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 
 
-def fusion_sweep(model, val, k: int, multipliers=FUSION_MULTIPLIERS) -> list[dict]:
-    """Validation R@1 both ways for each final score logit + m * itc_weight * stage-1.
-
-    The logit was trained beside stage 1 at m = 1, but how much of stage 1 the final order
-    should keep is an empirical question (BLIP fixes it by hand): a noisy logit is diluted
-    by a larger m. The logits are computed once; each m only re-sorts them."""
+def _validation_pass(model, val, k: int):
+    """One re-ranker pass over a validation split, for quick_validation and fusion_sweep:
+    (runtime, stage-1 scores (T, N), text -> image map (T,), logits by direction)."""
     from retrieval.reranker import RerankerRuntime
 
     dataset, embeddings, _ = val
@@ -102,14 +99,28 @@ def fusion_sweep(model, val, k: int, multipliers=FUSION_MULTIPLIERS) -> list[dic
     scores = embeddings.text_vectors @ embeddings.image_vectors.T  # (T, N)
     t2i_map = np.asarray(dataset.text_to_image)
     logits, _ = rerank_logits(runtime, embeddings, scores, k)
+    return runtime, scores, t2i_map, logits
+
+
+def _r1(ranks: dict) -> dict:
+    """direction -> R@1 of its ranks."""
+    return {d: metrics.recall_at_ks(r, (1,))["R@1"] for d, r in ranks.items()}
+
+
+def fusion_sweep(model, val, k: int, multipliers=FUSION_MULTIPLIERS) -> list[dict]:
+    """Validation R@1 both ways for each final score logit + m * itc_weight * stage-1.
+
+    The logit was trained beside stage 1 at m = 1, but how much of stage 1 the final order
+    should keep is an empirical question (BLIP fixes it by hand): a noisy logit is diluted
+    by a larger m. The logits are computed once; each m only re-sorts them."""
+    runtime, _, t2i_map, logits = _validation_pass(model, val, k)
     rows = []
     for m in multipliers:
         weight = m * runtime.config.itc_weight
-        ranks = reranked_ranks(logits, t2i_map, weight)
-        row = {"multiplier": m, "stage1_weight": weight}
-        for direction in ("t2i", "i2t"):
-            row[f"{direction}_R@1"] = metrics.recall_at_ks(ranks[direction], (1,))["R@1"]
-        rows.append(row)
+        r1 = _r1(reranked_ranks(logits, t2i_map, weight))
+        rows.append(
+            {"multiplier": m, "stage1_weight": weight, "t2i_R@1": r1["t2i"], "i2t_R@1": r1["i2t"]}
+        )
     return rows
 
 
@@ -120,18 +131,13 @@ def best_fusion(rows: list[dict]) -> dict:
 
 def quick_validation(model, val, k: int) -> dict:
     """Re-ranked R@1 both ways and hard-negative accuracy on a validation split."""
-    from retrieval.reranker import RerankerRuntime
-
     dataset, embeddings, encoder = val
-    runtime = RerankerRuntime(model, "training", str(next(model.parameters()).device))
-    scores = embeddings.text_vectors @ embeddings.image_vectors.T
-    t2i_map = np.asarray(dataset.text_to_image)
-    logits, _ = rerank_logits(runtime, embeddings, scores, k)
+    runtime, scores, t2i_map, logits = _validation_pass(model, val, k)
     weight = runtime.config.stage1_weight
-    ranks = reranked_ranks(logits, t2i_map, weight)
+    r1 = _r1(reranked_ranks(logits, t2i_map, weight))
     row = {
-        "val_t2i_R@1": metrics.recall_at_ks(ranks["t2i"], (1,))["R@1"],
-        "val_i2t_R@1": metrics.recall_at_ks(ranks["i2t"], (1,))["R@1"],
+        "val_t2i_R@1": r1["t2i"],
+        "val_i2t_R@1": r1["i2t"],
         "val_stage1_t2i_R@1": metrics.recall_at_ks(
             metrics.text_to_image_ranks(scores, t2i_map), (1,)
         )["R@1"],
