@@ -65,6 +65,12 @@ def index(
         help="Store image patch tokens k x k pooled: k^2 less disk; needs a re-ranker "
         "trained with --image-pool k. Fixed at the index's creation [default: 1].",
     ),
+    reranker: str = typer.Option(
+        "auto",
+        "--reranker",
+        help="Keep this re-ranker's image features so text searches skip that work: a "
+        "folder, 'auto' (the model's own) or 'none'.",
+    ),
     index_type: str = IndexTypeOption,
     max_memory: str = MaxMemoryOption,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
@@ -75,8 +81,10 @@ def index(
     from indexer.images import IndexOptions, index_folders
     from retrieval.imageio import DEFAULT_MAX_PIXELS, default_workers
     from retrieval.library import Library
+    from retrieval.reranker_loading import check_reranker_choice, resolve_reranker
 
     check_index_options(index_type, max_memory)
+    check_reranker_choice(reranker)
     missing = [str(f) for f in folders if not f.expanduser().exists()]
     if missing:  # before any model or index is touched
         from retrieval.errors import InputError
@@ -97,7 +105,14 @@ def index(
         directory, encoder, not no_tokens, index_type, max_memory, token_pool
     ) as library:
         warn_random_weights(encoder, quiet)  # only once the index accepted the model
-        summary = index_folders(library, encoder, folders, options, BarReporter(quiet))
+        summary = index_folders(
+            library,
+            encoder,
+            folders,
+            options,
+            BarReporter(quiet),
+            lambda: None if no_tokens else resolve_reranker(reranker, encoder, device),
+        )
     if as_json or not quiet:
         from cli.output import print_summary
 
@@ -225,6 +240,9 @@ def info(
     typer.echo(f"images:   {data['images']} indexed, {data['images_skipped']} skipped")
     typer.echo(f"texts:    {data['texts']}")
     typer.echo(f"tokens:   images {data['image_tokens']}, texts {data['text_tokens']}")
+    kept = data["reranker_features"]
+    if kept:
+        typer.echo(f"features: {kept['reranker']} {kept['shape']} (re-ranker image features)")
     from cli.output import describe_index
 
     typer.echo(f"faiss:    {describe_index(data['index'])}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,11 @@ def index_folders(
     roots: list[Path],
     options: IndexOptions | None = None,
     reporter: Reporter | None = None,
+    reranker: Callable[[], object] | None = None,
 ) -> IndexSummary:
+    """`reranker`: loads the re-ranker whose image features the index keeps (see
+    feature_cache.py; returning None keeps none). Called only when images need the
+    encoder, so a run with nothing to embed loads neither model."""
     options = options or IndexOptions()
     reporter = reporter or Reporter()
     started = time.monotonic()
@@ -76,6 +81,8 @@ def index_folders(
         library.db.bump_generation(session)
         session.commit()
 
+    if pending:
+        library.keep_reranker_features(reranker and reranker(), reporter)
     _embed(library, encoder, pending, twins, options, summary, reporter)
     library.save(reporter)
     summary.seconds = time.monotonic() - started

@@ -6,6 +6,8 @@
     DIR/images.tok           (capacity, N, D) float16 tokens by id   (optional; N is
                              pooled_count(patches, k) for `--token-pool k`)
     DIR/images.faiss(.json)  FAISS index over the vectors            (vector_index.py)
+    DIR/images.rrf           (capacity, N', W) float16 re-ranker image features by id
+                             (optional, see feature_cache.py)
     DIR/texts.*              the same for the text corpus
 
 Opening an index with a different encoder is refused: vectors of two models do not
@@ -24,6 +26,7 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +36,7 @@ import numpy as np
 from retrieval.arraystore import ArrayStore
 from retrieval.db import Database, ImageRow, TextRow
 from retrieval.errors import EncoderMismatch, IndexCorrupt, IndexNotFound, InputError, XmrError
+from retrieval.feature_cache import FEATURES_FILE, MANIFEST_KEY, FeatureCache
 from retrieval.index_choice import IndexPolicy, check_index_type, parse_size, plan_upkeep
 from retrieval.vector_index import VectorIndex
 
@@ -61,9 +65,19 @@ class Collection:
     index: VectorIndex
     faiss_path: Path
     token_pool: int = 1  # images: patch tokens stored k x k average-pooled
+    features: FeatureCache | None = None  # images: the re-ranker's image features
+    # Called when images are written without the features' re-ranker: drops the cache.
+    drop_features: Callable[[], None] | None = None
 
-    def write(self, ids: np.ndarray, vectors: np.ndarray, tokens: np.ndarray | None) -> None:
-        """Store new items' records (before the DB commit) and add them to FAISS."""
+    def write(
+        self,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        tokens: np.ndarray | None,
+        features: np.ndarray | None = None,
+    ) -> None:
+        """Store new items' records (before the DB commit) and add them to FAISS.
+        `features`: their re-ranker features when already known (a copy's)."""
         self.vectors.write(ids, vectors)
         if self.tokens is not None and tokens is not None:
             if tokens.shape[1:] != self.tokens.record_shape:  # the encoder's full patch grid
@@ -71,19 +85,29 @@ class Collection:
 
                 tokens = pool_token_array(tokens, self.token_pool)  # (B, N', D)
             self.tokens.write(ids, tokens)
+            if self.features is not None and features is not None:
+                self.features.store.write(ids, features)
+            elif self.features is not None and self.features.featurize is None:
+                self.drop_features()  # a row left unwritten would be read as zeros
+            elif self.features is not None:
+                self.features.write(ids, tokens)
         self.index.add(ids, vectors)
 
     def copy(self, source_id: int, new_id: int) -> None:
-        """A duplicate file reuses the vector (and tokens) of its twin."""
-        ids = np.array([new_id])
-        vector = self.vectors.read(np.array([source_id]))
-        tokens = None if self.tokens is None else self.tokens.read(np.array([source_id]))
-        self.write(ids, vector, tokens)
+        """A duplicate file reuses the vector (tokens, features) of its twin."""
+        source = np.array([source_id])
+        tokens = None if self.tokens is None else self.tokens.read(source)
+        features = None if self.features is None else self.features.read(source)
+        self.write(np.array([new_id]), self.vectors.read(source), tokens, features)
+
+    def stores(self) -> list[ArrayStore]:
+        """The id-addressed files of this collection."""
+        stores = [self.vectors, self.tokens, self.features and self.features.store]
+        return [s for s in stores if s is not None]
 
     def flush(self) -> None:
-        self.vectors.flush()
-        if self.tokens is not None:
-            self.tokens.flush()
+        for store in self.stores():
+            store.flush()
 
 
 class Library:
@@ -102,6 +126,10 @@ class Library:
             "images", ImageRow, dim, manifest.get("image_tokens"), generation
         )
         self.images.token_pool = self.token_pool
+        self.images.features = FeatureCache.from_manifest(
+            self.directory, manifest.get(MANIFEST_KEY)
+        )
+        self.images.drop_features = self._drop_features
         self.texts = self._collection(
             "texts", TextRow, dim, manifest.get("text_tokens"), generation
         )
@@ -216,6 +244,58 @@ class Library:
             index = VectorIndex.empty(dim, vectors.read)
         return Collection(name, table, vectors, tokens, index, faiss_path)
 
+    # -- the re-ranker's image features (feature_cache.py) -------------------------------
+    def keep_reranker_features(self, reranker, reporter=None) -> None:
+        """From now on keep `reranker`'s image features for every image (None: keep none).
+
+        Fills them for the images already indexed when the index has none for this
+        re-ranker (a new index, one made before this, or another re-ranker's), so a search
+        never reads a row nobody wrote. Without a re-ranker that can read the stored tokens,
+        any kept features are dropped instead: images written later would lack them.
+        """
+        self._require_writable()
+        images = self.images
+        if reranker is None or images.tokens is None or pooling_mismatch(self, reranker):
+            if images.features is not None:
+                self._drop_features()
+            return
+        if images.features is not None and images.features.serves(reranker):
+            images.features.featurize = reranker.image_features
+            return
+        if images.features is not None:
+            self._drop_features()
+        path = self.directory / FEATURES_FILE
+        path.unlink(missing_ok=True)  # a fill killed half-way left rows for no manifest
+        cache = FeatureCache(
+            ArrayStore(path, reranker.feature_shape, "float16"),
+            reranker.fingerprint,
+            reranker.name,
+            reranker.image_features,
+        )
+        ids = np.asarray(self.db.ids(ImageRow), dtype=np.int64)
+        if len(ids) and reporter is not None:
+            reporter.stage("re-ranker features", len(ids))
+        for start in range(0, len(ids), 1024):
+            chunk = ids[start : start + 1024]
+            cache.write(chunk, images.tokens.read(chunk))
+            if reporter is not None:
+                reporter.advance(len(chunk))
+        if len(ids) and reporter is not None:
+            reporter.done()
+        cache.store.flush()  # every row on disk before the manifest points at them
+        images.features = cache
+        self.manifest[MANIFEST_KEY] = cache.manifest_entry()
+        _write_json_atomic(self.directory / MANIFEST_FILE, self.manifest)
+
+    def _drop_features(self) -> None:
+        self._require_writable()
+        self.manifest.pop(MANIFEST_KEY, None)
+        _write_json_atomic(self.directory / MANIFEST_FILE, self.manifest)  # readers first
+        if self.images.features is not None:
+            self.images.features.store.close()
+        self.images.features = None
+        (self.directory / FEATURES_FILE).unlink(missing_ok=True)
+
     # -- index policy --------------------------------------------------------------------
     def set_policy(self, index_type: str | None = None, max_memory: int | None = ...) -> None:
         """Record a new index policy in the manifest (applied by the next save).
@@ -310,7 +390,7 @@ class Library:
                 choice, dim, ids, collection.vectors.read, reporter=reporter
             )
             collection.index.save(collection.faiss_path, generation)
-            stores = [s for s in (collection.vectors, collection.tokens) if s is not None]
+            stores = collection.stores()
             report[collection.name] = {
                 "before": before,
                 "after": collection.index.describe(),
@@ -324,9 +404,8 @@ class Library:
         if self.writable:
             self.save()
         for collection in (self.images, self.texts):
-            collection.vectors.close()
-            if collection.tokens is not None:
-                collection.tokens.close()
+            for store in collection.stores():
+                store.close()
         self.db.close()
         if self._lock_file is not None:
             self._lock_file.close()
@@ -360,6 +439,21 @@ class Library:
             for p in sorted(self.directory.iterdir())
             if p.is_file() and not p.name.endswith(".lock")
         }
+
+
+def pooling_mismatch(library: Library, reranker) -> str | None:
+    """Why `reranker` cannot read the index's stored image tokens (pooled k x k for another
+    grid: its learned positions fit one grid only), or None when it can."""
+    pool = library.token_pool
+    if reranker is None or library.images.tokens is None or pool == 1:
+        return None
+    if reranker.config.image_pool == pool:
+        return None
+    return (
+        f"index {library.directory} stores image tokens pooled {pool}x{pool}, but re-ranker "
+        f"{reranker.name} reads them pooled "
+        f"{reranker.config.image_pool}x{reranker.config.image_pool}"
+    )
 
 
 def _policy_change(index_type: str | None, max_memory: str | int | None) -> dict:

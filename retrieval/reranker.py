@@ -180,15 +180,22 @@ class Reranker(nn.Module):
             # 1, not 0 like the head: at 0 the query and key projections get no gradient.
             self.align_scale = nn.Parameter(torch.tensor(1.0))
 
-    def encode_images(self, image) -> list[tuple[torch.Tensor, ...]]:
-        """image (B, N, D) -> image states: per cross block (keys, values), each
-        (B, h, N', W/h), then (alignment keys (B, N', W),) when token_alignment is on.
-        Every state is indexed by image along dim 0 (see take_states)."""
+    def image_features(self, image) -> torch.Tensor:
+        """image (B, N, D) tokens -> (B, N', W): the image stem's output, the costly part of
+        the image side that depends on the image alone (an index can keep it, see
+        library.FeatureCache, so text->image search skips it)."""
         if image.shape[1] == self.config.image_tokens:  # (a token store may hold them pooled)
             image = pool_patch_tokens(image, self.config.image_pool)  # (B, N', D)
         img = self.image_in(image) + self.image_pos  # (B, N', W)
         for block in self.image_blocks:
             img = block(img)
+        return img
+
+    def encode_images(self, image=None, features=None) -> list[tuple[torch.Tensor, ...]]:
+        """image (B, N, D), or its image_features (B, N', W) -> image states: per cross
+        block (keys, values), each (B, h, N', W/h), then (alignment keys (B, N', W),) when
+        token_alignment is on. Every state is indexed by image along dim 0 (take_states)."""
+        img = self.image_features(image) if features is None else features
         states = [block.image_kv(img) for block in self.blocks]
         if self.config.token_alignment:
             states.append((self.align_key(self.align_ln_image(img)),))  # (B, N', W)
@@ -271,15 +278,38 @@ class RerankerRuntime:
         self.name = name
         self.device = device
         self.config = model.config
+        self.fingerprint = fingerprint(model)
+
+    @property
+    def feature_shape(self) -> tuple[int, int]:
+        """(N', W): one image's image_features."""
+        c = self.config
+        return pooled_count(c.image_tokens, c.image_pool), c.width
 
     @torch.inference_mode()
-    def image_states(self, image_tokens, batch: int = 256):
-        """(M, N, D) numpy -> image states (see Reranker.encode_images) of M images, once."""
+    def image_features(self, image_tokens, batch: int = 256) -> np.ndarray:
+        """(M, N, D) tokens -> (M, N', W) float16 image_features, for an index to keep."""
         parts = []
         for start in range(0, len(image_tokens), batch):
             image = torch.as_tensor(image_tokens[start : start + batch], device=self.device)
             with autocast(self.device):
-                parts.append(self.model.encode_images(image.float()))
+                features = self.model.image_features(image.float())
+            parts.append(features.to(torch.float16).cpu().numpy())
+        return np.concatenate(parts) if parts else np.zeros((0, *self.feature_shape), np.float16)
+
+    @torch.inference_mode()
+    def image_states(self, image_tokens=None, batch: int = 256, features=None):
+        """(M, N, D) numpy tokens, or their (M, N', W) image_features -> image states (see
+        Reranker.encode_images) of M images, once."""
+        given = image_tokens if features is None else features
+        parts = []
+        for start in range(0, len(given), batch):
+            chunk = torch.as_tensor(given[start : start + batch], device=self.device).float()
+            with autocast(self.device):
+                if features is None:
+                    parts.append(self.model.encode_images(chunk))
+                else:
+                    parts.append(self.model.encode_images(features=chunk))
         return [
             tuple(torch.cat([p[s][i] for p in parts]) for i in range(len(parts[0][s])))
             for s in range(len(parts[0]))
@@ -308,10 +338,11 @@ class RerankerRuntime:
     def final_scores(self, logits: np.ndarray, stage1: np.ndarray) -> np.ndarray:
         return logits + self.config.stage1_weight * stage1
 
-    def rerank_images(self, text_tokens, text_length: int, image_tokens, stage1):
-        """One text (L, D) against K images (K, N, D) -> final scores (K,)."""
-        k = len(image_tokens)
-        states = self.image_states(image_tokens)
+    def rerank_images(self, text_tokens, text_length: int, image_tokens, stage1, features=None):
+        """One text (L, D) against K images (K, N, D) -> final scores (K,). `features`
+        (K, N', W): the images' image_features kept by the index, used instead of tokens."""
+        k = len(stage1)
+        states = self.image_states(image_tokens, features=features)
         text = np.repeat(text_tokens[None], k, axis=0)
         logits = self.score_pairs(text, np.full(k, text_length), states, np.arange(k))
         return self.final_scores(logits, stage1)
@@ -323,6 +354,18 @@ class RerankerRuntime:
             text_tokens, text_lengths, states, np.zeros(len(text_tokens), dtype=np.int64)
         )
         return self.final_scores(logits, stage1)
+
+
+def fingerprint(model: Reranker) -> str:
+    """Identifies a re-ranker by its config and weights: an index keeps image_features
+    only for the re-ranker with this fingerprint, and any other recomputes them."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(asdict(model.config), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def autocast(device: str):

@@ -18,7 +18,7 @@ from retrieval.db import ImageRow, TextRow
 from retrieval.errors import InputError
 from retrieval.filters import SearchFilter
 from retrieval.imageio import DecodeError, decode_image
-from retrieval.library import Collection, Library
+from retrieval.library import Collection, Library, pooling_mismatch
 
 DEFAULT_CANDIDATES = 128  # stage-1 depth for re-ranking: ALBEF/BLIP's Flickr30k setting
 
@@ -59,21 +59,6 @@ class Query:
     length: int | None  # valid text tokens, None for images
     kind: str  # "text" | "image"
     exclude_image_id: int | None = None
-
-
-def pooling_mismatch(library: Library, reranker) -> str | None:
-    """Why `reranker` cannot read the index's stored image tokens (pooled k x k for another
-    grid: its learned positions fit one grid only), or None when it can."""
-    pool = library.token_pool
-    if reranker is None or library.images.tokens is None or pool == 1:
-        return None
-    if reranker.config.image_pool == pool:
-        return None
-    return (
-        f"index {library.directory} stores image tokens pooled {pool}x{pool}, but re-ranker "
-        f"{reranker.name} reads them pooled "
-        f"{reranker.config.image_pool}x{reranker.config.image_pool}"
-    )
 
 
 class Searcher:
@@ -169,9 +154,15 @@ class Searcher:
         return self._hits(collection, ids[order], final[order], stage1[order])
 
     def _rerank(self, query: Query, collection: Collection, ids, stage1) -> np.ndarray:
-        tokens = collection.tokens.read(ids)  # (K, N, D) images or (K, L, D) texts
         if query.kind == "text":
+            features = collection.features
+            if features is not None and features.serves(self.reranker):  # stem done at index
+                return self.reranker.rerank_images(
+                    query.tokens, query.length, None, stage1, features=features.read(ids)
+                )
+            tokens = collection.tokens.read(ids)  # (K, N', D)
             return self.reranker.rerank_images(query.tokens, query.length, tokens, stage1)
+        tokens = collection.tokens.read(ids)  # (K, L, D)
         with self.library.db.session() as session:
             query_lengths = select(TextRow.id, TextRow.n_tokens).where(TextRow.id.in_(ids.tolist()))
             lengths = {i: n for i, n in session.execute(query_lengths)}

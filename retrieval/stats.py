@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from retrieval.db import ImageRow, TextRow
+from retrieval.feature_cache import MANIFEST_KEY
 from retrieval.library import Library
 
 
@@ -24,6 +25,8 @@ def index_info(library: Library) -> dict:
         "texts": texts,
         "image_tokens": manifest.get("image_tokens"),
         "text_tokens": manifest.get("text_tokens"),
+        # {"reranker", "fingerprint", "shape"} of the kept image features (feature_cache.py)
+        "reranker_features": manifest.get(MANIFEST_KEY),
         "faiss": {
             "images": library.images.index.live_count,
             "texts": library.texts.index.live_count,

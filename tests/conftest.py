@@ -147,6 +147,25 @@ def image_folder(tmp_path) -> Path:
     return folder
 
 
+def random_reranker(dim=32, text_len=12, image_tokens=9, seed=0, **config):
+    """A random re-ranker that speaks (a normal head, not a trained one's zeros), as a
+    runtime on the CPU; `config`: other RerankerConfig fields."""
+    import torch
+
+    from retrieval.reranker import Reranker, RerankerConfig, RerankerRuntime
+
+    torch.manual_seed(seed)
+    config = RerankerConfig(
+        token_dim=dim,
+        text_len=text_len,
+        image_tokens=image_tokens,
+        **{"width": 32, "layers": 2, "heads": 4, **config},
+    )
+    model = Reranker(config).eval()
+    torch.nn.init.normal_(model.head.weight)
+    return RerankerRuntime(model, f"random-pool{config.image_pool}", "cpu")
+
+
 # -- the library -------------------------------------------------------------------------
 def index_with(index_dir: Path, encoder, folders, **options):
     """Run the library's `index_folders` once (decoding in-process unless told)."""

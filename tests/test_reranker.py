@@ -5,23 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import random_reranker as _random_runtime
 
 from retrieval.reranker import Reranker, RerankerConfig, RerankerRuntime, text_mask
-
-
-def _random_runtime(dim=32, text_len=12, image_tokens=9, seed=0, **config):
-    """A random re-ranker that speaks; `config`: other RerankerConfig fields."""
-    torch.manual_seed(seed)
-    config = RerankerConfig(
-        token_dim=dim,
-        text_len=text_len,
-        image_tokens=image_tokens,
-        **{"width": 32, "layers": 2, "heads": 4, **config},
-    )
-    model = Reranker(config).eval()
-    torch.nn.init.normal_(model.head.weight)  # trained re-rankers start at zero; make it speak
-    return RerankerRuntime(model, f"random-pool{config.image_pool}", "cpu")
-
 
 # The plain re-ranker, and the one with a convolutional image stem and token alignment.
 VARIANTS = [{}, {"image_stem": "conv", "token_alignment": True}]

@@ -55,7 +55,9 @@ def run_demo(
     captions_file.write_text("\n".join(dataset.captions) + "\n")
     started = time.monotonic()
     with Library.open_or_create(workdir / "index", encoder) as library:
-        index_folders(library, encoder, [corpus.images_dir], reporter=reporter)
+        index_folders(
+            library, encoder, [corpus.images_dir], reporter=reporter, reranker=lambda: reranker
+        )
         add_texts(library, encoder, captions_file, reporter=reporter)
         index_seconds = time.monotonic() - started
         searcher = Searcher(library, encoder, reranker)
