@@ -17,7 +17,9 @@
 # training 3 min; the float16 re-ranker reaches $OUT at ~7 min, the two benches follow.
 # (benchmarks/gpu_reranker_scale.py is the research version: fresh scenes drawn in memory.)
 # Knobs: IMAGES=10000 BATCH=256 WORKERS=(xmr's default) PYTHON=python3; for --train-reranker
-# SCENES STEPS MINUTES RR_BATCH EVAL_IMAGES KS WORK DEVICE (DEVICE=cpu RR_BATCH=16: a smoke run).
+# SCENES STEPS MINUTES RR_BATCH EVAL_IMAGES KS WORK DEVICE (DEVICE=cpu RR_BATCH=16: a smoke run)
+# and RR_EXTRA, more train-reranker options: the shipped CPU recipe's binding aids are
+#     RR_EXTRA="--image-stem conv --token-alignment --edit-pairs 512 --edit-kinds attribute"
 # Each decoding process builds whole batches, so IMAGES must be many batches per process for
 # `xmr index` to reach its steady rate: the 2,000-image run of 2026-11-26 was one batch per
 # process (start-up and pipeline fill, 331 images/s). 10,000 pre-decoded images take ~6 GB.
@@ -91,11 +93,12 @@ if [[ "${1:-}" == "--train-reranker" ]]; then
     # H100 recipe of benchmarks/results/reranker_scale_h100.md (width 256, 3 cross layers,
     # 2 patch layers, 8 heads, batch 512, 3 hard negatives, lr 3e-4); checkpoints stay in
     # $WORK (the optimizer state is too big to bring back).
+    read -r -a EXTRA <<< "${RR_EXTRA:-}"
     "${XMR[@]}" train-reranker "$WORK/shapes/captions.json" --model xmr-tiny \
         --out "$WORK/reranker" --device "${DEVICE:-cuda}" --steps "${STEPS:-3000}" \
         --max-minutes "${MINUTES:-3}" --batch-size "${RR_BATCH:-512}" --width 256 --layers 3 --heads 8 \
         --image-layers 2 --image-pool 1 --hard-negatives 3 --lr 3e-4 --val-every 1000 \
-        2>&1 | tee "$OUT/train_reranker.log"
+        ${EXTRA[@]+"${EXTRA[@]}"} 2>&1 | tee "$OUT/train_reranker.log"
     echo "== float16 copy for the trip back: $(date -u +%T) =="
     "$PY" - "$WORK/reranker" "$OUT/reranker" <<'EOF'
 import sys
