@@ -183,7 +183,7 @@ class Reranker(nn.Module):
     def image_features(self, image) -> torch.Tensor:
         """image (B, N, D) tokens -> (B, N', W): the image stem's output, the costly part of
         the image side that depends on the image alone (an index can keep it, see
-        library.FeatureCache, so text->image search skips it)."""
+        feature_cache.py, so text->image search skips it)."""
         if image.shape[1] == self.config.image_tokens:  # (a token store may hold them pooled)
             image = pool_patch_tokens(image, self.config.image_pool)  # (B, N', D)
         img = self.image_in(image) + self.image_pos  # (B, N', W)
