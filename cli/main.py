@@ -196,9 +196,9 @@ def search(
         raise typer.BadParameter("give either a text QUERY or --image PATH (not both)")
     from cli.output import print_hits
     from retrieval.filters import SearchFilter
-    from retrieval.library import Library
+    from retrieval.library import Library, pooling_mismatch
     from retrieval.reranker_loading import resolve_reranker
-    from retrieval.searcher import Searcher, pooling_mismatch
+    from retrieval.searcher import Searcher
 
     where = SearchFilter.parse(under, after, before, ext)  # bad values fail before any work
     with Library.open(index_dir(index)) as library:

@@ -14,6 +14,7 @@ batched in one pass.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -278,7 +279,12 @@ class RerankerRuntime:
         self.name = name
         self.device = device
         self.config = model.config
-        self.fingerprint = fingerprint(model)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Hashes every weight: computed only when an index's kept features are asked about,
+        not for each runtime (training validation, a search of an index without them)."""
+        return fingerprint(self.model)
 
     @property
     def feature_shape(self) -> tuple[int, int]:

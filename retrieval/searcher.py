@@ -155,13 +155,14 @@ class Searcher:
 
     def _rerank(self, query: Query, collection: Collection, ids, stage1) -> np.ndarray:
         if query.kind == "text":
-            features = collection.features
-            if features is not None and features.serves(self.reranker):  # stem done at index
-                return self.reranker.rerank_images(
-                    query.tokens, query.length, None, stage1, features=features.read(ids)
-                )
-            tokens = collection.tokens.read(ids)  # (K, N', D)
-            return self.reranker.rerank_images(query.tokens, query.length, tokens, stage1)
+            kept = collection.features
+            if kept is not None and kept.serves(self.reranker):  # the stem ran at index time
+                tokens, features = None, kept.read(ids)  # (K, N', W)
+            else:
+                tokens, features = collection.tokens.read(ids), None  # (K, N', D)
+            return self.reranker.rerank_images(
+                query.tokens, query.length, tokens, stage1, features=features
+            )
         tokens = collection.tokens.read(ids)  # (K, L, D)
         with self.library.db.session() as session:
             query_lengths = select(TextRow.id, TextRow.n_tokens).where(TextRow.id.in_(ids.tolist()))
