@@ -81,7 +81,12 @@ def index(
     from indexer.images import IndexOptions, index_folders
     from retrieval.imageio import DEFAULT_MAX_PIXELS, default_workers
     from retrieval.library import Library
-    from retrieval.reranker_loading import check_reranker_choice, resolve_reranker
+    from retrieval.reranker_loading import (
+        check_reranker_choice,
+        folder_fingerprint,
+        reranker_folder,
+        resolve_reranker,
+    )
 
     check_index_options(index_type, max_memory)
     check_reranker_choice(reranker)
@@ -105,13 +110,15 @@ def index(
         directory, encoder, not no_tokens, index_type, max_memory, token_pool
     ) as library:
         warn_random_weights(encoder, quiet)  # only once the index accepted the model
+        folder = None if no_tokens else reranker_folder(reranker, encoder)
         summary = index_folders(
             library,
             encoder,
             folders,
             options,
             BarReporter(quiet),
-            lambda: None if no_tokens else resolve_reranker(reranker, encoder, device),
+            lambda: folder and resolve_reranker(reranker, encoder, device),
+            folder and folder_fingerprint(folder),
         )
     if as_json or not quiet:
         from cli.output import print_summary

@@ -57,10 +57,13 @@ def index_folders(
     options: IndexOptions | None = None,
     reporter: Reporter | None = None,
     reranker: Callable[[], object] | None = None,
+    reranker_fingerprint: str | None = None,
 ) -> IndexSummary:
     """`reranker`: loads the re-ranker whose image features the index keeps (see
     feature_cache.py; returning None keeps none). Called only when images need the
-    encoder, so a run with nothing to embed loads neither model."""
+    encoder, or when `reranker_fingerprint` (that re-ranker's, read from its files) says
+    the kept features are missing or another re-ranker's: a run with nothing to embed
+    loads neither model, and the first run after the re-ranker changed refreshes them."""
     options = options or IndexOptions()
     reporter = reporter or Reporter()
     started = time.monotonic()
@@ -81,7 +84,7 @@ def index_folders(
         library.db.bump_generation(session)
         session.commit()
 
-    if pending:
+    if pending or library.features_stale(reranker_fingerprint):
         library.keep_reranker_features(reranker and reranker(), reporter)
     _embed(library, encoder, pending, twins, options, summary, reporter)
     library.save(reporter)

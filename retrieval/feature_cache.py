@@ -8,8 +8,11 @@ runs it once per image and keeps its output here:
     DIR/images.rrf    (capacity, N', W) float16 by id   (Reranker.image_features)
 
 and the manifest's "reranker_features" entry names the re-ranker it belongs to by
-fingerprint (config and weights). A search with that re-ranker reads these rows instead of
-recomputing them; any other re-ranker recomputes from the tokens, as before.
+fingerprint (a hash of its files: weights and config, less the stage-1 weight that
+calibration changes). A search with that re-ranker reads these rows instead of recomputing
+them; any other re-ranker recomputes from the tokens, as before. `xmr index` compares the
+fingerprint with its re-ranker's files before loading anything, so the first run after a
+re-ranker changes (a new version shipped) refills the rows even when no image is new.
 
 The rows must exist for every live image, or a search would read zeros. So the cache is
 only ever extended by the writer that holds its re-ranker (`Collection.write` calls

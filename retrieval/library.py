@@ -287,6 +287,14 @@ class Library:
         self.manifest[MANIFEST_KEY] = cache.manifest_entry()
         _write_json_atomic(self.directory / MANIFEST_FILE, self.manifest)
 
+    def features_stale(self, fingerprint: str | None) -> bool:
+        """True when the index keeps tokens but not the image features of the re-ranker
+        with `fingerprint` (missing, or another re-ranker's); None: no re-ranker known."""
+        if fingerprint is None or self.images.tokens is None:
+            return False
+        features = self.images.features
+        return features is None or features.fingerprint != fingerprint
+
     def _drop_features(self) -> None:
         self._require_writable()
         self.manifest.pop(MANIFEST_KEY, None)

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-CONFIG_FILE = "reranker_config.json"
-WEIGHTS_FILE = "reranker.safetensors"
+from retrieval.reranker_loading import CONFIG_FILE, WEIGHTS_FILE
+
 IMAGE_STEMS = ("attention", "conv")
 
 
@@ -274,16 +274,21 @@ def text_mask(lengths: torch.Tensor, length: int) -> torch.Tensor:
 class RerankerRuntime:
     """A trained re-ranker ready for search: device, bf16 autocast on CUDA, batching."""
 
-    def __init__(self, model: Reranker, name: str, device: str = "cpu"):
+    def __init__(
+        self, model: Reranker, name: str, device: str = "cpu", fingerprint: str | None = None
+    ):
         self.model = model.to(device).eval()
         self.name = name
         self.device = device
         self.config = model.config
+        if fingerprint is not None:  # loaded from a folder: the hash of its files
+            self.__dict__["fingerprint"] = fingerprint
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        """Hashes every weight: computed only when an index's kept features are asked about,
-        not for each runtime (training validation, a search of an index without them)."""
+        """Names the image features this re-ranker computes (feature_cache.py). Hashes every
+        weight, so only when asked (not for training validation, or a search of an index
+        that keeps no features)."""
         return fingerprint(self.model)
 
     @property
@@ -363,11 +368,15 @@ class RerankerRuntime:
 
 
 def fingerprint(model: Reranker) -> str:
-    """Identifies a re-ranker by its config and weights: an index keeps image_features
-    only for the re-ranker with this fingerprint, and any other recomputes them."""
+    """Identifies an in-memory re-ranker by its config and weights: an index keeps
+    image_features only for the re-ranker with this fingerprint, and any other recomputes
+    them. (One loaded from a folder goes by reranker_loading.folder_fingerprint.) The
+    stage-1 weight is left out: calibration changes it, not the features."""
     import hashlib
 
-    digest = hashlib.sha256(json.dumps(asdict(model.config), sort_keys=True).encode())
+    config = asdict(model.config)
+    config.pop("stage1_weight")
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
@@ -405,6 +414,7 @@ def load_reranker(folder: Path, encoder=None, device: str | None = None) -> Rera
     from safetensors.torch import load_file
 
     from retrieval.errors import InvalidModelSpec
+    from retrieval.reranker_loading import folder_fingerprint
 
     folder = Path(folder)
     try:
@@ -427,4 +437,5 @@ def load_reranker(folder: Path, encoder=None, device: str | None = None) -> Rera
         model,
         folder.name if folder.name != "reranker" else f"{folder.parent.name}/reranker",
         device,
+        folder_fingerprint(folder),
     )

@@ -7,21 +7,52 @@ from pathlib import Path
 from retrieval.errors import InvalidModelSpec
 
 RERANKER_SUBDIR = "reranker"  # a model folder may carry its re-ranker here
+CONFIG_FILE = "reranker_config.json"  # what `xmr train-reranker --out` writes
+WEIGHTS_FILE = "reranker.safetensors"
 
 
 def resolve_reranker(choice: str | None, encoder, device: str | None = None):
     """None when there is none to use; raises when an explicit folder is unusable."""
+    folder = reranker_folder(choice, encoder)
+    if folder is None:
+        return None
+    from retrieval.reranker import load_reranker
+
+    return load_reranker(folder, encoder, device)
+
+
+def reranker_folder(choice: str | None, encoder) -> Path | None:
+    """The folder `choice` names (auto: the model's own), without loading anything."""
     if choice in (None, "", "none"):
         return None
     if choice == "auto":
         folder = Path(encoder.spec.name) / RERANKER_SUBDIR
         if encoder.spec.kind not in ("shipped", "folder") or not folder.is_dir():
             return None
-    else:
-        folder = check_reranker_choice(choice)
-    from retrieval.reranker import load_reranker
+        return folder
+    return check_reranker_choice(choice)
 
-    return load_reranker(folder, encoder, device)
+
+def folder_fingerprint(folder: Path) -> str:
+    """The fingerprint of the re-ranker saved in `folder`, from its files alone (no torch):
+    `xmr index` compares it with the kept image features' before deciding to load anything.
+    Leaves out the stage-1 weight, which calibration changes without touching the
+    features (the re-ranker's image stem output)."""
+    import hashlib
+    import json
+
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+        weights = (folder / WEIGHTS_FILE).read_bytes()
+    except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise InvalidModelSpec(f"{folder} is not an xmr re-ranker ({exc})") from exc
+    if not isinstance(config, dict):
+        raise InvalidModelSpec(f"{folder / CONFIG_FILE} is not an xmr re-ranker config")
+    config.pop("stage1_weight", None)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    digest.update(weights)
+    return digest.hexdigest()[:16]
 
 
 def check_reranker_choice(choice: str) -> Path | None:

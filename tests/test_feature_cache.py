@@ -149,6 +149,68 @@ def test_features_are_dropped_by_a_run_without_the_reranker_and_refilled_by_one_
         np.testing.assert_allclose(library.images.features.read(ids), expected, atol=2e-3)
 
 
+def test_a_run_with_nothing_to_embed_refreshes_features_only_when_the_reranker_changed(
+    tmp_path, encoder
+):
+    from indexer.images import IndexOptions, index_folders
+    from retrieval.library import Library
+
+    folder, index_dir = tmp_path / "imgs", tmp_path / "idx"
+    make_images(folder, 8)
+    old, new = _reranker_for(encoder, seed=3), _reranker_for(encoder, seed=4)
+    _index(index_dir, encoder, folder, old)
+    loads = []
+
+    def load(reranker):
+        def loader():
+            loads.append(reranker.name)
+            return reranker
+
+        return loader
+
+    def run(reranker):
+        with Library.open_or_create(index_dir, encoder) as library:
+            return index_folders(
+                library,
+                encoder,
+                [folder],
+                IndexOptions(workers=0),
+                reranker=load(reranker),
+                reranker_fingerprint=reranker.fingerprint,
+            )
+
+    assert run(old).unchanged == 8 and loads == []  # the kept features are old's: no load
+    summary = run(new)  # the re-ranker changed (a new version shipped): refill, no embedding
+    assert (summary.new, summary.unchanged, len(loads)) == (0, 8, 1)
+    with Library.open(index_dir) as library:
+        assert library.images.features.serves(new) and not library.images.features.serves(old)
+        ids = _live_ids(library)
+        expected = new.image_features(library.images.tokens.read(ids))
+        np.testing.assert_allclose(library.images.features.read(ids), expected, atol=2e-3)
+    run(new)
+    assert len(loads) == 1  # now current: the next run loads nothing
+
+
+def test_a_saved_rerankers_fingerprint_comes_from_its_files_and_ignores_calibration(tmp_path):
+    import torch
+
+    from retrieval.reranker import load_reranker, save_reranker
+    from retrieval.reranker_loading import CONFIG_FILE, folder_fingerprint
+
+    model = random_reranker(image_stem="conv").model
+    save_reranker(model, tmp_path / "a")
+    loaded = load_reranker(tmp_path / "a")
+    assert loaded.fingerprint == folder_fingerprint(tmp_path / "a")
+    config = json.loads((tmp_path / "a" / CONFIG_FILE).read_text())
+    config["stage1_weight"] = 42.0  # recalibrated: the image features are the same
+    (tmp_path / "a" / CONFIG_FILE).write_text(json.dumps(config))
+    assert folder_fingerprint(tmp_path / "a") == loaded.fingerprint
+    with torch.no_grad():
+        model.image_blocks[0].conv.weight[0, 0, 0, 0] += 1e-3  # one stem weight moves
+    save_reranker(model, tmp_path / "b")
+    assert folder_fingerprint(tmp_path / "b") != loaded.fingerprint
+
+
 def test_xmr_index_keeps_the_models_own_reranker_features_unless_told_none(tmp_path):
     from retrieval.encoder import load_encoder
     from retrieval.reranker_loading import resolve_reranker
@@ -175,3 +237,9 @@ def test_xmr_index_keeps_the_models_own_reranker_features_unless_told_none(tmp_p
     result = run_xmr("search", "a red square", "--index", index_dir, "--json")
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)) == 7
+    # The next plain run has nothing to embed, yet fills the features back for all 7.
+    result = run_xmr("index", folder, "--index", index_dir, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["new"] == 0
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    assert manifest["reranker_features"]["fingerprint"] == shipped.fingerprint
