@@ -372,11 +372,9 @@ def fingerprint(model: Reranker) -> str:
     image_features only for the re-ranker with this fingerprint, and any other recomputes
     them. (One loaded from a folder goes by reranker_loading.folder_fingerprint.) The
     stage-1 weight is left out: calibration changes it, not the features."""
-    import hashlib
+    from retrieval.reranker_loading import config_digest
 
-    config = asdict(model.config)
-    config.pop("stage1_weight")
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    digest = config_digest(asdict(model.config))
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())

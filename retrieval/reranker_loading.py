@@ -38,7 +38,6 @@ def folder_fingerprint(folder: Path) -> str:
     `xmr index` compares it with the kept image features' before deciding to load anything.
     Leaves out the stage-1 weight, which calibration changes without touching the
     features (the re-ranker's image stem output)."""
-    import hashlib
     import json
 
     folder = Path(folder)
@@ -49,10 +48,20 @@ def folder_fingerprint(folder: Path) -> str:
         raise InvalidModelSpec(f"{folder} is not an xmr re-ranker ({exc})") from exc
     if not isinstance(config, dict):
         raise InvalidModelSpec(f"{folder / CONFIG_FILE} is not an xmr re-ranker config")
-    config.pop("stage1_weight", None)
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    digest = config_digest(config)
     digest.update(weights)
     return digest.hexdigest()[:16]
+
+
+def config_digest(config: dict):
+    """sha256 of a re-ranker config, the start of either fingerprint (folder_fingerprint,
+    reranker.fingerprint). Leaves out the stage-1 weight: calibration changes it, and the
+    image features do not depend on it."""
+    import hashlib
+    import json
+
+    kept = {k: v for k, v in config.items() if k != "stage1_weight"}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode())
 
 
 def check_reranker_choice(choice: str) -> Path | None:
