@@ -84,6 +84,7 @@ def index(
     from retrieval.reranker_loading import (
         check_reranker_choice,
         folder_fingerprint,
+        folder_token_layer,
         reranker_folder,
         resolve_reranker,
     )
@@ -106,8 +107,13 @@ def index(
         commit_every=commit_every,
         max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
     )
+    # A new index stores the image tokens the re-ranker reads: --reranker's, or under 'none'
+    # the model's own, which searches use by default.
+    layer = "auto"
+    if reranker not in ("auto", "none"):
+        layer = folder_token_layer(reranker_folder(reranker, encoder))
     with Library.open_or_create(
-        directory, encoder, not no_tokens, index_type, max_memory, token_pool
+        directory, encoder, not no_tokens, index_type, max_memory, token_pool, layer
     ) as library:
         warn_random_weights(encoder, quiet)  # only once the index accepted the model
         folder = None if no_tokens else reranker_folder(reranker, encoder)
@@ -203,7 +209,7 @@ def search(
         raise typer.BadParameter("give either a text QUERY or --image PATH (not both)")
     from cli.output import print_hits
     from retrieval.filters import SearchFilter
-    from retrieval.library import Library, pooling_mismatch
+    from retrieval.library import Library, token_mismatch
     from retrieval.reranker_loading import resolve_reranker
     from retrieval.searcher import Searcher
 
@@ -211,7 +217,7 @@ def search(
     with Library.open(index_dir(index)) as library:
         encoder = load_encoder_for_cli(library.encoder_spec, device, quiet=True)
         ranker = None if no_rerank else resolve_reranker(reranker, encoder, device)
-        reason = pooling_mismatch(library, ranker)
+        reason = token_mismatch(library, ranker)
         if reason and reranker == "auto":  # the model's own re-ranker does not fit this index
             typer.echo(f"note: {reason}; stage 1 only", err=True)
             ranker = None
@@ -246,7 +252,13 @@ def info(
     typer.echo(f"model:    {data['model']} (dim {data['dim']})")
     typer.echo(f"images:   {data['images']} indexed, {data['images_skipped']} skipped")
     typer.echo(f"texts:    {data['texts']}")
-    typer.echo(f"tokens:   images {data['image_tokens']}, texts {data['text_tokens']}")
+    image_tokens = data["image_tokens"]
+    if image_tokens:
+        layer = data["image_token_layer"]
+        pool = data["image_token_pool"]
+        source = "last vision block" if layer is None else f"vision block {layer}"
+        image_tokens = f"{image_tokens} ({source}{f', pooled {pool}x{pool}' if pool > 1 else ''})"
+    typer.echo(f"tokens:   images {image_tokens}, texts {data['text_tokens']}")
     kept = data["reranker_features"]
     if kept:
         typer.echo(f"features: {kept['reranker']} {kept['shape']} (re-ranker image features)")

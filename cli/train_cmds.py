@@ -142,6 +142,11 @@ def train_reranker(
     heads: int = typer.Option(4, "--heads", min=1, help="Attention heads (divide --width)."),
     image_layers: int = typer.Option(0, "--image-layers", min=0, help="Patch self-attention."),
     image_pool: int = typer.Option(2, "--image-pool", min=1, help="k x k patch pooling."),
+    image_token_layer: int = typer.Option(
+        None,
+        "--image-token-layer",
+        help="Vision block (0-based) whose output the image tokens are; default the last.",
+    ),
     image_stem: str = typer.Option(
         "attention", "--image-stem", help="Image blocks: attention | conv (3x3, local)."
     ),
@@ -187,6 +192,7 @@ def train_reranker(
         heads=heads,
         image_layers=image_layers,
         image_pool=image_pool,
+        image_token_layer=image_token_layer,
         image_stem=image_stem,
         token_alignment=token_alignment,
         edit_pairs=edit_pairs,

@@ -233,7 +233,8 @@ def _embed(library, encoder, pending, twins, options, summary, reporter) -> None
             encoded = None
             if good:
                 t0 = time.monotonic()
-                encoded = encoder.encode_images(torch.stack([d.pixels for d in good]))
+                pixels = torch.stack([d.pixels for d in good])  # (B, 3, H, W)
+                encoded = encoder.encode_images(pixels, library.token_layer)
                 summary.encode_seconds += time.monotonic() - t0
                 summary.encoded += len(good)
             rows = []

@@ -43,6 +43,8 @@ def run_benchmark(
         batch_size=options.batch_size,
         workers=options.workers,
         with_tokens=reranker is not None,
+        # the image tokens of the vision block the re-ranker was trained on
+        token_layer=None if reranker is None else reranker.config.image_token_layer,
         progress=progress,
     )
     t2i = np.asarray(dataset.text_to_image)

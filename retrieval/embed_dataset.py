@@ -47,8 +47,10 @@ def embed_dataset(
     workers: int | None = None,
     with_tokens: bool = True,
     progress=None,
+    token_layer: int | None = None,
 ) -> DatasetEmbeddings:
-    """`progress(stage, done, total)` is called as batches finish (optional)."""
+    """`progress(stage, done, total)` is called as batches finish (optional); image tokens
+    come from vision block `token_layer` (None: the last; Encoder.encode_images)."""
     import torch
 
     paths = [str(p) for p in dataset.image_paths]
@@ -60,7 +62,7 @@ def embed_dataset(
         bad = [d for d in batch if d.pixels is None]
         if bad:
             raise DatasetError(f"{paths[bad[0].position]}: {bad[0].error}")
-        encoded = encoder.encode_images(torch.stack([d.pixels for d in batch]))
+        encoded = encoder.encode_images(torch.stack([d.pixels for d in batch]), token_layer)
         vectors.append(encoded.vectors)
         if with_tokens and encoded.tokens is not None:
             tokens.append(encoded.tokens)
@@ -104,11 +106,14 @@ def encode_text_list(encoder, texts, batch_size: int = 256, with_tokens=True, pr
     )
 
 
-def cache_key(encoder_identity: dict, dataset, with_tokens: bool) -> str:
+def cache_key(
+    encoder_identity: dict, dataset, with_tokens: bool, token_layer: int | None = None
+) -> str:
     digest = hashlib.sha256()
+    tokens = with_tokens if token_layer is None else f"block {token_layer}"
     digest.update(
         json.dumps(
-            {"v": CACHE_VERSION, "enc": encoder_identity, "tokens": with_tokens}, sort_keys=True
+            {"v": CACHE_VERSION, "enc": encoder_identity, "tokens": tokens}, sort_keys=True
         ).encode()
     )
     digest.update(Path(dataset.source_file).read_bytes())
@@ -126,7 +131,8 @@ def embed_dataset_cached(
     if cache_dir is None:
         return embed_dataset(encoder, dataset, **kwargs), False
     with_tokens = kwargs.get("with_tokens", True)
-    path = Path(cache_dir) / f"{cache_key(encoder.identity(), dataset, with_tokens)}.npz"
+    layer = kwargs.get("token_layer") if with_tokens else None
+    path = Path(cache_dir) / f"{cache_key(encoder.identity(), dataset, with_tokens, layer)}.npz"
     if path.exists():
         data = np.load(path)
         return DatasetEmbeddings(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.errors import InvalidModelSpec, ModelNotAvailable
+from retrieval.errors import InputError, InvalidModelSpec, ModelNotAvailable
 from retrieval.modelspec import RANDOM_WEIGHTS, ModelSpec, parse_model_spec
 
 ALLOW_DOWNLOAD_ENV = "XMR_ALLOW_DOWNLOAD"
@@ -103,19 +103,28 @@ class Encoder:
         else:
             yield
 
-    def encode_images(self, pixels) -> Encoded:
-        """pixels: (B, 3, H, W) float tensor from `preprocess`."""
+    def encode_images(self, pixels, token_layer: int | None = None) -> Encoded:
+        """pixels: (B, 3, H, W) float tensor from `preprocess`. The tokens are the output of
+        vision block `token_layer` (0-based; None: the last) through the final norm and
+        projection: earlier blocks keep more of each patch's own content, and a re-ranker
+        names the block it was trained on. The vectors do not depend on it."""
         torch = self._torch
         visual = self.model.visual
         has_tokens = hasattr(visual, "output_tokens")
         with torch.inference_mode(), self._autocast():
             x = pixels.to(self.device, non_blocking=True)
             if has_tokens:
+                hidden, hook = self._capture_block(visual, token_layer)
                 visual.output_tokens = True
                 try:
                     pooled, tokens = visual(x)  # (B, D), (B, N, width)
                 finally:
                     visual.output_tokens = False
+                    if hook is not None:
+                        hook.remove()
+                if hidden:
+                    # the block's patch tokens through the same final norm: (B, N, width)
+                    tokens = visual.ln_post(hidden[0][:, -tokens.shape[1] :])
                 if getattr(visual, "proj", None) is not None:
                     tokens = tokens @ visual.proj  # (B, N, D)
             else:
@@ -126,6 +135,24 @@ class Encoder:
             tokens=None if tokens is None else tokens.to(torch.float16).cpu().numpy(),
             lengths=None,
         )
+
+    def _capture_block(self, visual, layer: int | None):
+        """A hook that keeps vision block `layer`'s output, batch first: ([x], handle)."""
+        if layer is None:
+            return [], None
+        blocks = visual.transformer.resblocks
+        if not -len(blocks) <= layer < len(blocks):
+            raise InputError(
+                f"{self.spec.canonical} has {len(blocks)} vision blocks; "
+                f"token layer {layer} does not exist"
+            )
+        batch_first = getattr(visual.transformer, "batch_first", True)
+        kept: list = []
+
+        def keep(_module, _inputs, output):
+            kept.append(output if batch_first else output.transpose(0, 1))  # (B, 1+N, width)
+
+        return kept, blocks[layer].register_forward_hook(keep)
 
     def encode_texts(self, texts: Sequence[str]) -> Encoded:
         torch = self._torch

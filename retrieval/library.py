@@ -160,13 +160,16 @@ class Library:
         index_type: str | None = None,
         max_memory: str | int | None = None,
         token_pool: int | None = None,
+        token_layer: int | None | str = "auto",
     ) -> Library:
         """Open for writing with `encoder`, creating the index if it does not exist.
 
         `index_type` / `max_memory` (None: keep the stored policy) change the index
         policy; the next save applies it. `token_pool` k stores image patch tokens k x k
         average-pooled (k^2 less disk; a re-ranker trained with `--image-pool k` reads them
-        unchanged); fixed when the index is created.
+        unchanged); fixed when the index is created, as is `token_layer`, the vision block
+        the stored image tokens come from (None: the last; "auto": the block the model's own
+        re-ranker reads); whatever writes image tokens passes `library.token_layer` on.
         """
         directory = Path(directory).expanduser()
         policy_change = _policy_change(index_type, max_memory)  # bad values fail first
@@ -188,6 +191,10 @@ class Library:
             return library
         directory.mkdir(parents=True, exist_ok=True)
         token_pool = token_pool or 1
+        if token_layer == "auto":
+            from retrieval.reranker_loading import folder_token_layer, reranker_folder
+
+            token_layer = folder_token_layer(reranker_folder("auto", encoder))
         image_tokens = encoder.image_token_shape if keep_tokens else None
         if image_tokens is not None and token_pool > 1:
             from retrieval.reranker import pooled_count
@@ -200,6 +207,7 @@ class Library:
             "dim": encoder.dim,
             "image_tokens": _shape(image_tokens),
             "image_token_pool": token_pool,
+            "image_token_layer": token_layer,
             "text_tokens": _shape(encoder.text_token_shape) if keep_tokens else None,
             "index": IndexPolicy().as_dict(),
         }
@@ -212,6 +220,12 @@ class Library:
     def token_pool(self) -> int:
         """k when image patch tokens are stored k x k pooled (indexes before it: 1)."""
         return int(self.manifest.get("image_token_pool") or 1)
+
+    @property
+    def token_layer(self) -> int | None:
+        """The vision block the stored image tokens come from (None: the last)."""
+        layer = self.manifest.get("image_token_layer")
+        return None if layer is None else int(layer)
 
     @property
     def encoder_spec(self) -> str:
@@ -255,7 +269,7 @@ class Library:
         """
         self._require_writable()
         images = self.images
-        if reranker is None or images.tokens is None or pooling_mismatch(self, reranker):
+        if reranker is None or images.tokens is None or token_mismatch(self, reranker):
             if images.features is not None:
                 self._drop_features()
             return
@@ -449,19 +463,31 @@ class Library:
         }
 
 
-def pooling_mismatch(library: Library, reranker) -> str | None:
-    """Why `reranker` cannot read the index's stored image tokens (pooled k x k for another
-    grid: its learned positions fit one grid only), or None when it can."""
-    pool = library.token_pool
-    if reranker is None or library.images.tokens is None or pool == 1:
+def token_mismatch(library: Library, reranker) -> str | None:
+    """Why `reranker` cannot read the index's stored image tokens, with the fix, or None
+    when it can: they are pooled k x k for another grid (its learned positions fit one grid
+    only), or come from another vision block than the one it was trained on."""
+    if reranker is None or library.images.tokens is None:
         return None
-    if reranker.config.image_pool == pool:
-        return None
-    return (
-        f"index {library.directory} stores image tokens pooled {pool}x{pool}, but re-ranker "
-        f"{reranker.name} reads them pooled "
-        f"{reranker.config.image_pool}x{reranker.config.image_pool}"
-    )
+    pool, layer = library.token_pool, library.token_layer
+    if pool > 1 and reranker.config.image_pool != pool:
+        wanted = reranker.config.image_pool
+        return (
+            f"index {library.directory} stores image tokens pooled {pool}x{pool}, but "
+            f"re-ranker {reranker.name} reads them pooled {wanted}x{wanted}; use one trained "
+            f"with --image-pool {pool}, or re-index without --token-pool"
+        )
+    if reranker.config.image_token_layer != layer:
+        return (
+            f"index {library.directory} stores image tokens of {_block(layer)}, but re-ranker "
+            f"{reranker.name} reads {_block(reranker.config.image_token_layer)}; re-index "
+            "into a new --index with this re-ranker (xmr index --reranker)"
+        )
+    return None
+
+
+def _block(layer: int | None) -> str:
+    return "the last vision block" if layer is None else f"vision block {layer}"
 
 
 def _policy_change(index_type: str | None, max_memory: str | int | None) -> dict:

@@ -45,6 +45,9 @@ class RerankerConfig:
     # gets a direct path instead of one through cross-attention, values and the CLS token.
     token_alignment: bool = False
     image_pool: int = 1  # average k x k patch tokens first: k^2 fewer tokens to attend to
+    # The vision block whose output the image tokens are (Encoder.encode_images; None:
+    # the last). An index must store tokens from this block for the re-ranker to read them.
+    image_token_layer: int | None = None
     mlp_ratio: float = 4.0
     stage1_weight: float = 0.0  # final score = logit + stage1_weight * stage-1 similarity
     itc_weight: float = 0.0  # the encoder's logit scale: stage 1 as a contrastive logit (BLIP)

@@ -33,6 +33,21 @@ def reranker_folder(choice: str | None, encoder) -> Path | None:
     return check_reranker_choice(choice)
 
 
+def folder_token_layer(folder: Path | None) -> int | None:
+    """The vision block whose tokens the re-ranker in `folder` reads (None: the last, or no
+    folder), from its config alone: an index picks the tokens it stores before any load."""
+    import json
+
+    if folder is None:
+        return None
+    try:
+        config = json.loads((Path(folder) / CONFIG_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidModelSpec(f"{folder} is not an xmr re-ranker ({exc})") from exc
+    layer = config.get("image_token_layer") if isinstance(config, dict) else None
+    return None if layer is None else int(layer)
+
+
 def folder_fingerprint(folder: Path) -> str:
     """The fingerprint of the re-ranker saved in `folder`, from its files alone (no torch):
     `xmr index` compares it with the kept image features' before deciding to load anything.

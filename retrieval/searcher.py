@@ -18,7 +18,7 @@ from retrieval.db import ImageRow, TextRow
 from retrieval.errors import InputError
 from retrieval.filters import SearchFilter
 from retrieval.imageio import DecodeError, decode_image
-from retrieval.library import Collection, Library, pooling_mismatch
+from retrieval.library import Collection, Library, token_mismatch
 
 DEFAULT_CANDIDATES = 128  # stage-1 depth for re-ranking: ALBEF/BLIP's Flickr30k setting
 
@@ -66,14 +66,11 @@ class Searcher:
         self.library = library
         self.encoder = encoder
         self.reranker = reranker
-        reason = pooling_mismatch(library, reranker)
+        reason = token_mismatch(library, reranker)
         if reason:
             from retrieval.errors import InvalidModelSpec
 
-            raise InvalidModelSpec(
-                f"{reason}; use one trained with --image-pool {library.token_pool}, "
-                "--no-rerank, or re-index without --token-pool"
-            )
+            raise InvalidModelSpec(f"{reason}; or --no-rerank")
 
     # -- building queries ----------------------------------------------------------------
     def text_query(self, text: str) -> Query:
@@ -105,7 +102,8 @@ class Searcher:
             pixels, *_ = decode_image(resolved, self.encoder.preprocess)
         except DecodeError as exc:
             raise InputError(f"cannot use {path} as a query: {exc}") from exc
-        encoded = self.encoder.encode_images(pixels.unsqueeze(0))
+        # its tokens from the vision block whose tokens the index stores
+        encoded = self.encoder.encode_images(pixels.unsqueeze(0), self.library.token_layer)
         tokens = None if encoded.tokens is None else encoded.tokens[0]
         return Query(encoded.vectors[0], tokens, None, "image", None if row is None else row.id)
 

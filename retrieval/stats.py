@@ -24,6 +24,8 @@ def index_info(library: Library) -> dict:
         "images_skipped": skipped,
         "texts": texts,
         "image_tokens": manifest.get("image_tokens"),
+        "image_token_pool": library.token_pool,
+        "image_token_layer": library.token_layer,  # vision block (None: the last)
         "text_tokens": manifest.get("text_tokens"),
         # {"reranker", "fingerprint", "shape"} of the kept image features (feature_cache.py)
         "reranker_features": manifest.get(MANIFEST_KEY),

@@ -44,6 +44,7 @@ class RerankerTrainConfig:
     heads: int = 4
     image_layers: int = 0
     image_pool: int = 2
+    image_token_layer: int | None = None  # vision block the image tokens come from (None: last)
     image_stem: str = "attention"  # or "conv" (see RerankerConfig)
     token_alignment: bool = False
     # Extra (image, true caption, its edit) triples per step, scored by the logit alone:
@@ -121,7 +122,7 @@ def train_reranker(
             f"--batch-size {config.batch_size} is more than the {len(train.image_paths)} "
             f"training images of {config.data}: use a smaller --batch-size"
         )
-    feats = embed_dataset(encoder, train, with_tokens=True, progress=preparing)
+    feats = embed_dataset(encoder, train, progress=preparing, token_layer=config.image_token_layer)
     pools = hard_pools(feats, train, config.hard_pool, config.gallery)
     edits = caption_edits(encoder, train.captions, random.Random(config.seed), device, preparing)
 
@@ -134,6 +135,7 @@ def train_reranker(
         heads=config.heads,
         image_layers=config.image_layers,
         image_pool=config.image_pool,
+        image_token_layer=config.image_token_layer,
         image_stem=config.image_stem,
         token_alignment=config.token_alignment,
         encoder=encoder.spec.canonical,
@@ -531,7 +533,7 @@ def _validation_set(config: RerankerTrainConfig, encoder):
         val = load_dataset(config.data, config.images_root, split="val").head(config.val_images)
     except DatasetError:
         return None
-    return val, embed_dataset(encoder, val, with_tokens=True), encoder
+    return val, embed_dataset(encoder, val, token_layer=config.image_token_layer), encoder
 
 
 def _warmup_cosine(config: RerankerTrainConfig):
