@@ -80,12 +80,14 @@ def index(
     from cli.progress import BarReporter
     from indexer.images import IndexOptions, index_folders
     from retrieval.imageio import DEFAULT_MAX_PIXELS, default_workers
-    from retrieval.library import Library
+    from retrieval.library import Library, reranker_config_mismatch
     from retrieval.reranker_loading import (
         check_reranker_choice,
+        folder_config,
         folder_fingerprint,
         folder_token_layer,
         reranker_folder,
+        reranker_name,
         resolve_reranker,
     )
 
@@ -117,6 +119,12 @@ def index(
     ) as library:
         warn_random_weights(encoder, quiet)  # only once the index accepted the model
         folder = None if no_tokens else reranker_folder(reranker, encoder)
+        reason = folder and reranker_config_mismatch(
+            library, folder_config(folder), reranker_name(folder)
+        )
+        if reason:  # decided from its config: no model loads on every run to find this out
+            typer.echo(f"note: {reason}; its image features are not kept", err=True)
+            folder = None
         summary = index_folders(
             library,
             encoder,

@@ -465,23 +465,33 @@ class Library:
 
 def token_mismatch(library: Library, reranker) -> str | None:
     """Why `reranker` cannot read the index's stored image tokens, with the fix, or None
-    when it can: they are pooled k x k for another grid (its learned positions fit one grid
-    only), or come from another vision block than the one it was trained on."""
-    if reranker is None or library.images.tokens is None:
+    when it can (reranker_config_mismatch)."""
+    if reranker is None:
+        return None
+    config = {k: getattr(reranker.config, k) for k in ("image_pool", "image_token_layer")}
+    return reranker_config_mismatch(library, config, reranker.name)
+
+
+def reranker_config_mismatch(library: Library, config: dict, name: str) -> str | None:
+    """The same question from a re-ranker's config alone (no torch): the stored tokens are
+    pooled k x k for another grid (its learned positions fit one grid only), or come from
+    another vision block than the one it was trained on."""
+    if library.images.tokens is None:
         return None
     pool, layer = library.token_pool, library.token_layer
-    if pool > 1 and reranker.config.image_pool != pool:
-        wanted = reranker.config.image_pool
+    wanted_pool = int(config.get("image_pool") or 1)
+    wanted_layer = config.get("image_token_layer")
+    if pool > 1 and wanted_pool != pool:
         return (
             f"index {library.directory} stores image tokens pooled {pool}x{pool}, but "
-            f"re-ranker {reranker.name} reads them pooled {wanted}x{wanted}; use one trained "
+            f"re-ranker {name} reads them pooled {wanted_pool}x{wanted_pool}; use one trained "
             f"with --image-pool {pool}, or re-index without --token-pool"
         )
-    if reranker.config.image_token_layer != layer:
+    if wanted_layer != layer:
         return (
             f"index {library.directory} stores image tokens of {_block(layer)}, but re-ranker "
-            f"{reranker.name} reads {_block(reranker.config.image_token_layer)}; re-index "
-            "into a new --index with this re-ranker (xmr index --reranker)"
+            f"{name} reads {_block(wanted_layer)}; re-index into a new --index with this "
+            "re-ranker (xmr index --reranker)"
         )
     return None
 

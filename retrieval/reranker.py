@@ -415,7 +415,7 @@ def load_reranker(folder: Path, encoder=None, device: str | None = None) -> Rera
     from safetensors.torch import load_file
 
     from retrieval.errors import InvalidModelSpec
-    from retrieval.reranker_loading import folder_fingerprint
+    from retrieval.reranker_loading import folder_fingerprint, reranker_name
 
     folder = Path(folder)
     try:
@@ -436,7 +436,7 @@ def load_reranker(folder: Path, encoder=None, device: str | None = None) -> Rera
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return RerankerRuntime(
         model,
-        folder.name if folder.name != "reranker" else f"{folder.parent.name}/reranker",
+        reranker_name(folder),
         device,
         folder_fingerprint(folder),
     )

@@ -33,18 +33,30 @@ def reranker_folder(choice: str | None, encoder) -> Path | None:
     return check_reranker_choice(choice)
 
 
+def reranker_name(folder: Path) -> str:
+    """How messages name the re-ranker in `folder` (a model's own: MODEL/reranker)."""
+    folder = Path(folder)
+    return folder.name if folder.name != RERANKER_SUBDIR else f"{folder.parent.name}/{folder.name}"
+
+
+def folder_config(folder: Path) -> dict:
+    """The re-ranker config saved in `folder`, read without torch."""
+    import json
+
+    path = Path(folder) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise InvalidModelSpec(f"{folder} is not an xmr re-ranker ({exc})") from exc
+    if not isinstance(config, dict):
+        raise InvalidModelSpec(f"{path} is not an xmr re-ranker config")
+    return config
+
+
 def folder_token_layer(folder: Path | None) -> int | None:
     """The vision block whose tokens the re-ranker in `folder` reads (None: the last, or no
     folder), from its config alone: an index picks the tokens it stores before any load."""
-    import json
-
-    if folder is None:
-        return None
-    try:
-        config = json.loads((Path(folder) / CONFIG_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise InvalidModelSpec(f"{folder} is not an xmr re-ranker ({exc})") from exc
-    layer = config.get("image_token_layer") if isinstance(config, dict) else None
+    layer = None if folder is None else folder_config(folder).get("image_token_layer")
     return None if layer is None else int(layer)
 
 
@@ -53,16 +65,12 @@ def folder_fingerprint(folder: Path) -> str:
     `xmr index` compares it with the kept image features' before deciding to load anything.
     Leaves out the stage-1 weight, which calibration changes without touching the
     features (the re-ranker's image stem output)."""
-    import json
-
     folder = Path(folder)
+    config = folder_config(folder)
     try:
-        config = json.loads((folder / CONFIG_FILE).read_text())
         weights = (folder / WEIGHTS_FILE).read_bytes()
-    except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+    except OSError as exc:
         raise InvalidModelSpec(f"{folder} is not an xmr re-ranker ({exc})") from exc
-    if not isinstance(config, dict):
-        raise InvalidModelSpec(f"{folder / CONFIG_FILE} is not an xmr re-ranker config")
     digest = config_digest(config)
     digest.update(weights)
     return digest.hexdigest()[:16]

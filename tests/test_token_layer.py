@@ -111,6 +111,17 @@ def test_xmr_index_stores_the_tokens_its_reranker_reads(tmp_path, tiny_spec, enc
     assert "vision block 0" in info.stdout
     assert json.loads((index / "manifest.json").read_text())["image_token_layer"] == 0
 
+    assert json.loads((index / "manifest.json").read_text())["reranker_features"]
+    # Indexing for a re-ranker of another block says so, keeps no features, embeds the rest.
+    make_images(tmp_path / "imgs" / "more", 1, start_seed=70)
+    other = run_xmr(
+        "index", tmp_path / "imgs", "--index", index, "--reranker", tmp_path / "rr_last", "--json"
+    )
+    assert other.returncode == 0, other.stderr
+    assert json.loads(other.stdout)["new"] == 1
+    assert "reads the last vision block" in other.stderr and "features are not kept" in other.stderr
+    assert "reranker_features" not in json.loads((index / "manifest.json").read_text())
+
     good = run_xmr("search", "a red square", "--index", index, "--reranker", tmp_path / "rr0")
     assert good.returncode == 0, good.stderr
     bad = run_xmr("search", "a red square", "--index", index, "--reranker", tmp_path / "rr_last")
