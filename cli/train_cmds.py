@@ -171,6 +171,11 @@ def train_reranker(
         True, "--calibrate/--no-calibrate", help="Pick the stage-1 weight on validation."
     ),
     seed: int = typer.Option(0, "--seed"),
+    init_from: Path = typer.Option(
+        None,
+        "--init-from",
+        help="Start from this saved re-ranker (same options) instead of random weights.",
+    ),
     device: str = DeviceOption,
     quiet: bool = QuietOption,
 ):
@@ -203,6 +208,7 @@ def train_reranker(
         val_every=val_every,
         calibrate_fusion=calibrate,
         seed=seed,
+        init_from=None if init_from is None else str(init_from),
         device=device,
     )
     bars: dict = {}  # one per stage, opened when it starts: embedding..., then training

@@ -449,6 +449,51 @@ def test_max_minutes_ends_training_early_with_a_validated_saved_reranker(shapes_
     assert load_reranker(out).config.width == config.width
 
 
+def test_init_from_starts_at_a_saved_rerankers_weights_and_refuses_other_options(
+    shapes_corpus, tmp_path
+):
+    """`--init-from FOLDER` continues a saved re-ranker (a lost checkpoint, a shipped one):
+    with a learning rate of ~0 the result is the start's weights, not a fresh draw; options
+    that do not fit it fail before any embedding."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from retrieval.errors import InputError
+    from training.reranker_training import RerankerTrainConfig, train_reranker
+
+    base = RerankerTrainConfig(
+        data=str(shapes_corpus.captions_path),
+        model="xmr-tiny",
+        out=str(tmp_path / "start"),
+        steps=1,
+        lr=1e-12,
+        width=32,
+        layers=1,
+        batch_size=8,
+        max_train_images=60,
+        val_images=10,
+        candidates=4,
+        calibrate_fusion=False,
+    )
+    train_reranker(base)  # random weights of seed 0, saved
+    train_reranker(replace(base, out=str(tmp_path / "cont"), seed=1, init_from=base.out))
+    train_reranker(replace(base, out=str(tmp_path / "fresh"), seed=1))
+
+    def saved(name):
+        return load_file(str(tmp_path / name / "reranker.safetensors"))
+
+    start = saved("start")
+    gap = {
+        name: max((w.float() - start[k].float()).abs().max().item() for k, w in saved(name).items())
+        for name in ("cont", "fresh")
+    }
+    assert gap["cont"] < 1e-6 and gap["fresh"] > 1e-2, gap
+    with pytest.raises(InputError, match="width 32 \\(here 64\\): give the same options"):
+        train_reranker(replace(base, out=str(tmp_path / "no"), width=64, init_from=base.out))
+    assert not (tmp_path / "no").exists()
+
+
 @pytest.mark.parametrize(
     "options, message",
     [

@@ -67,6 +67,10 @@ class RerankerTrainConfig:
     seed: int = 0
     threads: int | None = None
     device: str | None = None  # None: cuda when present, else cpu
+    # A saved re-ranker (an --out folder, or a model's own) to start from instead of random
+    # weights, with the same architecture options; a fresh optimizer and schedule. A
+    # checkpoint in `out` (resume) wins over it.
+    init_from: str | None = None
 
 
 @dataclass
@@ -104,6 +108,8 @@ def train_reranker(
     if config.image_stem not in IMAGE_STEMS:
         raise InputError(f"--image-stem {config.image_stem} is not one of {', '.join(IMAGE_STEMS)}")
     edit_columns(config.edit_kinds)  # a typo fails now, not after minutes of embedding
+    if config.init_from:  # so does a start that does not fit these options
+        _check_start(Path(config.init_from), asdict(config))
     if config.threads:
         torch.set_num_threads(config.threads)
     random.seed(config.seed)
@@ -148,6 +154,8 @@ def train_reranker(
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config))
     state = RerankerTrainState()
+    if config.init_from and not (out / CHECKPOINT).exists():
+        _start_from(model, Path(config.init_from))
     _maybe_resume(out, model, optimizer, schedule, state, device)
     val = _validation_set(config, encoder)
     rng = np.random.default_rng(config.seed + state.step)
@@ -562,6 +570,38 @@ def _save_checkpoint(out: Path, model, optimizer, schedule, state) -> None:
         tmp,
     )
     tmp.replace(out / CHECKPOINT)
+
+
+def _check_start(folder: Path, ours: dict) -> None:
+    """Refuse an --init-from whose saved config differs from `ours` in a key both have
+    (the fused stage-1 weight aside): a training config before embedding, the model's after."""
+    from retrieval.errors import InputError
+    from retrieval.reranker import RerankerConfig
+    from retrieval.reranker_loading import folder_config
+
+    saved = {"image_token_layer": None, **folder_config(folder)}
+    fields = RerankerConfig.__dataclass_fields__.keys()
+    keys = (ours.keys() & saved.keys() & fields) - {"stage1_weight"}
+    differ = sorted(k for k in keys if ours[k] != saved[k])
+    if differ:
+        shown = ", ".join(f"{k} {saved[k]!r} (here {ours[k]!r})" for k in differ)
+        raise InputError(f"--init-from {folder} was trained with {shown}: give the same options")
+
+
+def _start_from(model, folder: Path) -> None:
+    """Load a saved re-ranker's weights into `model`, whose config must match its own
+    (the fused stage-1 weight aside: training starts again from the encoder's scale)."""
+    from safetensors.torch import load_file
+
+    from retrieval.errors import InputError
+    from retrieval.reranker_loading import WEIGHTS_FILE
+
+    _check_start(folder, asdict(model.config))
+    try:
+        state = load_file(str(folder / WEIGHTS_FILE))
+    except OSError as exc:
+        raise InputError(f"--init-from {folder}: {exc}") from exc
+    model.load_state_dict(state)  # float16 files are cast to the model's float32
 
 
 def _maybe_resume(out: Path, model, optimizer, schedule, state, device: str) -> None:
