@@ -145,6 +145,7 @@ def train_reranker(
     image_token_layer: int = typer.Option(
         None,
         "--image-token-layer",
+        min=0,
         help="Vision block (0-based) whose output the image tokens are; default the last.",
     ),
     image_stem: str = typer.Option(
