@@ -111,14 +111,13 @@ def index(
     )
     # A new index stores the image tokens the re-ranker reads: --reranker's, or under 'none'
     # the model's own, which searches use by default.
-    layer = "auto"
-    if reranker not in ("auto", "none"):
-        layer = folder_token_layer(reranker_folder(reranker, encoder))
+    named = reranker_folder(reranker, encoder)  # resolved once, read without loading
+    layer = "auto" if reranker in ("auto", "none") else folder_token_layer(named)
     with Library.open_or_create(
         directory, encoder, not no_tokens, index_type, max_memory, token_pool, layer
     ) as library:
         warn_random_weights(encoder, quiet)  # only once the index accepted the model
-        folder = None if no_tokens else reranker_folder(reranker, encoder)
+        folder = None if no_tokens else named
         reason = folder and reranker_config_mismatch(
             library, folder_config(folder), reranker_name(folder)
         )
