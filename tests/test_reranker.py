@@ -177,8 +177,8 @@ def test_reranking_never_leaves_the_stage1_candidates(tmp_path, encoder):
 @pytest.mark.xfail(
     strict=True,
     reason="known, issue 4 open: binding takes far more training than a test affords (the "
-    "shipped xmr-tiny re-ranker: 14,645 CPU steps in seven runs on up to 24,000 scenes for "
-    "attribute swaps 67.6 -> 90.5; on this fixture's 600 scenes and 4x4-patch encoder, 300 "
+    "shipped xmr-tiny re-ranker: 15,645 CPU steps in eight runs on up to 24,000 scenes for "
+    "attribute swaps 67.6 -> 90.8; on this fixture's 600 scenes and 4x4-patch encoder, 300 "
     "steps of the plain recipe gave 52.4 and of the conv + alignment + edit-pair recipe 45.2, "
     "dual encoder 50.0, 42 pairs; 300 steps of the latter on xmr-tiny's own tokens, logit "
     "alone on unseen scenes: 64.3 vs 69.4 (600 scenes), 61.6 vs 70.5 (block-0 tokens), 70.5 "
