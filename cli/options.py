@@ -26,6 +26,14 @@ DeviceOption = typer.Option(
     None, "--device", help="cpu, cuda, cuda:1 ... [default: cuda when present, else cpu]"
 )
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars or summary.")
+ThreadsOption = typer.Option(
+    None,
+    "--threads",
+    min=1,
+    help="CPU threads PyTorch may use [default: its own, all cores]; 1 leaves the other "
+    "cores free for other work.",
+    show_default=False,
+)
 IndexTypeOption = typer.Option(
     None,
     "--index-type",

@@ -1,4 +1,4 @@
-"""Commands that make data and models: make-corpus, train-encoder."""
+"""Commands that make data and models: make-corpus, train-encoder, train-reranker."""
 
 from __future__ import annotations
 
@@ -9,13 +9,40 @@ from pathlib import Path
 import typer
 
 from cli.errors import handle_errors
-from cli.options import DeviceOption, QuietOption
+from cli.options import DeviceOption, QuietOption, ThreadsOption
 
 
 def _log_line(step: int, total: int, loss: float, rate: float, unit: str) -> None:
     """Where no bar is drawn (a log file, CI), a line every 50 steps says how it goes."""
     if step % 50 == 0 or step == total:
         typer.echo(f"step {step}/{total}  loss {loss:.4f}  {rate:.0f} {unit}/s", err=True)
+
+
+def _say(line: str) -> None:
+    """A line on stderr that leaves an open progress bar intact (drawn again below it)."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
+def _encoder_row(row: dict) -> str:
+    """One epoch of train-encoder: loss and, with a val split, recall both ways."""
+    recall = ""
+    if row.get("val"):
+        val = row["val"]
+        recall = (
+            "  t2i R@1/5/10 "
+            + "/".join(f"{v:.1f}" for v in val["t2i"].values())
+            + "  i2t "
+            + "/".join(f"{v:.1f}" for v in val["i2t"].values())
+        )
+    loss = row["loss"] or float("nan")
+    return f"epoch {row['epoch']:>3}  step {row['step']:>5}  loss {loss:.4f}{recall}"
+
+
+def _reranker_row(row: dict) -> str:
+    """One validation of train-reranker: step, loss, R@1s and hard-negative accuracies."""
+    return "  ".join(f"{k} {v}" for k, v in row.items())
 
 
 def _bar(total: int, desc: str, quiet: bool):
@@ -72,6 +99,7 @@ def train_encoder(
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many steps."),
     seed: int = typer.Option(0, "--seed"),
     name: str = typer.Option("xmr-encoder", "--name", help="Name of the config in the artefact."),
+    threads: int = ThreadsOption,
     quiet: bool = QuietOption,
 ):
     """Contrastive training (open_clip ClipLoss); resumes from OUT/checkpoints/last.pt."""
@@ -90,6 +118,7 @@ def train_encoder(
         max_steps=max_steps,
         seed=seed,
         name=name,
+        threads=threads,
     )
     bar = None
 
@@ -103,25 +132,13 @@ def train_encoder(
         if bar.disable and not quiet:
             _log_line(step, total, loss, rate, "images")
 
-    state = run_train(config, progress)
+    def validated(row: dict) -> None:
+        if not quiet:
+            _say(_encoder_row(row))
+
+    run_train(config, progress, validated)
     if bar is not None:
         bar.close()
-    if not quiet:
-        for row in state.history:
-            val = row.get("val")
-            recall = ""
-            if val:
-                recall = (
-                    "  t2i R@1/5/10 "
-                    + "/".join(f"{v:.1f}" for v in val["t2i"].values())
-                    + "  i2t "
-                    + "/".join(f"{v:.1f}" for v in val["i2t"].values())
-                )
-            typer.echo(
-                f"epoch {row['epoch']:>3}  step {row['step']:>5}  "
-                f"loss {row['loss'] or float('nan'):.4f}{recall}",
-                err=True,
-            )
     typer.echo(str(out))
 
 
@@ -178,6 +195,7 @@ def train_reranker(
         help="Start from this saved re-ranker (same options) instead of random weights.",
     ),
     device: str = DeviceOption,
+    threads: int = ThreadsOption,
     quiet: bool = QuietOption,
 ):
     """Train the cross-attention re-ranker (ITM with hard negatives); resumes from OUT."""
@@ -211,6 +229,7 @@ def train_reranker(
         seed=seed,
         init_from=None if init_from is None else str(init_from),
         device=device,
+        threads=threads,
     )
     bars: dict = {}  # one per stage, opened when it starts: embedding..., then training
 
@@ -236,12 +255,14 @@ def train_reranker(
         if bar.disable and not quiet:
             _log_line(step, total, loss, rate, "pairs")
 
-    state = run_train(config, progress, preparing)
+    def validated(row: dict) -> None:
+        if not quiet:
+            _say(_reranker_row(row))
+
+    state = run_train(config, progress, preparing, validated)
     for bar in bars.values():
         bar.close()
     if not quiet:
-        for row in state.history:
-            typer.echo("  ".join(f"{k} {v}" for k, v in row.items()), err=True)
         if state.fusion:
             f = state.fusion
             typer.echo(

@@ -452,6 +452,82 @@ def test_max_minutes_ends_training_early_with_a_validated_saved_reranker(shapes_
     assert load_reranker(out).config.width == config.width
 
 
+def test_each_validation_row_is_reported_and_logged_as_soon_as_it_is_measured(
+    shapes_corpus, tmp_path
+):
+    """A long CPU run must be followable while it runs: every validation row reaches the
+    `validated` callback when it is measured, and OUT/train_log.json already holds it."""
+    import json
+
+    from training.reranker_training import RerankerTrainConfig, train_reranker
+
+    out = tmp_path / "rr"
+    config = RerankerTrainConfig(
+        data=str(shapes_corpus.captions_path),
+        model="xmr-tiny",
+        out=str(out),
+        steps=6,
+        batch_size=8,
+        max_train_images=60,
+        val_images=20,
+        val_every=2,
+        candidates=4,
+        calibrate_fusion=False,
+    )
+    seen = []
+
+    def validated(row):
+        on_disk = json.loads((out / "train_log.json").read_text())
+        seen.append((row, on_disk["history"], on_disk["config"]["steps"]))
+
+    state = train_reranker(config, validated=validated)
+    assert [row["step"] for row, _, _ in seen] == [2, 4, 6]
+    for row, logged, steps in seen:
+        assert logged[-1] == row and len(logged) == row["step"] // 2 and steps == 6
+        assert "val_t2i_R@1" in row and "val_attribute_swap" in row
+    assert [row for row, _, _ in seen] == state.history
+
+
+def test_train_reranker_prints_validation_rows_and_honours_threads(cli, shapes_corpus, tmp_path):
+    """`--threads` reaches the trainer (kept in the log); each validation row is printed."""
+    import json
+
+    import torch
+
+    before = torch.get_num_threads()
+    out = tmp_path / "rr"
+    try:
+        result = cli(
+            "train-reranker",
+            shapes_corpus.captions_path,
+            "--out",
+            out,
+            "--steps",
+            "4",
+            "--val-every",
+            "2",
+            "--batch-size",
+            "8",
+            "--max-train-images",
+            "60",
+            "--threads",
+            "1",
+            "--no-calibrate",
+        )
+        threads_during = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert result.exit_code == 0, result.output
+    assert threads_during == 1
+    lines = result.stderr.splitlines()
+    rows = [n for n, line in enumerate(lines) if "val_attribute_swap" in line]
+    assert [lines[n].split()[1] for n in rows] == ["2", "4"], result.stderr
+    # printed while training runs: step 2's row comes before the last step's progress line
+    assert rows[0] < lines.index(next(line for line in lines if line.startswith("step 4/4")))
+    assert json.loads((out / "train_log.json").read_text())["config"]["threads"] == 1
+    assert result.stdout.strip() == str(out)
+
+
 def test_init_from_starts_at_a_saved_rerankers_weights_and_refuses_other_options(
     shapes_corpus, tmp_path
 ):

@@ -74,3 +74,45 @@ def test_resume_continues_the_step_count(shapes_corpus, train_config_path, tmp_p
     assert steps[-1] == 14 and len(steps) > len(first.history)
     log = json.loads((tmp_path / "run" / "train_log.json").read_text())
     assert log["history"][-1]["step"] == 14
+
+
+def test_train_encoder_cli_prints_each_epoch_as_it_ends_and_honours_threads(
+    cli, shapes_corpus, train_config_path, tmp_path
+):
+    """`xmr train-encoder`: an epoch's loss and validation recall are printed when the epoch
+    ends (not all at the end of training), `--threads` reaches the trainer, stdout is OUT."""
+    import torch
+
+    before = torch.get_num_threads()
+    out = tmp_path / "enc"
+    try:
+        result = cli(
+            "train-encoder",
+            shapes_corpus.captions_path,
+            "--out",
+            out,
+            "--model",
+            f"{train_config_path}:none",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "64",
+            "--threads",
+            "1",
+        )
+        threads_during = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert result.exit_code == 0, result.output
+    assert threads_during == 1
+    lines = result.stderr.splitlines()
+    epochs = [n for n, line in enumerate(lines) if line.startswith("epoch")]
+    assert [lines[n].split()[1] for n in epochs] == ["1", "2"], result.stderr
+    assert all("t2i R@1/5/10" in lines[n] for n in epochs)
+    log = json.loads((out / "train_log.json").read_text())
+    last_step = log["history"][-1]["step"]
+    # epoch 1's row comes before the progress line of training's last step
+    last = next(n for n, line in enumerate(lines) if line.startswith(f"step {last_step}/"))
+    assert epochs[0] < last, result.stderr
+    assert log["config"]["threads"] == 1
+    assert result.stdout.strip() == str(out)

@@ -10,7 +10,6 @@ at the end (training/artifact.py).
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.errors import InputError
+from training.train_log import write_train_log
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
@@ -50,8 +50,9 @@ class TrainState:
     history: list[dict] = field(default_factory=list)  # one row per epoch: loss, recall
 
 
-def train_encoder(config: EncoderTrainConfig, progress=None) -> TrainState:
-    """Train; `progress(step, total_steps, loss, images_per_second)` after each step."""
+def train_encoder(config: EncoderTrainConfig, progress=None, validated=None) -> TrainState:
+    """Train; `progress(step, total_steps, loss, images_per_second)` after each step,
+    `validated(row)` with each epoch's row (loss, validation recall) once it is measured."""
     import torch
     from open_clip import ClipLoss
 
@@ -134,12 +135,13 @@ def train_encoder(config: EncoderTrainConfig, progress=None) -> TrainState:
             model.train()
         state.history.append(row)
         _save_checkpoint(out, model, optimizer, schedule, state, config)
+        write_train_log(out, config, state.history)
+        if validated:
+            validated(row)
 
     model.eval()
     save_open_clip_artifact(model, model_cfg, preprocess_cfg, out, config.name)
-    (out / "train_log.json").write_text(
-        json.dumps({"config": asdict(config), "history": state.history}, indent=2)
-    )
+    write_train_log(out, config, state.history)
     return state
 
 

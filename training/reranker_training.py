@@ -14,7 +14,6 @@ and its tokens are computed once, the edited captions' included.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from training.text_edits import object_words
+from training.train_log import write_train_log
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -81,11 +81,12 @@ class RerankerTrainState:
 
 
 def train_reranker(
-    config: RerankerTrainConfig, progress=None, preparing=None
+    config: RerankerTrainConfig, progress=None, preparing=None, validated=None
 ) -> RerankerTrainState:
     """`progress(step, total, loss, pairs_per_second)` after every step;
     `preparing(what, done, total)` while the frozen encoder embeds the training split
-    ("images", "texts") and the caption edits ("caption edits"): minutes on a CPU."""
+    ("images", "texts") and the caption edits ("caption edits"): minutes on a CPU;
+    `validated(row)` with each validation row as soon as it is measured."""
     import torch
 
     from retrieval.datasets import load_dataset
@@ -193,11 +194,14 @@ def train_reranker(
                 model.train()
             state.history.append(row)
             _save_checkpoint(out, model, optimizer, schedule, state)
+            write_train_log(out, config, state.history)
+            if validated:
+                validated(row)
         if out_of_time:
             break
 
     model.eval()
-    log = {"config": asdict(config), "history": state.history}
+    extra = {}
     if val is not None and config.calibrate_fusion:
         from retrieval.rerank_eval import best_fusion, fusion_sweep
 
@@ -205,9 +209,9 @@ def train_reranker(
         chosen = best_fusion(sweep)
         model.config.stage1_weight = chosen["stage1_weight"]
         state.fusion = chosen
-        log["fusion"] = {"chosen": chosen, "sweep": sweep}
+        extra["fusion"] = {"chosen": chosen, "sweep": sweep}
     save_reranker(model, out)
-    (out / "train_log.json").write_text(json.dumps(log, indent=2))
+    write_train_log(out, config, state.history, **extra)
     return state
 
 
