@@ -225,6 +225,19 @@ def run_xmr(*args, env: dict | None = None, timeout: float = 180, cwd=None):
     )
 
 
+def torch_threads_during(run):
+    """run() -> (its result, torch's thread count right after it), the count then restored:
+    an in-process `--threads` run must not leave the rest of the suite on its setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        result = run()
+        return result, torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture
 def cli():
     """Invoke `xmr` in-process through typer's CliRunner: cli(*args) -> Result."""

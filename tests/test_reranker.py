@@ -421,26 +421,40 @@ def test_hard_negative_sampling_draws_distinct_pool_ids_favouring_similar_ones()
     assert share[0] > 0.6 and share[1] < 0.01, share
 
 
+def _quick_config(corpus, out, **overrides):
+    """A re-ranker run of seconds on xmr-tiny's tokens of 60 training scenes."""
+    from training.reranker_training import RerankerTrainConfig
+
+    options = dict(
+        data=str(corpus.captions_path),
+        model="xmr-tiny",
+        out=str(out),
+        batch_size=8,
+        max_train_images=60,
+        val_images=20,
+        candidates=4,
+        calibrate_fusion=False,
+    )
+    return RerankerTrainConfig(**{**options, **overrides})
+
+
 def test_max_minutes_ends_training_early_with_a_validated_saved_reranker(shapes_corpus, tmp_path):
     """A lent GPU's budget: the run stops at the deadline, validates, and saves what it has.
     The minutes of embedding before the first step are reported stage by stage."""
     import json
 
     from retrieval.reranker import load_reranker
-    from training.reranker_training import RerankerTrainConfig, train_reranker
+    from training.reranker_training import train_reranker
 
     out = tmp_path / "rr"
-    config = RerankerTrainConfig(
-        data=str(shapes_corpus.captions_path),
-        model="xmr-tiny",
-        out=str(out),
+    config = _quick_config(
+        shapes_corpus,
+        out,
         steps=10_000,
         max_minutes=1e-4,  # gone after the first step
-        batch_size=8,
         max_train_images=100,
-        val_images=20,
         val_every=5_000,
-        candidates=4,
+        calibrate_fusion=True,
     )
     seen = {}
     state = train_reranker(config, preparing=lambda what, *counts: seen.__setitem__(what, counts))
@@ -459,21 +473,10 @@ def test_each_validation_row_is_reported_and_logged_as_soon_as_it_is_measured(
     `validated` callback when it is measured, and OUT/train_log.json already holds it."""
     import json
 
-    from training.reranker_training import RerankerTrainConfig, train_reranker
+    from training.reranker_training import train_reranker
 
     out = tmp_path / "rr"
-    config = RerankerTrainConfig(
-        data=str(shapes_corpus.captions_path),
-        model="xmr-tiny",
-        out=str(out),
-        steps=6,
-        batch_size=8,
-        max_train_images=60,
-        val_images=20,
-        val_every=2,
-        candidates=4,
-        calibrate_fusion=False,
-    )
+    config = _quick_config(shapes_corpus, out, steps=6, val_every=2)
     seen = []
 
     def validated(row):
@@ -488,46 +491,6 @@ def test_each_validation_row_is_reported_and_logged_as_soon_as_it_is_measured(
     assert [row for row, _, _ in seen] == state.history
 
 
-def test_train_reranker_prints_validation_rows_and_honours_threads(cli, shapes_corpus, tmp_path):
-    """`--threads` reaches the trainer (kept in the log); each validation row is printed."""
-    import json
-
-    import torch
-
-    before = torch.get_num_threads()
-    out = tmp_path / "rr"
-    try:
-        result = cli(
-            "train-reranker",
-            shapes_corpus.captions_path,
-            "--out",
-            out,
-            "--steps",
-            "4",
-            "--val-every",
-            "2",
-            "--batch-size",
-            "8",
-            "--max-train-images",
-            "60",
-            "--threads",
-            "1",
-            "--no-calibrate",
-        )
-        threads_during = torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
-    assert result.exit_code == 0, result.output
-    assert threads_during == 1
-    lines = result.stderr.splitlines()
-    rows = [n for n, line in enumerate(lines) if "val_attribute_swap" in line]
-    assert [lines[n].split()[1] for n in rows] == ["2", "4"], result.stderr
-    # printed while training runs: step 2's row comes before the last step's progress line
-    assert rows[0] < lines.index(next(line for line in lines if line.startswith("step 4/4")))
-    assert json.loads((out / "train_log.json").read_text())["config"]["threads"] == 1
-    assert result.stdout.strip() == str(out)
-
-
 def test_init_from_starts_at_a_saved_rerankers_weights_and_refuses_other_options(
     shapes_corpus, tmp_path
 ):
@@ -539,21 +502,10 @@ def test_init_from_starts_at_a_saved_rerankers_weights_and_refuses_other_options
     from safetensors.torch import load_file
 
     from retrieval.errors import InputError
-    from training.reranker_training import RerankerTrainConfig, train_reranker
+    from training.reranker_training import train_reranker
 
-    base = RerankerTrainConfig(
-        data=str(shapes_corpus.captions_path),
-        model="xmr-tiny",
-        out=str(tmp_path / "start"),
-        steps=1,
-        lr=1e-12,
-        width=32,
-        layers=1,
-        batch_size=8,
-        max_train_images=60,
-        val_images=10,
-        candidates=4,
-        calibrate_fusion=False,
+    base = _quick_config(
+        shapes_corpus, tmp_path / "start", steps=1, lr=1e-12, width=32, layers=1, val_images=10
     )
     train_reranker(base)  # random weights of seed 0, saved
     train_reranker(replace(base, out=str(tmp_path / "cont"), seed=1, init_from=base.out))

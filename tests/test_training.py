@@ -76,43 +76,38 @@ def test_resume_continues_the_step_count(shapes_corpus, train_config_path, tmp_p
     assert log["history"][-1]["step"] == 14
 
 
-def test_train_encoder_cli_prints_each_epoch_as_it_ends_and_honours_threads(
-    cli, shapes_corpus, train_config_path, tmp_path
+@pytest.mark.parametrize("command", ["train-encoder", "train-reranker"])
+def test_training_commands_print_each_row_when_measured_and_honour_threads(
+    command, cli, shapes_corpus, train_config_path, tmp_path
 ):
-    """`xmr train-encoder`: an epoch's loss and validation recall are printed when the epoch
-    ends (not all at the end of training), `--threads` reaches the trainer, stdout is OUT."""
-    import torch
+    """A training row (train-encoder: per epoch; train-reranker: per --val-every steps) is
+    printed when it is measured, not all at the end; `--threads` reaches the trainer (and
+    its log); stdout is OUT alone, for pipes."""
+    from conftest import torch_threads_during
 
-    before = torch.get_num_threads()
-    out = tmp_path / "enc"
-    try:
-        result = cli(
-            "train-encoder",
-            shapes_corpus.captions_path,
-            "--out",
-            out,
-            "--model",
-            f"{train_config_path}:none",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "64",
-            "--threads",
-            "1",
-        )
-        threads_during = torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
+    out = tmp_path / "run"
+    if command == "train-encoder":
+        model = f"{train_config_path}:none"
+        options = ["--model", model, "--epochs", "2", "--batch-size", "64"]
+        is_row, expected = (lambda line: line.startswith("epoch")), ["1", "2"]
+    else:
+        options = ["--steps", "4", "--val-every", "2", "--batch-size", "8"]
+        options += ["--max-train-images", "60", "--no-calibrate"]
+        is_row, expected = (lambda line: "val_attribute_swap" in line), ["2", "4"]
+    result, threads_during = torch_threads_during(
+        lambda: cli(command, shapes_corpus.captions_path, "--out", out, *options, "--threads", "1")
+    )
     assert result.exit_code == 0, result.output
     assert threads_during == 1
     lines = result.stderr.splitlines()
-    epochs = [n for n, line in enumerate(lines) if line.startswith("epoch")]
-    assert [lines[n].split()[1] for n in epochs] == ["1", "2"], result.stderr
-    assert all("t2i R@1/5/10" in lines[n] for n in epochs)
+    rows = [n for n, line in enumerate(lines) if is_row(line)]
+    assert [lines[n].split()[1] for n in rows] == expected, result.stderr  # epoch or step
+    if command == "train-encoder":
+        assert all("t2i R@1/5/10" in lines[n] for n in rows)
     log = json.loads((out / "train_log.json").read_text())
     last_step = log["history"][-1]["step"]
-    # epoch 1's row comes before the progress line of training's last step
+    # the first row comes before the progress line of training's last step
     last = next(n for n, line in enumerate(lines) if line.startswith(f"step {last_step}/"))
-    assert epochs[0] < last, result.stderr
+    assert rows[0] < last, result.stderr
     assert log["config"]["threads"] == 1
     assert result.stdout.strip() == str(out)
