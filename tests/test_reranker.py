@@ -180,7 +180,7 @@ def test_reranking_never_leaves_the_stage1_candidates(tmp_path, encoder):
 # logit alone stays at chance even on colour changes, and edit-pair training alone holds the
 # loss at log 2 for 300 steps. On xmr-tiny's block-0 tokens a cross-block-free alignment
 # re-ranker reaches ~70% on unseen edit pairs within 200 steps but stops there (dual encoder
-# 71.0; 4,000 scenes: train 87.5 / test 69.7 after 2,000 steps; 24,000 scenes: ~75).
+# 71.0; 4,000 scenes: train 87.5 / test 69.7 after 2,000 steps; 24,000 scenes: 72-76).
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
