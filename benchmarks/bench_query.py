@@ -71,7 +71,7 @@ def warm(index: Path, repeats: int, rerank: bool) -> dict:
     from retrieval.encoder import load_encoder
     from retrieval.filters import SearchFilter
     from retrieval.library import Library
-    from retrieval.reranker_loading import resolve_reranker
+    from retrieval.reranker import resolve_reranker
     from retrieval.searcher import Searcher
 
     with Library.open(index) as library:

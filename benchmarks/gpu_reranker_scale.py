@@ -384,8 +384,8 @@ class _Embeddings:
 
 
 def evaluate(frozen, model, f: dict | None) -> dict:
-    from retrieval import metrics
-    from retrieval.rerank_eval import rerank_logits, reranked_ranks
+    from evaluation import metrics
+    from evaluation.rerank_eval import rerank_logits, reranked_ranks
     from retrieval.reranker import RerankerRuntime
 
     if f is None:
@@ -417,7 +417,7 @@ def evaluate(frozen, model, f: dict | None) -> dict:
 
 
 def dual_encoder_row(f: dict) -> dict:
-    from retrieval import metrics
+    from evaluation import metrics
 
     scores = f["text_vectors"] @ f["image_vectors"].T
     t2i_map = np.repeat(np.arange(len(f["image_vectors"])), CAPTIONS)

@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from retrieval.datasets import load_dataset
+    from evaluation.datasets import load_dataset
     from retrieval.encoder import load_encoder
 
     encoder = load_encoder(args.model, "cpu")

@@ -54,8 +54,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=300, help="val images probed")
     args = parser.parse_args()
 
-    from retrieval.datasets import load_dataset
-    from retrieval.embed_dataset import embed_dataset
+    from evaluation.datasets import load_dataset
+    from evaluation.embed_dataset import embed_dataset
     from retrieval.encoder import load_encoder
 
     encoder = load_encoder(args.model, "cpu")

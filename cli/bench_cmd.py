@@ -41,11 +41,11 @@ def bench(
     quiet: bool = QuietOption,
 ):
     """Recall@1/5/10 both ways (CLIP-paper definition), per stage, plus hard negatives."""
-    from retrieval.bench import BenchOptions, run_benchmark
-    from retrieval.bench_report import markdown_report, plot_curves
-    from retrieval.datasets import load_dataset
+    from evaluation.bench import BenchOptions, run_benchmark
+    from evaluation.bench_report import markdown_report, plot_curves
+    from evaluation.datasets import load_dataset
     from retrieval.encoder import load_encoder
-    from retrieval.reranker_loading import resolve_reranker
+    from retrieval.reranker import resolve_reranker
 
     dataset = load_dataset(data, images_root, split=None if split == "all" else split)
     if limit:

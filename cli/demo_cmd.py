@@ -29,7 +29,7 @@ def demo(
 ):
     """Generate a corpus, index it with xmr-tiny, run queries, print recall@k (offline)."""
     from cli.progress import BarReporter
-    from retrieval.bench_report import markdown_report
+    from evaluation.bench_report import markdown_report
     from training.demo import run_demo
 
     started = time.monotonic()

@@ -81,14 +81,13 @@ def index(
     from indexer.images import IndexOptions, index_folders
     from retrieval.imageio import DEFAULT_MAX_PIXELS, default_workers
     from retrieval.library import Library, reranker_config_mismatch
-    from retrieval.reranker_loading import (
+    from retrieval.reranker_files import (
         check_reranker_choice,
         folder_config,
         folder_fingerprint,
         folder_token_layer,
         reranker_folder,
         reranker_name,
-        resolve_reranker,
     )
 
     check_index_options(index_type, max_memory)
@@ -130,13 +129,19 @@ def index(
             folders,
             options,
             BarReporter(quiet),
-            lambda: folder and resolve_reranker(reranker, encoder, device),
+            lambda: folder and _load_reranker(reranker, encoder, device),
             folder and folder_fingerprint(folder),
         )
     if as_json or not quiet:
         from cli.output import print_summary
 
         print_summary(summary, "images", as_json)
+
+
+def _load_reranker(choice: str, encoder, device: str | None):
+    from retrieval.reranker import resolve_reranker  # imports torch: only when needed
+
+    return resolve_reranker(choice, encoder, device)
 
 
 @app.command("add-texts")
@@ -217,7 +222,7 @@ def search(
     from cli.output import print_hits
     from retrieval.filters import SearchFilter
     from retrieval.library import Library, token_mismatch
-    from retrieval.reranker_loading import resolve_reranker
+    from retrieval.reranker import resolve_reranker
     from retrieval.searcher import Searcher
 
     where = SearchFilter.parse(under, after, before, ext)  # bad values fail before any work

@@ -81,7 +81,7 @@ class Collection:
         self.vectors.write(ids, vectors)
         if self.tokens is not None and tokens is not None:
             if tokens.shape[1:] != self.tokens.record_shape:  # the encoder's full patch grid
-                from retrieval.reranker import pool_token_array
+                from retrieval.token_pooling import pool_token_array
 
                 tokens = pool_token_array(tokens, self.token_pool)  # (B, N', D)
             self.tokens.write(ids, tokens)
@@ -192,12 +192,12 @@ class Library:
         directory.mkdir(parents=True, exist_ok=True)
         token_pool = token_pool or 1
         if token_layer == "auto":
-            from retrieval.reranker_loading import folder_token_layer, reranker_folder
+            from retrieval.reranker_files import folder_token_layer, reranker_folder
 
             token_layer = folder_token_layer(reranker_folder("auto", encoder))
         image_tokens = encoder.image_token_shape if keep_tokens else None
         if image_tokens is not None and token_pool > 1:
-            from retrieval.reranker import pooled_count
+            from retrieval.token_pooling import pooled_count
 
             image_tokens = (pooled_count(image_tokens[0], token_pool), image_tokens[1])
         manifest = {

@@ -24,7 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retrieval.reranker_loading import CONFIG_FILE, WEIGHTS_FILE
+from retrieval.reranker_files import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    config_digest,
+    folder_fingerprint,
+    reranker_folder,
+    reranker_name,
+)
+from retrieval.token_pooling import pool_patch_tokens, pooled_count
 
 IMAGE_STEMS = ("attention", "conv")
 
@@ -235,35 +243,6 @@ class Reranker(nn.Module):
         return self.match(text, text_mask, self.encode_images(image))
 
 
-def pooled_count(n_tokens: int, k: int) -> int:
-    """Tokens left after k x k pooling of a square grid of n_tokens (edges kept: ceil)."""
-    side = int(round(n_tokens**0.5))
-    cells = -(-side // k)  # ceil(side / k)
-    return cells * cells
-
-
-def pool_patch_tokens(tokens: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, N, D) tokens of a square patch grid -> (B, ceil(S/k)^2, D), k x k averages.
-
-    Cuts the re-ranker's image-side work and the token store by about k^2; an odd grid
-    (ViT-B-32's 7 x 7) keeps its last row and column as smaller cells.
-    """
-    if k == 1:
-        return tokens
-    b, n, d = tokens.shape
-    side = int(round(n**0.5))
-    grid = tokens.transpose(1, 2).reshape(b, d, side, side)  # (B, D, S, S)
-    pooled = F.avg_pool2d(grid, k, ceil_mode=True)  # (B, D, ceil(S/k), ceil(S/k))
-    return pooled.flatten(2).transpose(1, 2)
-
-
-def pool_token_array(tokens: np.ndarray, k: int) -> np.ndarray:
-    """pool_patch_tokens for the token store: (B, N, D) float16 -> (B, N', D) float16."""
-    if k == 1:
-        return tokens
-    return pool_patch_tokens(torch.from_numpy(tokens).float(), k).to(torch.float16).numpy()
-
-
 def take_states(states, rows):
     """The image states (from encode_images) of the images at `rows`, in that order."""
     return [tuple(t[rows] for t in state) for state in states]
@@ -373,10 +352,8 @@ class RerankerRuntime:
 def fingerprint(model: Reranker) -> str:
     """Identifies an in-memory re-ranker by its config and weights: an index keeps
     image_features only for the re-ranker with this fingerprint, and any other recomputes
-    them. (One loaded from a folder goes by reranker_loading.folder_fingerprint.) The
+    them. (One loaded from a folder goes by reranker_files.folder_fingerprint.) The
     stage-1 weight is left out: calibration changes it, not the features."""
-    from retrieval.reranker_loading import config_digest
-
     digest = config_digest(asdict(model.config))
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
@@ -415,7 +392,6 @@ def load_reranker(folder: Path, encoder=None, device: str | None = None) -> Rera
     from safetensors.torch import load_file
 
     from retrieval.errors import InvalidModelSpec
-    from retrieval.reranker_loading import folder_fingerprint, reranker_name
 
     folder = Path(folder)
     try:
@@ -440,3 +416,11 @@ def load_reranker(folder: Path, encoder=None, device: str | None = None) -> Rera
         device,
         folder_fingerprint(folder),
     )
+
+
+def resolve_reranker(choice: str | None, encoder, device: str | None = None):
+    """None when there is none to use; raises when an explicit folder is unusable."""
+    folder = reranker_folder(choice, encoder)
+    if folder is None:
+        return None
+    return load_reranker(folder, encoder, device)

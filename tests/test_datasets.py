@@ -1,4 +1,4 @@
-"""Tests of retrieval.datasets: Karpathy and LAVIS files with real tiny PNG images."""
+"""Tests of evaluation.datasets: Karpathy and LAVIS files with real tiny PNG images."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.datasets import RetrievalDataset, load_dataset
+from evaluation.datasets import RetrievalDataset, load_dataset
 from retrieval.errors import DatasetError
 
 

@@ -195,7 +195,7 @@ def test_a_saved_rerankers_fingerprint_comes_from_its_files_and_ignores_calibrat
     import torch
 
     from retrieval.reranker import load_reranker, save_reranker
-    from retrieval.reranker_loading import CONFIG_FILE, folder_fingerprint
+    from retrieval.reranker_files import CONFIG_FILE, folder_fingerprint
 
     model = random_reranker(image_stem="conv").model
     save_reranker(model, tmp_path / "a")
@@ -213,7 +213,7 @@ def test_a_saved_rerankers_fingerprint_comes_from_its_files_and_ignores_calibrat
 
 def test_xmr_index_keeps_the_models_own_reranker_features_unless_told_none(tmp_path):
     from retrieval.encoder import load_encoder
-    from retrieval.reranker_loading import resolve_reranker
+    from retrieval.reranker import resolve_reranker
 
     folder, index_dir = tmp_path / "imgs", tmp_path / "idx"
     make_images(folder, 6)

@@ -1,11 +1,11 @@
-"""Tests of retrieval.metrics against a brute-force reference and hand-computed cases."""
+"""Tests of evaluation.metrics against a brute-force reference and hand-computed cases."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from retrieval.metrics import (
+from evaluation.metrics import (
     MISS_RANK,
     hard_negative_accuracy,
     image_to_text_ranks,

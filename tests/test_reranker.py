@@ -197,8 +197,8 @@ def test_reranking_never_leaves_the_stage1_candidates(tmp_path, encoder):
 def test_training_beats_the_dual_encoder_on_attribute_swaps(
     trained_reranker, trained, shapes_corpus
 ):
-    from retrieval.bench import BenchOptions, run_benchmark
-    from retrieval.datasets import load_dataset
+    from evaluation.bench import BenchOptions, run_benchmark
+    from evaluation.datasets import load_dataset
     from retrieval.encoder import load_encoder
     from retrieval.reranker import load_reranker
 
@@ -222,10 +222,10 @@ def test_training_saves_the_stage1_weight_that_validation_chose(
     validation split with the saved folder reproduces the recall it was chosen by."""
     import json
 
-    from retrieval.bench import BenchOptions, run_benchmark
-    from retrieval.datasets import load_dataset
+    from evaluation.bench import BenchOptions, run_benchmark
+    from evaluation.datasets import load_dataset
+    from evaluation.rerank_eval import FUSION_MULTIPLIERS
     from retrieval.encoder import load_encoder
-    from retrieval.rerank_eval import FUSION_MULTIPLIERS
     from retrieval.reranker import load_reranker
 
     rr_dir, state = trained_reranker
@@ -249,7 +249,7 @@ def test_training_saves_the_stage1_weight_that_validation_chose(
 
 
 def test_best_fusion_takes_the_best_mean_recall_and_breaks_ties_towards_the_training_weight():
-    from retrieval.rerank_eval import best_fusion
+    from evaluation.rerank_eval import best_fusion
 
     def row(m, t2i, i2t):
         return {"multiplier": m, "t2i_R@1": t2i, "i2t_R@1": i2t}
@@ -345,8 +345,9 @@ def test_pooled_token_store_cuts_disk_and_serves_a_matching_reranker(tmp_path, e
     from retrieval.db import ImageRow
     from retrieval.errors import InputError, InvalidModelSpec
     from retrieval.library import Library
-    from retrieval.reranker import pool_token_array, save_reranker
+    from retrieval.reranker import save_reranker
     from retrieval.searcher import Searcher
+    from retrieval.token_pooling import pool_token_array
 
     make_images(tmp_path / "imgs", 24)
     for name, pool in (("full", None), ("pooled", 2)):

@@ -22,10 +22,10 @@ def test_xmr_tiny_is_shipped_small_and_standard():
 
 @pytest.mark.slow
 def test_xmr_tiny_recall_floor_on_an_unseen_seed(tmp_path):
-    from retrieval.bench import BenchOptions, run_benchmark
-    from retrieval.datasets import load_dataset
+    from evaluation.bench import BenchOptions, run_benchmark
+    from evaluation.datasets import load_dataset
     from retrieval.encoder import load_encoder
-    from retrieval.reranker_loading import resolve_reranker
+    from retrieval.reranker import resolve_reranker
     from training.corpus import make_corpus
 
     corpus = make_corpus(tmp_path / "unseen", 1000, seed=4321)
@@ -53,7 +53,7 @@ def test_xmr_tiny_ships_a_calibrated_reranker_that_auto_finds():
     import json
 
     from retrieval.encoder import load_encoder
-    from retrieval.reranker_loading import resolve_reranker
+    from retrieval.reranker import resolve_reranker
 
     encoder = load_encoder("xmr-tiny", "cpu")
     runtime = resolve_reranker("auto", encoder, "cpu")

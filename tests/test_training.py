@@ -14,7 +14,7 @@ import pytest
 
 @pytest.mark.slow
 def test_training_raises_recall_well_above_chance(trained, shapes_corpus):
-    from retrieval.datasets import load_dataset
+    from evaluation.datasets import load_dataset
 
     _, state = trained
     val = state.history[-1]["val"]

@@ -35,13 +35,13 @@ class DemoResult:
 def run_demo(
     workdir: Path, n_images: int = 300, candidates: int = 16, reporter=None, progress=None
 ) -> DemoResult:
+    from evaluation.bench import BenchOptions, run_benchmark
+    from evaluation.datasets import load_dataset
     from indexer.images import index_folders
     from indexer.texts import add_texts
-    from retrieval.bench import BenchOptions, run_benchmark
-    from retrieval.datasets import load_dataset
     from retrieval.encoder import load_encoder
     from retrieval.library import Library
-    from retrieval.reranker_loading import resolve_reranker
+    from retrieval.reranker import resolve_reranker
     from retrieval.searcher import Searcher
     from training.corpus import make_corpus
 

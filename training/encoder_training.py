@@ -56,7 +56,7 @@ def train_encoder(config: EncoderTrainConfig, progress=None, validated=None) -> 
     import torch
     from open_clip import ClipLoss
 
-    from retrieval.datasets import load_dataset
+    from evaluation.datasets import load_dataset
     from retrieval.encoder import build_open_clip
     from retrieval.modelspec import parse_model_spec
     from training.artifact import model_config_of, save_open_clip_artifact
@@ -149,7 +149,7 @@ def evaluate_encoder(model, preprocess, tokenizer, dataset, max_images: int | No
     """Dual-encoder recall@1/5/10 (percent) both ways on (the first max_images of) a split."""
     import torch
 
-    from retrieval.metrics import retrieval_recall
+    from evaluation.metrics import retrieval_recall
     from training.pixels import preload_pixels
 
     n = len(dataset.image_paths) if not max_images else min(max_images, len(dataset.image_paths))
@@ -177,7 +177,7 @@ def evaluate_encoder(model, preprocess, tokenizer, dataset, max_images: int | No
 
 
 def _val_split(config: EncoderTrainConfig):
-    from retrieval.datasets import load_dataset
+    from evaluation.datasets import load_dataset
     from retrieval.errors import DatasetError
 
     try:

@@ -89,8 +89,8 @@ def train_reranker(
     `validated(row)` with each validation row as soon as it is measured."""
     import torch
 
-    from retrieval.datasets import load_dataset
-    from retrieval.embed_dataset import embed_dataset
+    from evaluation.datasets import load_dataset
+    from evaluation.embed_dataset import embed_dataset
     from retrieval.encoder import load_encoder
     from retrieval.errors import InputError
     from retrieval.reranker import (
@@ -187,7 +187,7 @@ def train_reranker(
         if state.step % config.val_every == 0 or state.step == config.steps or out_of_time:
             row = {"step": state.step, "loss": round(loss.item(), 4)}
             if val is not None:
-                from retrieval.rerank_eval import quick_validation
+                from evaluation.rerank_eval import quick_validation
 
                 model.eval()
                 row.update(quick_validation(model, val, config.candidates))
@@ -203,7 +203,7 @@ def train_reranker(
     model.eval()
     extra = {}
     if val is not None and config.calibrate_fusion:
-        from retrieval.rerank_eval import best_fusion, fusion_sweep
+        from evaluation.rerank_eval import best_fusion, fusion_sweep
 
         sweep = fusion_sweep(model, val, config.candidates)
         chosen = best_fusion(sweep)
@@ -507,7 +507,7 @@ def caption_edits(
     `progress("caption edits", done, total)` as they are encoded."""
     import torch
 
-    from retrieval.embed_dataset import encode_text_list
+    from evaluation.embed_dataset import encode_text_list
     from training.text_edits import change_object, flip_relation, swap_attributes
 
     objects = object_words(captions)
@@ -537,8 +537,8 @@ def caption_edits(
 
 
 def _validation_set(config: RerankerTrainConfig, encoder):
-    from retrieval.datasets import load_dataset
-    from retrieval.embed_dataset import embed_dataset
+    from evaluation.datasets import load_dataset
+    from evaluation.embed_dataset import embed_dataset
     from retrieval.errors import DatasetError
 
     try:
@@ -581,7 +581,7 @@ def _check_start(folder: Path, ours: dict) -> None:
     (the fused stage-1 weight aside): a training config before embedding, the model's after."""
     from retrieval.errors import InputError
     from retrieval.reranker import RerankerConfig
-    from retrieval.reranker_loading import folder_config
+    from retrieval.reranker_files import folder_config
 
     saved = {"image_token_layer": None, **folder_config(folder)}
     fields = RerankerConfig.__dataclass_fields__.keys()
@@ -598,7 +598,7 @@ def _start_from(model, folder: Path) -> None:
     from safetensors.torch import load_file
 
     from retrieval.errors import InputError
-    from retrieval.reranker_loading import WEIGHTS_FILE
+    from retrieval.reranker_files import WEIGHTS_FILE
 
     _check_start(folder, asdict(model.config))
     try:

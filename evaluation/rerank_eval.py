@@ -10,7 +10,8 @@ import time
 
 import numpy as np
 
-from retrieval import metrics
+from evaluation import metrics
+from evaluation.negatives import negative_pairs
 
 QUERY_CHUNK = 256  # queries scored per call: bounds the (chunk*K, L, D) pair buffer
 
@@ -65,8 +66,6 @@ def reranked_ranks(logits_by_direction, t2i_map, stage1_weight: float) -> dict:
 
 def negative_accuracy(runtime, encoder, dataset, embeddings, stage1_weight: float) -> dict:
     """ARO-style probe for the re-ranker: true caption vs its edit, against the same image."""
-    from retrieval.bench import negative_pairs
-
     out = {}
     for kind, pairs in negative_pairs(dataset).items():
         images = np.array([i for i, _, _ in pairs])

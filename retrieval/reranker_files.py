@@ -1,4 +1,8 @@
-"""Find the re-ranker that goes with an encoder: `--reranker auto|none|FOLDER`."""
+"""A saved re-ranker's folder, read without torch: which folder `--reranker auto|none|FOLDER`
+names, its config, its name in messages and the fingerprint of its files.
+
+Loading the model itself is reranker.py's job (`resolve_reranker`, `load_reranker`).
+"""
 
 from __future__ import annotations
 
@@ -9,16 +13,6 @@ from retrieval.errors import InvalidModelSpec
 RERANKER_SUBDIR = "reranker"  # a model folder may carry its re-ranker here
 CONFIG_FILE = "reranker_config.json"  # what `xmr train-reranker --out` writes
 WEIGHTS_FILE = "reranker.safetensors"
-
-
-def resolve_reranker(choice: str | None, encoder, device: str | None = None):
-    """None when there is none to use; raises when an explicit folder is unusable."""
-    folder = reranker_folder(choice, encoder)
-    if folder is None:
-        return None
-    from retrieval.reranker import load_reranker
-
-    return load_reranker(folder, encoder, device)
 
 
 def reranker_folder(choice: str | None, encoder) -> Path | None:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval import metrics
-from retrieval.embed_dataset import embed_dataset_cached
+from evaluation import metrics
+from evaluation.embed_dataset import embed_dataset_cached
+from evaluation.negatives import negative_pairs
 
 CURVE_KS = (1, 2, 3, 5, 7, 10, 15, 20, 30, 50)
 
@@ -76,7 +77,7 @@ def run_benchmark(
         compositional["exact"] = _dual_encoder_negatives(encoder, dataset, embeddings)
 
     if reranker is not None:
-        from retrieval.rerank_eval import negative_accuracy, rerank_logits, reranked_ranks
+        from evaluation.rerank_eval import negative_accuracy, rerank_logits, reranked_ranks
 
         logits, rerank_ms = rerank_logits(reranker, embeddings, scores, options.candidates)
         timings["rerank_ms_per_query"] = round(rerank_ms, 3)
@@ -144,27 +145,6 @@ def _index_stage(images, texts, t2i, options: BenchOptions):
         "i2t": metrics.image_to_text_ranks_from_lists(text_lists, t2i),
     }
     return ranks, ms
-
-
-def negative_pairs(dataset) -> dict[str, list[tuple[int, int, str]]]:
-    """kind -> [(image index, index of the true caption it perturbs, negative text)].
-
-    The positive is the image's caption closest in words to the negative (the one it was
-    made from, for ARO-style edits), so the probe isolates the edit itself.
-    """
-    pairs: dict[str, list] = {}
-    for image, negatives in enumerate(dataset.negatives or []):
-        for kind, negative in negatives.items():
-            words = set(negative.lower().split())
-            candidates = dataset.image_to_texts[image]
-            best = max(candidates, key=lambda c: _overlap(words, dataset.captions[c]))
-            pairs.setdefault(kind, []).append((image, best, negative))
-    return pairs
-
-
-def _overlap(words: set[str], caption: str) -> float:
-    other = set(caption.lower().split())
-    return len(words & other) / max(1, len(words | other))
 
 
 def _dual_encoder_negatives(encoder, dataset, embeddings) -> dict[str, float]:
