@@ -1,17 +1,22 @@
 """The dual encoder: open_clip models that turn images and texts into vectors and tokens.
 
 `load_encoder(spec)` resolves a model spec (see `modelspec`), builds the open_clip model,
-loads its weights without touching the network unless asked to, and wraps it in an
+loads its weights (see `weights` for when the network may be used), and wraps it in an
 `Encoder` whose `encode_images` / `encode_texts` return
   - pooled, L2-normalised vectors  (B, D) float32  -> FAISS
   - projected token features       (B, L, D) float16 -> token store / re-ranker
+
+`load_text_encoder(spec)` builds the text tower alone when its weights can be read
+without the image tower's (a safetensors file): a text query needs nothing else.
+
+Neither ever changes the model after loading: an encoder is shared by the threads of a
+server, so token outputs come from `forward_intermediates` and flags set once at load.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -22,20 +27,19 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.errors import InputError, InvalidModelSpec, ModelNotAvailable
-from retrieval.modelspec import RANDOM_WEIGHTS, ModelSpec, parse_model_spec
+from retrieval.modelspec import (
+    HUB_CONFIG_FILE,
+    HUB_WEIGHTS_FILE,
+    RANDOM_WEIGHTS,
+    ModelSpec,
+    parse_model_spec,
+)
+from retrieval.weights import prepare_weights, unavailable_message
 
-ALLOW_DOWNLOAD_ENV = "XMR_ALLOW_DOWNLOAD"
 RANDOM_WEIGHTS_SEED = 0  # `:none` weights are seeded so every process builds the same model
 
 
 def _import_open_clip():
-    """Import open_clip offline unless downloads were asked for.
-
-    huggingface_hub reads HF_HUB_OFFLINE once at import time, so it must be set first;
-    offline, a missing cache entry fails at once instead of ~46 s of retries.
-    """
-    if not downloads_allowed():
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore", message=".*QuickGELU.*")
     import open_clip
 
@@ -55,36 +59,27 @@ def select_device(requested: str | None = None) -> str:
     if requested in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise InvalidModelSpec(f"--device {requested} asked for, but no CUDA GPU is available")
+        raise InvalidModelSpec(f"device {requested} asked for, but no CUDA GPU is available")
     return requested
 
 
-class Encoder:
-    """An open_clip model in eval mode plus its preprocessing and tokenizer."""
+class TextEncoder:
+    """The text side of an open_clip model: tokenizer + text tower, in eval mode.
 
-    def __init__(self, spec: ModelSpec, model, preprocess, tokenizer, device: str):
+    `tower` is either a whole CLIP (whose text tower lives inline), a CustomTextCLIP's
+    `text` module, or a standalone TextTransformer built with `output_tokens=True`.
+    """
+
+    def __init__(self, spec: ModelSpec, tower, tokenizer, device: str):
         import torch
 
         self.spec = spec
-        self.model = model
-        self.preprocess = preprocess  # PIL.Image -> (3, H, W) float tensor
         self.tokenizer = tokenizer  # list[str] -> (B, ctx) int64
         self.device = device
         self.random_weights = spec.random_weights
         self._torch = torch
-        with torch.inference_mode():
-            probe = self.encode_texts(["probe"])
-        self.dim = int(probe.vectors.shape[1])
-        self.text_token_shape = None if probe.tokens is None else probe.tokens.shape[1:]
-        size = self.image_size
-        with torch.inference_mode():
-            img = self.encode_images(torch.zeros(1, 3, size[0], size[1]))
-        self.image_token_shape = None if img.tokens is None else img.tokens.shape[1:]
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        size = getattr(self.model.visual, "image_size", 224)
-        return (size, size) if isinstance(size, int) else tuple(size)
+        self._text = tower
+        self.dim, self.text_token_shape = _text_shapes(tower, self.context_length)
 
     @property
     def context_length(self) -> int:
@@ -103,63 +98,12 @@ class Encoder:
         else:
             yield
 
-    def encode_images(self, pixels, token_layer: int | None = None) -> Encoded:
-        """pixels: (B, 3, H, W) float tensor from `preprocess`. The tokens are the output of
-        vision block `token_layer` (0-based; None: the last) through the final norm and
-        projection: earlier blocks keep more of each patch's own content, and a re-ranker
-        names the block it was trained on. The vectors do not depend on it."""
-        torch = self._torch
-        visual = self.model.visual
-        has_tokens = hasattr(visual, "output_tokens")
-        with torch.inference_mode(), self._autocast():
-            x = pixels.to(self.device, non_blocking=True)
-            if has_tokens:
-                hidden, hook = self._capture_block(visual, token_layer)
-                visual.output_tokens = True
-                try:
-                    pooled, tokens = visual(x)  # (B, D), (B, N, width)
-                finally:
-                    visual.output_tokens = False
-                    if hook is not None:
-                        hook.remove()
-                if hidden:
-                    # the block's patch tokens through the same final norm: (B, N, width)
-                    tokens = visual.ln_post(hidden[0][:, -tokens.shape[1] :])
-                if getattr(visual, "proj", None) is not None:
-                    tokens = tokens @ visual.proj  # (B, N, D)
-            else:
-                pooled, tokens = visual(x), None
-            vectors = torch.nn.functional.normalize(pooled.float(), dim=-1)
-        return Encoded(
-            vectors=vectors.cpu().numpy().astype(np.float32),
-            tokens=None if tokens is None else tokens.to(torch.float16).cpu().numpy(),
-            lengths=None,
-        )
-
-    def _capture_block(self, visual, layer: int | None):
-        """A hook that keeps vision block `layer`'s output, batch first: ([x], handle)."""
-        if layer is None:
-            return [], None
-        blocks = visual.transformer.resblocks
-        if not -len(blocks) <= layer < len(blocks):
-            raise InputError(
-                f"{self.spec.canonical} has {len(blocks)} vision blocks; "
-                f"token layer {layer} does not exist"
-            )
-        batch_first = getattr(visual.transformer, "batch_first", True)
-        kept: list = []
-
-        def keep(_module, _inputs, output):
-            kept.append(output if batch_first else output.transpose(0, 1))  # (B, 1+N, width)
-
-        return kept, blocks[layer].register_forward_hook(keep)
-
     def encode_texts(self, texts: Sequence[str]) -> Encoded:
         torch = self._torch
         ids = self.tokenizer(list(texts))  # (B, ctx)
         with torch.inference_mode(), self._autocast():
             ids = ids.to(self.device)
-            pooled, tokens = self._text_forward(ids)  # (B, D), (B, ctx, D)
+            pooled, tokens = _text_forward(self._text, ids)  # (B, D), (B, ctx, D)
             vectors = torch.nn.functional.normalize(pooled.float(), dim=-1)
         lengths = (ids != 0).sum(dim=1).clamp(min=1)  # SimpleTokenizer pads with 0
         return Encoded(
@@ -168,29 +112,81 @@ class Encoder:
             lengths=lengths.to(torch.int32).cpu().numpy(),
         )
 
-    def _text_forward(self, ids):
-        """Pooled text embedding and the projected ln_final token sequence."""
-        model = self.model
-        if hasattr(model, "token_embedding"):  # open_clip.CLIP keeps the text tower inline
-            from open_clip.transformer import text_global_pool
 
-            cast = model.transformer.get_cast_dtype()
-            x = model.token_embedding(ids).to(cast) + model.positional_embedding.to(cast)
-            x = model.transformer(x, attn_mask=model.attn_mask)
-            x = model.ln_final(x)  # (B, ctx, width)
-            pooled = text_global_pool(
-                x, ids, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None)
+class Encoder(TextEncoder):
+    """Both towers of an open_clip model in eval mode, its preprocessing and tokenizer."""
+
+    def __init__(self, spec: ModelSpec, model, preprocess, tokenizer, device: str):
+        text = model if hasattr(model, "token_embedding") else getattr(model, "text", model)
+        if text is not model and getattr(text, "text_projection", None) is not None:
+            text.output_tokens = True  # once, at load: the tower now returns its tokens too
+        super().__init__(spec, text, tokenizer, device)
+        self.model = model
+        self.preprocess = preprocess  # PIL.Image -> (3, H, W) float tensor
+        self.image_token_shape = _image_token_shape(model.visual, self.dim)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        size = getattr(self.model.visual, "image_size", 224)
+        return (size, size) if isinstance(size, int) else tuple(size)
+
+    def encode_images(self, pixels, token_layer: int | None = None) -> Encoded:
+        """pixels: (B, 3, H, W) float tensor from `preprocess`. The tokens are the output of
+        vision block `token_layer` (0-based; None: the last) through the final norm and
+        projection: earlier blocks keep more of each patch's own content, and a re-ranker
+        names the block it was trained on. The vectors do not depend on it."""
+        torch = self._torch
+        visual = self.model.visual
+        with torch.inference_mode(), self._autocast():
+            x = pixels.to(self.device, non_blocking=True)
+            if self.image_token_shape is None:  # no patch grid (ResNet, timm towers)
+                pooled, tokens = visual(x), None
+            else:
+                block = self._block_index(token_layer)
+                out = visual.forward_intermediates(
+                    x, indices=[block], normalize_intermediates=True, output_fmt="NLC"
+                )
+                pooled = out["image_features"]  # (B, D)
+                tokens = out["image_intermediates"][0]  # (B, N, width), after ln_post
+                if getattr(visual, "proj", None) is not None:
+                    tokens = tokens @ visual.proj  # (B, N, D)
+            vectors = torch.nn.functional.normalize(pooled.float(), dim=-1)
+        return Encoded(
+            vectors=vectors.cpu().numpy().astype(np.float32),
+            tokens=None if tokens is None else tokens.to(torch.float16).cpu().numpy(),
+            lengths=None,
+        )
+
+    def _block_index(self, layer: int | None) -> int:
+        blocks = len(self.model.visual.transformer.resblocks)
+        if layer is None:
+            return blocks - 1
+        if not -blocks <= layer < blocks:
+            raise InputError(
+                f"{self.spec.canonical} has {blocks} vision blocks; "
+                f"token layer {layer} does not exist"
             )
-            return _project(pooled, model.text_projection), _project(x, model.text_projection)
-        text = model.text
-        if hasattr(text, "output_tokens") and getattr(text, "text_projection", None) is not None:
-            text.output_tokens = True
-            try:
-                pooled, tokens = text(ids)
-            finally:
-                text.output_tokens = False
-            return pooled, _project(tokens, text.text_projection)
-        return model.encode_text(ids), None
+        return layer % blocks
+
+
+def _text_forward(text, ids):
+    """Pooled text embedding (B, D) and the projected ln_final token sequence (B, ctx, D)."""
+    if hasattr(text, "token_embedding") and hasattr(text, "text_pool_type"):
+        # open_clip.CLIP keeps its text tower inline
+        from open_clip.transformer import text_global_pool
+
+        cast = text.transformer.get_cast_dtype()
+        x = text.token_embedding(ids).to(cast) + text.positional_embedding.to(cast)
+        x = text.transformer(x, attn_mask=text.attn_mask)
+        x = text.ln_final(x)  # (B, ctx, width)
+        pooled = text_global_pool(
+            x, ids, text.text_pool_type, eos_token_id=getattr(text, "text_eos_id", None)
+        )
+        return _project(pooled, text.text_projection), _project(x, text.text_projection)
+    if getattr(text, "output_tokens", False):  # a text tower built or set to give tokens
+        pooled, tokens = text(ids)
+        return pooled, _project(tokens, getattr(text, "text_projection", None))
+    return text.encode_text(ids) if hasattr(text, "encode_text") else text(ids), None
 
 
 def _project(x, projection):
@@ -201,11 +197,39 @@ def _project(x, projection):
     return x @ projection
 
 
+def _text_shapes(text, context_length: int) -> tuple[int, tuple[int, int] | None]:
+    """(D, token shape) read off the text tower's modules: no forward pass needed."""
+    projection = getattr(text, "text_projection", None)
+    if hasattr(projection, "out_features"):
+        dim = int(projection.out_features)
+    elif projection is not None:
+        dim = int(projection.shape[-1])
+    else:
+        dim = int(getattr(text, "output_dim", 0) or getattr(text, "embed_dim", 0))
+    if not dim:
+        raise ModelNotAvailable("cannot tell the embedding size of this model's text tower")
+    has_tokens = hasattr(text, "token_embedding") or getattr(text, "output_tokens", False)
+    return dim, ((context_length, dim) if has_tokens else None)
+
+
+def _image_token_shape(visual, dim: int) -> tuple[int, int] | None:
+    """(N, D) of a ViT's patch tokens from its grid; None for towers without one."""
+    if not hasattr(visual, "forward_intermediates") or not hasattr(visual, "grid_size"):
+        return None
+    if getattr(visual, "attn_pool", None) is not None or getattr(
+        visual, "final_ln_after_pool", False
+    ):
+        return None  # tokens of these poolings are not the normalised block outputs
+    rows, cols = visual.grid_size
+    width = dim if getattr(visual, "proj", None) is not None else int(visual.transformer.width)
+    return int(rows) * int(cols), width
+
+
 class LazyEncoder:
     """An encoder that loads its model on first use.
 
     `xmr index` on an unchanged folder, or a re-run of `add-texts`, needs no model at all;
-    this saves the 4-6 s of importing open_clip for those runs.
+    this saves the seconds of importing open_clip for those runs.
     """
 
     def __init__(self, spec: str | ModelSpec, device: str | None = None):
@@ -227,10 +251,10 @@ class LazyEncoder:
 
 
 def load_encoder(spec: str | ModelSpec, device: str | None = None) -> Encoder:
-    """Resolve, build and load an encoder. Raises InvalidModelSpec / ModelNotAvailable."""
+    """Resolve, build and load both towers. Raises InvalidModelSpec / ModelNotAvailable."""
     if isinstance(spec, str):
         spec = parse_model_spec(spec)
-    _fail_fast_if_not_cached(spec)  # before select_device: it imports torch (~2 s)
+    prepare_weights(spec)  # before select_device: a refusal should not cost torch's import
     device = select_device(device)
     started = time.monotonic()
     model, preprocess, tokenizer = build_open_clip(spec)
@@ -242,20 +266,78 @@ def load_encoder(spec: str | ModelSpec, device: str | None = None) -> Encoder:
     return encoder
 
 
-def downloads_allowed() -> bool:
-    return os.environ.get(ALLOW_DOWNLOAD_ENV, "").lower() in ("1", "true", "yes")
+def load_text_encoder(spec: str | ModelSpec, device: str | None = None) -> TextEncoder:
+    """The text tower alone, loaded from the text weights of a safetensors file; the whole
+    model where that is not possible (random weights must be drawn as the whole model
+    draws them, other checkpoint formats hold both towers in one pickle)."""
+    if isinstance(spec, str):
+        spec = parse_model_spec(spec)
+    prepare_weights(spec)
+    if spec.random_weights:
+        return load_encoder(spec, device)
+    open_clip = _import_open_clip()
+    source = _text_tower_source(open_clip, spec)
+    if source is None:
+        return load_encoder(spec, device)
+    model_cfg, weights, tokenizer_ref = source
+    device = select_device(device)
+    started = time.monotonic()
+    tower = _build_text_tower(open_clip, model_cfg, weights)
+    if tower is None:
+        return load_encoder(spec, device)
+    tower = tower.to(device).eval()
+    encoder = TextEncoder(spec, tower, open_clip.get_tokenizer(tokenizer_ref), device)
+    encoder.load_seconds = time.monotonic() - started
+    return encoder
 
 
-def _fail_fast_if_not_cached(spec: ModelSpec) -> None:
-    """Refuse an uncached open_clip tag before paying for `import open_clip`."""
-    from retrieval.weights_cache import tag_weights_cached
+def _text_tower_source(open_clip, spec: ModelSpec):
+    """(model config, safetensors weights, tokenizer name) for a text-only build, or None."""
+    if spec.kind in ("shipped", "folder"):
+        data = json.loads((Path(spec.name) / HUB_CONFIG_FILE).read_text())
+        model_cfg = data.get("model_cfg", data)
+        weights = spec.pretrained or str(Path(spec.name) / HUB_WEIGHTS_FILE)
+        tokenizer_ref = f"local-dir:{spec.name}"
+    elif spec.kind == "config":
+        name, _ = _register_config(open_clip, Path(spec.name))
+        model_cfg, weights, tokenizer_ref = open_clip.get_model_config(name), spec.pretrained, name
+    else:
+        model_cfg = open_clip.get_model_config(spec.name)
+        weights, tokenizer_ref = spec.pretrained, spec.name
+        if model_cfg is not None and not Path(weights).is_file():
+            tag = open_clip.get_pretrained_cfg(spec.name, spec.pretrained)
+            try:
+                weights = open_clip.download_pretrained(tag) if tag else None
+            except Exception:  # not cached after all: the whole-model path reports it
+                weights = None
+    text_cfg = (model_cfg or {}).get("text_cfg", {})
+    custom = (model_cfg or {}).get("custom_text") or "hf_model_name" in text_cfg
+    if model_cfg is None or custom or not weights or not str(weights).endswith(".safetensors"):
+        return None
+    return model_cfg, str(weights), tokenizer_ref
 
-    if spec.kind != "openclip" or spec.random_weights or Path(spec.pretrained).is_file():
-        return
-    if downloads_allowed():
-        return
-    if tag_weights_cached(spec.name, spec.pretrained) is False:
-        raise ModelNotAvailable(_unavailable_message(spec, None))
+
+def _build_text_tower(open_clip, model_cfg: dict, weights: str):
+    """A TextTransformer as CLIP builds it, with the checkpoint's text weights; None when
+    the checkpoint's keys do not fit (the whole-model path then reports the problem)."""
+    import torch
+    from safetensors import safe_open
+
+    text_cfg = {**model_cfg["text_cfg"], "output_tokens": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tower = open_clip.model._build_text_tower(  # noqa: SLF001 - CLIP's own text builder
+            model_cfg["embed_dim"], text_cfg, model_cfg.get("quick_gelu", False), None
+        )
+    wanted = set(tower.state_dict())
+    with safe_open(weights, framework="pt") as checkpoint:
+        state = {k: checkpoint.get_tensor(k) for k in checkpoint.keys() if k in wanted}
+    if set(state) != wanted:
+        return None
+    tower.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
+    for param in tower.parameters():
+        param.requires_grad_(False)
+    return tower
 
 
 def build_open_clip(spec: str | ModelSpec):
@@ -265,7 +347,7 @@ def build_open_clip(spec: str | ModelSpec):
     """
     if isinstance(spec, str):
         spec = parse_model_spec(spec)
-    _fail_fast_if_not_cached(spec)
+    prepare_weights(spec)
     open_clip = _import_open_clip()
     import torch
 
@@ -285,7 +367,7 @@ def _build(open_clip, spec: ModelSpec):
                 ref, load_weights=load_weights
             )
         except Exception as exc:  # weights that do not fit the config, a broken config
-            raise ModelNotAvailable(_unavailable_message(spec, exc)) from exc
+            raise ModelNotAvailable(unavailable_message(spec, exc)) from exc
         tokenizer = open_clip.get_tokenizer(ref)
         if spec.pretrained not in (None, RANDOM_WEIGHTS):
             _load_checkpoint(open_clip, model, spec)
@@ -323,7 +405,7 @@ def _build(open_clip, spec: ModelSpec):
             **kwargs,
         )
     except Exception as exc:  # open_clip raises RuntimeError / OSError / HF errors
-        raise ModelNotAvailable(_unavailable_message(spec, exc)) from exc
+        raise ModelNotAvailable(unavailable_message(spec, exc)) from exc
     return model, preprocess, open_clip.get_tokenizer(name)
 
 
@@ -351,15 +433,3 @@ def _register_config(open_clip, path: Path) -> tuple[str, dict]:
 
     factory._MODEL_CONFIGS[name] = model_cfg  # noqa: SLF001 - see docstring
     return name, preprocess_cfg
-
-
-def _unavailable_message(spec: ModelSpec, exc: Exception | None) -> str:
-    if spec.kind == "openclip" and not Path(spec.pretrained or "").is_file():
-        return (
-            f"cannot load weights for {spec.name}:{spec.pretrained} (not in the local cache and "
-            f"downloads are off). Give a local checkpoint: --model "
-            f"{spec.name}:/path/to/open_clip_model.safetensors, set {ALLOW_DOWNLOAD_ENV}=1 on a "
-            f"machine with network, or use the offline demo model: --model xmr-tiny"
-        )
-    detail = str(exc).splitlines()[0] if exc is not None and str(exc) else repr(exc)
-    return f"cannot load model {spec.text}: {detail}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -243,3 +244,124 @@ def test_checkpoint_that_does_not_fit_is_a_clear_error(tiny_config, tmp_path):
     wrong_ckpt = f"{tiny_config}:{folder / HUB_WEIGHTS_FILE}"
     with pytest.raises(ModelNotAvailable, match="cannot load model .*state_dict"):
         load_encoder(wrong_ckpt, "cpu")
+
+
+# -- loading only what is needed, and never changing the model afterwards --------------
+def test_text_tower_alone_gives_the_whole_models_text_vectors(encoder, tmp_path):
+    """A safetensors checkpoint's text weights build the text tower alone: same vectors and
+    tokens as both towers, and no image tower in memory."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    from retrieval.encoder import Encoder, load_encoder, load_text_encoder
+
+    folder = tmp_path / "tiny-hub"
+    folder.mkdir()
+    save_file(
+        {k: v.contiguous() for k, v in encoder.model.state_dict().items()},
+        folder / HUB_WEIGHTS_FILE,
+    )
+    mean, std = list(open_clip.OPENAI_DATASET_MEAN), list(open_clip.OPENAI_DATASET_STD)
+    (folder / HUB_CONFIG_FILE).write_text(
+        json.dumps({"model_cfg": TINY_CFG, "preprocess_cfg": {"mean": mean, "std": std}})
+    )
+    for spec in (str(folder), "xmr-tiny"):
+        text_only = load_text_encoder(spec, "cpu")
+        assert not isinstance(text_only, Encoder) and not hasattr(text_only, "model")
+        n_params = sum(p.numel() for p in text_only._text.parameters())
+        whole = load_encoder(spec, "cpu")
+        assert n_params < sum(p.numel() for p in whole.model.parameters())
+        got, want = text_only.encode_texts(TEXTS), whole.encode_texts(TEXTS)
+        np.testing.assert_array_equal(got.vectors, want.vectors)
+        np.testing.assert_array_equal(got.tokens, want.tokens)
+        np.testing.assert_array_equal(got.lengths, want.lengths)
+        assert (text_only.dim, text_only.text_token_shape) == (whole.dim, whole.text_token_shape)
+        assert text_only.identity() == whole.identity()
+
+
+def test_random_weights_load_both_towers_for_text(tiny_spec, encoder):
+    """Random weights are drawn for the whole model; a text tower drawn alone would differ."""
+    from retrieval.encoder import Encoder, load_text_encoder
+
+    loaded = load_text_encoder(tiny_spec, "cpu")
+    assert isinstance(loaded, Encoder)
+    np.testing.assert_array_equal(
+        loaded.encode_texts(TEXTS).vectors, encoder.encode_texts(TEXTS).vectors
+    )
+
+
+def test_loading_runs_no_forward_pass_and_encoding_changes_nothing(tiny_spec):
+    """Shapes come from the modules (no probe pass at start-up); encoding sets no flag and
+    leaves no hook, so threads may share one encoder."""
+    from retrieval.encoder import load_encoder
+
+    calls = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, *_: calls.append(type(module).__name__)
+    )
+    try:
+        encoder = load_encoder(tiny_spec, "cpu")
+    finally:
+        handle.remove()
+    assert calls == []
+    blocks = encoder.model.visual.transformer.resblocks
+    state = lambda: (  # noqa: E731
+        encoder.model.visual.output_tokens,
+        [len(b._forward_hooks) for b in blocks],
+        sum(p.sum().item() for p in encoder.model.parameters()),
+    )
+    before = state()
+    pixels = _pixels(2, seed=4)
+    expected = {layer: encoder.encode_images(pixels, layer) for layer in (None, 0, 1)}
+    assert state() == before
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [None, 0, 1] * 6
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda layer: (layer, encoder.encode_images(pixels, layer)), jobs))
+    for layer, got in results:  # every thread got its own block's tokens
+        np.testing.assert_array_equal(got.tokens, expected[layer].tokens)
+        np.testing.assert_array_equal(got.vectors, expected[None].vectors)
+    assert state() == before
+
+
+# -- where weights come from -------------------------------------------------------------
+def test_uncached_weights_download_only_when_allowed_and_reachable(tmp_path, monkeypatch):
+    """Not on disk: XMR_OFFLINE forbids, an unreachable host fails at once with the way out,
+    a reachable one is left to open_clip's download (hub online, with its progress bar)."""
+    import socket
+    import time
+
+    from retrieval.errors import ModelNotAvailable
+    from retrieval.weights import prepare_weights
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # nothing cached here
+    spec = parse_model_spec("ViT-B-32:laion2b_s34b_b79k")
+
+    monkeypatch.setenv("XMR_OFFLINE", "1")
+    with pytest.raises(ModelNotAvailable, match="XMR_OFFLINE is set") as err:
+        prepare_weights(spec)
+    assert "xmr-tiny" in str(err.value)
+    monkeypatch.delenv("XMR_OFFLINE")
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens here: refused at once
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    with pytest.raises(ModelNotAvailable, match="127.0.0.1 cannot be reached"):
+        prepare_weights(spec)
+    assert time.monotonic() - started < 5
+
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(1)
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{listening.getsockname()[1]}")
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        prepare_weights(spec)  # reachable: no refusal, and the hub is not put offline
+        assert os.environ["HF_HUB_OFFLINE"] == "0"
+    finally:
+        listening.close()
