@@ -8,14 +8,7 @@ from pathlib import Path
 import typer
 
 from cli.errors import handle_errors
-from cli.options import (
-    IndexOption,
-    IndexTypeOption,
-    MaxMemoryOption,
-    QuietOption,
-    check_index_options,
-    index_dir,
-)
+from cli.options import IndexOption, IndexTypeOption, MaxMemoryOption, QuietOption, index_dir
 
 
 @handle_errors
@@ -31,12 +24,12 @@ def compact(
     vectors and tokens. Nothing is re-encoded."""
     from cli.output import human_bytes
     from cli.progress import BarReporter
-    from retrieval.library import Library
+    from engine.writes import compact_index
 
-    check_index_options(index_type, max_memory)
-    with Library.open(index_dir(index), writable=True) as library:
-        report = library.compact(index_type, max_memory, BarReporter(quiet))
-        sizes = library.disk_usage()
+    result = compact_index(
+        index_dir(index), index_type=index_type, max_memory=max_memory, reporter=BarReporter(quiet)
+    ).summary
+    report, sizes = result["collections"], result["sizes"]
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return

@@ -18,11 +18,8 @@ from cli.options import (
     MaxMemoryOption,
     ModelOption,
     QuietOption,
-    check_index_options,
     index_dir,
-    load_encoder_for_cli,
-    model_for_index,
-    warn_random_weights,
+    print_notices,
 )
 
 app = typer.Typer(
@@ -77,29 +74,12 @@ def index(
     quiet: bool = QuietOption,
 ):
     """Index every image under FOLDERS, incrementally (new, changed, moved, deleted)."""
+    from cli.output import print_summary
     from cli.progress import BarReporter
-    from indexer.images import IndexOptions, index_folders
+    from engine.writes import index_images
+    from indexer.images import IndexOptions
     from retrieval.imageio import DEFAULT_MAX_PIXELS, default_workers
-    from retrieval.library import Library, reranker_config_mismatch
-    from retrieval.reranker_files import (
-        check_reranker_choice,
-        folder_config,
-        folder_fingerprint,
-        folder_token_layer,
-        reranker_folder,
-        reranker_name,
-    )
 
-    check_index_options(index_type, max_memory)
-    check_reranker_choice(reranker)
-    missing = [str(f) for f in folders if not f.expanduser().exists()]
-    if missing:  # before any model or index is touched
-        from retrieval.errors import InputError
-
-        raise InputError(f"{', '.join(missing)} does not exist; give a folder of images")
-    directory = index_dir(index)
-    spec = model_for_index(directory, model)
-    encoder = load_encoder_for_cli(spec, device, quiet, lazy=True, warn=False)
     options = IndexOptions(
         exclude=tuple(exclude),
         include_hidden=hidden,
@@ -108,40 +88,22 @@ def index(
         commit_every=commit_every,
         max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
     )
-    # A new index stores the image tokens the re-ranker reads: --reranker's, or under 'none'
-    # the model's own, which searches use by default.
-    named = reranker_folder(reranker, encoder)  # resolved once, read without loading
-    layer = "auto" if reranker in ("auto", "none") else folder_token_layer(named)
-    with Library.open_or_create(
-        directory, encoder, not no_tokens, index_type, max_memory, token_pool, layer
-    ) as library:
-        warn_random_weights(encoder, quiet)  # only once the index accepted the model
-        folder = None if no_tokens else named
-        reason = folder and reranker_config_mismatch(
-            library, folder_config(folder), reranker_name(folder)
-        )
-        if reason:  # decided from its config: no model loads on every run to find this out
-            typer.echo(f"note: {reason}; its image features are not kept", err=True)
-            folder = None
-        summary = index_folders(
-            library,
-            encoder,
-            folders,
-            options,
-            BarReporter(quiet),
-            lambda: folder and _load_reranker(reranker, encoder, device),
-            folder and folder_fingerprint(folder),
-        )
+    report = index_images(
+        index_dir(index),
+        folders,
+        model=model,
+        device=device,
+        options=options,
+        keep_tokens=not no_tokens,
+        token_pool=token_pool,
+        reranker=reranker,
+        index_type=index_type,
+        max_memory=max_memory,
+        reporter=BarReporter(quiet),
+    )
+    print_notices(report.notices)
     if as_json or not quiet:
-        from cli.output import print_summary
-
-        print_summary(summary, "images", as_json)
-
-
-def _load_reranker(choice: str, encoder, device: str | None):
-    from retrieval.reranker import resolve_reranker  # imports torch: only when needed
-
-    return resolve_reranker(choice, encoder, device)
+        print_summary(report.summary, "images", as_json)
 
 
 @app.command("add-texts")
@@ -159,87 +121,22 @@ def add_texts(
     quiet: bool = QuietOption,
 ):
     """Add a text corpus to the index (deduplicated; re-runs embed only what changed)."""
+    from cli.output import print_summary
     from cli.progress import BarReporter
-    from indexer.texts import add_texts as run_add_texts
-    from indexer.texts import read_corpus
-    from retrieval.library import Library
+    from engine.writes import add_text_corpus
 
-    read_corpus(file, text_field)  # refuse a bad file before loading a model
-    directory = index_dir(index)
-    spec = model_for_index(directory, model)
-    encoder = load_encoder_for_cli(spec, device, quiet, lazy=True, warn=False)
-    with Library.open_or_create(directory, encoder) as library:
-        warn_random_weights(encoder, quiet)
-        summary = run_add_texts(library, encoder, file, text_field, batch_size, BarReporter(quiet))
+    report = add_text_corpus(
+        index_dir(index),
+        file,
+        model=model,
+        device=device,
+        text_field=text_field,
+        batch_size=batch_size,
+        reporter=BarReporter(quiet),
+    )
+    print_notices(report.notices)
     if as_json or not quiet:
-        from cli.output import print_summary
-
-        print_summary(summary, "texts", as_json)
-
-
-@app.command()
-@handle_errors
-def search(
-    query: str = typer.Argument(None, help="Text query (omit with --image)."),
-    image: Path = typer.Option(None, "--image", "-i", help="Query by this image."),
-    texts: bool = typer.Option(
-        False, "--texts", "-t", help="Search the text corpus instead of images."
-    ),
-    k: int = typer.Option(10, "-k", "--top", min=1, help="How many results."),
-    candidates: int = typer.Option(
-        None, "--candidates", "-K", min=1, help="Stage-1 depth re-ranked [default: 128]."
-    ),
-    no_rerank: bool = typer.Option(False, "--no-rerank", help="Stage 1 only (dual encoder)."),
-    reranker: str = typer.Option(
-        "auto", "--reranker", help="Re-ranker folder, 'auto' (the model's own) or 'none'."
-    ),
-    index: Path = IndexOption,
-    device: str = DeviceOption,
-    as_json: bool = typer.Option(
-        False, "--json", help="JSON array with rank, score, id, stage1_score, path/text."
-    ),
-    paths_only: bool = typer.Option(
-        False, "--paths", "-p", help="Only paths (or texts), one a line."
-    ),
-    under: list[Path] = typer.Option(
-        [], "--under", help="Only files at or below this folder (repeatable; texts: corpus files)."
-    ),
-    after: str = typer.Option(
-        None, "--after", help="Only images taken (EXIF) or modified on or after YYYY-MM-DD."
-    ),
-    before: str = typer.Option(
-        None, "--before", help="Only images taken (EXIF) or modified before YYYY-MM-DD."
-    ),
-    ext: str = typer.Option(None, "--ext", help="Only these extensions, e.g. jpg,png."),
-):
-    """Search: text->image (default), image->image (--image), image->text (--image --texts).
-
-    Filters (--under, --after, --before, --ext) act inside the search: k results come
-    back whenever k items match.
-    """
-    if (query is None) == (image is None):
-        raise typer.BadParameter("give either a text QUERY or --image PATH (not both)")
-    from cli.output import print_hits
-    from retrieval.filters import SearchFilter
-    from retrieval.library import Library, token_mismatch
-    from retrieval.reranker import resolve_reranker
-    from retrieval.searcher import Searcher
-
-    where = SearchFilter.parse(under, after, before, ext)  # bad values fail before any work
-    with Library.open(index_dir(index)) as library:
-        encoder = load_encoder_for_cli(library.encoder_spec, device, quiet=True)
-        ranker = None if no_rerank else resolve_reranker(reranker, encoder, device)
-        reason = token_mismatch(library, ranker)
-        if reason and reranker == "auto":  # the model's own re-ranker does not fit this index
-            typer.echo(f"note: {reason}; stage 1 only", err=True)
-            ranker = None
-        searcher = Searcher(library, encoder, ranker)
-        q = searcher.image_query(image) if image is not None else searcher.text_query(query)
-        target = "texts" if texts else "images"
-        hits = searcher.search(q, target, k=k, candidates=candidates, where=where)
-    if not hits and where.active:
-        typer.echo(f"no {target} match the filter", err=True)
-    print_hits(hits, as_json, paths_only)
+        print_summary(report.summary, "texts", as_json)
 
 
 @app.command()
@@ -252,11 +149,9 @@ def info(
     import json
 
     from cli.output import human_bytes
-    from retrieval.library import Library
-    from retrieval.stats import index_info
+    from engine.engine import Engine
 
-    with Library.open(index_dir(index)) as library:
-        data = index_info(library)
+    data = Engine(index_dir(index)).info()
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
@@ -282,8 +177,15 @@ def info(
         typer.echo(f"  {name:<24} {human_bytes(size):>10}")
 
 
-from cli import bench_cmd, demo_cmd, index_cmds, train_cmds  # noqa: E402 (after the core commands)
+from cli import (  # noqa: E402 (after the core commands)
+    bench_cmd,
+    demo_cmd,
+    index_cmds,
+    search_cmd,
+    train_cmds,
+)
 
+app.command()(search_cmd.search)
 app.command("make-corpus")(train_cmds.make_corpus)
 app.command("train-encoder")(train_cmds.train_encoder)
 app.command("train-reranker")(train_cmds.train_reranker)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -50,57 +49,14 @@ MaxMemoryOption = typer.Option(
 )
 
 
-def check_index_options(index_type: str | None, max_memory: str | None) -> None:
-    """Refuse a bad --index-type or --max-memory before any model or index is touched."""
-    from retrieval.index_choice import check_index_type, parse_size
-
-    if index_type is not None:
-        check_index_type(index_type)
-    if max_memory is not None and max_memory.strip().lower() != "none":
-        parse_size(max_memory)
-
-
 def index_dir(index: Path | None) -> Path:
-    from retrieval.library import default_index_dir
+    """--index, else $XMR_INDEX, else the per-user default (no heavy imports)."""
+    from retrieval.locations import default_index_dir
 
     return Path(index).expanduser() if index is not None else default_index_dir()
 
 
-def model_for_index(index: Path, model: str | None) -> str:
-    """--model if given, else the model the index was built with, else the default."""
-    if model:
-        return model
-    from retrieval.library import MANIFEST_FILE
-    from retrieval.modelspec import DEFAULT_MODEL
-
-    manifest = index / MANIFEST_FILE
-    if manifest.exists():
-        import json
-
-        return json.loads(manifest.read_text())["encoder"]["spec"]
-    return DEFAULT_MODEL
-
-
-def load_encoder_for_cli(
-    spec: str, device: str | None, quiet: bool, lazy: bool = False, warn: bool = True
-):
-    """The encoder for `spec`; `lazy` defers loading the model until something needs it.
-
-    `warn=False` leaves the random-weights warning to the caller (`warn_random_weights`),
-    so a command that may still refuse the model (index mismatch) prints only the error.
-    """
-    from retrieval.encoder import LazyEncoder, load_encoder
-
-    encoder = LazyEncoder(spec, device) if lazy else load_encoder(spec, device)
-    if warn:
-        warn_random_weights(encoder, quiet)
-    return encoder
-
-
-def warn_random_weights(encoder, quiet: bool) -> None:
-    if encoder.spec.random_weights and not quiet and not os.environ.get("XMR_NO_RANDOM_WARNING"):
-        typer.echo(
-            f"warning: {encoder.spec.canonical} has random weights; its results mean nothing "
-            f"(use it for tests and speed measurements only)",
-            err=True,
-        )
+def print_notices(notices) -> None:
+    """What the engine wants a person to know, one `note:` line each, on stderr."""
+    for notice in notices:
+        typer.echo(f"note: {notice}", err=True)

@@ -15,16 +15,17 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def print_hits(hits, as_json: bool, paths_only: bool) -> None:
+def print_answer(results: list[dict], as_json: bool, paths_only: bool) -> None:
+    """Search results (Hit.as_dict() each, from this process or a server)."""
     if as_json:
-        typer.echo(json.dumps([h.as_dict() for h in hits], ensure_ascii=False, indent=2))
+        typer.echo(json.dumps(results, ensure_ascii=False, indent=2))
         return
-    for hit in hits:
-        target = hit.path if hit.kind == "image" else hit.text
+    for hit in results:
+        target = hit["path"] if hit["kind"] == "image" else hit["text"]
         if paths_only:
             typer.echo(target)
         else:
-            typer.echo(f"{hit.rank:>3}  {hit.score:7.4f}  {target}")
+            typer.echo(f"{hit['rank']:>3}  {hit['score']:7.4f}  {target}")
 
 
 def print_summary(summary, what: str, as_json: bool) -> None:

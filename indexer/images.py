@@ -25,7 +25,8 @@ import numpy as np
 from sqlalchemy import delete, or_, select
 
 from indexer.report import IndexSummary, Reporter
-from indexer.scan import ScannedFile, content_hash, scan_folders
+from indexer.scan import ScannedFile, scan_folders
+from retrieval.content_hash import content_hash
 from retrieval.db import Database, ImageRow
 from retrieval.imageio import DEFAULT_MAX_PIXELS, decode_batches, default_workers
 from retrieval.library import Library

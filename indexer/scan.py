@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -99,12 +98,3 @@ def _scanned(path: Path, on_skip) -> ScannedFile | None:
         on_skip(str(path.absolute()), "not a regular file")
         return None
     return ScannedFile(str(path.absolute()), stat.st_size, stat.st_mtime_ns)
-
-
-def content_hash(path: str, chunk_size: int = 1 << 20) -> str:
-    """128-bit BLAKE2b of the file's bytes: recognises moved and duplicated files."""
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()

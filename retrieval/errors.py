@@ -35,3 +35,7 @@ class DatasetError(XmrError):
 
 class InputError(XmrError):
     """A user-supplied file or argument that cannot be used (missing, wrong format)."""
+
+
+class ItemNotFound(XmrError):
+    """An id that names no item of the index (deleted, or never there)."""

@@ -48,18 +48,19 @@ class SearchFilter:
         before: str | None = None,
         ext: str | None = None,
     ) -> SearchFilter:
-        """From command-line strings; raises InputError naming the bad value."""
+        """From the strings a person typed (CLI options, HTTP parameters of the same
+        names); raises InputError naming the bad value."""
         paths = tuple(str(Path(p).expanduser().resolve()) for p in (under or ()))
-        start, end = _parse_date(after, "--after"), _parse_date(before, "--before")
+        start, end = _parse_date(after, "after"), _parse_date(before, "before")
         if start is not None and end is not None and start >= end:
-            raise InputError(f"--after {after} is not before --before {before}: nothing matches")
+            raise InputError(f"after {after} is not earlier than before {before}: nothing matches")
         exts: list[str] = []
         for part in (ext or "").split(","):
             name = part.strip().lower().lstrip(".")
             if name:
                 exts.extend(EXT_ALIASES.get(name, (name,)))
         if ext is not None and not exts:
-            raise InputError(f"--ext '{ext}' names no extension; write e.g. --ext jpg,png")
+            raise InputError(f"ext '{ext}' names no extension; write e.g. jpg,png")
         return cls(paths, start, end, tuple(dict.fromkeys(exts)))
 
     @property
@@ -90,8 +91,8 @@ class SearchFilter:
     def _text_query(self):
         if self.after or self.before or self.exts:
             raise InputError(
-                "--after, --before and --ext filter image files; "
-                "a text search takes only --under (the corpus files)"
+                "after, before and ext filter image files; "
+                "a text search takes only under (the corpus files)"
             )
         from retrieval.db import TextSource
 

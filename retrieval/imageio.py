@@ -6,6 +6,7 @@ processes that run ahead of the encoder (indexer, benchmarks, training).
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -25,12 +26,14 @@ class DecodeError(Exception):
     """A file that cannot be turned into an image; the message is the reason."""
 
 
-def decode_image(path: str, preprocess, max_pixels: int = DEFAULT_MAX_PIXELS):
-    """-> (pixels (3, H, W), width, height, format, taken_at); raises DecodeError."""
+def decode_image(path: str | bytes, preprocess, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """A file's path, or its bytes (an upload) -> (pixels (3, H, W), width, height, format,
+    taken_at); raises DecodeError."""
     try:
-        if os.path.getsize(path) == 0:
+        in_memory = isinstance(path, bytes | bytearray)
+        if (len(path) if in_memory else os.path.getsize(path)) == 0:
             raise DecodeError("empty file (0 bytes)")
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(path) if in_memory else path) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise DecodeError(

@@ -38,20 +38,11 @@ from retrieval.db import Database, ImageRow, TextRow
 from retrieval.errors import EncoderMismatch, IndexCorrupt, IndexNotFound, InputError, XmrError
 from retrieval.feature_cache import FEATURES_FILE, MANIFEST_KEY, FeatureCache
 from retrieval.index_choice import IndexPolicy, check_index_type, parse_size, plan_upkeep
+from retrieval.locations import INDEX_ENV
 from retrieval.vector_index import VectorIndex
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
-INDEX_ENV = "XMR_INDEX"
-
-
-def default_index_dir() -> Path:
-    """`$XMR_INDEX`, else a per-user data directory."""
-    if os.environ.get(INDEX_ENV):
-        return Path(os.environ[INDEX_ENV]).expanduser()
-    from platformdirs import user_data_dir
-
-    return Path(user_data_dir("xmr")) / "index"
 
 
 @dataclass

@@ -399,7 +399,7 @@ def load_reranker(folder: Path, encoder=None, device: str | None = None) -> Rera
         state = load_file(str(folder / WEIGHTS_FILE))
     except (OSError, TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise InvalidModelSpec(f"{folder} is not an xmr re-ranker ({exc})") from exc
-    if encoder is not None and encoder.image_token_shape is not None:
+    if encoder is not None and getattr(encoder, "image_token_shape", None) is not None:
         expected = (config.image_tokens, config.token_dim)
         if tuple(encoder.image_token_shape) != expected:
             raise InvalidModelSpec(

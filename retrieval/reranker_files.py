@@ -15,13 +15,15 @@ CONFIG_FILE = "reranker_config.json"  # what `xmr train-reranker --out` writes
 WEIGHTS_FILE = "reranker.safetensors"
 
 
-def reranker_folder(choice: str | None, encoder) -> Path | None:
-    """The folder `choice` names (auto: the model's own), without loading anything."""
+def reranker_folder(choice: str | None, model) -> Path | None:
+    """The folder `choice` names (auto: the model's own), without loading anything.
+    `model`: an encoder or its ModelSpec."""
     if choice in (None, "", "none"):
         return None
     if choice == "auto":
-        folder = Path(encoder.spec.name) / RERANKER_SUBDIR
-        if encoder.spec.kind not in ("shipped", "folder") or not folder.is_dir():
+        spec = getattr(model, "spec", model)
+        folder = Path(spec.name) / RERANKER_SUBDIR
+        if spec.kind not in ("shipped", "folder") or not folder.is_dir():
             return None
         return folder
     return check_reranker_choice(choice)

@@ -20,6 +20,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parent.parent
+# Every model here has random weights; the engine's notice about it is tested on its own.
+os.environ["XMR_NO_RANDOM_WARNING"] = "1"
 XMR = Path(sys.executable).parent / "xmr"
 
 # An open_clip CLIP small enough to build in a fraction of a second and encode thousands
@@ -324,3 +326,4 @@ def trained_reranker(trained, shapes_corpus, tmp_path_factory):
     )
     state = train_reranker(config)
     return out, state
+

@@ -1,0 +1,140 @@
+"""The models an engine uses, loaded on first need and once: the text tower, both towers,
+and the re-ranker chosen by `auto | none | FOLDER`.
+
+A text query builds only the text tower (retrieval/encoder.py `load_text_encoder`); the
+first image query loads both towers, which then serve text queries too. Loading is
+serialised here, so two first requests never build a model twice.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from retrieval.errors import InvalidModelSpec
+from retrieval.library import Library, reranker_config_mismatch
+from retrieval.modelspec import ModelSpec, parse_model_spec
+from retrieval.reranker_files import (
+    check_reranker_choice,
+    folder_config,
+    reranker_folder,
+    reranker_name,
+)
+from retrieval.token_pooling import pooled_count
+
+QUIET_RANDOM_ENV = "XMR_NO_RANDOM_WARNING"  # set by the test suite, where every model is random
+
+
+def random_weights_notice(spec: ModelSpec) -> list[str]:
+    """The warning every answer from a random-weights model carries."""
+    if not spec.random_weights or os.environ.get(QUIET_RANDOM_ENV):
+        return []
+    return [
+        f"{spec.canonical} has random weights; its results mean nothing (use it for tests "
+        "and speed measurements only)"
+    ]
+
+
+@dataclass(frozen=True)
+class RerankerChoice:
+    """What `auto | none | FOLDER` means for one index: the folder to load (None: stage 1
+    only) and, when the index's tokens do not suit the model's own re-ranker, why."""
+
+    folder: Path | None
+    notice: str | None = None
+
+
+def choose_reranker(choice: str, spec: ModelSpec, library: Library) -> RerankerChoice:
+    """Decided from the re-ranker's config alone (no torch): `auto` falls back to stage 1
+    with a notice when the index cannot feed it; an explicit folder is refused instead."""
+    check_reranker_choice(choice)
+    folder = reranker_folder(choice, spec)
+    if folder is None or library.images.tokens is None:
+        return RerankerChoice(None)
+    config = folder_config(folder)
+    reason = reranker_config_mismatch(library, config, reranker_name(folder))
+    reason = reason or _token_shape_mismatch(library, config, reranker_name(folder))
+    if reason is None:
+        return RerankerChoice(folder)
+    if choice == "auto":
+        return RerankerChoice(None, f"{reason}; stage 1 only")
+    raise InvalidModelSpec(f"{reason}; or search without re-ranking")
+
+
+def _token_shape_mismatch(library: Library, config: dict, name: str) -> str | None:
+    """The re-ranker reads tokens of another shape than the index stores (another model)."""
+    stored = library.manifest.get("image_tokens")
+    pool = library.token_pool
+    wanted = [pooled_count(int(config.get("image_tokens", 0)), pool), config.get("token_dim")]
+    if stored is None or list(stored) == wanted:
+        return None
+    return (
+        f"re-ranker {name} reads image tokens of shape {tuple(wanted)}, but index "
+        f"{library.directory} stores {tuple(stored)} (another model's)"
+    )
+
+
+class Models:
+    """The encoder towers and re-rankers of one model spec on one device."""
+
+    def __init__(self, spec: str | ModelSpec, device: str | None = None):
+        self.spec = parse_model_spec(spec) if isinstance(spec, str) else spec
+        self.device = device
+        self._lock = threading.Lock()
+        self._text = None  # the text tower alone, until both towers are loaded
+        self._full = None
+        self._rerankers: dict[Path, object] = {}
+
+    @property
+    def loaded(self) -> list[str]:
+        """What is in memory: "text tower", "both towers", re-ranker names."""
+        towers = ["both towers"] if self._full else ["text tower"] if self._text else []
+        return towers + [r.name for r in self._rerankers.values()]
+
+    def text_encoder(self):
+        with self._lock:
+            if self._full is None and self._text is None:
+                from retrieval.encoder import Encoder, load_text_encoder
+
+                encoder = load_text_encoder(self.spec, self.device)
+                if isinstance(encoder, Encoder):  # random weights: drawn as the whole model
+                    self._full = encoder
+                else:
+                    self._text = encoder
+            return self._full or self._text
+
+    def encoder(self):
+        with self._lock:
+            if self._full is None:
+                from retrieval.encoder import load_encoder
+
+                self._full = load_encoder(self.spec, self.device)
+                self._text = None  # both towers now serve text queries too
+            return self._full
+
+    def reranker(self, folder: Path):
+        with self._lock:
+            if folder not in self._rerankers:
+                from retrieval.reranker import load_reranker
+
+                self._rerankers[folder] = load_reranker(folder, None, self.device)
+            return self._rerankers[folder]
+
+
+class QueryEncoder:
+    """The encoder as a Searcher sees it, loading only the tower a query uses."""
+
+    def __init__(self, models: Models):
+        self.models = models
+
+    def encode_texts(self, texts):
+        return self.models.text_encoder().encode_texts(texts)
+
+    def encode_images(self, pixels, token_layer=None):
+        return self.models.encoder().encode_images(pixels, token_layer)
+
+    @property
+    def preprocess(self):
+        return self.models.encoder().preprocess

@@ -1,0 +1,153 @@
+"""The engine's writing operations: index image folders, add a text corpus, compact.
+
+Each checks every argument before any model or index is touched, takes the index's
+write lock (one writer at a time), resolves the model (the index's own, else the one
+asked for, else the default) and returns its summary with notices for the caller to show.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.models import random_weights_notice
+from retrieval.errors import InputError
+from retrieval.library import MANIFEST_FILE, Library, reranker_config_mismatch
+from retrieval.modelspec import DEFAULT_MODEL
+
+
+@dataclass
+class WriteReport:
+    summary: object  # indexer.report.IndexSummary, or compact's {collection: report} dict
+    notices: list[str] = field(default_factory=list)
+
+
+def model_for_index(directory: Path, model: str | None) -> str:
+    """The model asked for, else the one the index was built with, else the default."""
+    if model:
+        return model
+    manifest = Path(directory) / MANIFEST_FILE
+    if manifest.exists():
+        try:
+            return json.loads(manifest.read_text())["encoder"]["spec"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # opening the index reports what is wrong with it
+    return DEFAULT_MODEL
+
+
+def check_index_policy(index_type: str | None, max_memory: str | None) -> None:
+    """Refuse a bad index type or memory budget before any model or index is touched."""
+    from retrieval.index_choice import check_index_type, parse_size
+
+    if index_type is not None:
+        check_index_type(index_type)
+    if max_memory is not None and max_memory.strip().lower() != "none":
+        parse_size(max_memory)
+
+
+def index_images(
+    directory: Path,
+    folders,
+    *,
+    model: str | None = None,
+    device: str | None = None,
+    options=None,
+    keep_tokens: bool = True,
+    token_pool: int | None = None,
+    reranker: str = "auto",
+    index_type: str | None = None,
+    max_memory: str | None = None,
+    reporter=None,
+) -> WriteReport:
+    """Every image under `folders`, incrementally (indexer/images.py `index_folders`).
+
+    `reranker` (a folder, auto: the model's own, none) names the re-ranker whose image
+    features the index keeps; a new index stores the image tokens of the vision block that
+    re-ranker reads (the model's own under none)."""
+    from indexer.images import IndexOptions, index_folders
+    from retrieval.encoder import LazyEncoder
+    from retrieval.reranker_files import (
+        check_reranker_choice,
+        folder_config,
+        folder_fingerprint,
+        folder_token_layer,
+        reranker_folder,
+        reranker_name,
+    )
+
+    check_index_policy(index_type, max_memory)
+    check_reranker_choice(reranker)
+    folders = [Path(f).expanduser() for f in folders]
+    missing = [str(f) for f in folders if not f.exists()]
+    if missing:
+        raise InputError(f"{', '.join(missing)} does not exist; give a folder of images")
+    encoder = LazyEncoder(model_for_index(directory, model), device)
+    named = reranker_folder(reranker, encoder.spec)  # resolved once, read without loading
+    layer = "auto" if reranker in ("auto", "none") else folder_token_layer(named)
+    notices: list[str] = []
+    with Library.open_or_create(
+        directory, encoder, keep_tokens, index_type, max_memory, token_pool, layer
+    ) as library:
+        notices += random_weights_notice(encoder.spec)  # once the index accepted the model
+        folder = named if keep_tokens else None
+        reason = folder and reranker_config_mismatch(
+            library, folder_config(folder), reranker_name(folder)
+        )
+        if reason:  # decided from its config: no model loads on every run to find this out
+            notices.append(f"{reason}; its image features are not kept")
+            folder = None
+        summary = index_folders(
+            library,
+            encoder,
+            folders,
+            options or IndexOptions(),
+            reporter,
+            lambda: folder and _load_reranker(folder, encoder, device),
+            folder and folder_fingerprint(folder),
+        )
+    return WriteReport(summary, notices)
+
+
+def _load_reranker(folder: Path, encoder, device: str | None):
+    from retrieval.reranker import load_reranker  # imports torch: only when images need it
+
+    return load_reranker(folder, encoder, device)
+
+
+def add_text_corpus(
+    directory: Path,
+    file: Path,
+    *,
+    model: str | None = None,
+    device: str | None = None,
+    text_field: str | None = None,
+    batch_size: int = 256,
+    reporter=None,
+) -> WriteReport:
+    """A text corpus, deduplicated; re-runs embed only what changed (indexer/texts.py)."""
+    from indexer.texts import add_texts, read_corpus
+    from retrieval.encoder import LazyEncoder
+
+    read_corpus(file, text_field)  # refuse a bad file before loading a model
+    encoder = LazyEncoder(model_for_index(directory, model), device)
+    with Library.open_or_create(directory, encoder) as library:
+        notices = random_weights_notice(encoder.spec)
+        summary = add_texts(library, encoder, file, text_field, batch_size, reporter)
+    return WriteReport(summary, notices)
+
+
+def compact_index(
+    directory: Path,
+    *,
+    index_type: str | None = None,
+    max_memory: str | None = None,
+    reporter=None,
+) -> WriteReport:
+    """Rebuild the FAISS indexes from the stored vectors (Library.compact); nothing is
+    re-encoded. The summary also carries the files' sizes afterwards ("sizes")."""
+    check_index_policy(index_type, max_memory)
+    with Library.open(directory, writable=True) as library:
+        report = library.compact(index_type, max_memory, reporter)
+        sizes = library.disk_usage()
+    return WriteReport({"collections": report, "sizes": sizes})
