@@ -182,10 +182,12 @@ from cli import (  # noqa: E402 (after the core commands)
     demo_cmd,
     index_cmds,
     search_cmd,
+    serve_cmd,
     train_cmds,
 )
 
 app.command()(search_cmd.search)
+app.command()(serve_cmd.serve)
 app.command("make-corpus")(train_cmds.make_corpus)
 app.command("train-encoder")(train_cmds.train_encoder)
 app.command("train-reranker")(train_cmds.train_reranker)

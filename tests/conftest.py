@@ -327,3 +327,85 @@ def trained_reranker(trained, shapes_corpus, tmp_path_factory):
     state = train_reranker(config)
     return out, state
 
+
+# -- a running `xmr serve` ---------------------------------------------------------------
+class Served:
+    """A real `xmr serve` subprocess on a free loopback port, and plain HTTP to it."""
+
+    def __init__(self, index_dir: Path, *extra, env: dict | None = None):
+        self.index_dir = Path(index_dir)
+        self.token = None
+        if "--token" in extra:
+            self.token = extra[list(extra).index("--token") + 1]
+        self.process = subprocess.Popen(
+            [str(XMR), "serve", "--index", str(index_dir), "--port", "0", *map(str, extra)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env or xmr_env(),
+        )
+        self.url = self._wait_until_ready()
+
+    def _wait_until_ready(self, seconds: float = 180) -> str:
+        import time
+
+        deadline = time.monotonic() + seconds
+        record = self.index_dir / "server.json"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"xmr serve exited: {self.process.stderr.read()}")
+            try:
+                data = json.loads(record.read_text())
+                if data["pid"] == self.process.pid:
+                    return data["url"]
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("xmr serve did not come up")
+
+    def request(self, path: str, data: bytes | None = None, headers: dict | None = None):
+        """(status, headers, body bytes) of one request; errors are answers too."""
+        import urllib.error
+        import urllib.request
+
+        headers = dict(headers or {})
+        if self.token and "Authorization" not in headers:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(self.url + path, data=data, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+    def json(self, path: str, **kwargs):
+        status, _, body = self.request(path, **kwargs)
+        return status, json.loads(body)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for stream in (self.process.stdout, self.process.stderr):
+            stream.close()
+
+
+def multipart(fields: dict, file_field: str, filename: str, data: bytes):
+    """(body, headers) of a multipart/form-data upload, as a browser sends it."""
+    boundary = "testboundary7MA4YWxkTrZu0gW"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; '
+        f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
+        + data
+        + b"\r\n"
+    )
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}

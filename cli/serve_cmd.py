@@ -1,0 +1,42 @@
+"""`xmr serve`: keep the engine warm behind an HTTP API and a web page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cli.errors import handle_errors
+from cli.options import DeviceOption, IndexOption, index_dir
+
+
+@handle_errors
+def serve(
+    index: Path = IndexOption,
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to listen on; anything but loopback needs --token."
+    ),
+    port: int = typer.Option(8765, "--port", min=0, max=65535, help="0 picks a free port."),
+    device: str = DeviceOption,
+    token: str = typer.Option(
+        None,
+        "--token",
+        envvar="XMR_TOKEN",
+        help="Require 'Authorization: Bearer TOKEN' on every /api call (the page: open "
+        "/?token=TOKEN once).",
+        show_default=False,
+    ),
+):
+    """Serve the index: an HTTP API (/api/search, /docs) and a web page at /.
+
+    `xmr search` on the same index asks this server while it runs (no model loading).
+    """
+    from server.run import serve as run_server
+
+    def ready(url: str, loaded: list[str]) -> None:
+        typer.echo(
+            f"xmr serving {index_dir(index)} at {url}/  ({', '.join(loaded)} loaded)", err=True
+        )
+        typer.echo("press Ctrl-C to stop", err=True)
+
+    run_server(index_dir(index), host, port, device, token, on_ready=ready)

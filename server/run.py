@@ -1,0 +1,121 @@
+"""`xmr serve`: check the address, load the engine, announce the server, run uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import socket
+from pathlib import Path
+
+from retrieval.errors import InputError
+
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_address(host: str, token: str | None) -> None:
+    """Anything but loopback exposes the index's photos: only with a token."""
+    if not is_loopback(host) and not token:
+        raise InputError(
+            f"serving on {host} would let anyone who can reach this machine browse the "
+            "indexed photos; give a token (clients then send Authorization: Bearer TOKEN) "
+            "or serve on 127.0.0.1"
+        )
+    if token is not None and len(token) < 8:
+        raise InputError("a token of at least 8 characters, please")
+
+
+def serve(
+    index: Path,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    device: str | None = None,
+    token: str | None = None,
+    on_ready=None,
+) -> None:
+    """Serve until interrupted. `on_ready(url, loaded)` is called once the models are warm
+    and the port is open; the server is announced in the index folder for `xmr search`."""
+    import uvicorn
+
+    from engine import running
+    from engine.engine import Engine
+    from server.app import create_app
+
+    check_address(host, token)
+    other = running.find(Path(index))
+    if other is not None:
+        raise InputError(
+            f"a server for {index} already runs at {other.url} (pid {other.pid}); "
+            "stop it first, or search through it"
+        )
+    engine = Engine(index, device)
+    engine.info()  # a missing or unreadable index fails here, before the port opens
+    loaded = engine.warm_up()
+    app = create_app(engine, token)
+    if is_loopback(host) and not token:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        # A page on another site must not reach this server through a name it controls
+        # that resolves to 127.0.0.1 (DNS rebinding): only loopback names are accepted.
+        app.add_middleware(
+            TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "[::1]", "::1"]
+        )
+    sock = _bind(host, port)
+    url = f"http://{_url_host(host)}:{sock.getsockname()[1]}"
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=30)
+    server = uvicorn.Server(config)
+    announced = running.RunningServer(url, os.getpid(), token)
+    # uvicorn shuts down gracefully on SIGINT / SIGTERM, then raises the signal again with
+    # the handlers it found: these end the run quietly, so the record is removed.
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    running.record(engine.directory, announced)
+    try:
+        if on_ready is not None:
+            on_ready(url, loaded)
+        server.run(sockets=[sock])
+    except _Stopped:
+        pass
+    finally:
+        running.forget(engine.directory, os.getpid())
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _Stopped(Exception):
+    """A stop signal arrived (after uvicorn's graceful shutdown, or before it started)."""
+
+
+def _stop(_signum, _frame) -> None:
+    raise _Stopped
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, opened here so that a busy port is one clear error."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise InputError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); pick another port"
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", "[::]"):
+        return "127.0.0.1"
+    return f"[{host.strip('[]')}]" if ":" in host else host

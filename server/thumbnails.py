@@ -1,0 +1,68 @@
+"""Thumbnails for the page: made on first request, EXIF orientation applied, kept on disk.
+
+    DIR/thumbnails/{id}-{size}.jpg
+
+An id's file never changes (a changed file gets a new id), so a kept thumbnail never goes
+stale; one of a deleted image is simply never asked for again. On an index folder that
+cannot be written (a read-only mount) thumbnails are made each time instead.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from retrieval.errors import ItemNotFound
+
+THUMBNAIL_DIR = "thumbnails"
+MAX_SOURCE_PIXELS = 178_956_970  # the indexer's decompression-bomb limit
+
+
+class Thumbnails:
+    def __init__(self, engine):
+        self.engine = engine
+        self.folder = Path(engine.directory) / THUMBNAIL_DIR
+
+    def jpeg(self, image_id: int, size: int) -> bytes:
+        kept = self.folder / f"{int(image_id)}-{int(size)}.jpg"
+        path = self.engine.image_path(image_id)  # 404 for ids that are not indexed images
+        try:
+            return kept.read_bytes()
+        except OSError:
+            pass
+        data = _make(path, size, image_id)
+        _keep(kept, data)
+        return data
+
+
+def _make(path: Path, size: int, image_id: int) -> bytes:
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_SOURCE_PIXELS:
+                raise ItemNotFound(f"image {image_id} is too large to preview")
+            image.draft("RGB", (size, size))  # JPEG: decode at a fraction of full size
+            image = ImageOps.exif_transpose(image)
+            image.thumbnail((size, size))
+            out = io.BytesIO()
+            image.convert("RGB").save(out, "JPEG", quality=85)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ItemNotFound(f"the file of image {image_id} cannot be read now ({exc})") from exc
+    return out.getvalue()
+
+
+def _keep(path: Path, data: bytes) -> None:
+    """Write-then-rename, so a reader never sees half a thumbnail; silently skipped where
+    the index folder is read-only or full (the thumbnail is made again next time)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
