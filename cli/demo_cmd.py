@@ -29,8 +29,8 @@ def demo(
 ):
     """Generate a corpus, index it with xmr-tiny, run queries, print recall@k (offline)."""
     from cli.progress import BarReporter
+    from engine.demo import run_demo
     from evaluation.bench_report import markdown_report
-    from training.demo import run_demo
 
     started = time.monotonic()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="xmr-demo-"))
@@ -51,7 +51,7 @@ def demo(
         typer.echo("")
     typer.echo(markdown_report(result.bench))
     typer.echo(
-        f'Try it yourself:\n  xmr search "a red circle left of a blue square" '
+        f'Try it yourself:\n  xmr search "{result.try_query}" '
         f"--index {workdir / 'index'}\n  xmr search --image "
         f"{result.queries[-1].query} --texts --index {workdir / 'index'}"
     )

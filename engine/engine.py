@@ -174,6 +174,10 @@ class Engine:
             raise ItemNotFound(f"no indexed image has id {image_id}")
         return Path(row.path)
 
+    def reranker(self):
+        """The re-ranker searches use (None: stage 1 only), loaded if it was not yet."""
+        return self._searcher(self._current()).reranker
+
     @property
     def models(self) -> Models:
         if self._models is None:
