@@ -180,6 +180,7 @@ def info(
 from cli import (  # noqa: E402 (after the core commands)
     bench_cmd,
     demo_cmd,
+    duplicates_cmd,
     index_cmds,
     search_cmd,
     serve_cmd,
@@ -188,6 +189,7 @@ from cli import (  # noqa: E402 (after the core commands)
 
 app.command()(search_cmd.search)
 app.command()(serve_cmd.serve)
+app.command()(duplicates_cmd.duplicates)
 app.command("make-corpus")(train_cmds.make_corpus)
 app.command("train-encoder")(train_cmds.train_encoder)
 app.command("train-reranker")(train_cmds.train_reranker)
@@ -197,7 +199,31 @@ app.command("compact")(index_cmds.compact)
 
 
 def run() -> None:
-    app()
+    import sys
+
+    app(args=_optional_values(sys.argv[1:]))
+
+
+def _optional_values(argv: list[str]) -> list[str]:
+    """`--dedup` takes an optional value (`--dedup` or `--dedup 0.9`), which typer cannot
+    declare: the default is filled in before parsing."""
+    from cli.search_cmd import DEDUP_DEFAULT
+
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        following = argv[i + 1] if i + 1 < len(argv) else ""
+        if arg == "--dedup" and not _is_number(following):
+            out.append(str(DEDUP_DEFAULT))
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -15,17 +15,23 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def print_answer(results: list[dict], as_json: bool, paths_only: bool) -> None:
+def print_answer(
+    results: list[dict], as_json: bool, paths_only: bool, print0: bool = False
+) -> None:
     """Search results (Hit.as_dict() each, from this process or a server)."""
     if as_json:
         typer.echo(json.dumps(results, ensure_ascii=False, indent=2))
         return
     for hit in results:
         target = hit["path"] if hit["kind"] == "image" else hit["text"]
-        if paths_only:
+        if print0:  # names may hold newlines: NUL is the one safe separator
+            typer.echo(target + "\0", nl=False)
+        elif paths_only:
             typer.echo(target)
         else:
-            typer.echo(f"{hit['rank']:>3}  {hit['score']:7.4f}  {target}")
+            folded = hit.get("duplicates")
+            more = f"  (+{len(folded)} near-duplicates)" if folded else ""
+            typer.echo(f"{hit['rank']:>3}  {hit['score']:7.4f}  {target}{more}")
 
 
 def print_summary(summary, what: str, as_json: bool) -> None:

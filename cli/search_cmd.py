@@ -11,11 +11,23 @@ import typer
 from cli.errors import handle_errors
 from cli.options import DeviceOption, IndexOption, index_dir, print_notices
 
+DEDUP_DEFAULT = 0.95  # `--dedup` alone: cosine at which two results are one picture
+
 
 @handle_errors
 def search(
-    query: str = typer.Argument(None, help="Text query (omit with --image)."),
+    query: str = typer.Argument(
+        None,
+        help="Text, or an expression: 'beach + 2:sunset - people', './ref.jpg + at night'.",
+    ),
     image: Path = typer.Option(None, "--image", "-i", help="Query by this image."),
+    like: list[int] = typer.Option(
+        [], "--like", help="Query by an indexed image's id, no decoding (repeatable)."
+    ),
+    add: list[str] = typer.Option([], "--add", help="Add this term, taken whole (repeatable)."),
+    sub: list[str] = typer.Option(
+        [], "--sub", help="Subtract this term, taken whole (repeatable)."
+    ),
     texts: bool = typer.Option(
         False, "--texts", "-t", help="Search the text corpus instead of images."
     ),
@@ -45,23 +57,42 @@ def search(
         None, "--before", help="Only images taken (EXIF) or modified before YYYY-MM-DD."
     ),
     ext: str = typer.Option(None, "--ext", help="Only these extensions, e.g. jpg,png."),
+    min_score: float = typer.Option(
+        None, "--min-score", help="Leave out results whose stage-1 cosine is below this."
+    ),
+    dedup: float = typer.Option(
+        None,
+        "--dedup",
+        min=0.0,
+        max=1.0,
+        help=f"Fold near-duplicates (cosine >= T) into the best-ranked; T defaults to "
+        f"{DEDUP_DEFAULT}.",
+    ),
+    print0: bool = typer.Option(
+        False, "--print0", "-0", help="Only paths, each ended by NUL (for xargs -0)."
+    ),
     no_server: bool = typer.Option(
         False, "--no-server", help="Search in this process even when `xmr serve` runs."
     ),
 ):
     """Search: text->image (default), image->image (--image), image->text (--image --texts).
 
-    Filters (--under, --after, --before, --ext) act inside the search: k results come
-    back whenever k items match. When `xmr serve` runs on this index, the query goes
-    there (warm models, milliseconds); --no-server, --device or another --reranker keep
-    it in this process.
+    A query may combine terms: QUERY is an expression ('+' and '-' standing alone join
+    terms, '2:' weighs one, a path is an image), and --image, --like, --add, --sub add
+    terms. Filters (--under, --after, --before, --ext) act inside the search: k results
+    come back whenever k items match. When `xmr serve` runs on this index, the query
+    goes there (warm models, milliseconds); --no-server, --device, another --reranker or
+    an image path inside QUERY keep it in this process.
     """
-    if query is None and image is None:
-        raise typer.BadParameter("give a text QUERY or --image PATH")
-    if query is not None and image is not None:
-        raise typer.BadParameter("give a text QUERY or --image PATH, not both")
+    if query is None and image is None and not (like or add or sub):
+        raise typer.BadParameter("give a text QUERY, --image PATH or --like ID")
     from cli.output import print_answer
+    from engine.engine import QueryInput
 
+    asked = QueryInput(
+        text=query, image_path=image, like=tuple(like), add=tuple(add), sub=tuple(sub)
+    )
+    terms = asked.terms()  # a bad expression fails here, before any server or model
     directory = index_dir(index)
     request = {
         "target": "texts" if texts else "images",
@@ -72,17 +103,20 @@ def search(
         "after": after,
         "before": before,
         "ext": ext,
+        "min_score": min_score,
+        "dedup": dedup,
     }
     answer = None
-    if not (no_server or device or reranker != "auto"):
-        answer = _through_server(directory, query, image, request)
+    local_paths = any(t.kind == "image" for t in terms if t.value != str(image))
+    if not (no_server or device or reranker != "auto" or local_paths):
+        answer = _through_server(directory, asked, request)
     if answer is None:
-        answer = _in_process(directory, query, image, request, device, reranker)
+        answer = _in_process(directory, asked, request, device, reranker)
     print_notices(answer["notices"])
-    print_answer(answer["results"], as_json, paths_only)
+    print_answer(answer["results"], as_json, paths_only, print0)
 
 
-def _through_server(directory: Path, query, image, request: dict) -> dict | None:
+def _through_server(directory: Path, asked, request: dict) -> dict | None:
     """The running server's answer, or None when no server serves this index."""
     from engine import running
     from retrieval.errors import InputError
@@ -91,10 +125,11 @@ def _through_server(directory: Path, query, image, request: dict) -> dict | None
     if server is None:
         return None
     fields = {**request, "rerank": str(request["rerank"]).lower()}
+    fields.update(q=asked.text, like=list(asked.like), add=list(asked.add), sub=list(asked.sub))
     try:
-        if image is None:
-            return running.call(server, "/api/search", {**fields, "q": query})
-        path = Path(image).expanduser()
+        if asked.image_path is None:
+            return running.call(server, "/api/search", fields)
+        path = Path(asked.image_path).expanduser()
         data = _read_query_image(path)
         fields["path_hint"] = str(path.resolve())
         return running.call(server, "/api/search", fields, ("image", path.name, data))
@@ -114,8 +149,8 @@ def _read_query_image(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _in_process(directory: Path, query, image, request: dict, device, reranker) -> dict:
-    from engine.engine import Engine, QueryInput
+def _in_process(directory: Path, asked, request: dict, device, reranker) -> dict:
+    from engine.engine import Engine
     from retrieval.filters import SearchFilter
 
     where = SearchFilter.parse(
@@ -123,11 +158,13 @@ def _in_process(directory: Path, query, image, request: dict, device, reranker) 
     )
     engine = Engine(directory, device, "none" if not request["rerank"] else reranker)
     answer = engine.search(
-        QueryInput(text=query, image_path=image),
+        asked,
         request["target"],
         request["k"],
         request["candidates"],
         request["rerank"],
         where,
+        request["min_score"],
+        request["dedup"],
     )
     return answer.as_dict()

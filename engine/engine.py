@@ -33,7 +33,8 @@ from retrieval.errors import InputError, ItemNotFound
 from retrieval.filters import SearchFilter
 from retrieval.library import Library
 from retrieval.locations import default_index_dir
-from retrieval.searcher import TARGETS, Answer, Query, Searcher
+from retrieval.query_language import Term, parse, parse_term
+from retrieval.searcher import TARGETS, Answer, Searcher
 
 _INDEX_FILES = ("manifest.json", "images.faiss.json", "texts.faiss.json")
 EXAMPLES_FILE = "examples.txt"  # a shipped model's sentences it answers well, one a line
@@ -48,29 +49,42 @@ GENERIC_EXAMPLES = (
 
 @dataclass(frozen=True)
 class QueryInput:
-    """What a person asked with: exactly one of a text, an image file, image bytes (an
-    upload; `path_hint` is the client's own path for it, compared with indexed paths but
-    never opened) or an indexed image's id."""
+    """What a person asked with, in any combination: a text (a query expression, see
+    retrieval/query_language.py), an image file, image bytes (an upload; `path_hint` is
+    the sender's own path for it, compared with indexed paths but never opened), indexed
+    images' ids, and whole terms to add or subtract (`--add`, `--sub`)."""
 
     text: str | None = None
     image_path: Path | None = None
     image_bytes: bytes | None = None
     image_name: str = "upload"
     path_hint: str | None = None
-    like: int | None = None
+    like: tuple[int, ...] = ()
+    add: tuple[str, ...] = ()
+    sub: tuple[str, ...] = ()
+    paths_allowed: bool = True  # False over HTTP: a server never opens a client's path
 
-    def check(self) -> None:
-        given = [
-            self.text is not None,
-            self.image_path is not None,
-            self.image_bytes is not None,
-            self.like is not None,
-        ]
-        if sum(given) != 1:
+    def terms(self) -> list[Term]:
+        """The query's terms; raises InputError naming what is wrong."""
+        terms: list[Term] = []
+        local = self.paths_allowed
+        if self.text is not None:
+            terms += parse(self.text, local)
+        if self.image_path is not None:
+            terms.append(Term(1.0, "image", str(self.image_path)))
+        if self.image_bytes is not None:
+            terms.append(Term(1.0, "upload", self.image_name))
+        terms += [Term(1.0, "like", str(int(i))) for i in self.like]
+        terms += [parse_term(t, 1.0, local) for t in self.add]
+        terms += [parse_term(t, -1.0, local) for t in self.sub]
+        if not terms:
+            raise InputError("give a query: a text, an image file, an uploaded image or an id")
+        if not self.paths_allowed and any(t.kind == "image" for t in terms):
             raise InputError(
-                "give one query: a text, an image file, an uploaded image or an image id"
-                + (" (not several)" if sum(given) > 1 else "")
+                "image paths are not accepted here; upload the image, or name an indexed "
+                "image with like=ID"
             )
+        return terms
 
 
 class _Snapshot:
@@ -111,18 +125,24 @@ class Engine:
         candidates: int | None = None,
         rerank: bool = True,
         where: SearchFilter | None = None,
+        min_score: float | None = None,
+        dedup: float | None = None,
     ) -> Answer:
-        """The top-k `target` items for `query`, with notices and timings (ms)."""
+        """The top-k `target` items for `query`, with notices and timings (ms); see
+        Searcher.answer for `min_score` and `dedup`."""
         query = QueryInput(text=query) if isinstance(query, str) else query
-        query.check()
+        terms = query.terms()  # a bad expression fails before anything is loaded or encoded
         if target not in TARGETS:
             raise InputError(f"unknown target '{target}'; use images or texts")
         if k < 1 or (candidates is not None and candidates < 1):
             raise InputError("k and candidates must be at least 1")
         snapshot = self._current()
         searcher = self._searcher(snapshot)
-        built = self._build_query(searcher, query)
-        answer = searcher.answer(built, target, k, candidates, rerank, where=where)
+        upload = (query.image_bytes, query.image_name, query.path_hint)
+        built = searcher.expression_query(terms, target, upload)
+        answer = searcher.answer(
+            built, target, k, candidates, rerank, where=where, min_score=min_score, dedup=dedup
+        )
         answer.notices[:0] = snapshot.notices + random_weights_notice(self.models.spec)
         return answer
 
@@ -133,6 +153,47 @@ class Engine:
         snapshot = self._current()
         with self._state:
             return index_info(snapshot.library)
+
+    def duplicates(self, threshold: float = 0.95, under=()) -> list[dict]:
+        """Groups of near-duplicate images (cosine >= threshold) across the index, or under
+        some folders, largest first; each item with what a person needs to pick one."""
+        import numpy as np
+        from sqlalchemy import select
+
+        from retrieval.db import ImageRow
+        from retrieval.duplicates import PixelCheck, duplicate_groups
+
+        if not 0 < threshold <= 1:
+            raise InputError(f"threshold {threshold} must be above 0 and at most 1")
+        library = self._current().library
+        where = SearchFilter.parse(under)
+        if where.active:
+            ids = where.allowed_ids(library.db, "images")
+        else:
+            ids = np.asarray(library.db.ids(ImageRow), dtype=np.int64)
+        with self._state:
+            vectors = library.images.vectors.read(ids)  # (N, D)
+        with library.db.session() as session:
+            files = {i: path for i, path in session.execute(select(ImageRow.id, ImageRow.path))}
+            hashes = {i: h for i, h in session.execute(select(ImageRow.id, ImageRow.content_hash))}
+        check = PixelCheck(
+            {i: files[int(ids[i])] for i in range(len(ids))},
+            {i: hashes.get(int(ids[i])) for i in range(len(ids))},
+        )
+        groups = [ids[g] for g in duplicate_groups(vectors, threshold, check)]
+        wanted = [int(i) for g in groups for i in g]
+        rows = {}
+        with library.db.session() as session:
+            for start in range(0, len(wanted), 500):  # SQLite caps bound parameters
+                chunk = select(ImageRow).where(ImageRow.id.in_(wanted[start : start + 500]))
+                rows.update((r.id, r) for r in session.scalars(chunk))
+        out = []
+        for group in groups:
+            items = [_duplicate_item(rows[int(i)]) for i in group if int(i) in rows]
+            items.sort(key=lambda item: (-(item["width"] or 0) * (item["height"] or 0), item["id"]))
+            if len(items) > 1:
+                out.append({"count": len(items), "items": items})
+        return out
 
     def examples(self, n: int = 4) -> dict:
         """Queries to offer on the page: texts of the index's own corpus (sentences the model
@@ -194,15 +255,6 @@ class Engine:
             searcher.reranker.fingerprint  # noqa: B018 - hashed once, here
         return self.models.loaded
 
-    def _build_query(self, searcher: Searcher, query: QueryInput) -> Query:
-        if query.text is not None:
-            return searcher.text_query(query.text)
-        if query.like is not None:
-            return searcher.item_query(query.like)
-        if query.image_path is not None:
-            return searcher.image_query(query.image_path)
-        return searcher.upload_query(query.image_bytes, query.image_name, query.path_hint)
-
     def _current(self) -> _Snapshot:
         """The open index as of the last commit: opened on first use, caught up after.
 
@@ -252,6 +304,18 @@ class Engine:
 
     def compact(self, **options) -> writes.WriteReport:
         return writes.compact_index(self.directory, **options)
+
+
+def _duplicate_item(row) -> dict:
+    return {
+        "id": row.id,
+        "path": row.path,
+        "bytes": row.size,
+        "width": row.width,
+        "height": row.height,
+        "format": row.format,
+        "taken_at": row.taken_at.isoformat() if row.taken_at else None,
+    }
 
 
 def _stamp(directory: Path) -> tuple:

@@ -24,10 +24,12 @@ from sqlalchemy import select
 
 from retrieval.content_hash import content_hash_bytes
 from retrieval.db import ImageRow, TextRow
+from retrieval.duplicates import PixelCheck
 from retrieval.errors import InputError, InvalidModelSpec, ItemNotFound
 from retrieval.filters import SearchFilter
 from retrieval.imageio import DecodeError, decode_image
 from retrieval.library import Collection, Library, token_mismatch
+from retrieval.query_language import Term, combine
 
 DEFAULT_CANDIDATES = 128  # stage-1 depth for re-ranking: ALBEF/BLIP's Flickr30k setting
 MAX_RERANK_DEPTH = 1024  # beyond this, stage 2 costs seconds and gigabytes for no gain
@@ -45,6 +47,7 @@ class Hit:
     text: str | None = None
     source: str | None = None
     meta: dict = field(default_factory=dict)
+    duplicates: list[int] | None = None  # ids folded into this hit (search with dedup)
 
     def as_dict(self) -> dict:
         out = {"rank": self.rank, "score": round(self.score, 6), "id": self.id}
@@ -58,6 +61,8 @@ class Hit:
         if self.meta:
             # Nested, so a record's own "id" or "score" cannot overwrite the hit's.
             out["meta"] = self.meta
+        if self.duplicates is not None:
+            out["duplicates"] = self.duplicates
         return out
 
 
@@ -69,8 +74,9 @@ class Query:
     tokens: np.ndarray | None  # (L, D) float16
     length: int | None  # valid text tokens, None for images
     kind: str  # "text" | "image"
-    exclude_image_id: int | None = None
+    exclude_ids: tuple[int, ...] = ()  # indexed images that are the query (never answers)
     encode_ms: float = 0.0  # time spent in the encoder (0 for a stored vector)
+    rerank_note: str | None = None  # why a re-ranker cannot read this query, if so
 
 
 @dataclass
@@ -81,15 +87,36 @@ class Answer:
     reranked: bool
     notices: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # With a minimum score: how many of the results asked for scored below it.
+    below_min_score: int | None = None
 
     def as_dict(self) -> dict:
         """The HTTP API's answer; `xmr search` prints from the same dict."""
-        return {
+        out = {
             "results": [hit.as_dict() for hit in self.hits],
             "reranked": self.reranked,
             "notices": self.notices,
             "timings_ms": self.timings_ms,
         }
+        if self.below_min_score is not None:
+            out["below_min_score"] = self.below_min_score
+        return out
+
+
+@dataclass
+class _Ranked:
+    """Stage 1 (and 2) for one depth: candidates and their scores."""
+
+    ids: np.ndarray  # (K,)
+    final: np.ndarray  # (K,) final scores
+    stage1: np.ndarray  # (K,) stage-1 cosines
+    stage1_ms: float
+    rerank_ms: float = 0.0
+    reranked: bool = False
+    tail: set = field(default_factory=set)  # ids past the re-ranked head
+    notices: list[str] = field(default_factory=list)
+    below_min_score: int = 0
+    empty: bool = False
 
 
 class Searcher:
@@ -111,9 +138,7 @@ class Searcher:
         with self.compute:
             encoded = self.encoder.encode_texts([text])
         tokens = None if encoded.tokens is None else encoded.tokens[0]
-        return Query(
-            encoded.vectors[0], tokens, int(encoded.lengths[0]), "text", None, _ms(started)
-        )
+        return Query(encoded.vectors[0], tokens, int(encoded.lengths[0]), "text", (), _ms(started))
 
     def image_query(self, path: Path) -> Query:
         """Reuse the stored vector of an indexed, unchanged image; otherwise encode the file."""
@@ -169,20 +194,73 @@ class Searcher:
             raise ItemNotFound(f"no indexed image has id {image_id}")
         return self._stored_query(row.id)
 
+    def expression_query(self, terms: list[Term], target: str, upload=None) -> Query:
+        """A query of several terms (query_language.py): text, image file, indexed image
+        ("like") and uploaded image terms, summed with their weights. One term alone is
+        that term's own query. The re-ranker reads one query: with a composite, the single
+        positive term of the other modality than `target` (a text for images, an image
+        for texts); without exactly one such term, stage 1 decides (`rerank_note`).
+        `upload`: (bytes, name, path hint) for an "upload" term."""
+        if len(terms) == 1 and terms[0].weight == 1.0:
+            return self._term_query(terms[0], upload)
+        started = time.perf_counter()
+        parts = self._term_queries(terms, upload)
+        vector = combine(np.stack([p.vector for p in parts]), [t.weight for t in terms])
+        excluded = tuple(dict.fromkeys(i for p in parts for i in p.exclude_ids))
+        wanted = "text" if target == "images" else "image"
+        leads = [p for p, t in zip(parts, terms, strict=True) if t.weight > 0 and p.kind == wanted]
+        encode_ms = _ms(started)
+        if len(leads) == 1:
+            lead = leads[0]
+            return Query(vector, lead.tokens, lead.length, lead.kind, excluded, encode_ms)
+        note = (
+            f"this query combines terms; re-ranking needs exactly one positive {wanted} term "
+            f"(it has {len(leads)}), so the order is stage 1's"
+        )
+        return Query(vector, None, None, wanted, excluded, encode_ms, note)
+
+    def _term_queries(self, terms: list[Term], upload) -> list[Query]:
+        """Each term's own query; the text terms encoded in one batch."""
+        texts = [t.value for t in terms if t.kind == "text"]
+        encoded = None
+        if texts:
+            with self.compute:
+                encoded = self.encoder.encode_texts(texts)
+        queries, n_text = [], 0
+        for term in terms:
+            if term.kind == "text":
+                tokens = None if encoded.tokens is None else encoded.tokens[n_text]
+                length = int(encoded.lengths[n_text])
+                queries.append(Query(encoded.vectors[n_text], tokens, length, "text"))
+                n_text += 1
+            else:
+                queries.append(self._term_query(term, upload))
+        return queries
+
+    def _term_query(self, term: Term, upload) -> Query:
+        if term.kind == "text":
+            return self.text_query(term.value)
+        if term.kind == "image":
+            return self.image_query(Path(term.value))
+        if term.kind == "like":
+            return self.item_query(int(term.value))
+        return self.upload_query(*upload)
+
     def _stored_query(self, image_id: int) -> Query:
         images = self.library.images
         ids = np.array([image_id])
         with self.state:
             vector = images.vectors.read(ids)[0]
             tokens = None if images.tokens is None else images.tokens.read(ids)[0]
-        return Query(vector, tokens, None, "image", image_id)
+        return Query(vector, tokens, None, "image", (image_id,))
 
     def _encoded_image_query(self, pixels, exclude_id: int | None) -> Query:
         started = time.perf_counter()
         with self.compute:  # its tokens from the vision block whose tokens the index stores
             encoded = self.encoder.encode_images(pixels.unsqueeze(0), self.library.token_layer)
         tokens = None if encoded.tokens is None else encoded.tokens[0]
-        return Query(encoded.vectors[0], tokens, None, "image", exclude_id, _ms(started))
+        exclude = () if exclude_id is None else (exclude_id,)
+        return Query(encoded.vectors[0], tokens, None, "image", exclude, _ms(started))
 
     # -- searching -----------------------------------------------------------------------
     def search(
@@ -207,69 +285,140 @@ class Searcher:
         rerank: bool = True,
         allowed_ids=None,
         where: SearchFilter | None = None,
+        min_score: float | None = None,
+        dedup: float | None = None,
     ) -> Answer:
         """`search` with its notices and timings.
 
         `where` (or a ready set of `allowed_ids`) restricts the answers inside the
         stage-1 search, so k come back whenever k items match (see filters.py).
+        `min_score` drops candidates whose stage-1 cosine is lower (fewer than k may come
+        back: Answer.below_min_score says how many were cut). `dedup` T folds results
+        whose vectors are at least T-similar into the best-ranked of them
+        (Hit.duplicates), and still returns k whenever k distinct ones exist.
         """
         if target not in TARGETS:
             raise InputError(f"unknown target '{target}'; use images or texts")
         started = time.perf_counter()
         collection = self.library.images if target == "images" else self.library.texts
-        notices: list[str] = []
         if where is not None and where.active:
             matching = where.allowed_ids(self.library.db, target)
             allowed_ids = (
                 matching if allowed_ids is None else np.intersect1d(matching, list(allowed_ids))
             )
-        exclude = None
-        if target == "images" and query.exclude_image_id is not None:
-            exclude = [query.exclude_image_id]  # image->image never answers with itself
-        use_reranker = self._reranks(query, target, collection) and rerank
-        depth = max(k, candidates or DEFAULT_CANDIDATES) if use_reranker else k
-        with self.state:
-            scores, ids = collection.index.search(
-                query.vector[None, :], depth, exclude, allowed_ids
+        exclude = list(query.exclude_ids) if target == "images" and query.exclude_ids else None
+        use_reranker = rerank and self._reranks(query, target, collection)
+        notices = []
+        if rerank and self.reranker is not None and query.rerank_note:
+            notices.append(query.rerank_note)
+        want = k if dedup is None else 3 * k  # duplicates fold away: look a little deeper
+        while True:
+            ranked = self._rank(
+                query, collection, want, candidates, use_reranker, exclude, allowed_ids, min_score
             )
-            keep = ids[0] >= 0
-            ids, stage1 = ids[0][keep], scores[0][keep]  # (K,), (K,)
-            head = min(len(ids), MAX_RERANK_DEPTH) if use_reranker else 0
-            inputs = self._rerank_inputs(query, collection, ids[:head]) if head else None
-            empty = collection.index.live_count == 0
-        stage1_ms = _ms(started)
-        final = stage1
-        rerank_started = time.perf_counter()
-        if inputs is not None:
-            with self.compute:
-                logits = self._rerank(query, ids[:head], stage1[:head], *inputs)  # (K',)
-            # Past the re-ranked head, stage-1 order: ranked after every re-ranked item.
-            tail = stage1[head:] - stage1[head:].max(initial=0) + logits.min(initial=0) - 1
-            final = np.concatenate([logits, tail])
-            if len(ids) > head:
-                notices.append(
-                    f"re-ranked the top {head} of {len(ids)} candidates; results past rank "
-                    f"{head} are in stage-1 order"
-                )
-        rerank_ms = _ms(rerank_started) if inputs is not None else 0.0
-        order = np.argsort(-final, kind="stable")[:k]
-        hits = self._hits(collection, ids[order], final[order], stage1[order])
-        if inputs is not None and len(ids) > head:
-            tail_ids = set(ids[head:].tolist())
+            order = np.argsort(-ranked.final, kind="stable")[:want]
+            hits = self._hits(
+                collection, ranked.ids[order], ranked.final[order], ranked.stage1[order]
+            )
             for hit in hits:
-                if hit.id in tail_ids:
+                if hit.id in ranked.tail:
                     hit.score = hit.stage1_score  # not re-ranked: its stage-1 cosine
-        if empty:
+            if dedup is None:
+                break
+            hits = self._fold_duplicates(collection, hits, dedup)
+            exhausted = len(ranked.ids) < want or want >= collection.index.live_count
+            if len(hits) >= k or exhausted:
+                break
+            want *= 4
+        hits = hits[:k]
+        for rank, hit in enumerate(hits, start=1):
+            hit.rank = rank
+        notices += ranked.notices
+        if ranked.empty:
             notices.append(f"the index holds no {target} yet")
         elif not hits and allowed_ids is not None:
             notices.append(f"no {target} match the filter")
+        below = None
+        if min_score is not None:
+            below = ranked.below_min_score
+            if len(hits) < k and below:
+                notices.append(
+                    f"{len(hits)} of {k} results scored at least {min_score} (stage-1 cosine)"
+                )
         timings = {
             "encode": round(query.encode_ms, 2),
-            "stage1": round(stage1_ms, 2),
-            "rerank": round(rerank_ms, 2),
+            "stage1": round(ranked.stage1_ms, 2),
+            "rerank": round(ranked.rerank_ms, 2),
+            "total": round(query.encode_ms + _ms(started), 2),
         }
-        timings["total"] = round(query.encode_ms + _ms(started), 2)
-        return Answer(hits, inputs is not None, notices, timings)
+        return Answer(hits, ranked.reranked, notices, timings, below)
+
+    def _rank(self, query, collection, want, candidates, use_reranker, exclude, allowed, floor):
+        """Stage 1 for `want` results (deeper when re-ranking), then stage 2 over at most
+        MAX_RERANK_DEPTH of them: candidate ids with final and stage-1 scores."""
+        started = time.perf_counter()
+        depth = max(want, candidates or DEFAULT_CANDIDATES) if use_reranker else want
+        with self.state:
+            scores, ids = collection.index.search(query.vector[None, :], depth, exclude, allowed)
+            keep = ids[0] >= 0
+            ids, stage1 = ids[0][keep], scores[0][keep]  # (K,), (K,)
+            below = 0
+            if floor is not None:
+                above = stage1 >= floor
+                below = int((~above[:want]).sum())  # of the results it would have given
+                ids, stage1 = ids[above], stage1[above]
+            head = min(len(ids), MAX_RERANK_DEPTH) if use_reranker else 0
+            inputs = self._rerank_inputs(query, collection, ids[:head]) if head else None
+            empty = collection.index.live_count == 0
+        ranked = _Ranked(ids, stage1, stage1, _ms(started), below_min_score=below, empty=empty)
+        if inputs is None:
+            return ranked
+        rerank_started = time.perf_counter()
+        with self.compute:
+            logits = self._rerank(query, ids[:head], stage1[:head], *inputs)  # (K',)
+        # Past the re-ranked head, stage-1 order: ranked after every re-ranked item.
+        tail = stage1[head:] - stage1[head:].max(initial=0) + logits.min(initial=0) - 1
+        ranked.final = np.concatenate([logits, tail])
+        ranked.reranked = True
+        ranked.rerank_ms = _ms(rerank_started)
+        ranked.tail = set(ids[head:].tolist())
+        if len(ids) > head:
+            ranked.notices.append(
+                f"re-ranked the top {head} of {len(ids)} candidates; results past rank "
+                f"{head} are in stage-1 order"
+            )
+        return ranked
+
+    def _fold_duplicates(self, collection: Collection, hits: list[Hit], threshold: float):
+        """Best-ranked first: a hit that is a near-duplicate of one already kept is folded
+        into it: vectors at least `threshold`-similar and, for images, the same pixels
+        (duplicates.py: a model alone can take two distinct pictures for one)."""
+        if not hits:
+            return hits
+        ids = np.array([h.id for h in hits])
+        with self.state:
+            vectors = collection.vectors.read(ids)  # (n, D)
+        same_picture = None
+        if collection.table is ImageRow:
+            with self.library.db.session() as session:
+                query = select(ImageRow.id, ImageRow.content_hash)
+                hashes = {
+                    i: h for i, h in session.execute(query.where(ImageRow.id.in_(ids.tolist())))
+                }
+            same_picture = PixelCheck({h.id: h.path for h in hits}, hashes)
+        kept: list[int] = []  # positions in hits
+        for i, hit in enumerate(hits):
+            hit.duplicates = []
+            similar = vectors[kept] @ vectors[i] if kept else np.zeros(0)  # (len(kept),)
+            owners = [hits[kept[j]] for j in np.argsort(-similar) if similar[j] >= threshold]
+            owner = next(
+                (o for o in owners if same_picture is None or same_picture(o.id, hit.id)), None
+            )
+            if owner is None:
+                kept.append(i)
+            else:
+                owner.duplicates.append(hit.id)
+        return [hits[i] for i in kept]
 
     def _reranks(self, query: Query, target: str, collection: Collection) -> bool:
         """The re-ranker matches texts with images: it serves text->image and image->text."""

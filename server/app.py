@@ -67,6 +67,13 @@ def create_app(
     def info() -> dict:
         return engine.info()
 
+    @app.get("/api/duplicates")
+    def duplicates(
+        threshold: float = Query(0.95, gt=0, le=1), under: list[str] = Query([])
+    ) -> dict:
+        """Groups of near-duplicate images, biggest first (what `xmr duplicates` lists)."""
+        return {"groups": engine.duplicates(threshold, under)}
+
     @app.get("/api/examples")
     def examples() -> dict:
         """Queries the page offers, and what the index holds."""
@@ -75,7 +82,9 @@ def create_app(
     @app.get("/api/search")
     def search_get(
         q: str | None = None,
-        like: int | None = None,
+        like: list[int] = Query([]),
+        add: list[str] = Query([]),
+        sub: list[str] = Query([]),
         target: str = "images",
         k: int = Query(10, ge=1),
         candidates: int | None = Query(None, ge=1),
@@ -84,14 +93,23 @@ def create_app(
         after: str | None = None,
         before: str | None = None,
         ext: str | None = None,
+        min_score: float | None = None,
+        dedup: float | None = Query(None, ge=0, le=1),
     ) -> dict:
-        query = QueryInput(text=q, like=like)
-        return _search(engine, query, target, k, candidates, rerank, under, after, before, ext)
+        """q is a query expression (text terms; image files only as uploads or like=ID)."""
+        query = QueryInput(q, like=tuple(like), add=tuple(add), sub=tuple(sub), paths_allowed=False)
+        where = SearchFilter.parse(under, after, before, ext)
+        answer = engine.search(query, target, k, candidates, rerank, where, min_score, dedup)
+        return answer.as_dict()
 
     @app.post("/api/search")
     def search_post(
         image: UploadFile = File(...),
         path_hint: str | None = Form(None),
+        q: str | None = Form(None),
+        like: list[int] = Form([]),
+        add: list[str] = Form([]),
+        sub: list[str] = Form([]),
         target: str = Form("images"),
         k: int = Form(10, ge=1),
         candidates: int | None = Form(None, ge=1),
@@ -100,11 +118,23 @@ def create_app(
         after: str | None = Form(None),
         before: str | None = Form(None),
         ext: str | None = Form(None),
+        min_score: float | None = Form(None),
+        dedup: float | None = Form(None, ge=0, le=1),
     ) -> dict:
-        data = image.file.read()
-        name = Path(image.filename or "upload").name
-        query = QueryInput(image_bytes=data, image_name=name, path_hint=path_hint)
-        return _search(engine, query, target, k, candidates, rerank, under, after, before, ext)
+        """An uploaded image, alone or with the same fields as GET (q="+ at night")."""
+        query = QueryInput(
+            q,
+            image_bytes=image.file.read(),
+            image_name=Path(image.filename or "upload").name,
+            path_hint=path_hint,
+            like=tuple(like),
+            add=tuple(add),
+            sub=tuple(sub),
+            paths_allowed=False,
+        )
+        where = SearchFilter.parse(under, after, before, ext)
+        answer = engine.search(query, target, k, candidates, rerank, where, min_score, dedup)
+        return answer.as_dict()
 
     @app.get("/api/images/{image_id}")
     def image_file(image_id: int):
@@ -133,11 +163,6 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=_static_dir()), name="static")
     return app
-
-
-def _search(engine, query, target, k, candidates, rerank, under, after, before, ext) -> dict:
-    where = SearchFilter.parse(under, after, before, ext)
-    return engine.search(query, target, k, candidates, rerank, where).as_dict()
 
 
 def _authorised(request: Request, token: str) -> bool:

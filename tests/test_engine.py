@@ -66,7 +66,7 @@ def test_the_engine_follows_writers_without_reopening_by_hand(encoder, photo_ind
     index_with(index_dir, encoder, [folder])
     assert str(gone) not in paths() and len(paths()) == 14
     with pytest.raises(ItemNotFound):
-        engine.search(QueryInput(like=gone_id))
+        engine.search(QueryInput(like=(gone_id,)))
     before = [h.id for h in engine.search("a query", k=5).hits]
     engine.compact(index_type="hnsw")  # a new FAISS file of another type: read again
     assert engine.info()["index"]["images"]["type"] == "hnsw"
@@ -115,15 +115,11 @@ def test_rerank_depth_is_capped_with_a_notice(encoder, photo_index, tmp_path, mo
     assert all(h.score == h.stage1_score for h in tail)
 
 
-def test_one_query_of_one_kind_is_required(photo_index):
+def test_a_query_is_required(photo_index):
     _, index_dir = photo_index
     engine = Engine(index_dir)
-    for query, says in (
-        (QueryInput(), "give one query"),
-        (QueryInput(text="a", like=1), "not several"),
-    ):
-        with pytest.raises(InputError, match=says):
-            engine.search(query)
+    with pytest.raises(InputError, match="give a query"):
+        engine.search(QueryInput())
     with pytest.raises(InputError, match="unknown target"):
         engine.search("a", target="videos")
 

@@ -80,7 +80,7 @@ def test_image_query_from_outside_the_index_is_encoded(encoder, library_with_twi
         assert hits[0].path == str(folder / "img0005.png")  # decoded the same way as indexing
         assert hits[0].score == pytest.approx(1.0, abs=1e-5)
         query = searcher.image_query(new_picture)
-        assert query.exclude_image_id is None
+        assert query.exclude_ids == ()
         hits = searcher.search(query, "images", k=11)
     assert len(hits) == 11  # nothing excluded
     expected = _brute_force(index_dir, query.vector)

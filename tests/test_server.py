@@ -295,8 +295,8 @@ def test_bad_uploads_and_parameters_are_clear_json_errors(served, tmp_path):
         ("/api/search?q=x&k=0", 422, "k"),
         ("/api/search?q=x&target=videos", 400, "unknown target"),
         ("/api/search?q=x&after=yesterday", 400, "after 'yesterday' is not a date"),
-        ("/api/search", 400, "give one query"),
-        ("/api/search?q=x&like=3", 400, "not several"),
+        ("/api/search", 400, "give a query"),
+        ("/api/search?q=.%2Fphoto.jpg", 400, "image paths are not accepted"),
         ("/api/search?like=999999", 404, "no indexed image has id 999999"),
         ("/api/search?q=%20%20", 400, "empty query"),
     ):
@@ -314,3 +314,55 @@ def _png_bomb(width: int, height: int) -> bytes:
     crc = zlib.crc32(bytes(data[ihdr : ihdr + 17])) & 0xFFFFFFFF
     data[ihdr + 17 : ihdr + 21] = struct.pack(">I", crc)
     return bytes(data)
+
+
+# -- query expressions, dedup, min-score and duplicates over HTTP ------------------------
+def test_expressions_like_terms_and_an_upload_with_words(served, photo_index):
+    from engine.engine import Engine, QueryInput
+
+    folder, index_dir = photo_index
+    ids = indexed_paths(index_dir)
+    engine = Engine(index_dir)  # the answers this process gives for the same queries
+    like = [ids[str(folder / "img0010.png")], ids[str(folder / "img0011.png")]]
+    status, answer = served.json(
+        f"/api/search?q={quote('red - 0.5:blue')}&like={like[0]}&like={like[1]}&k=5"
+    )
+    expected = engine.search(QueryInput("red - 0.5:blue", like=tuple(like)), k=5)
+    assert status == 200 and [h["id"] for h in answer["results"]] == [h.id for h in expected.hits]
+    assert not set(like) & {h["id"] for h in answer["results"]}  # query images left out
+    path = folder / "img0012.png"
+    body, headers = multipart({"q": "+ at night", "k": "5"}, "image", path.name, path.read_bytes())
+    status, answer = served.json("/api/search", data=body, headers=headers)
+    expected = engine.search(QueryInput("+ at night", image_path=path), k=5)
+    assert status == 200 and [h["id"] for h in answer["results"]] == [h.id for h in expected.hits]
+
+
+def test_dedup_min_score_and_duplicates_over_http(served, photo_index):
+    folder, index_dir = photo_index
+    ids = indexed_paths(index_dir)
+    status, answer = served.json(f"/api/search?like={ids[str(folder / 'rotated.jpg')]}&k=40")
+    every = answer["results"]
+    status, answer = served.json(
+        f"/api/search?like={ids[str(folder / 'rotated.jpg')]}&k=40&dedup=0.95"
+    )
+    folded = {h["id"]: h["duplicates"] for h in answer["results"]}
+    twins = {
+        ids[str(folder / f"img{i:04d}.png")]: ids[str(folder / f"twin{i:04d}.png")]
+        for i in range(TWINS)
+    }
+    # Each exact copy folds into its original (or the other way round), nothing else.
+    pairs = {frozenset((owner, d)) for owner, ds in folded.items() for d in ds}
+    assert pairs == {frozenset(p) for p in twins.items()}
+    assert len(answer["results"]) == len(every) - TWINS
+    cut = every[5]["stage1_score"]
+    status, answer = served.json(
+        f"/api/search?like={ids[str(folder / 'rotated.jpg')]}&k=40&min_score={cut}"
+    )
+    assert all(h["stage1_score"] >= cut for h in answer["results"])
+    assert answer["below_min_score"] == len(every) - len(answer["results"]) > 0
+    status, groups = served.json("/api/duplicates")
+    assert status == 200
+    found = {frozenset(item["id"] for item in g["items"]) for g in groups["groups"]}
+    assert found == {frozenset(p) for p in twins.items()}
+    result = run_xmr("duplicates", "--index", index_dir, "--json")
+    assert json.loads(result.stdout) == groups["groups"]

@@ -1,0 +1,47 @@
+"""`xmr duplicates`: groups of near-duplicate images, for a person to decide what to keep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from cli.errors import handle_errors
+from cli.options import IndexOption, index_dir
+
+
+@handle_errors
+def duplicates(
+    threshold: float = typer.Option(
+        0.95,
+        "--threshold",
+        "-T",
+        min=0.0,
+        max=1.0,
+        help="Cosine at or above which two "
+        "images are one picture (copies, re-encodes, resizes, small crops).",
+    ),
+    under: list[Path] = typer.Option(
+        [], "--under", help="Only images at or below this folder (repeatable)."
+    ),
+    index: Path = IndexOption,
+    as_json: bool = typer.Option(
+        False, "--json", help="A list of groups, each {count, items: [{id, path, ...}]}."
+    ),
+):
+    """Groups of near-duplicate images across the index, biggest groups first."""
+    from cli.output import human_bytes
+    from engine.engine import Engine
+
+    groups = Engine(index_dir(index)).duplicates(threshold, [str(p) for p in under])
+    if as_json:
+        typer.echo(json.dumps(groups, ensure_ascii=False, indent=2))
+        return
+    for number, group in enumerate(groups, start=1):
+        typer.echo(f"group {number}: {group['count']} images")
+        for item in group["items"]:
+            size = f"{item['width']}x{item['height']}" if item["width"] else "?"
+            typer.echo(f"  {size:>11}  {human_bytes(item['bytes']):>10}  {item['path']}")
+    extra = sum(g["count"] - 1 for g in groups)
+    typer.echo(f"{len(groups)} groups, {extra} images beyond one of each", err=True)
