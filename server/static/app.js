@@ -4,7 +4,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const FIELDS = ["q", "like", "target", "k", "rerank", "under", "after", "before", "ext"];
+const FIELDS = ["q", "like", "target", "k", "rerank", "under", "after", "before", "ext", "min_score", "dedup", "view"];
+const FILTERS = ["under", "after", "before", "ext", "min_score"];
 const THUMB = 384;
 let upload = null; // File chosen or dropped: an image query
 let likeId = null; // "more like this": an indexed image's id as the query
@@ -22,10 +23,11 @@ function stateFromUrl() {
 function stateFromControls() {
   const s = { target: document.querySelector(".segmented .active").dataset.target };
   const q = $("q").value.trim();
-  if (q && !upload) s.q = q;
-  else if (!upload && likeId) s.like = likeId;
+  if (q) s.q = q;
+  if (!upload && likeId && (!q || /^[+-]\s/.test(q))) s.like = likeId;
   if (!$("rerank").checked) s.rerank = "false";
-  for (const f of ["under", "after", "before", "ext"]) if ($(f).value.trim()) s[f] = $(f).value.trim();
+  if ($("dedup").checked) s.dedup = "0.95";
+  for (const f of FILTERS) if ($(f).value.trim()) s[f] = $(f).value.trim();
   if ($("k").value && $("k").value !== "40") s.k = $("k").value;
   return s;
 }
@@ -35,9 +37,10 @@ function showState(s) {
   likeId = s.q ? null : s.like || null;
   setTarget(s.target || "images");
   $("rerank").checked = s.rerank !== "false";
-  for (const f of ["under", "after", "before", "ext"]) $(f).value = s[f] || "";
+  $("dedup").checked = Boolean(s.dedup);
+  for (const f of FILTERS) $(f).value = s[f] || "";
   $("k").value = s.k || "40";
-  if (s.under || s.after || s.before || s.ext) $("filters").hidden = false;
+  if (FILTERS.some((f) => s[f]) || s.dedup) $("filters").hidden = false;
 }
 
 function urlFor(s) {
@@ -49,6 +52,8 @@ function urlFor(s) {
 
 // -- searching ---------------------------------------------------------------------
 async function search(s, { push = true } = {}) {
+  if (s.view === "duplicates") return showDuplicates(s, push);
+  $("duplicate-groups").replaceChildren();
   if (!s.q && !s.like && !upload) return showWelcome();
   if (push && !upload) history.pushState(s, "", urlFor(s));
   const mine = ++busy;
@@ -58,12 +63,13 @@ async function search(s, { push = true } = {}) {
   params.set("k", s.k || "40");
   params.set("target", s.target || "images");
   params.set("rerank", s.rerank === "false" ? "false" : "true");
-  for (const f of ["under", "after", "before", "ext"]) if (s[f]) params.set(f, s[f]);
+  for (const f of [...FILTERS, "dedup"]) if (s[f]) params.set(f, s[f]);
   let response;
   try {
     if (upload) {
       const form = new FormData();
       form.append("image", upload, upload.name || "image");
+      if (s.q) form.append("q", s.q); // "+ at night": the image and the words together
       for (const [key, value] of params) form.append(key, value);
       response = await fetch("/api/search", { method: "POST", body: form });
     } else {
@@ -85,9 +91,8 @@ function render(answer, s, roundTrip) {
   const results = answer.results;
   const what = (s.target || "images") === "texts" ? "texts" : "images";
   let label = `${results.length} ${what}`;
-  if (s.like) label += ` like image ${s.like}`;
-  else if (upload) label += ` like ${upload.name || "the image"}`;
-  else label += ` for “${s.q}”`;
+  if (s.like || upload) label += ` like ${s.like ? "image " + s.like : upload.name || "the image"}`;
+  if (s.q) label += `${s.like || upload ? " " : ""}${s.q.startsWith("+") || s.q.startsWith("-") ? "" : " for "}“${s.q}”`;
   setStatus(results.length ? label : "Nothing found. " + (answer.notices[0] || ""));
   $("notices").replaceChildren(...answer.notices.map((n) => el("div", { className: "notice", textContent: n })));
   const grid = $("grid");
@@ -114,6 +119,9 @@ function tile(hit) {
   const meta = el("div", { className: "meta" });
   meta.append(el("span", { className: "name", textContent: name }), el("span", { textContent: hit.score.toFixed(3) }));
   button.append(img, el("span", { className: "rank", textContent: hit.rank }), meta);
+  if (hit.duplicates && hit.duplicates.length) {
+    button.append(el("span", { className: "folded", textContent: `+${hit.duplicates.length}`, title: "near-duplicates folded into this one" }));
+  }
   button.addEventListener("click", () => openViewer(hit));
   return button;
 }
@@ -173,6 +181,44 @@ function moreLikeThis() {
   search(stateFromControls());
 }
 
+// -- near-duplicates: groups to review ------------------------------------------
+async function showDuplicates(s, push) {
+  if (push) history.pushState(s, "", urlFor({ view: "duplicates", under: s.under }));
+  $("welcome").hidden = true;
+  $("grid").replaceChildren();
+  $("text-results").replaceChildren();
+  $("notices").replaceChildren();
+  $("timings").textContent = "";
+  setStatus("Looking for near-duplicates…");
+  const params = new URLSearchParams();
+  if (s.under) params.set("under", s.under);
+  const started = performance.now();
+  const response = await fetch("/api/duplicates?" + params);
+  const data = await response.json().catch(() => ({ error: "unreadable answer" }));
+  if (!response.ok) return setStatus(data.error, true);
+  const extra = data.groups.reduce((n, g) => n + g.count - 1, 0);
+  setStatus(data.groups.length
+    ? `${data.groups.length} groups of near-duplicates: ${extra} images beyond one of each`
+    : "No near-duplicates found.");
+  $("duplicate-groups").replaceChildren(...data.groups.map((group, i) => {
+    const box = el("section", { className: "dup-group" });
+    box.append(el("h3", { textContent: `Group ${i + 1} · ${group.count} images` }));
+    const grid = el("div", { className: "grid" });
+    for (const item of group.items) {
+      const figure = el("figure", { className: "dup-item" });
+      figure.style.margin = "0";
+      const hit = { id: item.id, path: item.path, rank: "", score: 1, stage1_score: 1 };
+      const t = tile(hit);
+      t.querySelector(".rank").remove();
+      figure.append(t, el("figcaption", { textContent: `${item.width}×${item.height} · ${Math.round(item.bytes / 1024)} KiB · ${item.path}` }));
+      grid.append(figure);
+    }
+    box.append(grid);
+    return box;
+  }));
+  $("timings").textContent = `${data.groups.length} groups · ${Math.round(performance.now() - started)} ms`;
+}
+
 // -- an image as the query -------------------------------------------------------
 function useUpload(file) {
   if (!file || !file.type.startsWith("image/")) return setStatus("That is not an image file.", true);
@@ -182,7 +228,7 @@ function useUpload(file) {
   $("image-chip-preview").src = URL.createObjectURL(file);
   $("image-chip").hidden = false;
   $("q").value = "";
-  $("q").placeholder = "Searching by this image";
+  $("q").placeholder = "Searching by this image (type + words to add to it)";
   history.pushState({}, "", "/");
   search(stateFromControls(), { push: false });
 }
@@ -234,7 +280,9 @@ function setTarget(target) {
 }
 
 function submit() {
-  if ($("q").value.trim()) {
+  const q = $("q").value.trim();
+  // "+ at night" / "- people" add to the image in use; any other text starts afresh.
+  if (q && !/^[+-]\s/.test(q)) {
     clearUpload();
     likeId = null;
   }
@@ -248,12 +296,14 @@ $("image-chip-clear").addEventListener("click", () => { clearUpload(); showWelco
 $("rerank").addEventListener("change", () => search(stateFromControls()));
 $("filters-toggle").addEventListener("click", () => { $("filters").hidden = !$("filters").hidden; });
 $("filters-clear").addEventListener("click", () => {
-  for (const f of ["under", "after", "before", "ext"]) $(f).value = "";
+  for (const f of FILTERS) $(f).value = "";
+  $("dedup").checked = false;
   search(stateFromControls());
 });
-for (const f of ["under", "after", "before", "ext", "k"]) {
+for (const f of [...FILTERS, "k", "dedup"]) {
   $(f).addEventListener("change", () => search(stateFromControls()));
 }
+$("duplicates-link").addEventListener("click", () => search({ view: "duplicates", under: $("under").value.trim() }));
 for (const b of document.querySelectorAll(".segmented button")) {
   b.addEventListener("click", () => {
     setTarget(b.dataset.target);
