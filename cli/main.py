@@ -19,7 +19,6 @@ from cli.options import (
     ModelOption,
     QuietOption,
     index_dir,
-    print_notices,
 )
 
 app = typer.Typer(
@@ -74,7 +73,7 @@ def index(
     quiet: bool = QuietOption,
 ):
     """Index every image under FOLDERS, incrementally (new, changed, moved, deleted)."""
-    from cli.output import print_summary
+    from cli.output import print_report
     from cli.progress import BarReporter
     from engine.writes import index_images
     from indexer.images import IndexOptions
@@ -101,9 +100,7 @@ def index(
         max_memory=max_memory,
         reporter=BarReporter(quiet),
     )
-    print_notices(report.notices)
-    if as_json or not quiet:
-        print_summary(report.summary, "images", as_json)
+    print_report(report, "images", as_json, quiet)
 
 
 @app.command("add-texts")
@@ -121,7 +118,7 @@ def add_texts(
     quiet: bool = QuietOption,
 ):
     """Add a text corpus to the index (deduplicated; re-runs embed only what changed)."""
-    from cli.output import print_summary
+    from cli.output import print_report
     from cli.progress import BarReporter
     from engine.writes import add_text_corpus
 
@@ -134,9 +131,7 @@ def add_texts(
         batch_size=batch_size,
         reporter=BarReporter(quiet),
     )
-    print_notices(report.notices)
-    if as_json or not quiet:
-        print_summary(report.summary, "texts", as_json)
+    print_report(report, "texts", as_json, quiet)
 
 
 @app.command()

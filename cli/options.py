@@ -54,9 +54,3 @@ def index_dir(index: Path | None) -> Path:
     from retrieval.locations import default_index_dir
 
     return Path(index).expanduser() if index is not None else default_index_dir()
-
-
-def print_notices(notices) -> None:
-    """What the engine wants a person to know, one `note:` line each, on stderr."""
-    for notice in notices:
-        typer.echo(f"note: {notice}", err=True)

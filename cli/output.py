@@ -34,6 +34,19 @@ def print_answer(
             typer.echo(f"{hit['rank']:>3}  {hit['score']:7.4f}  {target}{more}")
 
 
+def print_notices(notices) -> None:
+    """What the engine wants a person to know, one `note:` line each, on stderr."""
+    for notice in notices:
+        typer.echo(f"note: {notice}", err=True)
+
+
+def print_report(report, what: str, as_json: bool, quiet: bool) -> None:
+    """A writing operation's notices (stderr) and summary (stderr, or JSON on stdout)."""
+    print_notices(report.notices)
+    if as_json or not quiet:
+        print_summary(report.summary, what, as_json)
+
+
 def print_summary(summary, what: str, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(summary.as_dict(), indent=2))

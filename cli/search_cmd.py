@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from cli.errors import handle_errors
-from cli.options import DeviceOption, IndexOption, index_dir, print_notices
+from cli.options import DeviceOption, IndexOption, index_dir
 
 DEDUP_DEFAULT = 0.95  # `--dedup` alone: cosine at which two results are one picture
 
@@ -86,7 +86,7 @@ def search(
     """
     if query is None and image is None and not (like or add or sub):
         raise typer.BadParameter("give a text QUERY, --image PATH or --like ID")
-    from cli.output import print_answer
+    from cli.output import print_answer, print_notices
     from engine.engine import QueryInput
 
     asked = QueryInput(

@@ -263,18 +263,10 @@ class Searcher:
         return Query(encoded.vectors[0], tokens, None, "image", exclude, _ms(started))
 
     # -- searching -----------------------------------------------------------------------
-    def search(
-        self,
-        query: Query,
-        target: str,
-        k: int = 10,
-        candidates: int | None = None,
-        rerank: bool = True,
-        allowed_ids=None,
-        where: SearchFilter | None = None,
-    ) -> list[Hit]:
-        """Top-k items of `target` ("images" | "texts") for `query`, best first."""
-        return self.answer(query, target, k, candidates, rerank, allowed_ids, where).hits
+    def search(self, query: Query, target: str, **options) -> list[Hit]:
+        """Top-k items of `target` ("images" | "texts") for `query`, best first; the
+        options are `answer`'s."""
+        return self.answer(query, target, **options).hits
 
     def answer(
         self,
