@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from cli.errors import handle_errors
+from cli.index_cmds import ActorsOption, ExecutorOption, executor_from_option
 from cli.options import (
     DeviceOption,
     IndexOption,
@@ -73,6 +74,8 @@ def index(
     ),
     index_type: str = IndexTypeOption,
     max_memory: str = MaxMemoryOption,
+    executor: str = ExecutorOption,
+    actors: int = ActorsOption,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = QuietOption,
 ):
@@ -92,6 +95,7 @@ def index(
 
     check_index_options(index_type, max_memory)
     check_reranker_choice(reranker)
+    run_on = executor_from_option(executor, actors)
     missing = [str(f) for f in folders if not f.expanduser().exists()]
     if missing:  # before any model or index is touched
         from retrieval.errors import InputError
@@ -107,6 +111,7 @@ def index(
         workers=default_workers() if workers is None else workers,
         commit_every=commit_every,
         max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+        executor=run_on,
     )
     # A new index stores the image tokens the re-ranker reads: --reranker's, or under 'none'
     # the model's own, which searches use by default.
@@ -155,6 +160,8 @@ def add_texts(
         None, "--text-field", help="JSONL key / CSV column [default: text, caption, ...]."
     ),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
+    executor: str = ExecutorOption,
+    actors: int = ActorsOption,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = QuietOption,
 ):
@@ -164,13 +171,16 @@ def add_texts(
     from indexer.texts import read_corpus
     from retrieval.library import Library
 
+    run_on = executor_from_option(executor, actors)
     read_corpus(file, text_field)  # refuse a bad file before loading a model
     directory = index_dir(index)
     spec = model_for_index(directory, model)
     encoder = load_encoder_for_cli(spec, device, quiet, lazy=True, warn=False)
     with Library.open_or_create(directory, encoder) as library:
         warn_random_weights(encoder, quiet)
-        summary = run_add_texts(library, encoder, file, text_field, batch_size, BarReporter(quiet))
+        summary = run_add_texts(
+            library, encoder, file, text_field, batch_size, BarReporter(quiet), run_on
+        )
     if as_json or not quiet:
         from cli.output import print_summary
 

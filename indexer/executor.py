@@ -51,6 +51,15 @@ class Executor:
 
         return ray_encode_texts(self, texts, encoder, batch_size)
 
+    def map_shards(self):
+        """How a sharded index build runs its shards (index_types.build_tuned): None for
+        one after another in this process, Ray tasks on a Ray executor."""
+        if self.kind == "local":
+            return None
+        from indexer.ray_executor import ray_map_shards
+
+        return ray_map_shards(self)
+
 
 LOCAL = Executor()
 
