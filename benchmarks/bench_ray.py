@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import host, log, make_photos, median, write_results  # noqa: E402
+from common import host, log, make_photos, median, publish  # noqa: E402
 
 
 class FirstBatchClock:
@@ -162,10 +162,7 @@ def main(argv=None) -> int:
             f"| {s['stream_ips']} | {s.get('stream_ips_vs_local', 1.0)} | {s['startup_s']} |"
         )
     lines.append("")
-    path = write_results("bench_ray", data, "\n".join(lines), *([args.out] if args.out else []))
-    print("\n".join(lines))
-    log(f"wrote {path}")
-    return 0
+    return publish("bench_ray", data, lines, args.out)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import host, log, make_photos, median, write_results  # noqa: E402
+from common import host, log, make_photos, median, publish  # noqa: E402
 
 from indexer.executor import Executor  # noqa: E402
 from retrieval.embedding import ImageBatch  # noqa: E402
@@ -163,12 +163,7 @@ def main(argv=None) -> int:
         "images/s |",
         "",
     ]
-    path = write_results(
-        "bench_scale_rates", data, "\n".join(lines), *([args.out] if args.out else [])
-    )
-    print("\n".join(lines))
-    log(f"wrote {path}")
-    return 0
+    return publish("bench_scale_rates", data, lines, args.out)
 
 
 if __name__ == "__main__":

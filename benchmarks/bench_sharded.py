@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_index import photo_like  # noqa: E402
-from common import host, log, write_results  # noqa: E402
+from common import host, log, publish  # noqa: E402
 
 from retrieval.arraystore import ArrayStore  # noqa: E402
 from retrieval.index_choice import resolve_choice  # noqa: E402
@@ -202,10 +202,7 @@ def main(argv=None) -> int:
             f"| {r['recall_at_10']} | {json.dumps(knobs)} |"
         )
     lines.append("")
-    path = write_results("bench_sharded", data, "\n".join(lines), *([args.out] if args.out else []))
-    print("\n".join(lines))
-    log(f"wrote {path}")
-    return 0
+    return publish("bench_sharded", data, lines, args.out)
 
 
 if __name__ == "__main__":

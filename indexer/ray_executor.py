@@ -165,16 +165,8 @@ def batch_from_columns(columns: dict, first: int) -> ImageBatch:
     return ImageBatch(images, encoded, seconds)
 
 
-def ray_embed_images(
-    executor,
-    paths: Sequence[str],
-    encoder,
-    token_layer: int | None,
-    batch_size: int,
-    workers: int,
-    max_pixels: int,
-) -> Iterator[ImageBatch]:
-    """The shared step on Ray: ImageBatch per `batch_size` paths, in order."""
+def ray_embed_images(executor, paths, encoder, token_layer, batch_size, workers, max_pixels):
+    """Executor.embed_images on Ray: ImageBatch per `batch_size` paths, in order."""
     import pyarrow as pa
 
     columns = {"position": np.arange(len(paths), dtype=np.int64), "path": list(paths)}

@@ -49,6 +49,9 @@ TUNE_QUERIES = 1000
 EF_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 NPROBE_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
 K_FACTOR_GRID = (1, 2, 4, 8, 16, 32, 64)
+# (query, candidate) pairs scored at a time by refine_exact: 1,000 queries x 640
+# candidates at once would be two 1.3 GB temporaries at 512-d.
+REFINE_PAIRS = 16_384
 
 __all__ = [
     "INDEX_TYPES",
@@ -146,7 +149,11 @@ def refine_exact(
     vectors = read_vectors(unique)  # (U, D), each stored vector read once
     scores = np.full(candidates.shape, -np.inf, dtype=np.float32)  # (Q, C)
     rows = np.nonzero(valid)[0]
-    scores[valid] = np.einsum("nd,nd->n", queries[rows], vectors[inverse])
+    pair_scores = np.empty(len(rows), dtype=np.float32)
+    for start in range(0, len(rows), REFINE_PAIRS):  # bounded (P, D) temporaries
+        part = slice(start, start + REFINE_PAIRS)
+        pair_scores[part] = np.einsum("nd,nd->n", queries[rows[part]], vectors[inverse[part]])
+    scores[valid] = pair_scores
     take = min(k, candidates.shape[1])
     order = np.argsort(-scores, axis=1, kind="stable")[:, :take]  # (Q, take)
     out_scores[:, :take] = np.take_along_axis(scores, order, 1)
