@@ -38,20 +38,22 @@ class FirstBatchClock:
 
     def __init__(self):
         self.first = self.last = None
+        self.embedding = False
 
     def stage(self, name, total):
-        pass
+        self.embedding = name == "embedding"
 
     def advance(self, n):
-        now = time.perf_counter()
-        self.first = self.first or now
-        self.last = now
+        if self.embedding:  # not the hashing stage's ticks
+            now = time.perf_counter()
+            self.first = self.first or now
+            self.last = now
 
     def skip(self, path, reason):
         pass
 
     def done(self):
-        pass
+        self.embedding = False
 
 
 def one_run(encoder, folder: Path, executor, batch_size: int, workers: int) -> dict:
