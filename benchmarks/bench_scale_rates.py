@@ -11,6 +11,9 @@
                         plan, SQLite rows, vector store, token store, FAISS add, commits)
                         fed ViT-B-32-shaped results (512-d vectors, 49 x 512 fp16 tokens)
                         by an executor that computes nothing; with tokens and without
+  driver_bytes          the driver's memory per file while it plans a run: a scanned
+                        file, and an already indexed row under the folders (the ORM
+                        object the plan compares against); SQLite bytes per row on disk
 Each rate is the median of --repeats runs.
 """
 
@@ -102,6 +105,42 @@ def writer_rate(encoder, folder: Path, tokens: bool, batch_size: int = 64) -> fl
         shutil.rmtree(work, ignore_errors=True)
 
 
+def driver_bytes(folder: Path, n: int = 50_000) -> dict:
+    """Python heap per scanned file and per loaded ImageRow; SQLite file bytes per row."""
+    import tracemalloc
+
+    from sqlalchemy import select
+
+    from indexer.scan import ScannedFile
+    from retrieval.db import Database, ImageRow
+
+    names = [f"/data/photos/2019/07/IMG_{i:08d}.JPG" for i in range(n)]  # a camera's names
+    tracemalloc.start()
+    scanned = {name: ScannedFile(name, 3_000_000 + i, 10**18 + i) for i, name in enumerate(names)}
+    per_file = tracemalloc.get_traced_memory()[0] / n
+    tracemalloc.stop()
+    del scanned
+    db = Database(folder)
+    with db.session() as session:
+        session.add_all(
+            ImageRow(path=name, size=3_000_000, mtime_ns=1, content_hash="0" * 32, width=4000,
+                     height=3000, format="JPEG")
+            for name in names
+        )  # fmt: skip
+        session.commit()
+    tracemalloc.start()
+    with db.session() as session:
+        rows = {row.path: row for row in session.scalars(select(ImageRow))}
+        per_row = tracemalloc.get_traced_memory()[0] / len(rows)
+    tracemalloc.stop()
+    db.close()
+    return {
+        "scan_bytes_per_file": round(per_file),
+        "plan_bytes_per_indexed_row": round(per_row),
+        "sqlite_bytes_per_row": round((folder / "xmr.sqlite3").stat().st_size / n),
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--decode-images", type=int, default=200)
@@ -138,8 +177,11 @@ def main(argv=None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     summary = {key: round(median(values), 1) for key, values in rates.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        memory = driver_bytes(Path(tmp))
     data = {
         "summary": summary,
+        "driver_bytes": memory,
         "runs": rates,
         "model": MODEL,
         "image_token_shape": list(encoder.image_token_shape),
@@ -161,6 +203,10 @@ def main(argv=None) -> int:
         f"{summary['writer_ips_tokens']} images/s |",
         f"| single writer, vectors only (--no-tokens) | {summary['writer_ips_no_tokens']} "
         "images/s |",
+        f"| driver memory per scanned file | {memory['scan_bytes_per_file']} B |",
+        f"| driver memory per indexed row under the folders (re-runs) | "
+        f"{memory['plan_bytes_per_indexed_row']} B |",
+        f"| SQLite file per image row | {memory['sqlite_bytes_per_row']} B |",
         "",
     ]
     return publish("bench_scale_rates", data, lines, args.out)
