@@ -22,7 +22,10 @@ from retrieval.embedding import ImageBatch, embed_images, text_batches
 from retrieval.errors import InputError
 from retrieval.imageio import DecodedImage
 
-BLOCK_BATCHES = 1  # a Ray block carries one batch: small blocks spread work over actors
+# A Ray block (the unit an actor takes) holds 1..MAX_BLOCK_BATCHES batches: about four
+# blocks per actor on small runs, so work spreads; bounded, so a 100M-path dataset is
+# ~25k blocks, not 400k.
+MAX_BLOCK_BATCHES = 16
 
 
 def _ray():
@@ -167,17 +170,14 @@ def batch_from_columns(columns: dict, first: int) -> ImageBatch:
 
 def ray_embed_images(executor, paths, encoder, token_layer, batch_size, workers, max_pixels):
     """Executor.embed_images on Ray: ImageBatch per `batch_size` paths, in order."""
-    import pyarrow as pa
-
     columns = {"position": np.arange(len(paths), dtype=np.int64), "path": list(paths)}
-    blocks = _blocks(pa, columns, batch_size * BLOCK_BATCHES)
     actor_args = {
         "spec": encoder.spec.canonical,
         "token_layer": token_layer,
         "max_pixels": max_pixels,
     }
     first = 0
-    for part in _run(executor, blocks, ImageEmbedActor, actor_args, batch_size, workers):
+    for part in _run(executor, columns, ImageEmbedActor, actor_args, batch_size, workers):
         batch = batch_from_columns(part, first)
         first += len(batch.images)
         yield batch
@@ -209,15 +209,12 @@ class TextEncodeActor:
 
 def ray_encode_texts(executor, texts: Sequence[str], encoder, batch_size: int) -> Iterator:
     """Encoded per `batch_size` texts, in order, encoded by an actor pool."""
-    import pyarrow as pa
-
     from retrieval.encoder import Encoded
 
     columns = {"position": np.arange(len(texts), dtype=np.int64), "text": list(texts)}
-    blocks = _blocks(pa, columns, batch_size)
     actor_args = {"spec": encoder.spec.canonical}
     first = 0
-    for part in _run(executor, blocks, TextEncodeActor, actor_args, batch_size, 0):
+    for part in _run(executor, columns, TextEncodeActor, actor_args, batch_size, 0):
         positions = np.asarray(part["position"], dtype=np.int64)
         if not np.array_equal(positions, np.arange(first, first + len(positions))):
             raise RuntimeError("Ray returned the batches out of order")
@@ -230,30 +227,36 @@ def ray_encode_texts(executor, texts: Sequence[str], encoder, batch_size: int) -
         )
 
 
-def _blocks(pa, columns: dict, rows: int) -> list:
+def _blocks(columns: dict, batch_size: int, actors: int) -> list:
+    """pyarrow tables of whole batches: about four per actor, at most MAX_BLOCK_BATCHES."""
+    import pyarrow as pa
+
     n = len(columns["position"])
+    batches = -(-n // batch_size)
+    rows = batch_size * max(1, min(MAX_BLOCK_BATCHES, batches // (4 * actors)))
     return [
         pa.table({name: values[start : start + rows] for name, values in columns.items()})
         for start in range(0, n, rows)
     ]
 
 
-def _run(executor, blocks: list, actor_class, actor_args: dict, batch_size: int, workers: int):
-    """Stream `blocks` through a pool of `actor_class(**actor_args, device=, workers=)`;
-    yield numpy column dicts of `batch_size` rows, in input order. Shuts down a Ray it
-    started itself."""
-    if not blocks:
+def _run(executor, columns: dict, actor_class, actor_args: dict, batch_size: int, workers: int):
+    """Stream `columns` through a pool of `actor_class(**actor_args, device=, workers=)`,
+    `batch_size` rows a call; yield numpy column dicts of `batch_size` rows, in input
+    order. Shuts down a Ray it started itself."""
+    if not len(columns["position"]):
         return
     started_here = connect(executor)
     ray = _ray()
     try:
         plan = pool_plan(executor, workers)
+        blocks = _blocks(columns, batch_size, plan["actors"])
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False
         dataset = ray.data.from_arrow(blocks).map_batches(
             actor_class,
-            batch_size=None,  # a block is a batch
+            batch_size=batch_size,
             batch_format="numpy",
             fn_constructor_kwargs={
                 **actor_args,
@@ -284,9 +287,8 @@ def ray_map_shards(executor):
         try:
             remote = ray.remote(num_cpus=1, max_retries=3)(function)
             refs = [remote.remote(*job) for job in jobs]
-            for ref in refs:
-                yield ray.get(ref)
-                del ref
+            while refs:
+                yield ray.get(refs.pop(0))  # dropped from here once the caller merged it
         finally:
             if started_here:
                 ray.shutdown()
