@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -46,16 +47,25 @@ from retrieval.vector_index import StoredVectors  # noqa: E402
 DIM = 512
 
 
-class PeakMemory:
-    """Peak summed RSS of this process and all its descendants, sampled in a thread."""
+class TreeMonitor:
+    """Peak summed RSS and total CPU seconds of this process and all its descendants
+    (Ray's workers included), sampled in a thread every `every` seconds. CPU seconds do
+    not depend on what else the machine runs; wall times do."""
 
     def __init__(self, every: float = 0.2):
         import psutil
 
         self.process, self.every, self.peak = psutil.Process(), every, 0
+        self.cpu: dict[int, float] = {}  # pid -> user + system seconds, last seen
+        self.start_cpu = self._cpu_of(self.process)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+
+    @staticmethod
+    def _cpu_of(process) -> float:
+        times = process.cpu_times()
+        return times.user + times.system
 
     def _run(self):
         import psutil
@@ -65,15 +75,18 @@ class PeakMemory:
             for p in [self.process, *self.process.children(recursive=True)]:
                 try:
                     total += p.memory_info().rss
+                    self.cpu[p.pid] = self._cpu_of(p)
                 except psutil.Error:
                     pass
             self.peak = max(self.peak, total)
             time.sleep(self.every)
 
-    def stop(self) -> int:
+    def stop(self) -> tuple[int, float]:
+        """-> (peak RSS bytes, CPU seconds used since the start)."""
         self._stop.set()
         self._thread.join()
-        return self.peak
+        self.cpu[self.process.pid] = self._cpu_of(self.process)
+        return self.peak, sum(self.cpu.values()) - self.start_cpu
 
 
 def build(mode: str, store: Path, n: int, shards: int, cpus: int, out: Path) -> None:
@@ -92,7 +105,7 @@ def build(mode: str, store: Path, n: int, shards: int, cpus: int, out: Path) -> 
 
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         map_shards = Executor("ray").map_shards()
-    memory = PeakMemory()
+    monitor = TreeMonitor()
     started = time.perf_counter()
     index, knobs, seconds = build_tuned(
         "ivfpq",
@@ -105,7 +118,7 @@ def build(mode: str, store: Path, n: int, shards: int, cpus: int, out: Path) -> 
         shard_reader=reader,
     )
     wall = time.perf_counter() - started
-    peak = memory.stop()
+    peak, cpu_seconds = monitor.stop()
     queries = photo_like(1000, DIM, seed=2)
     factor = int(knobs["k_factor"])
     _, candidates = index.search(queries, 10 * factor, params=faiss_params("ivfpq", knobs))
@@ -118,8 +131,10 @@ def build(mode: str, store: Path, n: int, shards: int, cpus: int, out: Path) -> 
         "search_params": knobs,
         "seconds": seconds,
         "wall_s": round(wall, 1),
+        "cpu_s": round(cpu_seconds, 1),
         "peak_rss_mib": round(peak / 2**20),
         "index_mib": round(faiss.serialize_index(index).nbytes / 2**20, 1),
+        "load_avg_after": [round(v, 2) for v in os.getloadavg()],
     }
     out.with_suffix(".json").write_text(json.dumps(stats))
 
@@ -186,18 +201,21 @@ def main(argv=None) -> int:
         "",
         f"{args.n:,} photo-like vectors x {DIM} in a vector store file; IVF-PQ "
         f"{one['params']}; sharded: {args.shards} shards as Ray tasks on a local Ray with "
-        f"{args.cpus} CPUs. Memory: peak RSS of the build's whole process tree. recall@10 "
+        f"{args.cpus} CPUs. CPU s and memory: of the build's whole process tree (Ray "
+        f"workers included); CPU seconds compare across runs, wall seconds only under equal "
+        f"load (each build's load average is in the JSON). recall@10 "
         f"against exact on 1,000 held-out queries; top-10 overlap of the two builds: "
         f"{overlap}. Load average {data['host']['load_avg']}.",
         "",
-        "| build | wall s | train s | add s | tune s | peak RSS MiB | index MiB | recall@10 "
-        "| knobs |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| build | wall s | CPU s | train s | add s | tune s | peak RSS MiB | index MiB "
+        "| recall@10 | knobs |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in (("one-shot", one), (f"sharded x{args.shards}", sharded)):
         knobs = {k: r["search_params"][k] for k in ("nprobe", "k_factor")}
         lines.append(
-            f"| {name} | {r['wall_s']} | {r['seconds']['train']} | {r['seconds']['add']} "
+            f"| {name} | {r['wall_s']} | {r['cpu_s']} | {r['seconds']['train']} "
+            f"| {r['seconds']['add']} "
             f"| {r['seconds']['tune']} | {r['peak_rss_mib']} | {r['index_mib']} "
             f"| {r['recall_at_10']} | {json.dumps(knobs)} |"
         )
