@@ -1,19 +1,21 @@
 """`xmr index` on a local Ray (1 and 2 encoder actors) against the local path, side by side.
 
-    python benchmarks/bench_ray.py --images 400 --repeats 3          # ~10 min on 2 cores
+    python benchmarks/bench_ray.py --images 800 --repeats 3          # ~12 min on 2 cores
 
 The same generated photos are indexed into a fresh index by `index_folders` (model
 loaded and warm in this process, as `xmr index` runs once started) with
   local     the shared decode -> encode step here, `--workers` decode processes
   ray-1     --executor ray, 1 actor   (Ray started once beforehand: ray.init(num_cpus))
   ray-2     --executor ray, 2 actors
-Configurations alternate within each repeat; medians are reported, and every Ray rate
-as a ratio to the local rate of the same repeats (Ray's overhead on one machine).
-  wall_ips      images / wall time of the whole run (scan, hash, plan, pool start-up
-                with each actor loading the model, embedding, writing, FAISS)
-  stream_ips    images / time from the first batch reaching the writer to the last
-                (steady state: start-up excluded)
-  startup_s     time from the run's start to its first written batch
+Each configuration indexes a quarter of the photos and then all of them, configurations
+alternating within each repeat; medians are reported, and every Ray rate as a ratio to
+the local rate of the same repeat (Ray's overhead on one machine).
+  wall_ips      images / wall time of the whole run on all photos (scan, hash, plan,
+                pool start-up with each actor loading the model, embedding, writing)
+  marginal_ips  (all - a quarter) / (its wall time - the quarter's): the rate once
+                started, fixed costs cancelled
+  fixed_s       wall time minus images / marginal_ips: what a run pays before it flows
+                (Ray: actors starting and loading the model)
 Also measured once: ray.init of a local Ray (what `xmr index --executor ray` without
 an address pays on top). Model: the shipped xmr-tiny (64 px) by default.
 """
@@ -30,55 +32,39 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import host, log, make_photos, median, publish  # noqa: E402
+import numpy as np  # noqa: E402
+from common import host, log, make_photos, publish  # noqa: E402
 
 
-class FirstBatchClock:
-    """A reporter that notes when the writer gets its first and last embedding batch."""
-
-    def __init__(self):
-        self.first = self.last = None
-        self.embedding = False
-
-    def stage(self, name, total):
-        self.embedding = name == "embedding"
-
-    def advance(self, n):
-        if self.embedding:  # not the hashing stage's ticks
-            now = time.perf_counter()
-            self.first = self.first or now
-            self.last = now
-
-    def skip(self, path, reason):
-        pass
-
-    def done(self):
-        self.embedding = False
-
-
-def one_run(encoder, folder: Path, executor, batch_size: int, workers: int) -> dict:
+def one_run(encoder, folder: Path, executor, batch_size: int, workers: int) -> tuple[int, float]:
+    """Index `folder` into a fresh index: (images encoded, wall seconds)."""
     from indexer.images import IndexOptions, index_folders
     from retrieval.library import Library
 
     tmp = Path(tempfile.mkdtemp(prefix="xmr-bench-ray-"))
     try:
         options = IndexOptions(batch_size=batch_size, workers=workers, executor=executor)
-        clock = FirstBatchClock()
         with Library.open_or_create(tmp / "index", encoder) as library:
             started = time.perf_counter()
-            summary = index_folders(library, encoder, [folder], options, clock)
-            wall = time.perf_counter() - started
+            summary = index_folders(library, encoder, [folder], options)
+            return summary.encoded, time.perf_counter() - started
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    n = summary.encoded
-    stream = (clock.last - clock.first) if clock.first else 0.0
+
+
+def measure(encoder, folders: tuple[Path, Path], executor, batch_size, workers) -> dict:
+    """Wall, marginal rate and fixed cost from a run on a quarter and one on everything."""
+    small_n, small_s = one_run(encoder, folders[0], executor, batch_size, workers)
+    n, seconds = one_run(encoder, folders[1], executor, batch_size, workers)
+    # NaN when noise in the fixed cost hides the difference (left out of the medians)
+    marginal = (n - small_n) / (seconds - small_s) if seconds > small_s else float("nan")
     return {
         "images": n,
-        "wall_s": round(wall, 3),
-        "wall_ips": n / wall,
-        "startup_s": round(clock.first - started, 3) if clock.first else None,
-        # the first batch's images arrive at `first`: the stream rate counts the rest
-        "stream_ips": (n - batch_size) / stream if stream > 0 else None,
+        "wall_s": round(seconds, 3),
+        "quarter_wall_s": round(small_s, 3),
+        "wall_ips": n / seconds,
+        "marginal_ips": marginal,
+        "fixed_s": seconds - n / marginal,
     }
 
 
@@ -103,7 +89,12 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="xmr-bench-ray-photos-"))
     try:
         log(f"generating {args.images} photos")
-        make_photos(work / "photos", args.images, size=(320, 240))
+        quarter = args.images // 4
+        make_photos(work / "all", args.images, size=(320, 240))
+        (work / "quarter").mkdir()
+        for photo in sorted((work / "all").iterdir())[:quarter]:
+            shutil.copy(photo, work / "quarter" / photo.name)
+        folders = (work / "quarter", work / "all")
         encoder = load_encoder(args.model, "cpu")
         started = time.perf_counter()
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
@@ -117,7 +108,7 @@ def main(argv=None) -> int:
         for repeat in range(args.repeats):
             for name, executor in configs.items():
                 workers = args.workers if name == "local" else 0
-                result = one_run(encoder, work / "photos", executor, args.batch_size, workers)
+                result = measure(encoder, folders, executor, args.batch_size, workers)
                 runs[name].append(result)
                 log(f"repeat {repeat + 1} {name}: {result}")
         ray.shutdown()
@@ -127,13 +118,13 @@ def main(argv=None) -> int:
     summary = {}
     for name, results in runs.items():
         summary[name] = {
-            key: round(median([r[key] for r in results]), 2)
-            for key in ("wall_ips", "stream_ips", "startup_s", "wall_s")
+            key: round(float(np.nanmedian([r[key] for r in results])), 2)
+            for key in ("wall_ips", "marginal_ips", "fixed_s", "wall_s")
         }
     for name in ("ray-1", "ray-2"):
-        for key in ("wall_ips", "stream_ips"):
+        for key in ("wall_ips", "marginal_ips"):
             ratios = [r[key] / b[key] for r, b in zip(runs[name], runs["local"], strict=True)]
-            summary[name][f"{key}_vs_local"] = round(median(ratios), 3)
+            summary[name][f"{key}_vs_local"] = round(float(np.nanmedian(ratios)), 3)
     data = {
         "images": args.images,
         "model": args.model,
@@ -155,13 +146,13 @@ def main(argv=None) -> int:
         f"(ray.init {ray_init_s:.1f} s, paid once per `xmr index --executor ray` without "
         f"an address); load average {data['host']['load_avg']}.",
         "",
-        "| run | wall images/s | vs local | stream images/s | vs local | start-up s |",
+        "| run | wall images/s | vs local | marginal images/s | vs local | fixed cost s |",
         "|---|---|---|---|---|---|",
     ]
     for name, s in summary.items():
         lines.append(
             f"| {name} | {s['wall_ips']} | {s.get('wall_ips_vs_local', 1.0)} "
-            f"| {s['stream_ips']} | {s.get('stream_ips_vs_local', 1.0)} | {s['startup_s']} |"
+            f"| {s['marginal_ips']} | {s.get('marginal_ips_vs_local', 1.0)} | {s['fixed_s']} |"
         )
     lines.append("")
     return publish("bench_ray", data, lines, args.out)
