@@ -1,6 +1,6 @@
 """`xmr index` on a local Ray (1 and 2 encoder actors) against the local path, side by side.
 
-    python benchmarks/bench_ray.py --images 800 --repeats 3          # ~12 min on 2 cores
+    python benchmarks/bench_ray.py --images 3200 --repeats 3         # ~15-25 min on 2 cores
 
 The same generated photos are indexed into a fresh index by `index_folders` (model
 loaded and warm in this process, as `xmr index` runs once started) with

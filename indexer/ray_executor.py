@@ -1,7 +1,7 @@
 """The decode -> encode step on a Ray cluster (the `ray` extra: `pip install 'xmr[ray]'`).
 
-    driver: paths ──Ray Dataset (one block per batch)──▶ actor pool ──▶ columns ──▶ writer
-    actor:  loads the encoder once, runs retrieval.embedding.embed_images on each block
+    driver: paths ──Ray Dataset (blocks of whole batches)──▶ actor pool ──▶ columns ──▶ writer
+    actor:  loads the encoder once, runs retrieval.embedding.embed_images on each batch
 
 Ray Data's `map_batches` with a callable class makes the actor pool: one actor per GPU
 (num_gpus=1 each, decoding in `workers` processes beside it) on a GPU cluster, else one
