@@ -103,5 +103,13 @@ def write_results(name: str, data: dict, markdown: str, out: Path = RESULTS) -> 
     return path
 
 
+def publish(name: str, data: dict, lines: list[str], out: Path | None = None) -> int:
+    """Write out/NAME.json and NAME.md (RESULTS by default), print the markdown; exit 0."""
+    path = write_results(name, data, "\n".join(lines), out or RESULTS)
+    print("\n".join(lines))
+    log(f"wrote {path}")
+    return 0
+
+
 def median(values) -> float:
     return float(np.median(np.asarray(values, dtype=np.float64)))

@@ -1,4 +1,5 @@
-"""Index maintenance commands: `xmr compact` (rebuild FAISS from the stored vectors)."""
+"""Index maintenance commands: `xmr compact` (rebuild FAISS from the stored vectors), and
+the `--executor` option of `xmr index` / `xmr add-texts`."""
 
 from __future__ import annotations
 
@@ -10,24 +11,69 @@ import typer
 from cli.errors import handle_errors
 from cli.options import IndexOption, IndexTypeOption, MaxMemoryOption, QuietOption, index_dir
 
+ExecutorOption = typer.Option(
+    "local",
+    "--executor",
+    help="Where decoding and encoding run: local (this process), ray (a local Ray "
+    "started for this run) or ray:ADDRESS (a running cluster, e.g. ray:auto). This "
+    "process still decides what to embed and writes the index. Ray: pip install 'xmr[ray]'.",
+)
+
+ActorsOption = typer.Option(
+    None,
+    "--actors",
+    min=1,
+    help="Ray: encoder actors [default: one per GPU of the cluster, else one per CPU].",
+    show_default=False,
+)
+
+
+def executor_from_option(text: str, actors: int | None = None):
+    """--executor TEXT [--actors N] -> indexer.executor.Executor; fails before any work."""
+    from dataclasses import replace
+
+    from indexer.executor import parse_executor
+    from retrieval.errors import InputError
+
+    executor = parse_executor(text)
+    if actors is not None and executor.kind != "ray":
+        raise InputError("--actors sizes a Ray actor pool: add --executor ray[:ADDRESS]")
+    return replace(executor, actors=actors)
+
 
 @handle_errors
 def compact(
     index: Path = IndexOption,
     index_type: str = IndexTypeOption,
     max_memory: str = MaxMemoryOption,
+    shards: int = typer.Option(
+        1,
+        "--shards",
+        min=1,
+        help="Build an IVF index (ivf, ivfpq) in N shards: train once on a sample, fill "
+        "the shards in parallel (--executor ray: Ray tasks), merge.",
+    ),
+    executor: str = typer.Option(
+        "local", "--executor", help="Where shards are filled: local, ray or ray:ADDRESS."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     quiet: bool = QuietOption,
 ):
     """Rebuild the FAISS indexes from the stored vectors: drop tombstones, re-train and
     re-tune, or switch type (--index-type hnsw); free the disk space of deleted items'
-    vectors and tokens. Nothing is re-encoded."""
+    vectors and tokens. Nothing is re-encoded. `--index-type ivfpq --shards N
+    --executor ray` builds a large index on a Ray cluster."""
     from cli.output import human_bytes
     from cli.progress import BarReporter
     from engine.writes import compact_index
 
     result = compact_index(
-        index_dir(index), index_type=index_type, max_memory=max_memory, reporter=BarReporter(quiet)
+        index_dir(index),
+        index_type=index_type,
+        max_memory=max_memory,
+        shards=shards,
+        executor=executor_from_option(executor),
+        reporter=BarReporter(quiet),
     ).summary
     report, sizes = result["collections"], result["sizes"]
     if as_json:
@@ -37,7 +83,11 @@ def compact(
         return
     for name, entry in report.items():
         before, after = entry["before"], entry["after"]
-        knobs = {k: v for k, v in after["search_params"].items() if k in ("nprobe", "efSearch")}
+        knobs = {
+            k: v
+            for k, v in after["search_params"].items()
+            if k in ("nprobe", "efSearch", "k_factor", "shards")
+        }
         recall = after["search_params"].get("recall_at_10")
         tuned = ", ".join(f"{k} {v}" for k, v in knobs.items())
         if tuned and recall is not None:

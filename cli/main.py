@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from cli.errors import handle_errors
+from cli.index_cmds import ActorsOption, ExecutorOption, executor_from_option
 from cli.options import (
     DeviceOption,
     IndexOption,
@@ -69,6 +70,8 @@ def index(
     ),
     index_type: str = IndexTypeOption,
     max_memory: str = MaxMemoryOption,
+    executor: str = ExecutorOption,
+    actors: int = ActorsOption,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = QuietOption,
 ):
@@ -79,6 +82,7 @@ def index(
     from indexer.images import IndexOptions
     from retrieval.imageio import DEFAULT_MAX_PIXELS, default_workers
 
+    run_on = executor_from_option(executor, actors)  # a bad value fails before any work
     options = IndexOptions(
         exclude=tuple(exclude),
         include_hidden=hidden,
@@ -86,6 +90,7 @@ def index(
         workers=default_workers() if workers is None else workers,
         commit_every=commit_every,
         max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+        executor=run_on,
     )
     report = index_images(
         index_dir(index),
@@ -114,6 +119,8 @@ def add_texts(
         None, "--text-field", help="JSONL key / CSV column [default: text, caption, ...]."
     ),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
+    executor: str = ExecutorOption,
+    actors: int = ActorsOption,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = QuietOption,
 ):
@@ -122,6 +129,7 @@ def add_texts(
     from cli.progress import BarReporter
     from engine.writes import add_text_corpus
 
+    run_on = executor_from_option(executor, actors)
     report = add_text_corpus(
         index_dir(index),
         file,
@@ -129,6 +137,7 @@ def add_texts(
         device=device,
         text_field=text_field,
         batch_size=batch_size,
+        executor=run_on,
         reporter=BarReporter(quiet),
     )
     print_report(report, "texts", as_json, quiet)

@@ -123,9 +123,12 @@ def add_text_corpus(
     device: str | None = None,
     text_field: str | None = None,
     batch_size: int = 256,
+    executor=None,
     reporter=None,
 ) -> WriteReport:
-    """A text corpus, deduplicated; re-runs embed only what changed (indexer/texts.py)."""
+    """A text corpus, deduplicated; re-runs embed only what changed (indexer/texts.py).
+    `executor`: where the encoding runs (indexer/executor.py; default: this process)."""
+    from indexer.executor import LOCAL
     from indexer.texts import add_texts, read_corpus
     from retrieval.encoder import LazyEncoder
 
@@ -133,7 +136,9 @@ def add_text_corpus(
     encoder = LazyEncoder(model_for_index(directory, model), device)
     with Library.open_or_create(directory, encoder) as library:
         notices = random_weights_notice(encoder.spec)
-        summary = add_texts(library, encoder, file, text_field, batch_size, reporter)
+        summary = add_texts(
+            library, encoder, file, text_field, batch_size, reporter, executor or LOCAL
+        )
     return WriteReport(summary, notices)
 
 
@@ -142,12 +147,19 @@ def compact_index(
     *,
     index_type: str | None = None,
     max_memory: str | None = None,
+    shards: int = 1,
+    executor=None,
     reporter=None,
 ) -> WriteReport:
     """Rebuild the FAISS indexes from the stored vectors (Library.compact); nothing is
-    re-encoded. The summary also carries the files' sizes afterwards ("sizes")."""
+    re-encoded. IVF types may be filled in `shards` shards, run by `executor`
+    (indexer/executor.py; default: this process). The summary also carries the files'
+    sizes afterwards ("sizes")."""
     check_index_policy(index_type, max_memory)
+    if shards > 1 and index_type in ("flat", "hnsw"):
+        raise InputError(f"shards split IVF builds; use index type ivf or ivfpq, not {index_type}")
+    map_shards = None if executor is None else executor.map_shards()
     with Library.open(directory, writable=True) as library:
-        report = library.compact(index_type, max_memory, reporter)
+        report = library.compact(index_type, max_memory, reporter, shards, map_shards)
         sizes = library.disk_usage()
     return WriteReport({"collections": report, "sizes": sizes})

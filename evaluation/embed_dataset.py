@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.embedding import embed_images, text_batches
 from retrieval.errors import DatasetError
-from retrieval.imageio import DEFAULT_MAX_PIXELS, decode_batches, default_workers
 
 CACHE_VERSION = 1
 
@@ -51,22 +51,18 @@ def embed_dataset(
 ) -> DatasetEmbeddings:
     """`progress(stage, done, total)` is called as batches finish (optional); image tokens
     come from vision block `token_layer` (None: the last; Encoder.encode_images)."""
-    import torch
-
     paths = [str(p) for p in dataset.image_paths]
-    workers = default_workers() if workers is None else workers
     started = time.monotonic()
     vectors, tokens = [], []
     done = 0
-    for batch in decode_batches(paths, encoder.preprocess, batch_size, workers, DEFAULT_MAX_PIXELS):
-        bad = [d for d in batch if d.pixels is None]
-        if bad:
-            raise DatasetError(f"{paths[bad[0].position]}: {bad[0].error}")
-        encoded = encoder.encode_images(torch.stack([d.pixels for d in batch]), token_layer)
-        vectors.append(encoded.vectors)
-        if with_tokens and encoded.tokens is not None:
-            tokens.append(encoded.tokens)
-        done += len(batch)
+    for batch in embed_images(paths, encoder, token_layer, batch_size, workers):
+        failed = [d for d in batch.images if d.error is not None]
+        if failed:
+            raise DatasetError(f"{paths[failed[0].position]}: {failed[0].error}")
+        vectors.append(batch.encoded.vectors)
+        if with_tokens and batch.encoded.tokens is not None:
+            tokens.append(batch.encoded.tokens)
+        done += len(batch.images)
         if progress:
             progress("images", done, len(paths))
     image_seconds = time.monotonic() - started
@@ -91,14 +87,15 @@ def encode_text_list(encoder, texts, batch_size: int = 256, with_tokens=True, pr
     from retrieval.encoder import Encoded
 
     vectors, tokens, lengths = [], [], []
-    for start in range(0, len(texts), batch_size):
-        encoded = encoder.encode_texts(texts[start : start + batch_size])
+    done = 0
+    for encoded in text_batches(encoder, texts, batch_size):
         vectors.append(encoded.vectors)
         lengths.append(encoded.lengths)
         if with_tokens and encoded.tokens is not None:
             tokens.append(encoded.tokens)
+        done += len(encoded.vectors)
         if progress:
-            progress("texts", min(start + batch_size, len(texts)), len(texts))
+            progress("texts", done, len(texts))
     return Encoded(
         vectors=np.concatenate(vectors),
         tokens=np.concatenate(tokens) if tokens else None,

@@ -8,8 +8,9 @@ Plan (no pixels touched):
   changed    stat and hash differ                      -> re-embed under a new id
   new        unknown path and hash                     -> embed
   removed    indexed path no longer on disk            -> delete row and vector
-Then embed in batches; each batch commits (rows + vectors), so a killed run resumes
-from the last committed batch.
+Then embed in batches, here or on a Ray cluster (executor.py: the same stream either
+way); this process alone writes, committing rows + vectors every `commit_every` images,
+so a killed run resumes from the last commit.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import delete, or_, select
 
+from indexer.executor import LOCAL, Executor
 from indexer.report import IndexSummary, Reporter
 from indexer.scan import ScannedFile, scan_folders
 from retrieval.content_hash import content_hash
 from retrieval.db import Database, ImageRow
-from retrieval.imageio import DEFAULT_MAX_PIXELS, decode_batches, default_workers
+from retrieval.imageio import DEFAULT_MAX_PIXELS, default_workers
 from retrieval.library import Library
 
 
@@ -40,6 +42,7 @@ class IndexOptions:
     workers: int = field(default_factory=default_workers)
     commit_every: int = 256  # images per transaction: what a kill can cost at most
     max_pixels: int = DEFAULT_MAX_PIXELS
+    executor: Executor = LOCAL  # where decoding and encoding run (indexer/executor.py)
 
 
 @dataclass
@@ -193,19 +196,27 @@ def _twin(session, indexed_by_hash: dict[str, int], digest: str) -> ImageRow | N
 
 def _add_copy(session, library, twin: ImageRow, file: ScannedFile, replaces: int | None):
     _drop_stale(session, library, replaces)
-    row = ImageRow(
-        path=file.path,
-        size=file.size,
-        mtime_ns=file.mtime_ns,
-        content_hash=twin.content_hash,
-        width=twin.width,
-        height=twin.height,
-        format=twin.format,
-        taken_at=twin.taken_at,
-    )
+    row = _image_row(file, twin.content_hash, twin)
     session.add(row)
     session.flush()
     library.images.copy(twin.id, row.id)
+
+
+def _image_row(file: ScannedFile, digest: str, image=None, error: str | None = None) -> ImageRow:
+    """A file's row: its stat and hash, and the picture's facts from `image` (a DecodedImage,
+    or the ImageRow of an indexed twin); with `error`, the row of a file that was skipped."""
+    return ImageRow(
+        path=file.path,
+        size=file.size,
+        mtime_ns=file.mtime_ns,
+        content_hash=digest,
+        width=(image.width or None) if image is not None else None,
+        height=(image.height or None) if image is not None else None,
+        format=image.format if image is not None else None,
+        taken_at=image.taken_at if image is not None else None,
+        state="indexed" if error is None else "skipped",
+        error=error,
+    )
 
 
 def _drop_stale(session, library, row_id: int | None) -> None:
@@ -217,79 +228,25 @@ def _drop_stale(session, library, row_id: int | None) -> None:
 
 
 def _embed(library, encoder, pending, twins, options, summary, reporter) -> None:
+    """Run the decode -> encode step on `options.executor` and write what comes back."""
     if not pending:
         return
-    import torch
-
     reporter.stage("embedding", len(pending))
-    paths = [p.file.path for p in pending]
-    batches = decode_batches(
-        paths, encoder.preprocess, options.batch_size, options.workers, options.max_pixels
+    batches = options.executor.embed_images(
+        [p.file.path for p in pending],
+        encoder,
+        library.token_layer,
+        options.batch_size,
+        options.workers,
+        options.max_pixels,
     )
     session = library.db.session()
     uncommitted = 0
     try:
         for batch in batches:
-            good = [d for d in batch if d.pixels is not None]
-            encoded = None
-            if good:
-                t0 = time.monotonic()
-                pixels = torch.stack([d.pixels for d in good])  # (B, 3, H, W)
-                encoded = encoder.encode_images(pixels, library.token_layer)
-                summary.encode_seconds += time.monotonic() - t0
-                summary.encoded += len(good)
-            rows = []
-            for decoded in batch:
-                item = pending[decoded.position]
-                _drop_stale(session, library, item.replaces)
-                row = ImageRow(
-                    path=item.file.path,
-                    size=item.file.size,
-                    mtime_ns=item.file.mtime_ns,
-                    content_hash=item.content_hash,
-                    width=decoded.width or None,
-                    height=decoded.height or None,
-                    format=decoded.format,
-                    taken_at=decoded.taken_at,
-                    state="indexed" if decoded.pixels is not None else "skipped",
-                    error=decoded.error,
-                )
-                session.add(row)
-                if decoded.pixels is None:
-                    summary.skipped.append((item.file.path, decoded.error))
-                    reporter.skip(item.file.path, decoded.error)
-                    # Later files with the same bytes fail the same way (e.g. several
-                    # zero-byte files): record and report each, or they vanish silently.
-                    for twin in twins.get(item.content_hash, ()):
-                        _drop_stale(session, library, twin.replaces)
-                        session.add(
-                            ImageRow(
-                                path=twin.file.path,
-                                size=twin.file.size,
-                                mtime_ns=twin.file.mtime_ns,
-                                content_hash=twin.content_hash,
-                                state="skipped",
-                                error=decoded.error,
-                            )
-                        )
-                        summary.skipped.append((twin.file.path, decoded.error))
-                        reporter.skip(twin.file.path, decoded.error)
-                else:
-                    rows.append(row)
-                    if item.replaces is None:
-                        summary.new += 1
-                    else:
-                        summary.updated += 1
-            session.flush()  # assigns ids
-            if encoded is not None:
-                ids = np.array([row.id for row in rows], dtype=np.int64)
-                library.images.write(ids, encoded.vectors, encoded.tokens)
-                for row in rows:
-                    for twin in twins.get(row.content_hash, ()):
-                        _add_copy(session, library, row, twin.file, replaces=twin.replaces)
-                        summary.duplicates += 1
-            uncommitted += len(batch)
-            reporter.advance(len(batch))
+            _write_batch(session, library, pending, twins, batch, summary, reporter)
+            uncommitted += len(batch.images)
+            reporter.advance(len(batch.images))
             if uncommitted >= options.commit_every:
                 _commit(library, session)
                 uncommitted = 0
@@ -297,6 +254,42 @@ def _embed(library, encoder, pending, twins, options, summary, reporter) -> None
     finally:
         session.close()
         reporter.done()
+
+
+def _write_batch(session, library, pending, twins, batch, summary, reporter) -> None:
+    """Rows for one batch (in path order, so ids follow it), then its vectors and copies."""
+    if batch.encoded is not None:
+        summary.encode_seconds += batch.encode_seconds
+        summary.encoded += len(batch.decoded)
+    rows = []
+    for decoded in batch.images:
+        item = pending[decoded.position]
+        _drop_stale(session, library, item.replaces)
+        row = _image_row(item.file, item.content_hash, decoded, decoded.error)
+        session.add(row)
+        if decoded.error is not None:
+            # Later files with the same bytes fail the same way (e.g. several zero-byte
+            # files): record and report each, or they vanish silently.
+            for failed in [item, *twins.get(item.content_hash, ())]:
+                if failed is not item:
+                    _drop_stale(session, library, failed.replaces)
+                    session.add(_image_row(failed.file, failed.content_hash, error=decoded.error))
+                summary.skipped.append((failed.file.path, decoded.error))
+                reporter.skip(failed.file.path, decoded.error)
+        else:
+            rows.append(row)
+            if item.replaces is None:
+                summary.new += 1
+            else:
+                summary.updated += 1
+    session.flush()  # assigns ids
+    if rows:
+        ids = np.array([row.id for row in rows], dtype=np.int64)
+        library.images.write(ids, batch.encoded.vectors, batch.encoded.tokens)
+        for row in rows:
+            for twin in twins.get(row.content_hash, ()):
+                _add_copy(session, library, row, twin.file, replaces=twin.replaces)
+                summary.duplicates += 1
 
 
 def _commit(library: Library, session) -> None:

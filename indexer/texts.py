@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import delete, select
 
+from indexer.executor import LOCAL, Executor
 from indexer.report import IndexSummary, Reporter
 from retrieval.db import Database, TextRow, TextSource
 from retrieval.errors import InputError
@@ -119,7 +120,9 @@ def add_texts(
     text_field: str | None = None,
     batch_size: int = 256,
     reporter: Reporter | None = None,
+    executor: Executor = LOCAL,
 ) -> IndexSummary:
+    """`executor` runs the encoder here or on Ray (executor.py); this process writes."""
     reporter = reporter or Reporter()
     started = time.monotonic()
     summary = IndexSummary()
@@ -164,11 +167,12 @@ def add_texts(
     new = [(d, r) for d, r in unique.items() if d not in existing]
     if new:
         reporter.stage("embedding texts", len(new))
+        batches = executor.encode_texts([r.text for _, r in new], encoder, batch_size)
         try:
             for start in range(0, len(new), batch_size):
                 chunk = new[start : start + batch_size]
                 t0 = time.monotonic()
-                encoded = encoder.encode_texts([r.text for _, r in chunk])
+                encoded = next(batches)  # the texts of `chunk`, in order
                 summary.encode_seconds += time.monotonic() - t0
                 with library.db.session() as session:
                     rows = [

@@ -4,14 +4,22 @@ Pure arithmetic (no FAISS import), so `xmr --help` and argument errors stay inst
 The rule follows autofaiss's reasoning, owned here (autofaiss pins numpy<2):
 
   flat   exact; best below FLAT_LIMIT items (a scan of 100k x 512 floats is ~10 ms)
-  hnsw   graph; fast and accurate while vectors + graph fit the memory budget,
-         up to HNSW_LIMIT items: at 1M x 512 on 2 cores a graph cheap enough to build
-         (505 s) reached only recall@10 0.77, while IVF reached 0.96 641x faster than
-         flat (benchmarks/results/bench_index.md)
-  ivf    inverted lists over k-means cells; scales, and loads memory-mapped
+  hnsw   graph; fast and accurate while vectors + graph fit the memory budget, up
+         to HNSW_LIMIT items (M=32, efConstruction=80: on the benchmark's photo-like
+         mixture a 100k graph with efConstruction 40 needed efSearch 512 for recall@10
+         0.95, with 80 it needs 256; at 1M a graph cheap enough to build on 2 cores
+         (M=16, efConstruction=40) never reached 0.95)
+  ivf    inverted lists over k-means cells; scales, and loads memory-mapped. Its
+         nprobe can always reach the target (nprobe = nlist is exact search)
   ivfpq  IVF with product-quantised codes: what `auto` picks when even the raw
          vectors exceed `--max-memory`; exact re-ranking from the vector store
          (on disk) brings its recall back to the target
+
+`auto` never keeps a configuration that misses recall@10 >= 0.95 at the size it is
+built for: every build measures recall on held-out items while tuning its knobs
+(index_types.build_tuned), and an HNSW graph that falls short is replaced by its
+`fallback`, IVF (vector_index.build_to_target). `possible_choices` lists every type
+`auto` can pick at a size (any budget): what benchmarks/bench_index.py verifies.
 
 An index type that cannot be trained yet (IVF-PQ below PQ_MIN_TRAIN vectors, IVF on an
 empty collection) is stood in for by flat until a later save has enough vectors.
@@ -30,6 +38,7 @@ POLICY_TYPES = ("auto", *INDEX_TYPES)
 FLAT_LIMIT = 100_000
 HNSW_LIMIT = 500_000
 HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
 PQ_BITS = 8
 PQ_MIN_TRAIN = 39 * (1 << PQ_BITS)  # FAISS warns below 39 training points per centroid
 ID_BYTES = 8  # an int64 id per item in IDMap2 / inverted lists
@@ -40,6 +49,7 @@ class IndexChoice:
     type: str
     params: dict = field(default_factory=dict)  # m, ef_construction, nlist, pq_m ...
     reason: str = ""
+    fallback: IndexChoice | None = None  # built instead if this one misses the target
 
 
 def memory_estimate(index_type: str, n_items: int, dim: int, params: dict | None = None) -> int:
@@ -71,13 +81,31 @@ def choose_index_type(n_items: int, dim: int, max_memory_bytes: int | None = Non
     if n_items < FLAT_LIMIT:
         return IndexChoice("flat", {}, f"{n_items} < {FLAT_LIMIT} items: exact search is fast")
     hnsw_fits = budget is None or memory_estimate("hnsw", n_items, dim) <= budget
-    if n_items < HNSW_LIMIT and hnsw_fits:
-        return IndexChoice("hnsw", {"m": HNSW_M}, "vectors and graph fit in memory: HNSW")
-    return IndexChoice(
+    ivf = IndexChoice(
         "ivf",
         {"nlist": nlist_for(n_items)},
         f"{n_items} items: inverted lists (memory-mapped when searching)",
     )
+    if n_items < HNSW_LIMIT and hnsw_fits:
+        return IndexChoice(
+            "hnsw", hnsw_params(), "vectors and graph fit in memory: HNSW", fallback=ivf
+        )
+    return ivf
+
+
+def hnsw_params() -> dict:
+    return {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}
+
+
+def possible_choices(n_items: int, dim: int) -> list[IndexChoice]:
+    """The configurations `auto` picks for `n_items`: with no budget, with a budget just
+    under the raw vectors (IVF-PQ at its largest code), and one between vectors and graph."""
+    flat, graph = memory_estimate("flat", n_items, dim), memory_estimate("hnsw", n_items, dim)
+    choices: dict[str, IndexChoice] = {}
+    for budget in (None, int(flat * 0.99), (flat + graph) // 2):
+        choice = choose_index_type(n_items, dim, budget)
+        choices.setdefault(choice.type, choice)
+    return list(choices.values())
 
 
 def resolve_choice(
@@ -93,7 +121,7 @@ def resolve_choice(
         )
     if requested in ("ivf", "ivfpq") and n_items == 0:
         return IndexChoice("flat", {}, f"{requested} needs vectors to train; flat until then")
-    params = {"m": HNSW_M} if requested == "hnsw" else {}
+    params = hnsw_params() if requested == "hnsw" else {}
     if requested in ("ivf", "ivfpq"):
         params["nlist"] = nlist_for(n_items)
     if requested == "ivfpq":
@@ -197,7 +225,8 @@ def plan_upkeep(
     decides afresh); an explicit type is applied at once.
     """
     choice = policy.choose(n_live, dim)
-    if choice.type != kind and (policy.type != "auto" or n_live > built_n):
+    stand_in = choice.fallback is not None and kind == choice.fallback.type  # built instead
+    if choice.type != kind and not stand_in and (policy.type != "auto" or n_live > built_n):
         return "rebuild", choice
     if kind in ("ivf", "ivfpq") and n_live > REBUILD_GROWTH * max(built_n, 1):
         return "rebuild", choice

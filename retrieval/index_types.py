@@ -8,7 +8,9 @@ Which type to use is decided in `index_choice` (no FAISS there). Here:
   tune_search_params  smallest nprobe / efSearch (and re-ranking depth for IVF-PQ) whose
                    recall@10 against exact search reaches the target (0.95)
   refine_exact     exact re-scoring of approximate candidates from the full vectors
-  build_tuned      train, fill and tune a new index, vectors streamed from a store
+  build_tuned      train, fill and tune a new index, vectors streamed from a store;
+                   IVF types optionally in shards (trained_index once, fill_shard per
+                   shard wherever `map_shards` runs it, merge_shards)
   build_index      a tuned index over an in-memory matrix whose ids are row positions
                    (benchmarks and `xmr bench`; the product's index is vector_index.py)
 
@@ -27,6 +29,7 @@ import faiss
 import numpy as np
 
 from retrieval.index_choice import (
+    HNSW_EF_CONSTRUCTION,
     HNSW_M,
     INDEX_TYPES,
     PQ_BITS,
@@ -41,12 +44,14 @@ TARGET_RECALL = 0.95
 # Tuning aims this much above the target: 1,000 tuning queries measure recall to about
 # +-0.007, and a fresh set of queries must still land at or above the target.
 TUNE_MARGIN = 0.01
-EF_CONSTRUCTION = 40
 TRAIN_POINTS_PER_LIST = 64  # k-means sample per IVF cell (FAISS wants >= 39)
 TUNE_QUERIES = 1000
 EF_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 NPROBE_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
-K_FACTOR_GRID = (1, 2, 4, 8, 16, 32)
+K_FACTOR_GRID = (1, 2, 4, 8, 16, 32, 64)
+# (query, candidate) pairs scored at a time by refine_exact: 1,000 queries x 640
+# candidates at once would be two 1.3 GB temporaries at 512-d.
+REFINE_PAIRS = 16_384
 
 __all__ = [
     "INDEX_TYPES",
@@ -75,7 +80,7 @@ def new_index(index_type: str, dim: int, params: dict) -> faiss.Index:
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     if index_type == "hnsw":
         inner = faiss.IndexHNSWFlat(dim, params.setdefault("m", HNSW_M), ip)
-        inner.hnsw.efConstruction = params.setdefault("ef_construction", EF_CONSTRUCTION)
+        inner.hnsw.efConstruction = params.setdefault("ef_construction", HNSW_EF_CONSTRUCTION)
         return faiss.IndexIDMap2(inner)
     if index_type not in ("ivf", "ivfpq"):
         check_index_type(index_type)
@@ -144,7 +149,11 @@ def refine_exact(
     vectors = read_vectors(unique)  # (U, D), each stored vector read once
     scores = np.full(candidates.shape, -np.inf, dtype=np.float32)  # (Q, C)
     rows = np.nonzero(valid)[0]
-    scores[valid] = np.einsum("nd,nd->n", queries[rows], vectors[inverse])
+    pair_scores = np.empty(len(rows), dtype=np.float32)
+    for start in range(0, len(rows), REFINE_PAIRS):  # bounded (P, D) temporaries
+        part = slice(start, start + REFINE_PAIRS)
+        pair_scores[part] = np.einsum("nd,nd->n", queries[rows[part]], vectors[inverse[part]])
+    scores[valid] = pair_scores
     take = min(k, candidates.shape[1])
     order = np.argsort(-scores, axis=1, kind="stable")[:, :take]  # (Q, take)
     out_scores[:, :take] = np.take_along_axis(scores, order, 1)
@@ -163,8 +172,12 @@ class RunningTopK:
 
     def push(self, scores: np.ndarray, ids: np.ndarray) -> None:
         """scores (Q, C) for ids (C,) shared by all queries."""
+        self.push_top(scores, np.broadcast_to(ids, scores.shape))
+
+    def push_top(self, scores: np.ndarray, ids: np.ndarray) -> None:
+        """Merge another partial result: scores, ids (Q, k') per query (a shard's top)."""
         merged_scores = np.concatenate([self.scores, scores.astype(np.float32)], axis=1)
-        merged_ids = np.concatenate([self.ids, np.broadcast_to(ids, scores.shape)], axis=1)
+        merged_ids = np.concatenate([self.ids, ids], axis=1)
         top = np.argpartition(-merged_scores, self.k - 1, axis=1)[:, : self.k]
         self.scores = np.take_along_axis(merged_scores, top, 1)
         self.ids = np.take_along_axis(merged_ids, top, 1)
@@ -339,6 +352,9 @@ def build_tuned(
     tune: bool = True,
     reporter=None,
     chunk: int = 65_536,
+    shards: int = 1,
+    map_shards: MapShards | None = None,
+    shard_reader: ReadVectors | None = None,
 ) -> tuple[faiss.Index, dict, dict]:
     """Train, fill and tune a new index over `ids`, vectors streamed from `read_vectors`.
 
@@ -347,16 +363,18 @@ def build_tuned(
     accumulated; the knobs are tuned on that index; then the sample is added too.
     Returns (index, knobs, seconds {"train", "add", "tune"}). `params` gets defaults.
     `reporter` is anything with stage(name, total) / advance(n) / done().
+
+    Sharded (IVF types, `shards` > 1): the quantizer (and PQ) are trained once, on the
+    same sample a one-shot build uses; `map_shards(fill_shard, jobs)` fills a copy of
+    the trained index per shard, anywhere (Ray tasks, given a picklable `shard_reader`),
+    and the shards are merged into one index (`merge_shards`): the same inverted lists a
+    one-shot build makes, so it searches the same.
     """
     ids = np.unique(np.asarray(ids, dtype=np.int64))
     n = len(ids)
     seconds = {"train": 0.0, "add": 0.0, "tune": 0.0}
-    index = new_index(index_type, dim, params)
     started = time.perf_counter()
-    if not index.is_trained:
-        size = train_sample_size(index_type, params, n)
-        picks = np.sort(np.random.default_rng(1).choice(ids, size, replace=False))
-        index.train(np.ascontiguousarray(read_vectors(picks), dtype=np.float32))
+    index = trained_index(index_type, params, dim, ids, read_vectors)
     seconds["train"] = time.perf_counter() - started
 
     tuning = tune and index_type != "flat" and n >= MIN_TUNE_ITEMS
@@ -367,14 +385,21 @@ def build_tuned(
     if reporter is not None:
         reporter.stage(f"building {index_type} index", n)
     started = time.perf_counter()
-    for start in range(0, len(rest), chunk):
-        part = rest[start : start + chunk]
-        vectors = np.ascontiguousarray(read_vectors(part), dtype=np.float32)  # (C, D)
-        index.add_with_ids(vectors, part)
-        if truth is not None:
-            truth.push(queries @ vectors.T, part)  # (Q, C)
-        if reporter is not None:
-            reporter.advance(len(part))
+    if shards > 1 and index_type in ("ivf", "ivfpq"):
+        trained = faiss.serialize_index(index)  # (bytes,) uint8: what every shard starts from
+        jobs = [
+            (trained, part, shard_reader or read_vectors, queries, chunk)
+            for part in np.array_split(rest, shards)
+        ]
+        for filled, top in (map_shards or _map_here)(fill_shard, jobs):
+            shard = faiss.deserialize_index(filled)
+            merge_shards(index, shard)
+            if truth is not None:
+                truth.push_top(*top)
+            if reporter is not None:
+                reporter.advance(int(shard.ntotal))
+    else:
+        add_chunks(index, rest, read_vectors, queries, truth, chunk, reporter)
     seconds["add"] = time.perf_counter() - started
 
     knobs = exhaustive_params(index_type, params, n)
@@ -398,6 +423,53 @@ def build_tuned(
     if reporter is not None:
         reporter.done()
     return index, knobs, {k: round(v, 3) for k, v in seconds.items()}
+
+
+MapShards = Callable  # (fill_shard, [args, ...]) -> iterable of its results, in order
+
+
+def _map_here(function, jobs):
+    return (function(*job) for job in jobs)
+
+
+def trained_index(
+    index_type: str, params: dict, dim: int, ids: np.ndarray, read_vectors: ReadVectors
+) -> faiss.Index:
+    """An empty index of `index_type`, trained (IVF cells, PQ codebooks) on a fixed sample."""
+    index = new_index(index_type, dim, params)
+    if not index.is_trained:
+        size = train_sample_size(index_type, params, len(ids))
+        picks = np.sort(np.random.default_rng(1).choice(ids, size, replace=False))
+        index.train(np.ascontiguousarray(read_vectors(picks), dtype=np.float32))
+    return index
+
+
+def add_chunks(index, ids, read_vectors, queries=None, truth=None, chunk=65_536, reporter=None):
+    """Add `ids`' vectors `chunk` at a time; `truth` (RunningTopK) gathers the exact
+    top-k of `queries` over the same vectors on the way."""
+    for start in range(0, len(ids), chunk):
+        part = ids[start : start + chunk]
+        vectors = np.ascontiguousarray(read_vectors(part), dtype=np.float32)  # (C, D)
+        index.add_with_ids(vectors, part)
+        if truth is not None:
+            truth.push(queries @ vectors.T, part)  # (Q, C)
+        if reporter is not None:
+            reporter.advance(len(part))
+
+
+def fill_shard(trained, ids, read_vectors, queries=None, chunk=65_536):
+    """One shard of a sharded build (runs wherever `map_shards` sends it): the trained
+    index (serialised) filled with `ids`. -> (serialised shard, (scores, ids) of the
+    exact top-10 of `queries` within the shard, or None)."""
+    index = faiss.deserialize_index(trained)
+    truth = None if queries is None else RunningTopK(len(queries), 10)
+    add_chunks(index, np.asarray(ids, dtype=np.int64), read_vectors, queries, truth, chunk)
+    return faiss.serialize_index(index), None if truth is None else truth.result()
+
+
+def merge_shards(index: faiss.Index, shard: faiss.Index) -> None:
+    """Move `shard`'s inverted lists into `index` (same trained quantizer; ids kept)."""
+    faiss.extract_index_ivf(index).merge_from(faiss.extract_index_ivf(shard), 0)
 
 
 def build_index(

@@ -39,7 +39,7 @@ from retrieval.errors import EncoderMismatch, IndexCorrupt, IndexNotFound, Input
 from retrieval.feature_cache import FEATURES_FILE, MANIFEST_KEY, FeatureCache
 from retrieval.index_choice import IndexPolicy, check_index_type, parse_size, plan_upkeep
 from retrieval.locations import INDEX_ENV
-from retrieval.vector_index import VectorIndex
+from retrieval.vector_index import Sharding, StoredVectors, VectorIndex
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
@@ -380,11 +380,15 @@ class Library:
         index_type: str | None = None,
         max_memory: str | int | None = None,
         reporter=None,
+        shards: int = 1,
+        map_shards=None,
     ) -> dict[str, dict]:
         """Rebuild both FAISS indexes from the vector store and the database.
 
         Drops tombstones, re-trains and re-tunes, and switches type when `index_type`
         (or the stored policy, for today's size) says so. Nothing is re-encoded.
+        IVF types are filled in `shards` shards, run by `map_shards` (index_types.
+        build_tuned; e.g. Ray tasks that read the vector store file themselves).
         Returns {collection: {"before": {...}, "after": {...}, "reason", "seconds"}}.
         """
         self._require_writable()
@@ -399,8 +403,11 @@ class Library:
             ids = np.asarray(self.db.ids(collection.table), dtype=np.int64)
             choice = self.policy.choose(len(ids), dim)
             collection.flush()
+            sharding = Sharding(
+                shards, map_shards, StoredVectors(str(collection.vectors.path), dim)
+            )
             collection.index = VectorIndex.build(
-                choice, dim, ids, collection.vectors.read, reporter=reporter
+                choice, dim, ids, collection.vectors.read, reporter=reporter, sharding=sharding
             )
             collection.index.save(collection.faiss_path, generation)
             stores = collection.stores()

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -53,6 +55,36 @@ from retrieval.index_types import (
 )
 
 IVF_TYPES = ("ivf", "ivfpq")
+
+
+@dataclass
+class Sharding:
+    """How a build fills an IVF index: `shards` parts, run by `map_shards(fill, jobs)`
+    (None: one after another here), reading vectors with `reader` (picklable, for
+    workers in other processes; None: the collection's own reader)."""
+
+    shards: int = 1
+    map_shards: Callable | None = None
+    reader: ReadVectors | None = None
+
+
+@dataclass(frozen=True)
+class StoredVectors:
+    """A picklable reader of a vector store file: what a shard worker elsewhere opens."""
+
+    path: str
+    dim: int
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        from retrieval.arraystore import ArrayStore
+
+        store = ArrayStore(Path(self.path), (self.dim,), "float32")
+        try:
+            return store.read(np.asarray(ids, dtype=np.int64))
+        finally:
+            store.close()
+
+
 EXACT_FILTER_MAX = 20_000  # rule 1 above: ~40 MB of 512-d vectors, a few ms of BLAS
 CHUNK = 65_536  # vectors read from the store at a time when (re)building
 TUNE_K = 10
@@ -167,16 +199,35 @@ class VectorIndex:
         read_vectors: ReadVectors,
         target_recall: float = TARGET_RECALL,
         reporter=None,
+        sharding: Sharding | None = None,
     ) -> VectorIndex:
         """A fresh index of `choice.type` over `ids`, vectors streamed from the store and
-        its knobs tuned on held-out items (index_types.build_tuned)."""
+        its knobs tuned on held-out items (index_types.build_tuned), IVF types filled in
+        `sharding.shards` shards when given. If the best knobs miss `target_recall`,
+        `choice.fallback` is built instead (auto: HNSW -> IVF, whose nprobe reaches any
+        target)."""
+        index = cls._build_one(choice, dim, ids, read_vectors, target_recall, reporter, sharding)
+        recall = index.search_params.get("recall_at_10", 1.0)
+        if choice.fallback is not None and recall < target_recall:
+            index = cls.build(
+                choice.fallback, dim, ids, read_vectors, target_recall, reporter, sharding
+            )
+            index.search_params["replaced"] = {"type": choice.type, "recall_at_10": recall}
+        return index
+
+    @classmethod
+    def _build_one(cls, choice, dim, ids, read_vectors, target_recall, reporter, sharding):
         params = dict(choice.params)
+        sharding = sharding or Sharding()
         index, knobs, seconds = build_tuned(
             choice.type, params, dim, ids, read_vectors, target_recall, reporter=reporter,
-            chunk=CHUNK,
+            chunk=CHUNK, shards=sharding.shards, map_shards=sharding.map_shards,
+            shard_reader=sharding.reader,
         )  # fmt: skip
         if knobs:
             knobs["build_seconds"] = seconds
+            if sharding.shards > 1 and choice.type in IVF_TYPES:
+                knobs["shards"] = sharding.shards
         return cls(index, choice.type, params, knobs, (), -1, len(np.unique(ids)), read_vectors)
 
     def retune(self, ids: np.ndarray, target_recall: float = TARGET_RECALL) -> None:

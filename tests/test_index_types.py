@@ -23,6 +23,7 @@ from retrieval.index_choice import (
     memory_estimate,
     parse_size,
     plan_upkeep,
+    possible_choices,
     resolve_choice,
 )
 from retrieval.index_types import build_index, exact_top_k, overlap_recall
@@ -69,6 +70,32 @@ def test_auto_picks_each_type_at_the_documented_sizes():
     assert choose_index_type(n, 512, budget).type == "ivf"
     # Too few to train PQ: flat, whatever the budget.
     assert choose_index_type(PQ_MIN_TRAIN - 1, 512, max_memory_bytes=1).type == "flat"
+
+
+def test_possible_choices_are_every_configuration_auto_can_pick():
+    assert [c.type for c in possible_choices(10_000, 512)] == ["flat", "ivfpq"]
+    assert [c.type for c in possible_choices(FLAT_LIMIT, 512)] == ["hnsw", "ivfpq", "ivf"]
+    assert [c.type for c in possible_choices(HNSW_LIMIT, 512)] == ["ivf", "ivfpq"]
+    hnsw = possible_choices(FLAT_LIMIT, 512)[0]
+    assert hnsw.fallback is not None and hnsw.fallback.type == "ivf"
+
+
+def test_an_hnsw_graph_that_misses_the_target_is_replaced_by_its_fallback():
+    vectors = clustered(3000, 16, seed=3, centres=50)
+    choice = choose_index_type(FLAT_LIMIT, 16)  # auto's HNSW, with IVF as its fallback
+    # 1.01 is out of any graph's reach: the build must not keep the graph.
+    index = VectorIndex.build(choice, 16, np.arange(3000), vectors.__getitem__, 1.01)
+    assert index.kind == "ivf"
+    assert index.search_params["replaced"]["type"] == "hnsw"
+    assert index.search_params["replaced"]["recall_at_10"] < 1.01
+    # An explicit --index-type hnsw has no fallback: it stays what the user asked for.
+    explicit = resolve_choice("hnsw", 3000, 16)
+    assert VectorIndex.build(explicit, 16, np.arange(3000), vectors.__getitem__, 1.01).kind == (
+        "hnsw"
+    )
+    # The IVF that stands in for auto's HNSW is kept as the collection grows a little.
+    grown = plan_upkeep(IndexPolicy(), 16, "ivf", FLAT_LIMIT + 100, built_n=FLAT_LIMIT + 10)
+    assert grown[0] == "keep"
 
 
 def test_explicit_types_stand_in_with_flat_until_trainable():
