@@ -35,3 +35,19 @@ class DatasetError(XmrError):
 
 class InputError(XmrError):
     """A user-supplied file or argument that cannot be used (missing, wrong format)."""
+
+
+class DiskFull(XmrError):
+    """The file system ran out of space (or quota) while an index was written."""
+
+
+class ReadOnlyIndex(XmrError):
+    """A writing command on an index whose folder cannot be written."""
+
+
+class DatabaseDamaged(IndexCorrupt):
+    """The SQLite file of an index fails to open or its integrity check."""
+
+
+class ManifestDamaged(IndexCorrupt):
+    """manifest.json is missing, unreadable or of the wrong shape."""
