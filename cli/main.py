@@ -201,6 +201,9 @@ def search(
     paths_only: bool = typer.Option(
         False, "--paths", "-p", help="Only paths (or texts), one a line."
     ),
+    print0: bool = typer.Option(
+        False, "--print0", "-0", help="Only paths (or texts), each ended by NUL (as find -print0)."
+    ),
     under: list[Path] = typer.Option(
         [], "--under", help="Only files at or below this folder (repeatable; texts: corpus files)."
     ),
@@ -219,7 +222,7 @@ def search(
     """
     if (query is None) == (image is None):
         raise typer.BadParameter("give either a text QUERY or --image PATH (not both)")
-    from cli.output import print_hits
+    from cli.output import print_hits, print_notices
     from retrieval.filters import SearchFilter
     from retrieval.library import Library, token_mismatch
     from retrieval.reranker import resolve_reranker
@@ -227,6 +230,7 @@ def search(
 
     where = SearchFilter.parse(under, after, before, ext)  # bad values fail before any work
     with Library.open(index_dir(index)) as library:
+        print_notices(library.notices)
         encoder = load_encoder_for_cli(library.encoder_spec, device, quiet=True)
         ranker = None if no_rerank else resolve_reranker(reranker, encoder, device)
         reason = token_mismatch(library, ranker)
@@ -239,7 +243,7 @@ def search(
         hits = searcher.search(q, target, k=k, candidates=candidates, where=where)
     if not hits and where.active:
         typer.echo(f"no {target} match the filter", err=True)
-    print_hits(hits, as_json, paths_only)
+    print_hits(hits, as_json, paths_only, print0)
 
 
 @app.command()
@@ -249,16 +253,16 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
     """What an index holds: counts, model, sizes on disk."""
-    import json
 
-    from cli.output import human_bytes
+    from cli.output import human_bytes, json_text, print_notices
     from retrieval.library import Library
     from retrieval.stats import index_info
 
     with Library.open(index_dir(index)) as library:
         data = index_info(library)
+    print_notices(data["notices"])
     if as_json:
-        typer.echo(json.dumps(data, indent=2))
+        typer.echo(json_text(data))
         return
     typer.echo(f"index:    {data['directory']}")
     typer.echo(f"model:    {data['model']} (dim {data['dim']})")
@@ -282,7 +286,13 @@ def info(
         typer.echo(f"  {name:<24} {human_bytes(size):>10}")
 
 
-from cli import bench_cmd, demo_cmd, index_cmds, train_cmds  # noqa: E402 (after the core commands)
+from cli import (  # noqa: E402 (after the core commands)
+    bench_cmd,
+    check_cmd,
+    demo_cmd,
+    index_cmds,
+    train_cmds,
+)
 
 app.command("make-corpus")(train_cmds.make_corpus)
 app.command("train-encoder")(train_cmds.train_encoder)
@@ -290,9 +300,13 @@ app.command("train-reranker")(train_cmds.train_reranker)
 app.command("bench")(bench_cmd.bench)
 app.command("demo")(demo_cmd.demo)
 app.command("compact")(index_cmds.compact)
+app.command("check")(check_cmd.check)
 
 
 def run() -> None:
+    from cli.output import install_escaping
+
+    install_escaping()
     app()
 
 

@@ -70,15 +70,10 @@ def model_for_index(index: Path, model: str | None) -> str:
     """--model if given, else the model the index was built with, else the default."""
     if model:
         return model
-    from retrieval.library import MANIFEST_FILE
+    from retrieval.library import stored_model_spec
     from retrieval.modelspec import DEFAULT_MODEL
 
-    manifest = index / MANIFEST_FILE
-    if manifest.exists():
-        import json
-
-        return json.loads(manifest.read_text())["encoder"]["spec"]
-    return DEFAULT_MODEL
+    return stored_model_spec(index) or DEFAULT_MODEL
 
 
 def load_encoder_for_cli(

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from retrieval.db import ImageRow, TextRow
 from retrieval.errors import InputError
+from retrieval.files import require_regular_file
 from retrieval.filters import SearchFilter
 from retrieval.imageio import DecodeError, decode_image
 from retrieval.library import Collection, Library, token_mismatch
@@ -83,8 +84,7 @@ class Searcher:
     def image_query(self, path: Path) -> Query:
         """Reuse the stored vector of an indexed, unchanged image; otherwise encode the file."""
         path = Path(path).expanduser()
-        if not path.is_file():
-            raise InputError(f"query image {path} does not exist")
+        require_regular_file(path, "query image", "an image file")
         resolved = str(path.resolve())
         stat = path.stat()
         with self.library.db.session() as session:

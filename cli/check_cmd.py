@@ -1,0 +1,69 @@
+"""`xmr check [--repair]`: verify every file of an index; repair what can be re-derived."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cli.errors import handle_errors
+from cli.options import DeviceOption, IndexOption, ModelOption, QuietOption, index_dir
+
+
+@handle_errors
+def check(
+    index: Path = IndexOption,
+    repair: bool = typer.Option(
+        False,
+        "--repair",
+        help="Fix what is found: rebuild FAISS, re-encode lost vectors and tokens, restore "
+        "the manifest, move a damaged database aside and rebuild from the image folders.",
+    ),
+    model: str = ModelOption,
+    device: str = DeviceOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    quiet: bool = QuietOption,
+):
+    """Verify an index: SQLite integrity, the manifest's schema, every store against its
+    ids and every vector's norm, FAISS against the database. Exit status 1 while problems
+    remain. --model only matters when the manifest is lost with no copy to restore."""
+    from cli.output import json_text, print_notices
+    from retrieval.check import check_index
+
+    directory = index_dir(index)
+    if repair:
+        from cli.options import load_encoder_for_cli, model_for_index
+        from cli.progress import BarReporter
+        from indexer.repair import repair_index
+
+        spec = model_for_index(directory, model)
+        encoder = load_encoder_for_cli(spec, device, quiet, lazy=True, warn=False)
+        report, summary = repair_index(directory, encoder, reporter=BarReporter(quiet))
+        print_notices(summary.notices)
+    else:
+        report = check_index(directory)
+    if as_json:
+        typer.echo(json_text(report.as_dict()))
+    elif not quiet or not report.ok:
+        _print_report(report, repair)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _print_report(report, repaired: bool) -> None:
+    counts = ", ".join(f"{n} {name}" for name, n in report.counts.items())
+    typer.echo(f"index: {report.directory}" + (f" ({counts})" if counts else ""))
+    for finding in report.findings:
+        if not repaired:
+            state = "would"
+        else:
+            state = "done" if finding.repaired else "NOT repaired"
+        typer.echo(f"  {finding.file}: {finding.problem}\n    -> {finding.repair} [{state}]")
+    if not report.findings:
+        typer.echo("ok: every file checked, nothing to repair")
+    elif not repaired:
+        typer.echo(f"{len(report.findings)} problems; `xmr check --repair` fixes them", err=True)
+    elif report.ok:
+        typer.echo("repaired: every problem found is fixed")
+    else:
+        typer.echo("some problems remain (see above)", err=True)
