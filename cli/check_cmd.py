@@ -7,7 +7,14 @@ from pathlib import Path
 import typer
 
 from cli.errors import handle_errors
-from cli.options import DeviceOption, IndexOption, ModelOption, QuietOption, index_dir
+from cli.options import (
+    DeviceOption,
+    IndexOption,
+    JsonReportOption,
+    ModelOption,
+    QuietOption,
+    index_dir,
+)
 
 
 @handle_errors
@@ -21,7 +28,7 @@ def check(
     ),
     model: str = ModelOption,
     device: str = DeviceOption,
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    as_json: bool = JsonReportOption,
     quiet: bool = QuietOption,
 ):
     """Verify an index: SQLite integrity, the manifest's schema, every store against its

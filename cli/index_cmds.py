@@ -11,6 +11,7 @@ from cli.errors import handle_errors
 from cli.options import (
     IndexOption,
     IndexTypeOption,
+    JsonReportOption,
     MaxMemoryOption,
     QuietOption,
     check_index_options,
@@ -23,7 +24,7 @@ def compact(
     index: Path = IndexOption,
     index_type: str = IndexTypeOption,
     max_memory: str = MaxMemoryOption,
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    as_json: bool = JsonReportOption,
     quiet: bool = QuietOption,
 ):
     """Rebuild the FAISS indexes from the stored vectors: drop tombstones, re-train and

@@ -222,10 +222,7 @@ def add_texts(
                         TextSource(text_id=row.id, source=source, record=row.record) for row in rows
                     )
                     ids = np.array([row.id for row in rows], dtype=np.int64)
-                    library.texts.write(ids, encoded.vectors, encoded.tokens)
-                    library.texts.flush()
-                    Database.bump_generation(session)
-                    session.commit()
+                    _commit_texts(library, session, ids, encoded)
                 summary.new += len(chunk)
                 summary.encoded += len(chunk)
                 reporter.advance(len(chunk))
@@ -239,30 +236,36 @@ def add_texts(
 def reencode_damaged_texts(library: Library, encoder, summary: IndexSummary, reporter) -> None:
     """Re-encode, from the database's own copy of each text, the texts whose stored
     records were lost (db.Damaged): same ids, written again, committed batch by batch."""
-    damaged = np.asarray(library.db.damaged_ids("texts"), dtype=np.int64)
-    if not len(damaged):
+    damaged = library.db.damaged_ids("texts")
+    if not damaged:
         return
     reporter.stage("re-encoding texts", len(damaged))
     try:
         for start in range(0, len(damaged), 256):
-            chunk = damaged[start : start + 256]
-            with library.db.session() as session:
-                rows = list(
-                    session.scalars(
-                        select(TextRow).where(TextRow.id.in_(chunk.tolist())).order_by(TextRow.id)
-                    )
-                )
-                encoded = encoder.encode_texts([row.text for row in rows])
-                ids = np.array([row.id for row in rows], dtype=np.int64)
-                library.texts.write(ids, encoded.vectors, encoded.tokens)
-                library.texts.flush()
-                for row, n in zip(rows, encoded.lengths, strict=True):
-                    row.n_tokens = int(n)
-                Database.clear_damaged(session, "texts", ids.tolist())
-                Database.bump_generation(session)
-                session.commit()
-            summary.repaired += len(rows)
-            summary.encoded += len(rows)
-            reporter.advance(len(rows))
+            done = _reencode_texts(library, encoder, damaged[start : start + 256])
+            summary.repaired += done
+            summary.encoded += done
+            reporter.advance(done)
     finally:
         reporter.done()
+
+
+def _reencode_texts(library: Library, encoder, ids: list[int]) -> int:
+    with library.db.session() as session:
+        query = select(TextRow).where(TextRow.id.in_(ids)).order_by(TextRow.id)
+        rows = list(session.scalars(query))
+        encoded = encoder.encode_texts([row.text for row in rows])
+        for row, n in zip(rows, encoded.lengths, strict=True):
+            row.n_tokens = int(n)
+        found = np.array([row.id for row in rows], dtype=np.int64)
+        Database.clear_damaged(session, "texts", found.tolist())
+        _commit_texts(library, session, found, encoded)
+    return len(rows)
+
+
+def _commit_texts(library: Library, session, ids: np.ndarray, encoded) -> None:
+    """Records reach the disk before the rows that point at them are committed."""
+    library.texts.write(ids, encoded.vectors, encoded.tokens)
+    library.texts.flush()
+    Database.bump_generation(session)
+    session.commit()

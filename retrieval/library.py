@@ -408,8 +408,8 @@ class Library:
                 waiting = len(self.db.damaged_ids(collection.name))
                 if waiting:
                     self.notices.append(
-                        f"{waiting} {collection.name} lost their stored records and are "
-                        "left out of searches until re-encoded"
+                        f"{waiting} {collection.name} lost their stored records; they are "
+                        "hidden from searches until re-encoded"
                     )
 
     # -- the re-ranker's image features (feature_cache.py) -------------------------------

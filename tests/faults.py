@@ -1,6 +1,7 @@
-"""Faults for tests: small real file systems: a tmpfs of a few MB (disk full) and a read-only
-bind mount (a read-only index). Both need mount rights (root in the test container); where
-they are missing the caller skips with the reason, and the hook-based tests
+"""Helpers of the reliability tests: small real file systems (a tmpfs of a few MB for a full
+disk, a read-only bind mount for a read-only index), an index built with the CLI, a SIGKILL
+at the right moment, and the one-line error check. Mounting needs root (the test
+container); where it is missing the caller skips with the reason, and the hook-based tests
 (XMR_FAULT_ENOSPC_AT) cover disk-full everywhere."""
 
 from __future__ import annotations
@@ -80,3 +81,39 @@ def error_line(result) -> str:
     assert len(lines) == 1, stderr
     assert lines[0].startswith("Error: "), lines[0]
     return lines[0]
+
+
+def cli_built_index(cli, tmp_path: Path, spec: str, captions: list[str], n_images: int):
+    """(folder, corpus, index) built with the CLI, `n_images` images and `captions`, so the
+    index records where its files came from, as a user's does."""
+    from conftest import make_images
+
+    folder = tmp_path / "photos"
+    make_images(folder, n_images)
+    corpus = tmp_path / "captions.txt"
+    corpus.write_text("\n".join(captions) + "\n")
+    index_dir = tmp_path / "index"
+    base = ("--index", index_dir, "--model", spec)
+    assert cli("index", folder, *base, "--workers", "0").exit_code == 0
+    assert cli("add-texts", corpus, *base).exit_code == 0
+    return folder, corpus, index_dir
+
+
+def sigkill_when(proc, ready, what: str, timeout: float = 180) -> None:
+    """SIGKILL `proc` as soon as `ready()` holds (polled), failing if it ends first."""
+    import signal
+    import time
+
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert proc.poll() is None, f"the process ended before {what}"
+            assert time.monotonic() < deadline, f"no {what} after {timeout:.0f} s"
+            time.sleep(0.01)
+        assert proc.poll() is None, f"the process finished before it could be killed ({what})"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

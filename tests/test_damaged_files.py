@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 from conftest import indexed_paths, make_images, random_reranker
-from faults import error_line
+from faults import cli_built_index, error_line
 
 from retrieval.library import Library
 
@@ -55,15 +55,8 @@ DATABASE = ("xmr.sqlite3 truncated", "xmr.sqlite3 garbage")
 @pytest.fixture
 def built(tmp_path, cli, tiny_spec):
     """An index of 30 images and 20 texts, built with the CLI (so it knows its sources)."""
-    folder = tmp_path / "photos"
-    make_images(folder, N_IMAGES)
-    corpus = tmp_path / "captions.txt"
-    corpus.write_text("\n".join(f"caption number {i} of a shape" for i in range(N_TEXTS)))
-    index_dir = tmp_path / "index"
-    base = ("--index", index_dir, "--model", tiny_spec)
-    assert cli("index", folder, *base, "--workers", "0").exit_code == 0
-    assert cli("add-texts", corpus, *base).exit_code == 0
-    return folder, corpus, index_dir
+    captions = [f"caption number {i} of a shape" for i in range(N_TEXTS)]
+    return cli_built_index(cli, tmp_path, tiny_spec, captions, N_IMAGES)
 
 
 def _no_traceback(result):

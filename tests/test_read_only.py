@@ -7,21 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_images
-from faults import error_line, read_only_view
+from faults import cli_built_index, error_line, read_only_view
 
 
 @pytest.fixture
 def built(tmp_path, cli, tiny_spec):
-    folder = tmp_path / "photos"
-    make_images(folder, 20)
-    corpus = tmp_path / "captions.txt"
-    corpus.write_text("a red circle\na blue square\ntwo green stars\n")
-    index_dir = tmp_path / "index"
-    base = ("--index", index_dir, "--model", tiny_spec)
-    assert cli("index", folder, *base, "--workers", "0").exit_code == 0
-    assert cli("add-texts", corpus, *base).exit_code == 0
-    return folder, corpus, index_dir
+    captions = ["a red circle", "a blue square", "two green stars"]
+    return cli_built_index(cli, tmp_path, tiny_spec, captions, 20)
 
 
 def _searches(folder):

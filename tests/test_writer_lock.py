@@ -6,14 +6,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import time
 
 import pytest
 from conftest import XMR, make_images, run_xmr, xmr_env
-from faults import error_line
+from faults import error_line, sigkill_when
 
 LOCK_FILE = "write.lock"
 
@@ -89,20 +88,13 @@ def test_a_killed_writer_frees_the_lock_and_its_workers_die(tmp_path, tiny_spec)
     args = [XMR, "index", folder, "--index", index_dir, "--model", tiny_spec, "--quiet"]
     args += ["--workers", "2", "--batch-size", "4", "--commit-every", "4"]
     proc = subprocess.Popen([str(a) for a in args], env=xmr_env(), stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 240
-        workers: list[int] = []
-        while len(workers) < 2 or _committed(index_dir / "xmr.sqlite3") == 0:
-            assert proc.poll() is None, "xmr index ended before it could be killed"
-            assert time.monotonic() < deadline, "no decode workers and commits after 240 s"
-            workers = _children(proc.pid)
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    workers: list[int] = []
+
+    def working() -> bool:
+        workers[:] = _children(proc.pid)
+        return len(workers) >= 2 and _committed(index_dir / "xmr.sqlite3") > 0
+
+    sigkill_when(proc, working, "decode workers and a commit", timeout=240)
 
     # The writer is gone: the lock is free now, whatever its workers are doing.
     fd = os.open(index_dir / LOCK_FILE, os.O_RDWR)
