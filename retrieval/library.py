@@ -412,6 +412,15 @@ class Library:
                         "hidden from searches until re-encoded"
                     )
 
+    def records_intact(self, collection: Collection, item_id: int) -> bool:
+        """False for an id whose stored records were lost (hidden, marked damaged, or past
+        the end of a store): its vector must not be read, nor reused as a query."""
+        if item_id in self._hidden.get(collection.name, ()):
+            return False
+        if any(item_id >= store.capacity for store in collection.stores()):
+            return False
+        return item_id not in self.db.damaged_ids(collection.name)
+
     # -- the re-ranker's image features (feature_cache.py) -------------------------------
     def keep_reranker_features(self, reranker, reporter=None) -> None:
         """From now on keep `reranker`'s image features for every image (None: keep none).

@@ -94,6 +94,7 @@ class Searcher:
             row is not None
             and row.state == "indexed"
             and (row.size, row.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+            and self.library.records_intact(images, row.id)
         ):
             ids = np.array([row.id])
             tokens = None if images.tokens is None else images.tokens.read(ids)[0]

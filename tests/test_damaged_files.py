@@ -85,7 +85,9 @@ def test_readers_never_trace_and_xmr_index_repairs(built, cli, damage, tmp_path)
     folder, corpus, index_dir = built
     DAMAGE[damage](index_dir)
 
-    for args in (("search", "a red circle"), ("search", "caption", "--texts"), ("info",)):
+    lost_file = folder / f"img{N_IMAGES - 1:04d}.png"  # the last id: past any cut store
+    readers = [("search", "a red circle"), ("search", "caption", "--texts"), ("info",)]
+    for args in readers + [("search", "--image", lost_file)]:
         result = cli(*args, "--index", index_dir)
         _no_traceback(result)
         if damage in DATABASE:  # the source of truth itself: say so, and how to repair
