@@ -37,6 +37,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     inspect,
     select,
     text,
@@ -358,24 +359,33 @@ class Database:
         table: type[Base],
         session: Session | None = None,
         start: int = 0,
-        limit: int | None = None,
+        stop: int | None = None,
     ) -> list[int]:
-        """Ids (>= `start`) of the rows that have a vector: images in state 'indexed',
+        """Ids in [start, stop) of the rows that have a vector: images in state 'indexed',
         neither kind listed as damaged."""
-        query = select(table.id).order_by(table.id)
+        query = self._live(select(table.id), table).order_by(table.id)
         if start:
             query = query.where(table.id >= start)
+        if stop is not None:
+            query = query.where(table.id < stop)
+        if session is None:
+            with self.session() as s:
+                return list(s.scalars(query))
+        return list(session.scalars(query))
+
+    def last_id(self, table: type[Base]) -> int:
+        """The highest of `ids(table)`; -1 when there is none."""
+        with self.session() as session:
+            found = session.scalar(self._live(select(func.max(table.id)), table))
+        return -1 if found is None else int(found)
+
+    def _live(self, query, table: type[Base]):
         if table is ImageRow:
             query = query.where(ImageRow.state == "indexed")
         if self.has_damaged_table:
             lost = select(Damaged.id).where(Damaged.collection == table.__tablename__)
             query = query.where(table.id.not_in(lost))
-        if limit is not None:
-            query = query.limit(limit)
-        if session is None:
-            with self.session() as s:
-                return list(s.scalars(query))
-        return list(session.scalars(query))
+        return query
 
     def holds_rows(self) -> bool:
         """True when any image or text row exists."""

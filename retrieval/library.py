@@ -370,13 +370,16 @@ class Library:
         deleted file): a writer marks them for re-encoding (hidden from searches until
         then), a reader hides them in memory. Kept features short of an id are dropped."""
         for collection in (self.images, self.texts):
+            # The last committed id first, the store sizes after: a writer grows a store
+            # before it commits, so a concurrent commit can never look like a loss.
+            last = self.db.last_id(collection.table)
             stores = [collection.vectors] + ([collection.tokens] if collection.tokens else [])
             capacity = min(store.capacity for store in stores)
-            lost = np.asarray(self.db.ids(collection.table, start=capacity), dtype=np.int64)
+            lost = np.asarray(
+                self.db.ids(collection.table, start=capacity, stop=last + 1), dtype=np.int64
+            )
             features = collection.features
-            if features is not None and self.db.ids(
-                collection.table, start=features.store.capacity, limit=1
-            ):
+            if features is not None and features.store.capacity <= last:
                 name = features.store.path.name
                 if self.writable:
                     self.drop_features_file()
