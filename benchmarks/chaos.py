@@ -45,9 +45,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 MODEL = "xmr-tiny"
-TRUNCATABLE = ["images.vec", "images.tok", "images.rrf", "texts.vec", "texts.tok"]
-TRUNCATABLE += ["images.faiss", "texts.faiss"]
-RARE_DAMAGE = ["manifest.json", "xmr.sqlite3"]
+# What a truncation picks, and how often: derived and re-encodable files, and now and then
+# the manifest or the database itself.
+DAMAGE_WEIGHTS = {
+    "images.vec": 2, "images.tok": 2, "images.rrf": 1, "texts.vec": 1, "texts.tok": 1,
+    "images.faiss": 1, "texts.faiss": 1, "manifest.json": 1, "xmr.sqlite3": 1,
+}  # fmt: skip
 WORDS = "red blue green yellow circle square star small large two three on under".split()
 
 
@@ -173,13 +176,14 @@ class Chaos:
     def damage(self) -> bool:
         """Cut one file short; True when that may cost the texts (the database)."""
         rng = self.rng
-        names = TRUNCATABLE if rng.random() < 0.85 else RARE_DAMAGE
         present = [
-            n for n in names if (self.index / n).exists() and (self.index / n).stat().st_size
+            n
+            for n in DAMAGE_WEIGHTS
+            if (self.index / n).exists() and (self.index / n).stat().st_size
         ]
         if not present:
             return False
-        name = rng.choice(present)
+        name = rng.choices(present, [DAMAGE_WEIGHTS[n] for n in present])[0]
         path = self.index / name
         os.truncate(path, rng.randint(0, path.stat().st_size - 1))
         self.faults[f"truncated {name}"] += 1
@@ -213,7 +217,7 @@ class Chaos:
                 undo()
             if self.tmpfs is not None and list(self.index.glob("*.tmp")):
                 self.violate("temporaries", str(list(self.index.glob("*.tmp"))))
-            if rng.random() < 0.25 and self.index.exists():
+            if rng.random() < 0.3 and self.index.exists():
                 texts_touched |= self.damage()
                 self.search_everything()  # a reader over the damage, before any repair
         self.recover(texts=texts_touched)
@@ -331,6 +335,7 @@ def main() -> None:
     mount = work / "fs"
     why_not = _mount_tmpfs(mount, "64m")
     chaos = Chaos(work, random.Random(args.seed), None if why_not else mount)
+    final_files = None
     common.log(f"index on {'a 64 MB tmpfs' if not why_not else 'disk (ENOSPC hook): ' + why_not}")
     try:
         chaos.add_photos(args.images)
@@ -342,6 +347,7 @@ def main() -> None:
                 f"round {chaos.round}: {len(chaos.files())} files, faults "
                 f"{dict(chaos.faults)}, violations {len(chaos.violations)}"
             )
+        final_files = len(chaos.files())
     finally:
         if not why_not:
             subprocess.run(["umount", "-l", str(mount)], check=False)
@@ -358,7 +364,7 @@ def main() -> None:
         "file_changes": dict(sorted(chaos.changes.items())),
         "violations": len(chaos.violations),
         "violation_details": chaos.violations,
-        "final_files": len(chaos.files()) if chaos.photos.exists() else None,
+        "final_files": final_files,
         "seconds": round(time.monotonic() - started, 1),
         "command": " ".join(["python", "benchmarks/chaos.py", *sys.argv[1:]]),
         "host": host,
