@@ -276,7 +276,7 @@ class Library:
             notices: list[str] = []
             manifest = None
             if existed:
-                db = _open_or_rebuild_database(directory, existed, verify, notices)
+                db = _open_or_rebuild_database(directory, verify, notices)
                 try:
                     manifest, found = _load_manifest(directory, db, writable=True)
                     notices += found
@@ -770,14 +770,12 @@ def _load_manifest(directory: Path, db: Database, writable: bool) -> tuple[dict,
     return manifest, []
 
 
-def _open_or_rebuild_database(
-    directory: Path, existed: bool, verify: str, notices: list[str]
-) -> Database:
+def _open_or_rebuild_database(directory: Path, verify: str, notices: list[str]) -> Database:
     """The writer's database; a damaged one is moved aside (never deleted) and replaced by
     an empty one, and so is a missing or emptied one of an existing index: the caller
     re-indexes. The files derived from the old one go with it (their ids meant its rows)."""
     try:
-        db = Database(directory, writable=True, verify=verify if existed else None)
+        db = Database(directory, writable=True, verify=verify)
     except DatabaseDamaged as exc:
         path = directory / DB_FILE
         moved = move_aside(path)
@@ -792,7 +790,7 @@ def _open_or_rebuild_database(
         db = Database(directory, writable=True)
         _remove_derived(directory)
         return db
-    if db.created and existed:
+    if db.created:
         notices.append(
             f"{db.path} was missing or empty; rebuilding the index from the image files "
             "(texts: run `xmr add-texts` again)"
