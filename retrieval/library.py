@@ -204,6 +204,13 @@ class Library:
             "texts", TextRow, dim, manifest.get("text_tokens"), generation
         )
         self._hidden: dict[str, np.ndarray] = {}  # a reader's lost records, by collection
+        wal = self.directory / (DB_FILE + "-wal")
+        if self.db.immutable and wal.exists() and wal.stat().st_size:
+            self.notices.append(
+                f"{wal} holds changes a read-only folder does not let SQLite read (a writer "
+                "was killed); searching what was checkpointed before (open the index once "
+                "where it can be written to bring them in)"
+            )
         self._find_lost_records()
         self.sync()
         for collection in (self.images, self.texts):
