@@ -29,7 +29,9 @@ def bench(
         128, "--candidates", "-K", min=1, help="Stage-1 depth for re-ranking."
     ),
     index_type: str = typer.Option("flat", "--index-type", help="flat, hnsw, ivf, ivfpq, auto."),
-    limit: int = typer.Option(None, "--limit", help="Only the first N images (quick runs)."),
+    limit: int = typer.Option(
+        None, "--limit", min=1, help="Only the first N images, N >= 1 (quick runs) [default: all]."
+    ),
     cache: Path = typer.Option(
         Path.home() / ".cache" / "xmr" / "bench", "--cache", help="Embedding cache folder."
     ),
@@ -48,7 +50,7 @@ def bench(
     from retrieval.reranker import resolve_reranker
 
     dataset = load_dataset(data, images_root, split=None if split == "all" else split)
-    if limit:
+    if limit is not None:
         dataset = dataset.head(limit)
     encoder = load_encoder(model, device)
     ranker = resolve_reranker(reranker, encoder, device)

@@ -9,7 +9,14 @@ from pathlib import Path
 import typer
 
 from cli.errors import handle_errors
-from cli.options import IndexOption, IndexTypeOption, MaxMemoryOption, QuietOption, index_dir
+from cli.options import (
+    IndexOption,
+    IndexTypeOption,
+    JsonReportOption,
+    MaxMemoryOption,
+    QuietOption,
+    index_dir,
+)
 
 ExecutorOption = typer.Option(
     "local",
@@ -56,26 +63,27 @@ def compact(
     executor: str = typer.Option(
         "local", "--executor", help="Where shards are filled: local, ray or ray:ADDRESS."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    as_json: bool = JsonReportOption,
     quiet: bool = QuietOption,
 ):
     """Rebuild the FAISS indexes from the stored vectors: drop tombstones, re-train and
     re-tune, or switch type (--index-type hnsw); free the disk space of deleted items'
     vectors and tokens. Nothing is re-encoded. `--index-type ivfpq --shards N
     --executor ray` builds a large index on a Ray cluster."""
-    from cli.output import human_bytes
+    from cli.output import human_bytes, print_notices
     from cli.progress import BarReporter
     from engine.writes import compact_index
 
-    result = compact_index(
+    done = compact_index(
         index_dir(index),
         index_type=index_type,
         max_memory=max_memory,
         shards=shards,
         executor=executor_from_option(executor),
         reporter=BarReporter(quiet),
-    ).summary
-    report, sizes = result["collections"], result["sizes"]
+    )
+    print_notices(done.notices)
+    report, sizes = done.summary["collections"], done.summary["sizes"]
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return

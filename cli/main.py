@@ -150,14 +150,14 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
     """What an index holds: counts, model, sizes on disk."""
-    import json
 
-    from cli.output import human_bytes
+    from cli.output import human_bytes, json_text, print_notices
     from engine.engine import Engine
 
     data = Engine(index_dir(index)).info()
+    print_notices(data["notices"])
     if as_json:
-        typer.echo(json.dumps(data, indent=2))
+        typer.echo(json_text(data))
         return
     typer.echo(f"index:    {data['directory']}")
     typer.echo(f"model:    {data['model']} (dim {data['dim']})")
@@ -183,6 +183,7 @@ def info(
 
 from cli import (  # noqa: E402 (after the core commands)
     bench_cmd,
+    check_cmd,
     demo_cmd,
     duplicates_cmd,
     index_cmds,
@@ -200,11 +201,15 @@ app.command("train-reranker")(train_cmds.train_reranker)
 app.command("bench")(bench_cmd.bench)
 app.command("demo")(demo_cmd.demo)
 app.command("compact")(index_cmds.compact)
+app.command("check")(check_cmd.check)
 
 
 def run() -> None:
     import sys
 
+    from cli.output import install_escaping
+
+    install_escaping()
     app(args=_optional_values(sys.argv[1:]))
 
 

@@ -25,6 +25,7 @@ DeviceOption = typer.Option(
     None, "--device", help="cpu, cuda, cuda:1 ... [default: cuda when present, else cpu]"
 )
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars or summary.")
+JsonReportOption = typer.Option(False, "--json", help="Print the report as JSON on stdout.")
 ThreadsOption = typer.Option(
     None,
     "--threads",

@@ -1,10 +1,49 @@
-"""Results for people (aligned columns), pipes (paths only) and programs (JSON)."""
+"""Results for people (aligned columns), pipes (paths only) and programs (JSON).
+
+File names that are not UTF-8 reach Python with surrogate escapes (PEP 383). People see
+them escaped (`\\xff`, by the error handler `install_escaping` puts on stdout and stderr);
+`--paths` and `--print0` write the name's own bytes, so a pipe gets the real file; JSON
+writes `\\udcff`, which json.loads turns back into the same str (os.fsencode: the bytes).
+"""
 
 from __future__ import annotations
 
+import codecs
 import json
+import os
+import re
+import sys
 
 import typer
+
+_SURROGATES = re.compile("[\udc80-\udcff]")
+
+
+def _escape_errors(exc: UnicodeError):
+    """Encoding error handler: a surrogate-escaped byte as \\xNN, anything else as \\uNNNN."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    out = []
+    for char in exc.object[exc.start : exc.end]:
+        code = ord(char)
+        out.append(f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}")
+    return "".join(out), exc.end
+
+
+codecs.register_error("xmr-escape", _escape_errors)
+
+
+def install_escaping() -> None:
+    """Print names that are not UTF-8 escaped instead of failing on them."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="xmr-escape")
+
+
+def json_text(data) -> str:
+    """JSON with non-ASCII kept readable and surrogate escapes written as \\udcNN."""
+    text = json.dumps(data, ensure_ascii=False, indent=2)
+    return _SURROGATES.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def human_bytes(n: float) -> str:
@@ -20,18 +59,22 @@ def print_answer(
 ) -> None:
     """Search results (Hit.as_dict() each, from this process or a server)."""
     if as_json:
-        typer.echo(json.dumps(results, ensure_ascii=False, indent=2))
+        typer.echo(json_text(results))
+        return
+    if paths_only or print0:  # the names' own bytes, for pipes (find -print / -print0)
+        end = b"\0" if print0 else b"\n"
+        sys.stdout.flush()
+        out = sys.stdout.buffer
+        for hit in results:
+            name = os.fsencode(hit["path"]) if hit["kind"] == "image" else hit["text"].encode()
+            out.write(name + end)
+        out.flush()
         return
     for hit in results:
         target = hit["path"] if hit["kind"] == "image" else hit["text"]
-        if print0:  # names may hold newlines: NUL is the one safe separator
-            typer.echo(target + "\0", nl=False)
-        elif paths_only:
-            typer.echo(target)
-        else:
-            folded = hit.get("duplicates")
-            more = f"  (+{len(folded)} near-duplicates)" if folded else ""
-            typer.echo(f"{hit['rank']:>3}  {hit['score']:7.4f}  {target}{more}")
+        folded = hit.get("duplicates")
+        more = f"  (+{len(folded)} near-duplicates)" if folded else ""
+        typer.echo(f"{hit['rank']:>3}  {hit['score']:7.4f}  {target}{more}")
 
 
 def print_notices(notices) -> None:
@@ -48,11 +91,13 @@ def print_report(report, what: str, as_json: bool, quiet: bool) -> None:
 
 
 def print_summary(summary, what: str, as_json: bool) -> None:
+    print_notices(summary.notices)
     if as_json:
-        typer.echo(json.dumps(summary.as_dict(), indent=2))
+        typer.echo(json_text(summary.as_dict()))
         return
     parts = [f"{summary.new} new"]
     for label, value in (
+        ("repaired", summary.repaired),
         ("updated", summary.updated),
         ("unchanged", summary.unchanged),
         ("touched", summary.touched),

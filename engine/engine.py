@@ -100,8 +100,10 @@ class _Snapshot:
 
     @property
     def notices(self) -> list[str]:
-        """True of every answer from this state (a re-ranker fallback)."""
-        return [self.reranker.notice] if self.reranker.notice else []
+        """True of every answer from this state: what opening the index found and worked
+        around (damage), a re-ranker fallback."""
+        fallback = [self.reranker.notice] if self.reranker.notice else []
+        return list(self.library.notices) + fallback
 
 
 class Engine:

@@ -7,13 +7,12 @@ asked for, else the default) and returns its summary with notices for the caller
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.models import random_weights_notice
 from retrieval.errors import InputError
-from retrieval.library import MANIFEST_FILE, Library, reranker_config_mismatch
+from retrieval.library import Library, reranker_config_mismatch
 from retrieval.modelspec import DEFAULT_MODEL
 
 
@@ -24,16 +23,13 @@ class WriteReport:
 
 
 def model_for_index(directory: Path, model: str | None) -> str:
-    """The model asked for, else the one the index was built with, else the default."""
+    """The model asked for, else the one the index was built with (its manifest, or the
+    database's copy of it), else the default."""
     if model:
         return model
-    manifest = Path(directory) / MANIFEST_FILE
-    if manifest.exists():
-        try:
-            return json.loads(manifest.read_text())["encoder"]["spec"]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # opening the index reports what is wrong with it
-    return DEFAULT_MODEL
+    from retrieval.library import stored_model_spec
+
+    return stored_model_spec(directory) or DEFAULT_MODEL
 
 
 def check_index_policy(index_type: str | None, max_memory: str | None) -> None:
@@ -89,6 +85,7 @@ def index_images(
     with Library.open_or_create(
         directory, encoder, keep_tokens, index_type, max_memory, token_pool, layer
     ) as library:
+        notices += library.notices  # what opening found and repaired
         notices += random_weights_notice(encoder.spec)  # once the index accepted the model
         folder = named if keep_tokens else None
         reason = folder and reranker_config_mismatch(
@@ -135,7 +132,7 @@ def add_text_corpus(
     read_corpus(file, text_field)  # refuse a bad file before loading a model
     encoder = LazyEncoder(model_for_index(directory, model), device)
     with Library.open_or_create(directory, encoder) as library:
-        notices = random_weights_notice(encoder.spec)
+        notices = list(library.notices) + random_weights_notice(encoder.spec)
         summary = add_texts(
             library, encoder, file, text_field, batch_size, reporter, executor or LOCAL
         )
@@ -162,4 +159,28 @@ def compact_index(
     with Library.open(directory, writable=True) as library:
         report = library.compact(index_type, max_memory, reporter, shards, map_shards)
         sizes = library.disk_usage()
-    return WriteReport({"collections": report, "sizes": sizes})
+        notices = list(library.notices)
+    return WriteReport({"collections": report, "sizes": sizes}, notices)
+
+
+def check_or_repair(
+    directory: Path,
+    *,
+    repair: bool = False,
+    model: str | None = None,
+    device: str | None = None,
+    reporter=None,
+) -> WriteReport:
+    """Verify every file of an index (retrieval/check.py); with `repair`, fix what can be
+    re-derived or re-encoded first (indexer/repair.py). The summary is the check's report;
+    `model` only matters when the manifest is lost with no copy to restore."""
+    if not repair:
+        from retrieval.check import check_index
+
+        return WriteReport(check_index(directory))
+    from indexer.repair import repair_index
+    from retrieval.encoder import LazyEncoder
+
+    encoder = LazyEncoder(model_for_index(directory, model), device)
+    report, summary = repair_index(directory, encoder, reporter=reporter)
+    return WriteReport(report, list(summary.notices))

@@ -8,9 +8,12 @@ Plan (no pixels touched):
   changed    stat and hash differ                      -> re-embed under a new id
   new        unknown path and hash                     -> embed
   removed    indexed path no longer on disk            -> delete row and vector
+  repaired   a row whose stored records were lost      -> re-embed under a new id
+             (db.Damaged; never "unchanged", never the source of a copy or a move)
 Then embed in batches, here or on a Ray cluster (executor.py: the same stream either
 way); this process alone writes, committing rows + vectors every `commit_every` images,
-so a killed run resumes from the last commit.
+so a killed run resumes from the last commit. Texts whose records were lost are re-encoded too (from
+the database, see texts.reencode_damaged_texts).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from sqlalchemy import delete, or_, select
 
 from indexer.executor import LOCAL, Executor
 from indexer.report import IndexSummary, Reporter
-from indexer.scan import ScannedFile, scan_folders
+from indexer.scan import ScannedFile, scan_file, scan_folders
+from indexer.texts import reencode_damaged_texts
 from retrieval.content_hash import content_hash
 from retrieval.db import Database, ImageRow
 from retrieval.imageio import DEFAULT_MAX_PIXELS, default_workers
@@ -52,6 +56,7 @@ class _Pending:
     file: ScannedFile
     content_hash: str
     replaces: int | None  # id of the stale row of a changed file
+    repair: bool = False  # the stale row's content is the same: its records were lost
 
 
 def index_folders(
@@ -82,14 +87,55 @@ def index_folders(
         f.path: f
         for f in scan_folders(roots, options.exclude, options.include_hidden, on_skip=unreadable)
     }
+    summary.notices = list(library.notices)
     with library.db.session() as session:
         known = {row.path: row for row in session.scalars(_rows_under(roots))}
         pending, twins = _plan(session, library, scanned, known, summary, reporter)
         library.db.bump_generation(session)
         session.commit()
+    library.record_sources("image_roots", [str(root) for root in roots if root.is_dir()])
 
     if pending or library.features_stale(reranker_fingerprint):
         library.keep_reranker_features(reranker and reranker(), reporter)
+    _embed(library, encoder, pending, twins, options, summary, reporter)
+    reencode_damaged_texts(library, encoder, summary, reporter)
+    library.save(reporter)
+    waiting = len(library.db.damaged_ids("images"))
+    if waiting:
+        summary.notices.append(
+            f"{waiting} images outside these folders lost their stored records; "
+            "`xmr check --repair` (or `xmr index` on their folders) re-encodes them"
+        )
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def reencode_damaged_images(
+    library: Library,
+    encoder,
+    options: IndexOptions | None = None,
+    reporter: Reporter | None = None,
+) -> IndexSummary:
+    """Re-embed every image whose records were lost, wherever it lies (`xmr check
+    --repair`): the same plan as `index_folders`, over those rows' files only (a vanished
+    file's row is removed, a changed one re-embedded as such)."""
+    options = options or IndexOptions()
+    reporter = reporter or Reporter()
+    started = time.monotonic()
+    summary = IndexSummary()
+    with library.db.session() as session:
+        damaged = library.db.damaged_ids("images", session)
+        if not damaged:
+            return summary
+        known = {row.path: row for row in (session.get(ImageRow, i) for i in damaged)}
+        scanned = {}
+        for path in known:
+            file = scan_file(Path(path), lambda p, reason: None)
+            if file is not None:
+                scanned[path] = file
+        pending, twins = _plan(session, library, scanned, known, summary, reporter)
+        library.db.bump_generation(session)
+        session.commit()
     _embed(library, encoder, pending, twins, options, summary, reporter)
     library.save(reporter)
     summary.seconds = time.monotonic() - started
@@ -106,10 +152,13 @@ def _rows_under(roots: list[Path]):
 
 def _plan(session, library, scanned, known, summary, reporter):
     """Apply every change that needs no encoder; return the files that do."""
+    damaged = set(library.db.damaged_ids("images", session))
     to_hash: list[ScannedFile] = []
     for path, file in scanned.items():
         row = known.get(path)
-        if row is not None and row.size == file.size and row.mtime_ns == file.mtime_ns:
+        if row is not None and row.id in damaged:
+            to_hash.append(file)  # its records were lost: re-embed, whatever the stat says
+        elif row is not None and row.size == file.size and row.mtime_ns == file.mtime_ns:
             if row.state == "indexed":
                 summary.unchanged += 1
             else:
@@ -118,8 +167,12 @@ def _plan(session, library, scanned, known, summary, reporter):
             to_hash.append(file)
     hashes = _hash_files(to_hash, reporter)
     gone = {path: row for path, row in known.items() if path not in scanned}
-    gone_by_hash = {row.content_hash: row for row in gone.values() if row.state == "indexed"}
-    indexed_by_hash = _indexed_hashes(session) if to_hash else {}
+    gone_by_hash = {
+        row.content_hash: row
+        for row in gone.values()
+        if row.state == "indexed" and row.id not in damaged  # a lost vector cannot move
+    }
+    indexed_by_hash = _indexed_hashes(session, damaged) if to_hash else {}
 
     pending: list[_Pending] = []
     twins: dict[str, list[_Pending]] = {}  # hash -> later files of the same new content
@@ -130,7 +183,11 @@ def _plan(session, library, scanned, known, summary, reporter):
             reporter.skip(file.path, "cannot read file")
             continue
         row = known.get(file.path)
-        if row is not None and row.state == "indexed" and row.content_hash == digest:
+        if row is not None and row.id in damaged:
+            same = row.content_hash == digest
+            pending.append(_Pending(file, digest, row.id, repair=same))
+            twins.setdefault(digest, [])
+        elif row is not None and row.state == "indexed" and row.content_hash == digest:
             row.size, row.mtime_ns = file.size, file.mtime_ns
             summary.touched += 1
         elif row is None and digest in gone_by_hash:
@@ -159,6 +216,7 @@ def _remove_rows(session, library, rows: list[ImageRow]) -> None:
     for start in range(0, len(ids), 500):  # SQLite caps bound parameters per statement
         chunk = ids[start : start + 500]
         session.execute(delete(ImageRow).where(ImageRow.id.in_(chunk)))
+    Database.clear_damaged(session, "images", ids)
 
 
 def _hash_files(files: list[ScannedFile], reporter: Reporter) -> dict[str, str]:
@@ -183,10 +241,10 @@ def _hash_files(files: list[ScannedFile], reporter: Reporter) -> dict[str, str]:
     return hashes
 
 
-def _indexed_hashes(session) -> dict[str, int]:
-    """content hash -> id of one indexed image with it (one query, not one per file)."""
+def _indexed_hashes(session, damaged: set[int]) -> dict[str, int]:
+    """content hash -> id of one indexed image with it whose records are intact."""
     query = select(ImageRow.content_hash, ImageRow.id).where(ImageRow.state == "indexed")
-    return {digest: row_id for digest, row_id in session.execute(query)}
+    return {digest: i for digest, i in session.execute(query) if i not in damaged}
 
 
 def _twin(session, indexed_by_hash: dict[str, int], digest: str) -> ImageRow | None:
@@ -224,6 +282,7 @@ def _drop_stale(session, library, row_id: int | None) -> None:
     if row_id is not None:
         library.images.index.remove([row_id])
         session.execute(delete(ImageRow).where(ImageRow.id == row_id))
+        Database.clear_damaged(session, "images", [row_id])
         session.flush()
 
 
@@ -280,6 +339,8 @@ def _write_batch(session, library, pending, twins, batch, summary, reporter) -> 
             rows.append(row)
             if item.replaces is None:
                 summary.new += 1
+            elif item.repair:
+                summary.repaired += 1
             else:
                 summary.updated += 1
     session.flush()  # assigns ids

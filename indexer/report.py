@@ -34,11 +34,15 @@ class IndexSummary:
     moved: int = 0  # renamed or moved: vector kept
     duplicates: int = 0  # same content as an indexed file: vector copied
     removed: int = 0
+    repaired: int = 0  # items whose lost records were re-encoded
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), this run
     skipped_before: int = 0  # unchanged files that failed in an earlier run
     encoded: int = 0  # items that went through the encoder
     seconds: float = 0.0
     encode_seconds: float = 0.0  # time inside the encoder alone
+    notices: list[str] = field(default_factory=list)  # repairs and policies applied, for people
+    cleaned: int = 0  # texts: control characters removed
+    shortened: int = 0  # texts: cut to the stored length limit
 
     @property
     def items_per_second(self) -> float:
@@ -53,10 +57,14 @@ class IndexSummary:
             "moved": self.moved,
             "duplicates": self.duplicates,
             "removed": self.removed,
+            "repaired": self.repaired,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "skipped_before": self.skipped_before,
             "encoded": self.encoded,
             "seconds": round(self.seconds, 3),
             "encode_seconds": round(self.encode_seconds, 3),
             "items_per_second": round(self.items_per_second, 2),
+            "cleaned": self.cleaned,
+            "shortened": self.shortened,
+            "notices": self.notices,
         }

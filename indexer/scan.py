@@ -46,7 +46,7 @@ def scan_folders(
             raise InputError(f"{root} does not exist; give a folder of images")
         root = root.resolve()
         if root.is_file():
-            entry = _scanned(root, on_skip)
+            entry = scan_file(root, on_skip)
             if entry is not None:
                 yield entry
             continue
@@ -75,7 +75,7 @@ def scan_folders(
                 if real in seen_files:
                     continue
                 seen_files.add(real)
-                entry = _scanned(Path(path), on_skip)
+                entry = scan_file(Path(path), on_skip)
                 if entry is not None:
                     yield entry
 
@@ -84,7 +84,8 @@ def _excluded(name: str, rel_path: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(rel_path, p) for p in patterns)
 
 
-def _scanned(path: Path, on_skip) -> ScannedFile | None:
+def scan_file(path: Path, on_skip) -> ScannedFile | None:
+    """One file's entry; None (after telling `on_skip` why, unless it simply vanished)."""
     try:
         stat = path.stat()
     except FileNotFoundError:

@@ -3,6 +3,11 @@
 A text's identity is its normalised content (whitespace collapsed), so the same caption
 in two files or twice in one file is stored and embedded once. Re-running on an edited
 file embeds only the new texts and drops the ones that left that file.
+
+What is stored (`clean_text`): control characters (C0 and C1, NUL included; tab,
+newline and carriage return kept) are removed, and a text is cut to MAX_TEXT_CHARS
+characters (the encoder reads far fewer tokens than that); the summary counts both, so
+neither passes silently.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +27,13 @@ from indexer.executor import LOCAL, Executor
 from indexer.report import IndexSummary, Reporter
 from retrieval.db import Database, TextRow, TextSource
 from retrieval.errors import InputError
+from retrieval.files import require_regular_file
 from retrieval.library import Library
 
 TEXT_FIELDS = ("text", "caption", "sentence", "description")
+MAX_TEXT_CHARS = 10_000
+# C0 and C1 control characters, less the whitespace ones (tab, newline, carriage return)
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -31,6 +41,22 @@ class TextRecord:
     text: str
     record: str  # "line 12" / "row 3" / the record's own id
     meta: dict | None = None
+    cleaned: bool = False  # control characters were removed
+    shortened: bool = False  # cut to MAX_TEXT_CHARS
+
+
+def clean_text(text: str) -> tuple[str, bool, bool]:
+    """-> (text as stored, control characters removed?, cut to MAX_TEXT_CHARS?)."""
+    stripped = _CONTROL.sub("", text)
+    cleaned = len(stripped) != len(text)
+    stripped = stripped.strip()
+    shortened = len(stripped) > MAX_TEXT_CHARS
+    return (stripped[:MAX_TEXT_CHARS].rstrip() if shortened else stripped), cleaned, shortened
+
+
+def _record(text: str, record: str, meta: dict | None = None) -> TextRecord | None:
+    stored, cleaned, shortened = clean_text(text)
+    return TextRecord(stored, record, meta, cleaned, shortened) if stored else None
 
 
 def normalise(text: str) -> str:
@@ -44,8 +70,7 @@ def text_hash(text: str) -> str:
 def read_corpus(path: Path, text_field: str | None = None) -> list[TextRecord]:
     """Parse a corpus file; raises InputError naming the file and the line at fault."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist; give a .txt, .jsonl or .csv file")
+    require_regular_file(path, "corpus", "a .txt, .jsonl or .csv file")
     suffix = path.suffix.lower()
     try:
         raw = path.read_text(encoding="utf-8")
@@ -56,11 +81,8 @@ def read_corpus(path: Path, text_field: str | None = None) -> list[TextRecord]:
     if suffix in (".csv", ".tsv"):
         return _read_csv(path, raw, text_field, "\t" if suffix == ".tsv" else ",")
     if suffix in (".txt", ".text", ""):
-        return [
-            TextRecord(line.strip(), f"line {n}")
-            for n, line in enumerate(raw.splitlines(), start=1)
-            if line.strip()
-        ]
+        records = (_record(line, f"line {n}") for n, line in enumerate(raw.splitlines(), start=1))
+        return [r for r in records if r is not None]
     raise InputError(f"{path}: unsupported corpus format '{suffix}'; use .txt, .jsonl or .csv")
 
 
@@ -95,9 +117,9 @@ def _read_jsonl(path: Path, raw: str, text_field: str | None) -> list[TextRecord
         value = obj.pop(field)
         if not isinstance(value, str):
             raise InputError(f"{path}: line {n}: '{field}' is not a string")
-        if value.strip():
-            record = str(obj.get("id", f"line {n}"))
-            records.append(TextRecord(value.strip(), record, obj or None))
+        record = _record(value, str(obj.get("id", f"line {n}")), obj or None)
+        if record is not None:
+            records.append(record)
     return records
 
 
@@ -106,10 +128,11 @@ def _read_csv(path: Path, raw: str, text_field: str | None, delimiter: str) -> l
     field = _pick_field(path, reader.fieldnames or [], text_field, "the header")
     records = []
     for n, row in enumerate(reader, start=2):
-        value = (row.pop(field) or "").strip()
-        if value:
-            meta = {k: v for k, v in row.items() if k is not None}
-            records.append(TextRecord(value, str(row.get("id") or f"line {n}"), meta or None))
+        value = row.pop(field) or ""
+        meta = {k: v for k, v in row.items() if k is not None}
+        record = _record(value, str(row.get("id") or f"line {n}"), meta or None)
+        if record is not None:
+            records.append(record)
     return records
 
 
@@ -125,9 +148,19 @@ def add_texts(
     """`executor` runs the encoder here or on Ray (executor.py); this process writes."""
     reporter = reporter or Reporter()
     started = time.monotonic()
-    summary = IndexSummary()
+    summary = IndexSummary(notices=list(library.notices))
     source = str(Path(path).expanduser().resolve())
     records = read_corpus(Path(path), text_field)
+    summary.cleaned = sum(r.cleaned for r in records)
+    summary.shortened = sum(r.shortened for r in records)
+    if summary.cleaned:
+        summary.notices.append(f"{summary.cleaned} texts had control characters removed")
+    if summary.shortened:
+        summary.notices.append(
+            f"{summary.shortened} texts were cut to {MAX_TEXT_CHARS:,} characters"
+        )
+    library.record_sources("text_sources", [source])
+    reencode_damaged_texts(library, encoder, summary, reporter)
 
     unique: dict[str, TextRecord] = {}
     for record in records:
@@ -159,6 +192,7 @@ def add_texts(
             )
             orphans = [tid for tid in gone if tid not in still_held]
             session.execute(delete(TextRow).where(TextRow.id.in_(orphans)))
+            Database.clear_damaged(session, "texts", orphans)
             library.texts.index.remove(orphans)
             summary.removed = len(orphans)
         Database.bump_generation(session)
@@ -192,10 +226,7 @@ def add_texts(
                         TextSource(text_id=row.id, source=source, record=row.record) for row in rows
                     )
                     ids = np.array([row.id for row in rows], dtype=np.int64)
-                    library.texts.write(ids, encoded.vectors, encoded.tokens)
-                    library.texts.flush()
-                    Database.bump_generation(session)
-                    session.commit()
+                    _commit_texts(library, session, ids, encoded)
                 summary.new += len(chunk)
                 summary.encoded += len(chunk)
                 reporter.advance(len(chunk))
@@ -204,3 +235,41 @@ def add_texts(
     library.save()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def reencode_damaged_texts(library: Library, encoder, summary: IndexSummary, reporter) -> None:
+    """Re-encode, from the database's own copy of each text, the texts whose stored
+    records were lost (db.Damaged): same ids, written again, committed batch by batch."""
+    damaged = library.db.damaged_ids("texts")
+    if not damaged:
+        return
+    reporter.stage("re-encoding texts", len(damaged))
+    try:
+        for start in range(0, len(damaged), 256):
+            done = _reencode_texts(library, encoder, damaged[start : start + 256])
+            summary.repaired += done
+            summary.encoded += done
+            reporter.advance(done)
+    finally:
+        reporter.done()
+
+
+def _reencode_texts(library: Library, encoder, ids: list[int]) -> int:
+    with library.db.session() as session:
+        query = select(TextRow).where(TextRow.id.in_(ids)).order_by(TextRow.id)
+        rows = list(session.scalars(query))
+        encoded = encoder.encode_texts([row.text for row in rows])
+        for row, n in zip(rows, encoded.lengths, strict=True):
+            row.n_tokens = int(n)
+        found = np.array([row.id for row in rows], dtype=np.int64)
+        Database.clear_damaged(session, "texts", found.tolist())
+        _commit_texts(library, session, found, encoded)
+    return len(rows)
+
+
+def _commit_texts(library: Library, session, ids: np.ndarray, encoded) -> None:
+    """Records reach the disk before the rows that point at them are committed."""
+    library.texts.write(ids, encoded.vectors, encoded.tokens)
+    library.texts.flush()
+    Database.bump_generation(session)
+    session.commit()

@@ -5,6 +5,11 @@ row id. An id's record is written once and never changes (a changed file gets a 
 id), which is what lets the FAISS index be rebuilt or caught up from this file at any
 time. Deleted ids leave dead records; `xmr compact` gives their disk blocks back by punching
 holes in the file (Linux), which keeps every live id's offset, so nothing else changes.
+
+The file grows sparse (capacity ahead of the ids costs no disk), and the blocks of the
+records about to be written are reserved first (posix_fallocate, see storage.py), so a
+full disk is an ENOSPC error at that point, never a SIGBUS from a page touched through the
+map. A store opened read-only never creates, grows or writes its file.
 """
 
 from __future__ import annotations
@@ -16,23 +21,33 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.storage import allocate
+
 _MIN_CAPACITY = 1024
 _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 
 
 class ArrayStore:
-    def __init__(self, path: Path, record_shape: tuple[int, ...], dtype: str):
+    def __init__(
+        self, path: Path, record_shape: tuple[int, ...], dtype: str, writable: bool = True
+    ):
         self.path = Path(path)
         self.record_shape = tuple(int(s) for s in record_shape)
         self.dtype = np.dtype(dtype)
         self.record_bytes = int(np.prod(self.record_shape)) * self.dtype.itemsize
+        self.writable = writable
         self._map: np.memmap | None = None
-        if not self.path.exists():
+        self._fd: int | None = None  # kept open by a writer, for allocation
+        if writable and not self.path.exists():
             self.path.touch()
 
     @property
     def capacity(self) -> int:
-        return self.path.stat().st_size // self.record_bytes
+        """Whole records the file holds (a truncated file holds fewer than were written)."""
+        try:
+            return self.path.stat().st_size // self.record_bytes
+        except FileNotFoundError:
+            return 0
 
     def _mapped(self, min_capacity: int = 0) -> np.memmap | None:
         capacity = self.capacity
@@ -41,24 +56,39 @@ class ArrayStore:
             new_capacity = max(min_capacity, capacity * 2, _MIN_CAPACITY)
             self.flush()
             self._map = None
-            os.truncate(self.path, new_capacity * self.record_bytes)
+            self._grow(new_capacity * self.record_bytes)
             capacity = new_capacity
         if capacity == 0:
             return None
         if self._map is None or self._map.shape[0] != capacity:
+            mode = "r+" if self.writable else "r"
             self._map = np.memmap(
-                self.path, dtype=self.dtype, mode="r+", shape=(capacity, *self.record_shape)
+                self.path, dtype=self.dtype, mode=mode, shape=(capacity, *self.record_shape)
             )
         return self._map
 
+    def _file(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        return self._fd
+
+    def _grow(self, size: int) -> None:
+        # Sparse: the capacity ahead costs no disk; `write` reserves each record's blocks.
+        os.ftruncate(self._file(), size)
+
     def write(self, ids: np.ndarray, records: np.ndarray) -> None:
-        """ids: (B,) int64; records: (B, *record_shape)."""
+        """ids: (B,) int64; records: (B, *record_shape). Raises DiskFull without room."""
         ids = np.asarray(ids, dtype=np.int64)
         if len(ids) == 0:
             return
+        if not self.writable:
+            raise RuntimeError(f"{self.path} is open read-only")
         if records.shape[1:] != self.record_shape:
             raise ValueError(f"record shape {records.shape[1:]} != store's {self.record_shape}")
         mapped = self._mapped(int(ids.max()) + 1)
+        low, high = int(ids.min()), int(ids.max()) + 1
+        size = self.record_bytes
+        allocate(self._file(), low * size, (high - low) * size, self.path)
         mapped[ids] = records.astype(self.dtype, copy=False)
 
     def read(self, ids: np.ndarray) -> np.ndarray:
@@ -73,12 +103,15 @@ class ArrayStore:
 
     def flush(self) -> None:
         """Make written records durable before the database commit that refers to them."""
-        if self._map is not None:
+        if self._map is not None and self.writable:
             self._map.flush()
 
     def close(self) -> None:
         self.flush()
         self._map = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def allocated_bytes(self) -> int:
         """Disk space the file really uses (a sparse file uses less than its size)."""

@@ -3,13 +3,28 @@
 The database is the source of truth of an index: a row id is the item's id in FAISS and
 in the array stores. Rows use AUTOINCREMENT so an id is never handed out twice, which
 keeps "id -> vector" immutable (see `arraystore`).
+
+A reader opens the file read-only (`mode=ro`; on read-only media, where SQLite cannot
+create the WAL index, `immutable=1`) and never migrates or writes. A writer creates and
+migrates. Rows listed in `damaged` have stored records that were lost (a truncated store):
+they are left out of `ids()`, so no search returns them, until they are re-encoded.
+
+File paths are kept losslessly: a name that is not UTF-8 reaches Python as a str with
+surrogate escapes (PEP 383), which SQLite cannot store; `FsPath` stores such a character
+as DEL + two hex digits (and a DEL in a name as two DELs), a one-to-one, prefix-keeping
+mapping, so equality and prefix queries work unchanged on every path.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import sqlite3
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy import (
     BigInteger,
@@ -18,15 +33,21 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     create_engine,
+    delete,
     event,
+    func,
+    inspect,
     select,
     text,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.pool import QueuePool
 
-from retrieval.errors import IndexCorrupt
+from retrieval.errors import DatabaseDamaged, DiskFull, IndexCorrupt, ReadOnlyIndex, XmrError
 
 SCHEMA_VERSION = 2
 DB_FILE = "xmr.sqlite3"
@@ -34,6 +55,44 @@ DB_FILE = "xmr.sqlite3"
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+_ESCAPE = "\x7f"  # DEL: the escape character of FsPath
+_SURROGATE = re.compile("[\udc80-\udcff\x7f]")
+_ESCAPED = re.compile("\x7f(\x7f|[0-9a-f]{2})")
+
+
+def escape_path(path: str) -> str:
+    """A str path (surrogate escapes allowed) -> a storable str; see the module docstring."""
+    if not _SURROGATE.search(path):
+        return path
+    return _SURROGATE.sub(
+        lambda m: (
+            _ESCAPE * 2 if m.group() == _ESCAPE else f"{_ESCAPE}{ord(m.group()) - 0xDC00:02x}"
+        ),
+        path,
+    )
+
+
+def unescape_path(stored: str) -> str:
+    if _ESCAPE not in stored:
+        return stored
+    return _ESCAPED.sub(
+        lambda m: _ESCAPE if m.group(1) == _ESCAPE else chr(0xDC00 + int(m.group(1), 16)), stored
+    )
+
+
+class FsPath(TypeDecorator):
+    """A file path column that round-trips names that are not UTF-8."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else escape_path(value)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else unescape_path(value)
 
 
 class Base(DeclarativeBase):
@@ -51,7 +110,7 @@ class ImageRow(Base):
     __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(Text, unique=True)  # absolute, resolved
+    path: Mapped[str] = mapped_column(FsPath, unique=True)  # absolute, resolved
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     content_hash: Mapped[str | None] = mapped_column(String(32), index=True)
@@ -72,7 +131,7 @@ class TextRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     text: Mapped[str] = mapped_column(Text)
     text_hash: Mapped[str] = mapped_column(String(32), unique=True)
-    source: Mapped[str] = mapped_column(Text, index=True)  # the corpus file it came from first
+    source: Mapped[str] = mapped_column(FsPath, index=True)  # the corpus file it came from first
     record: Mapped[str] = mapped_column(String)  # line number / record id in that file
     meta_json: Mapped[str | None] = mapped_column(Text)  # the record's other fields, as JSON
     n_tokens: Mapped[int] = mapped_column(Integer, default=0)  # valid rows in the token store
@@ -87,8 +146,18 @@ class TextSource(Base):
     text_id: Mapped[int] = mapped_column(
         Integer, ForeignKey("texts.id", ondelete="CASCADE"), primary_key=True
     )
-    source: Mapped[str] = mapped_column(Text, primary_key=True)
+    source: Mapped[str] = mapped_column(FsPath, primary_key=True)
     record: Mapped[str] = mapped_column(String)
+
+
+class Damaged(Base):
+    """Rows whose stored vector or tokens were lost; re-encoded by the next writer that can
+    (`xmr index`, `xmr add-texts`, `xmr check --repair`), hidden from searches until then."""
+
+    __tablename__ = "damaged"
+
+    collection: Mapped[str] = mapped_column(String(16), primary_key=True)  # images | texts
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
 
 
 def _v1_to_v2(session: Session) -> None:
@@ -106,7 +175,7 @@ def _v1_to_v2(session: Session) -> None:
 MIGRATIONS: dict[int, Callable[[Session], None]] = {1: _v1_to_v2}
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
+def _writer_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     # WAL survives a kill at any point and lets readers search while an indexer writes.
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -116,13 +185,131 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+def _reader_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.close()
+
+
+def database_error(exc: BaseException, path: Path) -> XmrError | None:
+    """The one-line error for an SQLite failure on `path`; None for anything else."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if not isinstance(orig, sqlite3.DatabaseError):
+        return None
+    message = str(orig)
+    if "disk I/O error" in message and _nearly_full(path.parent):
+        message = "disk is full"  # SQLite cannot grow its shared-memory file: no space
+    if "disk I/O error" in message:
+        return XmrError(f"cannot read or write {path}: disk I/O error; check the disk")
+    if "disk is full" in message:
+        return DiskFull(
+            f"no space left on device writing {path}; free space and re-run: "
+            "nothing committed is lost"
+        )
+    if "readonly" in message or "read-only" in message:
+        return ReadOnlyIndex(
+            f"cannot write {path} ({message}): the index folder is read-only; "
+            "searching works, indexing needs a writable folder"
+        )
+    # SQLITE_CORRUPT and SQLITE_NOTADB arrive as a bare DatabaseError; a schema without
+    # xmr's tables (an emptied file) as "no such table". Locks and busy files are not damage.
+    if type(orig) is sqlite3.DatabaseError or "no such table" in message:
+        return DatabaseDamaged(
+            f"{path} is damaged ({message}); `xmr check --repair` (or `xmr index FOLDERS`) "
+            "moves it aside and rebuilds the index from the image files"
+        )
+    return None
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < 1 << 20
+
+
 class Database:
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, writable: bool = True, verify: str | None = None):
+        """`verify` ("quick" | "full"): run SQLite's quick_check / integrity_check first and
+        raise DatabaseDamaged on any finding, before a writer touches the file."""
         self.path = Path(directory) / DB_FILE
-        self.engine: Engine = create_engine(f"sqlite:///{self.path}")
-        event.listen(self.engine, "connect", _sqlite_pragmas)
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._migrate()
+        self.writable = writable
+        self.immutable = False  # opened with immutable=1 (read-only media)
+        self.created = False  # a writer found no xmr schema and made one (new or emptied)
+        if not writable and not self.path.exists():
+            raise DatabaseDamaged(
+                f"{self.path} is missing; `xmr check --repair` (or `xmr index FOLDERS`) "
+                "rebuilds the index from the image files"
+            )
+        try:
+            self.engine = self._engine()
+            self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+            problems = self.integrity_problems(quick=verify == "quick") if verify else []
+            if problems:
+                pragma = "quick_check" if verify == "quick" else "integrity_check"
+                raise DatabaseDamaged(
+                    f"{self.path} is damaged ({pragma}: {problems[0]}); `xmr check --repair` "
+                    "(or `xmr index FOLDERS`) moves it aside and rebuilds the index from the "
+                    "image files"
+                )
+            if writable:
+                self._migrate()
+            else:
+                self._check_version()
+            self.has_damaged_table = "damaged" in inspect(self.engine).get_table_names()
+        except (DBAPIError, sqlite3.DatabaseError) as exc:
+            self.close()
+            error = database_error(exc, self.path)
+            if error is None:
+                raise
+            raise error from exc
+        except XmrError:
+            self.close()
+            raise
+
+    def _engine(self) -> Engine:
+        if self.writable:
+            engine = create_engine(
+                "sqlite://", creator=lambda: self._connect(""), poolclass=QueuePool
+            )
+            event.listen(engine, "connect", _writer_pragmas)
+            return engine
+        mode = "ro"
+        try:  # SQLite needs to create DB-shm next to a WAL file to read it: not on ro media
+            probe = self._connect(mode)
+            try:
+                probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            finally:
+                probe.close()
+        except sqlite3.OperationalError:
+            mode, self.immutable = "ro&immutable=1", True
+        engine = create_engine(
+            "sqlite://", creator=lambda: self._connect(mode), poolclass=QueuePool
+        )
+        event.listen(engine, "connect", _reader_pragmas)
+        return engine
+
+    def _connect(self, mode: str) -> sqlite3.Connection:
+        if not mode:
+            return sqlite3.connect(os.fsencode(self.path), check_same_thread=False)
+        uri = f"file:{quote(os.fsencode(self.path))}?mode={mode}"
+        return sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+    def _check_version(self) -> None:
+        with self.session() as session:
+            row = session.get(Meta, "schema_version")
+            version = None if row is None else int(row.value)
+        if version is None:
+            raise DatabaseDamaged(f"{self.path} has no schema version; it is not an xmr index")
+        if version > SCHEMA_VERSION:
+            raise IndexCorrupt(_newer(self.path, version))
+        if version < SCHEMA_VERSION:
+            raise IndexCorrupt(
+                f"{self.path} was written by an older xmr (schema {version}); run a writing "
+                "command once (`xmr index` or `xmr check --repair`) to upgrade it"
+            )
 
     def _migrate(self) -> None:
         Base.metadata.create_all(self.engine)
@@ -131,17 +318,25 @@ class Database:
             if row is None:
                 session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
                 session.add(Meta(key="generation", value="0"))
+                self.created = True
                 return
             version = int(row.value)
             if version > SCHEMA_VERSION:
-                raise IndexCorrupt(
-                    f"{self.path} has schema version {version}, newer than this xmr "
-                    f"({SCHEMA_VERSION}); upgrade xmr to open it"
-                )
+                raise IndexCorrupt(_newer(self.path, version))
             while version < SCHEMA_VERSION:
                 MIGRATIONS[version](session)
                 version += 1
             row.value = str(version)
+
+    def integrity_problems(self, quick: bool = False) -> list[str]:
+        """SQLite's own verdict on every page ([] when sound); quick: O(N), no index checks."""
+        pragma = "quick_check" if quick else "integrity_check"
+        try:
+            with self.engine.connect() as conn:
+                rows = [r[0] for r in conn.exec_driver_sql(f"PRAGMA {pragma}")]
+        except DBAPIError as exc:
+            return [str(exc.orig)]
+        return [] if rows == ["ok"] else rows
 
     def session(self) -> Session:
         return self.sessions()
@@ -159,15 +354,107 @@ class Database:
             text("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
         )
 
-    def ids(self, table: type[Base], session: Session | None = None) -> list[int]:
-        """Ids of the rows that have a vector (images: state 'indexed')."""
-        query = select(table.id)
-        if table is ImageRow:
-            query = query.where(ImageRow.state == "indexed")
+    def ids(
+        self,
+        table: type[Base],
+        session: Session | None = None,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> list[int]:
+        """Ids in [start, stop) of the rows that have a vector: images in state 'indexed',
+        neither kind listed as damaged."""
+        query = self._live(select(table.id), table).order_by(table.id)
+        if start:
+            query = query.where(table.id >= start)
+        if stop is not None:
+            query = query.where(table.id < stop)
         if session is None:
             with self.session() as s:
                 return list(s.scalars(query))
         return list(session.scalars(query))
 
+    def last_id(self, table: type[Base]) -> int:
+        """The highest of `ids(table)`; -1 when there is none."""
+        with self.session() as session:
+            found = session.scalar(self._live(select(func.max(table.id)), table))
+        return -1 if found is None else int(found)
+
+    def _live(self, query, table: type[Base]):
+        if table is ImageRow:
+            query = query.where(ImageRow.state == "indexed")
+        if self.has_damaged_table:
+            lost = select(Damaged.id).where(Damaged.collection == table.__tablename__)
+            query = query.where(table.id.not_in(lost))
+        return query
+
+    def holds_rows(self) -> bool:
+        """True when any image or text row exists."""
+        with self.session() as session:
+            return any(
+                session.scalar(select(table.id).limit(1)) is not None
+                for table in (ImageRow, TextRow)
+            )
+
+    # -- damaged rows --------------------------------------------------------------------
+    def damaged_ids(self, collection: str, session: Session | None = None) -> list[int]:
+        """Ids of `collection` whose records wait to be re-encoded (rows that still exist)."""
+        if not self.has_damaged_table:
+            return []
+        table = ImageRow if collection == "images" else TextRow
+        query = (
+            select(Damaged.id)
+            .where(Damaged.collection == collection, Damaged.id.in_(select(table.id)))
+            .order_by(Damaged.id)
+        )
+        if session is None:
+            with self.session() as s:
+                return list(s.scalars(query))
+        return list(session.scalars(query))
+
+    @staticmethod
+    def mark_damaged(session: Session, collection: str, ids) -> None:
+        known = set(session.scalars(select(Damaged.id).where(Damaged.collection == collection)))
+        session.add_all(Damaged(collection=collection, id=int(i)) for i in ids if i not in known)
+
+    @staticmethod
+    def clear_damaged(session: Session, collection: str, ids) -> None:
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), 500):  # SQLite caps bound parameters per statement
+            chunk = ids[start : start + 500]
+            session.execute(
+                delete(Damaged).where(Damaged.collection == collection, Damaged.id.in_(chunk))
+            )
+
+    # -- a copy of the manifest ----------------------------------------------------------
+    def stored_manifest(self) -> dict | None:
+        """The copy of manifest.json kept here (restores a damaged file), or None."""
+        with self.session() as session:
+            row = session.get(Meta, "manifest")
+        if row is None:
+            return None
+        try:
+            data = json.loads(row.value)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def store_manifest(self, manifest: dict) -> None:
+        value = json.dumps(manifest, sort_keys=True)
+        with self.sessions.begin() as session:
+            row = session.get(Meta, "manifest")
+            if row is None:
+                session.add(Meta(key="manifest", value=value))
+            elif row.value != value:
+                row.value = value
+
     def close(self) -> None:
-        self.engine.dispose()
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.dispose()
+
+
+def _newer(path: Path, version: int) -> str:
+    return (
+        f"{path} has schema version {version}, newer than this xmr "
+        f"({SCHEMA_VERSION}); upgrade xmr to open it"
+    )

@@ -39,3 +39,19 @@ class InputError(XmrError):
 
 class ItemNotFound(XmrError):
     """An id that names no item of the index (deleted, or never there)."""
+
+
+class DiskFull(XmrError):
+    """The file system ran out of space (or quota) while an index was written."""
+
+
+class ReadOnlyIndex(XmrError):
+    """A writing command on an index whose folder cannot be written."""
+
+
+class DatabaseDamaged(IndexCorrupt):
+    """The SQLite file of an index fails to open or its integrity check."""
+
+
+class ManifestDamaged(IndexCorrupt):
+    """manifest.json is missing, unreadable or of the wrong shape."""

@@ -43,10 +43,13 @@ class FeatureCache:
     featurize: Callable[[np.ndarray], np.ndarray] | None = None
 
     @classmethod
-    def from_manifest(cls, directory: Path, entry: dict | None) -> FeatureCache | None:
+    def from_manifest(
+        cls, directory: Path, entry: dict | None, writable: bool = True
+    ) -> FeatureCache | None:
         if not entry or not (Path(directory) / FEATURES_FILE).exists():
             return None
-        store = ArrayStore(Path(directory) / FEATURES_FILE, tuple(entry["shape"]), "float16")
+        path = Path(directory) / FEATURES_FILE
+        store = ArrayStore(path, tuple(entry["shape"]), "float16", writable)
         return cls(store, entry["fingerprint"], entry.get("reranker", ""))
 
     def manifest_entry(self) -> dict:

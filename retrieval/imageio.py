@@ -15,6 +15,11 @@ from datetime import datetime
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own bomb limit; about 13k x 13k
+# Resizing scales the short side to the model's input, so a 400000x1 strip (a 1.2 KB PNG)
+# would become 224 x 89.6M pixels: the size after resizing is guarded too, and with it
+# the aspect ratio (64:1 leaves every real panorama in).
+MAX_ASPECT_RATIO = 64
+MAX_RESIZED_PIXELS = 16_777_216  # 4096 x 4096: 64:1 at a 448 px model input fits
 EXIF_DATETIME_ORIGINAL = 0x9003
 EXIF_DATETIME = 0x0132
 EXIF_IFD = 0x8769
@@ -40,6 +45,7 @@ def decode_image(path: str | bytes, preprocess, max_pixels: int = DEFAULT_MAX_PI
                     f"{width}x{height} = {width * height:,} pixels exceeds the limit of "
                     f"{max_pixels:,} (raise it with --max-pixels)"
                 )
+            _check_resized(width, height, preprocess)  # before a pixel is decoded
             fmt = image.format
             taken_at = _exif_datetime(image)
             with warnings.catch_warnings():
@@ -60,6 +66,38 @@ def decode_image(path: str | bytes, preprocess, max_pixels: int = DEFAULT_MAX_PI
         reason = str(exc) or type(exc).__name__
         raise DecodeError(f"corrupt or truncated image ({reason})") from exc
     return pixels, width, height, fmt, taken_at
+
+
+def _check_resized(width: int, height: int, preprocess) -> None:
+    """Refuse an image whose shape, once resized for the model, would not fit in memory."""
+    ratio = max(width, height) / max(1, min(width, height))
+    if ratio > MAX_ASPECT_RATIO:
+        raise DecodeError(
+            f"extreme aspect ratio {width}x{height} ({ratio:,.0f}:1, the limit is "
+            f"{MAX_ASPECT_RATIO}:1): resized for the model it would be far too large"
+        )
+    out_w, out_h = _resized_size(width, height, preprocess)
+    if out_w * out_h > MAX_RESIZED_PIXELS:
+        raise DecodeError(
+            f"{width}x{height} resized for the model is {out_w}x{out_h} = {out_w * out_h:,} "
+            f"pixels, over the limit of {MAX_RESIZED_PIXELS:,}"
+        )
+
+
+def _resized_size(width: int, height: int, preprocess) -> tuple[int, int]:
+    """(width, height) after the first resize step of a torchvision pipeline (open_clip's:
+    an int size scales the short side to it; a pair is the output size)."""
+    for step in getattr(preprocess, "transforms", ()):
+        size = getattr(step, "size", None)
+        if "Resize" not in type(step).__name__ or size is None:
+            continue
+        if isinstance(size, int) or (isinstance(size, (list, tuple)) and len(size) == 1):
+            target = size if isinstance(size, int) else size[0]
+            scale = target / max(1, min(width, height))
+            return max(1, round(width * scale)), max(1, round(height * scale))
+        if isinstance(size, (list, tuple)) and len(size) == 2:
+            return int(size[1]), int(size[0])  # torchvision sizes are (h, w)
+    return width, height
 
 
 def _exif_datetime(image: Image.Image) -> datetime | None:

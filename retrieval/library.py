@@ -18,14 +18,23 @@ see index_choice.py). Each save applies it (`plan_upkeep`): a collection that ou
 its type is rebuilt from the vector store, drifted knobs are re-tuned. `compact`
 rebuilds every collection from the store and the database: no tombstones, the type the
 policy picks for today's size, nothing re-encoded. A reader memory-maps IVF files.
+
+Damage is repaired in the order of what can be re-derived (see DESIGN.md, "Keeping data
+safe"): SQLite is the source of truth; FAISS files and kept re-ranker features are derived
+and rebuilt; vectors and tokens are re-encoded from the files. Opening finds what a cheap
+look can find (manifest schema, stores shorter than their ids, unreadable FAISS files); a
+writer repairs it on the spot or marks rows for re-encoding (db.Damaged), a reader works
+around it in memory and never writes: no lock file, no FAISS save, no database write.
+What either did is told in `notices`. `check.py` looks deeper (integrity_check, every
+vector's norm) for `xmr check`.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,15 +43,67 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.arraystore import ArrayStore
-from retrieval.db import Database, ImageRow, TextRow
-from retrieval.errors import EncoderMismatch, IndexCorrupt, IndexNotFound, InputError, XmrError
+from retrieval.db import DB_FILE, Database, ImageRow, TextRow, database_error
+from retrieval.errors import (
+    DatabaseDamaged,
+    EncoderMismatch,
+    IndexNotFound,
+    InputError,
+    ManifestDamaged,
+    XmrError,
+)
 from retrieval.feature_cache import FEATURES_FILE, MANIFEST_KEY, FeatureCache
 from retrieval.index_choice import IndexPolicy, check_index_type, parse_size, plan_upkeep
 from retrieval.locations import INDEX_ENV
+from retrieval.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    manifest_bytes,
+    manifest_problem,
+    read_manifest_file,
+)
+from retrieval.storage import (
+    atomic_write_bytes,
+    disk_error,
+    move_aside,
+    remove_temporaries,
+)
 from retrieval.vector_index import Sharding, StoredVectors, VectorIndex
 
-MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1
+LOCK_FILE = "write.lock"
+COLLECTIONS = ("images", "texts")
+# Files derived from the database (or re-encodable): dropped when the database is rebuilt.
+DERIVED_SUFFIXES = (".vec", ".tok", ".rrf", ".faiss", ".faiss.json")
+
+
+def stored_model_spec(directory: Path) -> str | None:
+    """The model an existing index at `directory` was built with, from its manifest or the
+    database's copy of it; None where no index is. Raises ManifestDamaged when an index is
+    there but neither says (the caller must be told the model)."""
+    directory = Path(directory).expanduser()
+    try:
+        return read_manifest_file(directory)["encoder"]["spec"]
+    except ManifestDamaged as exc:
+        damaged = exc
+    if not (directory / DB_FILE).exists():
+        if not (directory / MANIFEST_FILE).exists():
+            return None
+    else:
+        try:
+            db = Database(directory, writable=False)
+        except XmrError:
+            db = None
+        if db is not None:
+            try:
+                copy = db.stored_manifest()
+            finally:
+                db.close()
+            if copy is not None and manifest_problem(copy) is None:
+                return copy["encoder"]["spec"]
+    raise ManifestDamaged(
+        f"{damaged}, and the database holds no copy of it; give the model the index was "
+        "built with: --model MODEL"
+    )
 
 
 @dataclass
@@ -102,14 +163,23 @@ class Collection:
 
 
 class Library:
-    def __init__(self, directory: Path, manifest: dict, writable: bool):
+    def __init__(
+        self,
+        directory: Path,
+        manifest: dict,
+        writable: bool,
+        db: Database | None = None,
+        lock: WriteLock | None = None,
+        notices: list[str] | None = None,
+    ):
         self.directory = Path(directory)
         self.manifest = manifest
         self.writable = writable
-        self._lock_file = None
-        if writable:
-            self._lock()
-        self.db = Database(self.directory)
+        self.notices: list[str] = list(notices or [])  # what opening found and did
+        self._lock = lock
+        if writable and lock is None:
+            self._lock = WriteLock.acquire(self.directory)
+        self.db = db or Database(self.directory, writable)
         self.policy = IndexPolicy.from_dict(manifest.get("index"))
         dim = int(manifest["dim"])
         generation = self.db.generation()
@@ -118,29 +188,56 @@ class Library:
         )
         self.images.token_pool = self.token_pool
         self.images.features = FeatureCache.from_manifest(
-            self.directory, manifest.get(MANIFEST_KEY)
+            self.directory, manifest.get(MANIFEST_KEY), writable
         )
-        self.images.drop_features = self._drop_features
+        self.images.drop_features = self.drop_features_file
         self.texts = self._collection(
             "texts", TextRow, dim, manifest.get("text_tokens"), generation
         )
+        self._hidden: dict[str, np.ndarray] = {}  # a reader's lost records, by collection
+        wal = self.directory / (DB_FILE + "-wal")
+        if self.db.immutable and wal.exists() and wal.stat().st_size:
+            self.notices.append(
+                f"{wal} holds changes a read-only folder does not let SQLite read (a writer "
+                "was killed); searching what was checkpointed before (open the index once "
+                "where it can be written to bring them in)"
+            )
+        self._find_lost_records()
         self.sync()
+        for collection in (self.images, self.texts):
+            if not collection.faiss_path.exists() and collection.index.ntotal:
+                self.notices.append(
+                    f"{collection.faiss_path} is missing; "
+                    + ("rebuilt it from the vector store" if self.writable else "searching an "
+                       "index rebuilt in memory from the vector store")
+                )  # fmt: skip
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
     def open(cls, directory: Path, writable: bool = False) -> Library:
+        """Open an existing index. A writer takes the lock first, restores a damaged
+        manifest from the database's copy and marks lost records for re-encoding; a
+        damaged database is reported (only open_or_create, which can re-index, rebuilds it)."""
         directory = Path(directory).expanduser()
-        manifest_path = directory / MANIFEST_FILE
-        if not manifest_path.exists():
+        if not (directory / MANIFEST_FILE).exists() and not (directory / DB_FILE).exists():
             raise IndexNotFound(
                 f"no xmr index at {directory}; build one with `xmr index FOLDER --index "
                 f"{directory}` (or set {INDEX_ENV})"
             )
+        lock = WriteLock.acquire(directory) if writable else None
+        db = None
         try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise IndexCorrupt(f"{manifest_path} is unreadable: {exc}") from exc
-        return cls(directory, manifest, writable)
+            if writable:
+                remove_temporaries(directory)
+            db = Database(directory, writable)
+            manifest, notices = _load_manifest(directory, db, writable)
+            return cls(directory, manifest, writable, db, lock, notices)
+        except BaseException as exc:
+            if db is not None:
+                db.close()
+            if lock is not None:
+                lock.release()
+            _raise_translated(exc, directory)
 
     @classmethod
     def open_or_create(
@@ -152,8 +249,13 @@ class Library:
         max_memory: str | int | None = None,
         token_pool: int | None = None,
         token_layer: int | None | str = "auto",
+        verify: str = "quick",
     ) -> Library:
         """Open for writing with `encoder`, creating the index if it does not exist.
+
+        Repairs what it can on the way (the module docstring); a database that fails
+        SQLite's `verify` check ("quick" | "full") is moved aside and replaced by an empty
+        one, for the caller to re-index.
 
         `index_type` / `max_memory` (None: keep the stored policy) change the index
         policy; the next save applies it. `token_pool` k stores image patch tokens k x k
@@ -164,47 +266,55 @@ class Library:
         """
         directory = Path(directory).expanduser()
         policy_change = _policy_change(index_type, max_memory)  # bad values fail first
-        if (directory / MANIFEST_FILE).exists():
-            library = cls.open(directory, writable=True)
-            try:
-                library.check_encoder(encoder.spec.identity())  # no model load needed
-            except EncoderMismatch:
-                library.close()
-                raise
+        lock = WriteLock.acquire(directory)  # first: a second writer waits for no model
+        db = None
+        try:
+            remove_temporaries(directory)
+            existed = (directory / MANIFEST_FILE).exists() or (directory / DB_FILE).exists()
+            notices: list[str] = []
+            manifest = None
+            if existed:
+                db = _open_or_rebuild_database(directory, verify, notices)
+                try:
+                    manifest, found = _load_manifest(directory, db, writable=True)
+                    notices += found
+                except ManifestDamaged as exc:
+                    if db.holds_rows():
+                        # No copy to restore: describe the index anew with this encoder. The
+                        # stored records may be another model's: they go, every row is
+                        # re-encoded.
+                        notices.append(
+                            f"{exc}; wrote a new one for model {encoder.spec.canonical} and "
+                            "re-encoding every item"
+                        )
+                    _remove_derived(directory)
+                    if (directory / MANIFEST_FILE).exists():
+                        move_aside(directory / MANIFEST_FILE)
+            if manifest is None:  # the model loads here, with the lock already held
+                manifest = _new_manifest(directory, encoder, keep_tokens, token_pool, token_layer)
+                db = db or Database(directory, writable=True)
+                _write_manifest(directory, db, manifest)
+            elif db.created and manifest.pop(MANIFEST_KEY, None) is not None:
+                _write_manifest(directory, db, manifest)  # its features file went with the rest
+            library = cls(directory, manifest, True, db, lock, notices)
+        except BaseException as exc:
+            if db is not None:
+                db.close()
+            lock.release()
+            _raise_translated(exc, directory)
+        try:
+            library.check_encoder(encoder.spec.identity())  # no model load needed
             if token_pool not in (None, library.token_pool):
-                library.close()
                 raise InputError(
                     f"index {directory} stores image tokens pooled {library.token_pool}x"
                     f"{library.token_pool}; --token-pool {token_pool} needs a new --index "
                     "(or leave the option out)"
                 )
             library.set_policy(**policy_change)
-            return library
-        directory.mkdir(parents=True, exist_ok=True)
-        token_pool = token_pool or 1
-        if token_layer == "auto":
-            from retrieval.reranker_files import folder_token_layer, reranker_folder
-
-            token_layer = folder_token_layer(reranker_folder("auto", encoder))
-        image_tokens = encoder.image_token_shape if keep_tokens else None
-        if image_tokens is not None and token_pool > 1:
-            from retrieval.token_pooling import pooled_count
-
-            image_tokens = (pooled_count(image_tokens[0], token_pool), image_tokens[1])
-        manifest = {
-            "format": FORMAT_VERSION,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "encoder": {"spec": encoder.spec.canonical, "identity": encoder.identity()},
-            "dim": encoder.dim,
-            "image_tokens": _shape(image_tokens),
-            "image_token_pool": token_pool,
-            "image_token_layer": token_layer,
-            "text_tokens": _shape(encoder.text_token_shape) if keep_tokens else None,
-            "index": IndexPolicy().as_dict(),
-        }
-        _write_json_atomic(directory / MANIFEST_FILE, manifest)
-        library = cls(directory, manifest, writable=True)
-        library.set_policy(**policy_change)
+        except BaseException:
+            library.writable = False  # refused: change nothing on the way out
+            library.close()
+            raise
         return library
 
     @property
@@ -232,22 +342,85 @@ class Library:
             )
 
     def _collection(self, name, table, dim, token_shape, generation: int) -> Collection:
-        vectors = ArrayStore(self.directory / f"{name}.vec", (dim,), "float32")
+        writable = self.writable
+        vectors = ArrayStore(self.directory / f"{name}.vec", (dim,), "float32", writable)
         tokens = None
         if token_shape:
-            tokens = ArrayStore(self.directory / f"{name}.tok", tuple(token_shape), "float16")
+            path = self.directory / f"{name}.tok"
+            tokens = ArrayStore(path, tuple(token_shape), "float16", writable)
         faiss_path = self.directory / f"{name}.faiss"
         # A reader memory-maps an up-to-date IVF file; a writer reads it into memory.
-        mmap_generation = None if self.writable else generation
+        mmap_generation = None if writable else generation
         try:
             index = VectorIndex.load(faiss_path, dim, vectors.read, mmap_generation)
-        except RuntimeError as exc:  # a truncated FAISS file: it is derived data, rebuild it
-            if not self.writable:
-                raise IndexCorrupt(
-                    f"{faiss_path} is unreadable ({exc}); run `xmr index` to rebuild it"
-                ) from exc
+        except RuntimeError as exc:  # a truncated FAISS file: derived data, rebuilt from the store
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+            self.notices.append(
+                f"{faiss_path} is damaged ({reason[:120]}); "
+                + ("rebuilt it from the vector store" if writable else "searching an index "
+                   "rebuilt in memory from the vector store (`xmr check --repair` rewrites it)")
+            )  # fmt: skip
             index = VectorIndex.empty(dim, vectors.read)
         return Collection(name, table, vectors, tokens, index, faiss_path)
+
+    def _find_lost_records(self) -> None:
+        """Rows whose vector or tokens lie past the end of their store (a truncated or
+        deleted file): a writer marks them for re-encoding (hidden from searches until
+        then), a reader hides them in memory. Kept features short of an id are dropped."""
+        for collection in (self.images, self.texts):
+            # The last committed id first, the store sizes after: a writer grows a store
+            # before it commits, so a concurrent commit can never look like a loss.
+            last = self.db.last_id(collection.table)
+            stores = [collection.vectors] + ([collection.tokens] if collection.tokens else [])
+            capacity = min(store.capacity for store in stores)
+            lost = np.asarray(
+                self.db.ids(collection.table, start=capacity, stop=last + 1), dtype=np.int64
+            )
+            features = collection.features
+            if features is not None and features.store.capacity <= last:
+                name = features.store.path.name
+                if self.writable:
+                    self.drop_features_file()
+                    self.notices.append(
+                        f"{name} is shorter than its ids: dropped the kept re-ranker "
+                        "features (`xmr index` fills them again)"
+                    )
+                else:
+                    collection.features = None
+                    self.notices.append(
+                        f"{name} is shorter than its ids: searches recompute those features"
+                    )
+            if len(lost):
+                short = [s.path.name for s in stores if s.capacity <= int(lost.max())]
+                what = f"{' and '.join(short)} lost the records of {len(lost)} {collection.name}"
+                if self.writable:
+                    with self.db.session() as session:  # sync() follows in __init__
+                        Database.mark_damaged(session, collection.name, lost.tolist())
+                        Database.bump_generation(session)
+                        session.commit()
+                else:
+                    self._hidden[collection.name] = lost
+                    collection.index.hide(lost)
+                    self.notices.append(
+                        f"{what}: they are left out of searches; `xmr check --repair` "
+                        "re-encodes them"
+                    )
+            if self.writable:
+                waiting = len(self.db.damaged_ids(collection.name))
+                if waiting:
+                    self.notices.append(
+                        f"{waiting} {collection.name} lost their stored records; they are "
+                        "hidden from searches until re-encoded"
+                    )
+
+    def records_intact(self, collection: Collection, item_id: int) -> bool:
+        """False for an id whose stored records were lost (hidden, marked damaged, or past
+        the end of a store): its vector must not be read, nor reused as a query."""
+        if item_id in self._hidden.get(collection.name, ()):
+            return False
+        if any(item_id >= store.capacity for store in collection.stores()):
+            return False
+        return item_id not in self.db.damaged_ids(collection.name)
 
     # -- the re-ranker's image features (feature_cache.py) -------------------------------
     def keep_reranker_features(self, reranker, reporter=None) -> None:
@@ -262,13 +435,13 @@ class Library:
         images = self.images
         if reranker is None or images.tokens is None or token_mismatch(self, reranker):
             if images.features is not None:
-                self._drop_features()
+                self.drop_features_file()
             return
         if images.features is not None and images.features.serves(reranker):
             images.features.featurize = reranker.image_features
             return
         if images.features is not None:
-            self._drop_features()
+            self.drop_features_file()
         path = self.directory / FEATURES_FILE
         path.unlink(missing_ok=True)  # a fill killed half-way left rows for no manifest
         cache = FeatureCache(
@@ -290,7 +463,7 @@ class Library:
         cache.store.flush()  # every row on disk before the manifest points at them
         images.features = cache
         self.manifest[MANIFEST_KEY] = cache.manifest_entry()
-        _write_json_atomic(self.directory / MANIFEST_FILE, self.manifest)
+        self._write_manifest()
 
     def features_stale(self, fingerprint: str | None) -> bool:
         """True when the index keeps tokens but not the image features of the re-ranker
@@ -300,10 +473,10 @@ class Library:
         features = self.images.features
         return features is None or features.fingerprint != fingerprint
 
-    def _drop_features(self) -> None:
+    def drop_features_file(self) -> None:
         self._require_writable()
         self.manifest.pop(MANIFEST_KEY, None)
-        _write_json_atomic(self.directory / MANIFEST_FILE, self.manifest)  # readers first
+        self._write_manifest()  # readers first
         if self.images.features is not None:
             self.images.features.store.close()
         self.images.features = None
@@ -324,7 +497,20 @@ class Library:
         self._require_writable()
         self.policy = policy
         self.manifest["index"] = policy.as_dict()
-        _write_json_atomic(self.directory / MANIFEST_FILE, self.manifest)
+        self._write_manifest()
+
+    def record_sources(self, key: str, paths: list[str]) -> None:
+        """Remember the folders (`image_roots`) or corpus files (`text_sources`) this index
+        was built from, so `xmr check --repair` can rebuild it after losing its database."""
+        known = list(self.manifest.get(key) or [])
+        added = [p for p in paths if p not in known]
+        if added:
+            self.manifest[key] = known + added
+            self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        self._require_writable()
+        _write_manifest(self.directory, self.db, self.manifest)
 
     def _require_writable(self) -> None:
         if not self.writable:
@@ -338,6 +524,9 @@ class Library:
             if collection.index.generation == generation:
                 continue
             ids = np.asarray(self.db.ids(collection.table), dtype=np.int64)
+            hidden = self._hidden.get(collection.name)
+            if hidden is not None:
+                ids = np.setdiff1d(ids, hidden)
             added, removed = collection.index.sync(ids, collection.vectors.read)
             if self.writable and (added or removed or collection.index.generation != generation):
                 collection.index.save(collection.faiss_path, generation)
@@ -394,70 +583,89 @@ class Library:
         self._require_writable()
         self.set_policy(**_policy_change(index_type, max_memory))
         self.sync()
-        generation = self.db.generation()
         dim = int(self.manifest["dim"])
         report = {}
         for collection in (self.images, self.texts):
             started = time.monotonic()
             before = collection.index.describe()
-            ids = np.asarray(self.db.ids(collection.table), dtype=np.int64)
-            choice = self.policy.choose(len(ids), dim)
-            collection.flush()
-            sharding = Sharding(
-                shards, map_shards, StoredVectors(str(collection.vectors.path), dim)
+            ids, reason = self.rebuild_index(
+                collection,
+                reporter,
+                Sharding(shards, map_shards, StoredVectors(str(collection.vectors.path), dim)),
             )
-            collection.index = VectorIndex.build(
-                choice, dim, ids, collection.vectors.read, reporter=reporter, sharding=sharding
-            )
-            collection.index.save(collection.faiss_path, generation)
-            stores = collection.stores()
             report[collection.name] = {
                 "before": before,
                 "after": collection.index.describe(),
-                "reason": choice.reason,
-                "store_bytes_freed": sum(store.release(ids) for store in stores),
+                "reason": reason,
+                "store_bytes_freed": sum(store.release(ids) for store in collection.stores()),
                 "seconds": round(time.monotonic() - started, 2),
             }
         return report
 
+    def rebuild_index(
+        self, collection: Collection, reporter=None, sharding: Sharding | None = None
+    ) -> tuple[np.ndarray, str]:
+        """Build `collection`'s FAISS index afresh from the vector store and the database,
+        of the type the policy picks (IVF types filled as `sharding` says), and save it;
+        returns (its ids, why that type)."""
+        self._require_writable()
+        generation = self.db.generation()
+        dim = int(self.manifest["dim"])
+        ids = np.asarray(self.db.ids(collection.table), dtype=np.int64)
+        choice = self.policy.choose(len(ids), dim)
+        collection.flush()
+        collection.index = VectorIndex.build(
+            choice, dim, ids, collection.vectors.read, reporter=reporter, sharding=sharding
+        )
+        collection.index.save(collection.faiss_path, generation)
+        return ids, choice.reason
+
+    def mark_damaged(self, collection: Collection, ids) -> None:
+        """Record that `ids` lost their stored records: hidden from searches (and dropped
+        from FAISS) until re-encoded."""
+        self._require_writable()
+        with self.db.session() as session:
+            Database.mark_damaged(session, collection.name, [int(i) for i in ids])
+            Database.bump_generation(session)
+            session.commit()
+        self.sync()
+
     def close(self) -> None:
-        if self.writable:
-            self.save()
-        for collection in (self.images, self.texts):
-            for store in collection.stores():
-                store.close()
-        self.db.close()
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
+        try:
+            if self.writable:
+                self.save()
+        finally:
+            for collection in (self.images, self.texts):
+                for store in collection.stores():
+                    store.close()
+            self.db.close()
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
     def __enter__(self) -> Library:
         return self
 
-    def __exit__(self, exc_type, *_) -> None:
-        if exc_type is not None and self.writable:
+    def __exit__(self, exc_type, exc, _tb) -> None:
+        if exc is not None and self.writable:
             # FAISS may hold vectors whose rows were rolled back: leave the old file, whose
             # generation is behind, so the next open re-syncs from the database.
             self.writable = False
-        self.close()
-
-    def _lock(self) -> None:
-        self._lock_file = open(self.directory / "write.lock", "w")  # noqa: SIM115
         try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            self._lock_file.close()
-            self._lock_file = None
-            raise XmrError(
-                f"another xmr process is writing to {self.directory}; wait for it to finish"
-            ) from exc
+            self.close()
+        except BaseException as close_error:
+            if exc is None:
+                _raise_translated(close_error, self.directory)
+            # else: the first error is the one to report
+        if exc is not None and _translated(exc, self.directory) is not exc:
+            _raise_translated(exc, self.directory)
 
     # -- reporting -----------------------------------------------------------------------
     def disk_usage(self) -> dict[str, int]:
         return {
             p.name: p.stat().st_size
             for p in sorted(self.directory.iterdir())
-            if p.is_file() and not p.name.endswith(".lock")
+            if p.is_file() and not p.name.endswith((".lock", ".tmp"))
         }
 
 
@@ -519,7 +727,180 @@ def _describe(identity: dict) -> str:
     return name if pretrained is None else f"{name}:{pretrained}"
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+def _write_manifest(directory: Path, db: Database, manifest: dict) -> None:
+    """The file first (what readers trust), then the database's copy of it."""
+    atomic_write_bytes(directory / MANIFEST_FILE, manifest_bytes(manifest))
+    db.store_manifest(manifest)
+
+
+def _new_manifest(directory, encoder, keep_tokens, token_pool, token_layer) -> dict:
+    token_pool = token_pool or 1
+    if token_layer == "auto":
+        from retrieval.reranker_files import folder_token_layer, reranker_folder
+
+        token_layer = folder_token_layer(reranker_folder("auto", encoder))
+    image_tokens = encoder.image_token_shape if keep_tokens else None
+    if image_tokens is not None and token_pool > 1:
+        from retrieval.token_pooling import pooled_count
+
+        image_tokens = (pooled_count(image_tokens[0], token_pool), image_tokens[1])
+    return {
+        "format": FORMAT_VERSION,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "encoder": {"spec": encoder.spec.canonical, "identity": encoder.identity()},
+        "dim": encoder.dim,
+        "image_tokens": _shape(image_tokens),
+        "image_token_pool": token_pool,
+        "image_token_layer": token_layer,
+        "text_tokens": _shape(encoder.text_token_shape) if keep_tokens else None,
+        "index": IndexPolicy().as_dict(),
+    }
+
+
+def _load_manifest(directory: Path, db: Database, writable: bool) -> tuple[dict, list[str]]:
+    """(manifest, notices): the file when sound, else the database's copy of it (a writer
+    also puts the copy back in place of the damaged file, which it keeps aside)."""
+    try:
+        manifest = read_manifest_file(directory)
+    except ManifestDamaged as exc:
+        copy = db.stored_manifest()
+        if copy is None or manifest_problem(copy) is not None:
+            raise ManifestDamaged(
+                f"{exc}, and the database holds no copy of it; rebuild it with `xmr index "
+                "FOLDERS --model MODEL` (the model the index was built with)"
+            ) from exc
+        if not writable:
+            return copy, [f"{exc}; using the database's copy (`xmr check --repair` restores it)"]
+        path = directory / MANIFEST_FILE
+        kept = f"; the damaged file is kept as {move_aside(path).name}" if path.exists() else ""
+        atomic_write_bytes(path, manifest_bytes(copy))
+        return copy, [f"{exc}; restored it from the database's copy{kept}"]
+    if writable:
+        db.store_manifest(manifest)  # indexes from before the copy existed get one now
+    return manifest, []
+
+
+def _open_or_rebuild_database(directory: Path, verify: str, notices: list[str]) -> Database:
+    """The writer's database; a damaged one is moved aside (never deleted) and replaced by
+    an empty one, and so is a missing or emptied one of an existing index: the caller
+    re-indexes. The files derived from the old one go with it (their ids meant its rows)."""
+    try:
+        db = Database(directory, writable=True, verify=verify)
+    except DatabaseDamaged as exc:
+        path = directory / DB_FILE
+        moved = move_aside(path)
+        for suffix in ("-wal", "-shm"):  # the WAL belongs to the file it was moved with
+            side = directory / (DB_FILE + suffix)
+            if side.exists():
+                os.replace(side, moved.with_name(moved.name + suffix))
+        notices.append(
+            f"{path} was damaged ({_reason(exc)}); moved it to {moved.name} and rebuilding "
+            "the index from the image files (texts: run `xmr add-texts` again)"
+        )
+        db = Database(directory, writable=True)
+        _remove_derived(directory)
+        return db
+    if db.created:
+        notices.append(
+            f"{db.path} was missing or empty; rebuilding the index from the image files "
+            "(texts: run `xmr add-texts` again)"
+        )
+        _remove_derived(directory)
+    return db
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    return text[text.find("(") + 1 : text.find(")")] if "(" in text else text
+
+
+def _remove_derived(directory: Path) -> None:
+    for path in directory.iterdir():
+        if path.is_file() and path.name.endswith(DERIVED_SUFFIXES):
+            path.unlink()
+
+
+def _translated(exc: BaseException, directory: Path) -> BaseException:
+    """The one-line XmrError for a disk or database failure, else `exc` itself."""
+    if isinstance(exc, XmrError):
+        return exc
+    error = database_error(exc, directory / DB_FILE)
+    if error is None and isinstance(exc, OSError):
+        error = disk_error(exc, exc.filename or directory)
+    return exc if error is None else error
+
+
+def _raise_translated(exc: BaseException, directory: Path):
+    translated = _translated(exc, directory)
+    if translated is exc:
+        raise exc
+    raise translated from exc
+
+
+class WriteLock:
+    """An exclusive flock on DIR/write.lock: one writing process per index at a time.
+
+    A child forked while it is held (a decode worker) closes its inherited copy at once
+    and is killed when the writer dies (PR_SET_PDEATHSIG): a writer killed with -9 frees
+    the lock when it dies, and leaves no orphaned workers behind."""
+
+    _held: weakref.WeakSet[WriteLock] = weakref.WeakSet()
+
+    def __init__(self, fd: int):
+        self.fd: int | None = fd
+        self.owner = os.getpid()
+
+    @classmethod
+    def acquire(cls, directory: Path) -> WriteLock:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            error = disk_error(exc, directory)  # one line naming the folder
+            if error is None:
+                raise
+            raise error from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise XmrError(
+                f"another xmr process is writing to {directory}; wait for it to finish"
+            ) from exc
+        lock = cls(fd)
+        cls._held.add(lock)
+        return lock
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _after_fork_in_child() -> None:
+    owners = set()
+    for lock in list(WriteLock._held):
+        if lock.fd is not None:
+            owners.add(lock.owner)
+            try:
+                os.close(lock.fd)  # the flock stays the parent's alone
+            except OSError:
+                pass
+            lock.fd = None
+    if owners:
+        _die_with_parent(owners)
+
+
+def _die_with_parent(parents: set[int]) -> None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL (Linux; elsewhere no prctl)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() not in parents:  # the writer died before the line above
+        os._exit(1)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -26,6 +26,7 @@ from retrieval.content_hash import content_hash_bytes
 from retrieval.db import ImageRow, TextRow
 from retrieval.duplicates import PixelCheck
 from retrieval.errors import InputError, InvalidModelSpec, ItemNotFound
+from retrieval.files import require_regular_file
 from retrieval.filters import SearchFilter
 from retrieval.imageio import DecodeError, decode_image
 from retrieval.library import Collection, Library, token_mismatch
@@ -143,10 +144,7 @@ class Searcher:
     def image_query(self, path: Path) -> Query:
         """Reuse the stored vector of an indexed, unchanged image; otherwise encode the file."""
         path = Path(path).expanduser()
-        if not path.exists():
-            raise InputError(f"query image {path} does not exist")
-        if not path.is_file():
-            raise InputError(f"query image {path} is not a regular file ({_file_kind(path)})")
+        require_regular_file(path, "query image", "an image file")
         resolved = str(path.resolve())
         stat = path.stat()
         with self.library.db.session() as session:
@@ -155,6 +153,7 @@ class Searcher:
             row is not None
             and row.state == "indexed"
             and (row.size, row.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+            and self.library.records_intact(self.library.images, row.id)
         ):
             return self._stored_query(row.id)
         try:
@@ -178,7 +177,11 @@ class Searcher:
                 row = session.scalars(
                     rows.where(ImageRow.content_hash == digest).order_by(ImageRow.id)
                 ).first()
-        if row is not None and row.content_hash == digest:
+        if (
+            row is not None
+            and row.content_hash == digest
+            and self.library.records_intact(self.library.images, row.id)
+        ):
             return self._stored_query(row.id)
         try:
             pixels, *_ = decode_image(data, self.encoder.preprocess)
@@ -192,6 +195,11 @@ class Searcher:
             row = session.get(ImageRow, int(image_id))
         if row is None or row.state != "indexed":
             raise ItemNotFound(f"no indexed image has id {image_id}")
+        if not self.library.records_intact(self.library.images, row.id):
+            raise ItemNotFound(
+                f"the stored vector of image {image_id} was lost; indexing its folder again "
+                "restores it"
+            )
         return self._stored_query(row.id)
 
     def expression_query(self, terms: list[Term], target: str, upload=None) -> Query:
@@ -468,13 +476,3 @@ class Searcher:
 
 def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000
-
-
-def _file_kind(path: Path) -> str:
-    if path.is_dir():
-        return "a directory"
-    if path.is_fifo():
-        return "a named pipe"
-    if path.is_socket():
-        return "a socket"
-    return "a device or special file"

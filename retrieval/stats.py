@@ -40,4 +40,5 @@ def index_info(library: Library) -> dict:
         },
         "files": files,
         "bytes_total": sum(files.values()),
+        "notices": list(library.notices),  # what opening found (damage worked around)
     }

@@ -29,7 +29,6 @@ whenever k items pass it:
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +52,7 @@ from retrieval.index_types import (
     tune_search_params,
     tuning_sample,
 )
+from retrieval.storage import atomic_write, atomic_write_bytes
 
 IVF_TYPES = ("ivf", "ivfpq")
 
@@ -162,16 +162,19 @@ class VectorIndex:
         )
 
     def save(self, path: Path, generation: int) -> None:
-        """Atomic: write a temporary file, then rename over the old one; sidecar second."""
+        """Atomic: the index, then its sidecar, each through storage.atomic_write.
+
+        FAISS serialises through a Python callback into our writer, so a failed write (a
+        full disk) raises instead of leaving a short file behind a zero exit status.
+        """
         if self.mmapped:
             raise RuntimeError("a memory-mapped index is read-only; open the library writable")
         path = Path(path)
         self._prune()
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        faiss.write_index(self.index, str(tmp))
-        _fsync(tmp)
-        file_bytes = tmp.stat().st_size
-        os.replace(tmp, path)
+        file_bytes = atomic_write(
+            path,
+            lambda writer: faiss.write_index(self.index, faiss.PyCallbackIOWriter(writer.write)),
+        )
         # If a kill lands between the two renames, the old sidecar names an older
         # generation and another file size, so the next open re-syncs: safe.
         meta = {
@@ -184,10 +187,7 @@ class VectorIndex:
             "search_params": self.search_params,
             "tombstones": self.tombstones.tolist(),
         }
-        side_tmp = _sidecar(path).with_suffix(".tmp")
-        side_tmp.write_text(json.dumps(meta))
-        _fsync(side_tmp)
-        os.replace(side_tmp, _sidecar(path))
+        atomic_write_bytes(_sidecar(path), json.dumps(meta).encode())
         self.generation = generation
 
     @classmethod
@@ -330,6 +330,13 @@ class VectorIndex:
             self.index.remove_ids(faiss.IDSelectorBatch(ids))
             self._stored = None
 
+    def hide(self, ids) -> None:
+        """Keep `ids` out of every search from now on, in memory only (a reader's view of
+        ids whose stored records are damaged: it cannot remove them from the file)."""
+        ids = _id_array(ids)
+        if len(ids):
+            self._tombstones = np.union1d(self._tombstones, ids)
+
     def sync(self, expected_ids: np.ndarray, read_vectors: ReadVectors) -> tuple[int, int]:
         """Make the index hold exactly `expected_ids` live; returns (added, removed).
 
@@ -456,18 +463,11 @@ def _ivf_ids(index: faiss.Index) -> np.ndarray:
 def _read_sidecar(path: Path) -> dict:
     sidecar = _sidecar(path)
     try:
-        return json.loads(sidecar.read_text()) if sidecar.exists() else {}
-    except (OSError, json.JSONDecodeError):
+        meta = json.loads(sidecar.read_bytes()) if sidecar.exists() else {}
+    except (OSError, ValueError):  # ValueError: not JSON, not UTF-8
         return {}  # derived data: an unreadable sidecar only costs a re-sync
+    return meta if isinstance(meta, dict) else {}
 
 
 def _sidecar(path: Path) -> Path:
     return Path(str(path) + ".json")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -18,6 +18,7 @@ what is shared and what is serialised.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
 from importlib import resources
@@ -36,6 +37,14 @@ from server.limits import UploadLimit
 from server.thumbnails import Thumbnails
 
 TOKEN_COOKIE = "xmr_token"
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON in ASCII: a file name that is not UTF-8 travels as its surrogate escapes
+    (\\udcff), which a client's JSON parser turns back into the same name."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False).encode("ascii")
 DEFAULT_UPLOAD_LIMIT = 20 * 1024 * 1024
 log = logging.getLogger("xmr.server")
 
@@ -44,6 +53,7 @@ def create_app(
     engine: Engine, token: str | None = None, upload_limit: int = DEFAULT_UPLOAD_LIMIT
 ) -> FastAPI:
     app = FastAPI(
+        default_response_class=AsciiJSONResponse,
         title="xmr",
         summary="Cross-modal search over one index: text->image, image->image, image->text.",
         docs_url="/docs",
@@ -180,7 +190,7 @@ def _static_dir() -> Path:
 
 
 def _error(message: str, status: int) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    return AsciiJSONResponse({"error": message}, status_code=status)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -7,14 +7,13 @@ FAISS in line with the database; the next run must finish the job without redoin
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
 import subprocess
-import time
 
 import numpy as np
 import pytest
 from conftest import XMR, db_rows, make_images, run_xmr, xmr_env
+from faults import sigkill_when
 
 from retrieval.library import Library
 
@@ -66,18 +65,8 @@ def test_killed_index_run_resumes(tmp_path, tiny_spec, encoder):
         text=True,
     )
     try:
-        deadline = time.monotonic() + 180
-        while _committed_images(db_path) == 0:
-            assert proc.poll() is None, f"xmr index ended before it committed: {proc.stderr.read()}"
-            assert time.monotonic() < deadline, "no committed rows after 180 s"
-            time.sleep(0.01)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
+        sigkill_when(proc, lambda: _committed_images(db_path) > 0, "a commit")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         proc.stderr.close()
 
     # Straight after the kill: part of the work is committed, and a read-only open

@@ -85,7 +85,7 @@ def test_an_index_stores_its_blocks_tokens_and_refuses_a_reranker_of_another(tmp
             Searcher(library, encoder, _reranker(encoder, None))
     message = str(refused.value)
     assert "stores image tokens of vision block 0" in message
-    assert "reads the last vision block" in message and "--no-rerank" in message
+    assert "reads the last vision block" in message and "search without re-ranking" in message
 
     # Features are kept for a re-ranker that reads block 0, never for one that does not.
     with Library.open_or_create(tmp_path / "idx", encoder) as library:
