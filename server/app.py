@@ -45,6 +45,8 @@ class AsciiJSONResponse(JSONResponse):
 
     def render(self, content) -> bytes:
         return json.dumps(content, ensure_ascii=True, allow_nan=False).encode("ascii")
+
+
 DEFAULT_UPLOAD_LIMIT = 20 * 1024 * 1024
 log = logging.getLogger("xmr.server")
 
