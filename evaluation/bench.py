@@ -17,7 +17,7 @@ import numpy as np
 
 from evaluation import metrics
 from evaluation.embed_dataset import embed_dataset_cached
-from evaluation.negatives import negative_pairs
+from evaluation.negatives import negative_accuracy
 
 CURVE_KS = (1, 2, 3, 5, 7, 10, 15, 20, 30, 50)
 
@@ -74,10 +74,10 @@ def run_benchmark(
 
     compositional = {}
     if dataset.negatives is not None:
-        compositional["exact"] = _dual_encoder_negatives(encoder, dataset, embeddings)
+        compositional["exact"] = negative_accuracy(encoder, dataset, embeddings)
 
     if reranker is not None:
-        from evaluation.rerank_eval import negative_accuracy, rerank_logits, reranked_ranks
+        from evaluation.rerank_eval import rerank_logits, reranked_ranks
 
         logits, rerank_ms = rerank_logits(reranker, embeddings, scores, options.candidates)
         timings["rerank_ms_per_query"] = round(rerank_ms, 3)
@@ -94,7 +94,7 @@ def run_benchmark(
                 curves[stage] = _recalls(stage_ranks, CURVE_KS)
             if dataset.negatives is not None:
                 compositional[stage] = negative_accuracy(
-                    reranker, encoder, dataset, embeddings, weight
+                    encoder, dataset, embeddings, reranker, weight
                 )
         results["rerank_ceiling"] = {
             d: {f"R@{options.candidates}": metrics.rerank_ceiling(ranks[d], options.candidates)}
@@ -145,15 +145,3 @@ def _index_stage(images, texts, t2i, options: BenchOptions):
         "i2t": metrics.image_to_text_ranks_from_lists(text_lists, t2i),
     }
     return ranks, ms
-
-
-def _dual_encoder_negatives(encoder, dataset, embeddings) -> dict[str, float]:
-    out = {}
-    for kind, pairs in negative_pairs(dataset).items():
-        negatives = encoder.encode_texts([neg for _, _, neg in pairs]).vectors  # (P, D)
-        image_vecs = embeddings.image_vectors[[i for i, _, _ in pairs]]  # (P, D)
-        positives = embeddings.text_vectors[[c for _, c, _ in pairs]]  # (P, D)
-        pos = (image_vecs * positives).sum(1)
-        neg = (image_vecs * negatives).sum(1)
-        out[kind] = round(metrics.hard_negative_accuracy(pos, neg), 2)
-    return out
