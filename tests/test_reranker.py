@@ -271,7 +271,7 @@ def test_hard_negatives_come_from_the_query_gallery_and_never_the_own_item():
     re-ranks from, and the re-ranker learns to distrust stage 1. They must stay in-gallery."""
     from types import SimpleNamespace
 
-    from training.reranker_training import gallery_blocks, hard_pools
+    from training.reranker_training.mining import gallery_blocks, hard_pools
 
     rng = np.random.default_rng(0)
     n, per = 50, 2
@@ -300,21 +300,22 @@ def test_hard_negatives_come_from_the_query_gallery_and_never_the_own_item():
 def test_every_edited_caption_enters_the_loss_even_when_one_row_has_none():
     """The image->text lists are padded and masked: a row without an edit must not cut the
     other rows' edited captions out of the loss."""
-    from training.reranker_training import _Batch, _FeatureTensors, _listwise_loss
+    from training.reranker_training.losses import FeatureTensors, listwise_loss
+    from training.reranker_training.mining import Batch
 
     rng = np.random.default_rng(0)
     dim, length, tokens, n_images = 16, 6, 4, 8
     model = _random_runtime(
         dim, length, tokens, width=16, layers=1, heads=2, image_pool=1, itc_weight=1.0
     ).model
-    features = _FeatureTensors(
+    features = FeatureTensors(
         torch.tensor(rng.normal(size=(n_images, tokens, dim)), dtype=torch.float16),
         torch.tensor(rng.normal(size=(n_images, length, dim)), dtype=torch.float16),
         torch.full((n_images,), length, dtype=torch.int64),
         torch.tensor(rng.normal(size=(n_images, dim)), dtype=torch.float32),
         torch.tensor(rng.normal(size=(n_images, dim)), dtype=torch.float32),
     )
-    batch = _Batch(
+    batch = Batch(
         images=np.array([0, 1, 2]),
         captions=np.array([0, 1, 2]),
         hard_images=np.array([[3], [4], [5]]),
@@ -328,7 +329,7 @@ def test_every_edited_caption_enters_the_loss_even_when_one_row_has_none():
         lengths = torch.full((2,), length, dtype=torch.int64)
         edited = (edit_tokens, lengths, np.array([0, 2]), edit_vectors)  # row 1 has no edit
         with torch.no_grad():
-            return float(_listwise_loss(model, batch, edited, features)[0])
+            return float(listwise_loss(model, batch, edited, features)[0])
 
     edits = torch.tensor(rng.normal(size=(2, length, dim)), dtype=torch.float32)
     other = edits.clone()
@@ -418,12 +419,12 @@ def test_train_reranker_device_reaches_training_and_fails_fast_without_a_gpu(
 
 def test_hard_negative_sampling_draws_distinct_pool_ids_favouring_similar_ones():
     """ALBEF's sampling in proportion to softmax(sim / tau), without replacement."""
-    from training.reranker_training import _sample
+    from training.reranker_training.mining import sample_hard
 
     rows, m = 4000, 16
     ids = np.tile(np.arange(100, 100 + m), (rows, 1))  # (rows, M)
     sims = np.tile(np.linspace(0.3, 0.0, m), (rows, 1))  # id 100 most similar, 115 least
-    drawn = _sample(ids, sims, 0.05, np.random.default_rng(0), 3)
+    drawn = sample_hard(ids, sims, 0.05, np.random.default_rng(0), 3)
     assert drawn.shape == (rows, 3)
     assert all(len(set(row)) == 3 for row in drawn) and np.isin(drawn, ids[0]).all()
     share = [(drawn == i).any(axis=1).mean() for i in (100, 115)]
@@ -588,7 +589,8 @@ def test_edit_pair_training_teaches_binding_that_pooled_vectors_cannot_see():
     (bag-of-features) score gets; a loss with the wrong sign lands far below it."""
     from types import SimpleNamespace
 
-    from training.reranker_training import _edit_pair_loss, _EditPairs, _FeatureTensors
+    from training.reranker_training.edits import EditPairs
+    from training.reranker_training.losses import FeatureTensors, edit_pair_loss
 
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
@@ -597,7 +599,7 @@ def test_edit_pair_training_teaches_binding_that_pooled_vectors_cannot_see():
     # pooled vectors really are blind: the swap has the same bag of words
     np.testing.assert_allclose(captions.mean(1), swapped.mean(1), atol=1e-6)
     lengths = torch.full((n,), 4, dtype=torch.int64)
-    features = _FeatureTensors(torch.tensor(images), torch.tensor(captions), lengths, None, None)
+    features = FeatureTensors(torch.tensor(images), torch.tensor(captions), lengths, None, None)
     edits = SimpleNamespace(tokens=torch.tensor(swapped), lengths=lengths)
     config = RerankerConfig(
         token_dim=dim, text_len=4, image_tokens=9, width=32, layers=1, heads=4,
@@ -608,7 +610,7 @@ def test_edit_pair_training_teaches_binding_that_pooled_vectors_cannot_see():
     train = np.arange(n - 512)
     for _ in range(300):
         rows = rng.choice(train, 64, replace=False)
-        loss = _edit_pair_loss(model, _EditPairs(rows, rows, rows), edits, features)
+        loss = edit_pair_loss(model, EditPairs(rows, rows, rows), edits, features)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
