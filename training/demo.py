@@ -60,36 +60,42 @@ def run_demo(
         )
         add_texts(library, encoder, captions_file, reporter=reporter)
         index_seconds = time.monotonic() - started
-        searcher = Searcher(library, encoder, reranker)
         result = DemoResult(workdir, dataset.n_images, dataset.n_texts, index_seconds)
-        for image in (3, 11):
-            caption = dataset.captions[dataset.image_to_texts[image][0]]
-            result.queries.append(
-                DemoQuery(
-                    "text → image",
-                    caption,
-                    str(dataset.image_paths[image]),
-                    searcher.search(searcher.text_query(caption), "images", k=3),
-                )
-            )
-        path = dataset.image_paths[5]
-        result.queries.append(
-            DemoQuery(
-                "image → image (the query itself is left out)",
-                str(path),
-                None,
-                searcher.search(searcher.image_query(path), "images", k=3),
-            )
-        )
-        result.queries.append(
-            DemoQuery(
-                "image → text",
-                str(path),
-                dataset.captions[dataset.image_to_texts[5][0]],
-                searcher.search(searcher.image_query(path), "texts", k=3),
-            )
-        )
+        result.queries = _queries(Searcher(library, encoder, reranker), dataset)
     result.bench = run_benchmark(
         dataset, encoder, reranker, BenchOptions(candidates=candidates), progress
     )
     return result
+
+
+def _queries(searcher, dataset) -> list[DemoQuery]:
+    """Two captions' images, an image's look-alikes and an image's captions, top 3 each."""
+    queries = []
+    for image in (3, 11):
+        caption = dataset.captions[dataset.image_to_texts[image][0]]
+        queries.append(
+            DemoQuery(
+                "text → image",
+                caption,
+                str(dataset.image_paths[image]),
+                searcher.search(searcher.text_query(caption), "images", k=3),
+            )
+        )
+    path = dataset.image_paths[5]
+    queries.append(
+        DemoQuery(
+            "image → image (the query itself is left out)",
+            str(path),
+            None,
+            searcher.search(searcher.image_query(path), "images", k=3),
+        )
+    )
+    queries.append(
+        DemoQuery(
+            "image → text",
+            str(path),
+            dataset.captions[dataset.image_to_texts[5][0]],
+            searcher.search(searcher.image_query(path), "texts", k=3),
+        )
+    )
+    return queries
