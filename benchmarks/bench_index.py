@@ -1,7 +1,7 @@
 """FAISS index types at several sizes: build time, memory, latency and recall@10.
 
     python benchmarks/bench_index.py --sizes 10000,100000 --dim 512
-    python benchmarks/bench_index.py --sizes 1000000 --dim 512     # ~15 min on 2 cores
+    python benchmarks/bench_index.py --sizes 1000000 --dim 512
 
 Data: unit vectors from a Gaussian mixture on the sphere (1,000 components, each
 spread along its own 16-d subspace plus isotropic noise: see `mixture`), and 1,000
@@ -19,7 +19,7 @@ and every number also as a ratio to exact flat search measured in the same run.
 Results merge into benchmarks/results/bench_index.json by size (so a later 1M run
 adds to earlier ones) and the markdown summary is rewritten from all of them.
 
-1M feasibility on 2 cores (about 13 minutes in all): at >= 500k items HNSW uses M=16,
+To keep a 1M run to minutes on a few cores: at >= 500k items HNSW uses M=16,
 efConstruction=40 (M=32 below, as `xmr index`), IVF uses sqrt(N) cells instead of the
 product's 2 sqrt(N) (k-means on 64 points per cell either way), and single-query
 flat latency takes 30 queries (a 2 GB scan each).

@@ -12,7 +12,7 @@ Token sources: `last` (the vision block an index stores by default) or a block n
 `--image-stem conv --token-alignment --edit-pairs 512` adds the binding aids of the shipped
 CPU recipe (docs/models/xmr-tiny.md).
 
-Writes reranker_scale.json / .md to --out (the device machine's $OUT); --save keeps the
+Writes reranker_scale.json / .md to --out ($OUT when set); --save keeps the
 `last` re-ranker in float16 as an `xmr search --reranker` folder. On a CPU, small sizes make
 a smoke run:
 

@@ -162,7 +162,7 @@ def train_reranker(
     images_root: Path = typer.Option(None, "--images-root"),
     steps: int = typer.Option(1500, "--steps", min=1),
     max_minutes: float = typer.Option(
-        None, "--max-minutes", min=0.1, help="Stop after this much training (a GPU budget)."
+        None, "--max-minutes", min=0.1, help="Stop after this much training (a time budget)."
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=2, help="Queries per step."),
     lr: float = typer.Option(5e-4, "--lr"),

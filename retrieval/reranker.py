@@ -378,9 +378,9 @@ def autocast(device: str):
 
 
 def save_reranker(model: Reranker, folder: Path, dtype: torch.dtype | None = None) -> None:
-    """Config JSON + safetensors. `dtype=torch.float16` halves the bytes (a width-256
-    model's fp32 weights would not fit a device machine's 16 MB return limit); the model
-    itself is left as it is, and load_reranker reads the weights back as float32."""
+    """Config JSON + safetensors. `dtype=torch.float16` halves the file (to ship or copy
+    it); the model itself is left as it is, and load_reranker reads the weights back as
+    float32."""
     from safetensors.torch import save_file
 
     folder = Path(folder)

@@ -1,4 +1,4 @@
-"""`xmr demo`: the whole job on a fresh, offline machine, in about a minute.
+"""`xmr demo`: the whole job on a fresh, offline machine.
 
 Generate a small corpus with a seed the shipped model never saw, index its images and
 captions with `xmr-tiny`, run a few queries of each kind, and measure recall@k.
