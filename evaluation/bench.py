@@ -56,15 +56,8 @@ def run_benchmark(
         "embeddings_cached": cached,
     }
 
-    started = time.monotonic()
-    scores = texts @ images.T  # (T, N)
-    exact_ms = (time.monotonic() - started) * 1000 / (len(texts) + len(images))
-    ranks = {
-        "exact": {
-            "t2i": metrics.text_to_image_ranks(scores, t2i),
-            "i2t": metrics.image_to_text_ranks(scores.T, t2i),
-        }
-    }
+    scores, exact_ranks, exact_ms = _exact_stage(images, texts, t2i)
+    ranks = {"exact": exact_ranks}
     timings["exact_ms_per_query"] = round(exact_ms, 4)
     ranks["index"], index_ms = _index_stage(images, texts, t2i, options)
     timings["index_ms_per_query"] = round(index_ms, 4)
@@ -138,6 +131,18 @@ def _rerank_stages(reranker, encoder, dataset, embeddings, scores, candidates: i
 
 def _recalls(ranks: dict, ks) -> dict:
     return {d: metrics.recall_at_ks(r, ks) for d, r in ranks.items()}
+
+
+def _exact_stage(images, texts, t2i):
+    """Brute-force dual-encoder scores (T, N), the ranks they give, ms per query."""
+    started = time.monotonic()
+    scores = texts @ images.T  # (T, N)
+    ms = (time.monotonic() - started) * 1000 / (len(texts) + len(images))
+    ranks = {
+        "t2i": metrics.text_to_image_ranks(scores, t2i),
+        "i2t": metrics.image_to_text_ranks(scores.T, t2i),
+    }
+    return scores, ranks, ms
 
 
 def _index_stage(images, texts, t2i, options: BenchOptions):
