@@ -210,12 +210,19 @@ def main() -> None:
         process.terminate()
         process.wait(timeout=60)
     cold["in-process (--no-server)"] = cold_cli([*search, "--no-server"], max(3, args.cold // 2))
-    if args.before:
-        before = [sys.executable, "-m", "cli.main", *search[1:]]
-        cold["before this change (same command)"] = cold_cli(
+    if args.before:  # its own index of the same images: older xmr reads older formats
+        old_index = index.parent / "index-before"
+        old = [sys.executable, "-m", "cli.main"]
+        if not (old_index / "manifest.json").exists():
+            common.log("indexing the same images with the older xmr")
+            images = str(index.parent / "corpus" / "images")
+            build = [*old, "index", images, "--index", str(old_index), "--model", "xmr-tiny"]
+            subprocess.run([*build, "-q"], check=True, cwd=args.before)
+        before = [*old, "search", query, "--index", str(old_index), "-k", "5"]
+        cold["before this change (same query)"] = cold_cli(
             before, max(3, args.cold // 2), cwd=args.before
         )
-    same = len({entry["output"] for entry in cold.values()}) == 1
+    same = len({entry["output"] for key, entry in cold.items() if "before" not in key}) == 1
     data = {
         "host": host,
         "images": args.images,

@@ -19,7 +19,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-# The small CLIP of DESIGN.md's 12-minute experiment (~9M parameters): 64 px images,
+# A small CLIP (~9M parameters) for speed measurements with a cheap model: 64 px images,
 # 8 px patches, vision 192 x 4 layers, text 128 x 4 layers, context 32, embed 128.
 TINY_CFG = {
     "embed_dim": 128,

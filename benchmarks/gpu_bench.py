@@ -7,7 +7,7 @@
   4. re-ranker latency for K = 16, 64, 128 candidates with ViT-B-32 token shapes
      (49 image tokens and 77 text tokens of width 512, projected), random weights,
      both directions, tokens handed over as numpy fp16 as the token store gives them
-Writes gpu_bench.json and gpu_bench.md to --out ($OUT on the device machine).
+Writes gpu_bench.json and gpu_bench.md to --out.
 Everything is bounded to a few minutes; each step prints as it goes.
 """
 

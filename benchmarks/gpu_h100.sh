@@ -1,28 +1,23 @@
 #!/usr/bin/env bash
-# xmr on one H100: ViT-B-32 indexing images/s (end to end and encoder alone) and the
-# re-ranker's latency at K = 16/64/128. A few minutes; writes gpu_bench.json/.md and
-# the log to $OUT (or benchmarks/results/gpu).
+# xmr on one GPU machine: ViT-B-32 indexing images/s (end to end and encoder alone) and the
+# re-ranker's latency at K = 16/64/128; writes gpu_bench.json/.md and the log to $OUT (or
+# benchmarks/results/gpu).
 #
 # The device image has torch but not open_clip, faiss, SQLAlchemy, ftfy or platformdirs.
-# Fetch their wheels once on the development machine (needs pip access to an index):
+# Fetch their wheels once on a machine with pip access to an index:
 #     bash benchmarks/gpu_h100.sh --fetch-wheels          # -> .whl/ (git-ignored)
-# then run this script there with `.whl` carried:
-#     run(command="bash benchmarks/gpu_h100.sh", carry=[".whl"], timeout_s=480)
-# or, to train xmr-tiny's re-ranker there instead with the shipped command (`xmr make-corpus`
-# SCENES=40000, `xmr train-reranker --device cuda` for MINUTES=3 at most, `xmr bench` on the
-# seed-1234 test split at K=16 and 128; the re-ranker comes back in $OUT/reranker, float16):
-#     run(command="bash benchmarks/gpu_h100.sh --train-reranker", carry=[".whl"], timeout_s=590)
-# Budget (estimated, not yet timed on the GPU): corpora ~1 min; embedding ~2.5 min, most of it
-# open_clip's tokenizer (5,400 texts/s on one core here) over 160k captions + ~400k edits;
-# training 3 min; the float16 re-ranker reaches $OUT at ~7 min, the two benches follow.
-# (benchmarks/gpu_reranker_scale.py is the research version: fresh scenes drawn in memory.)
+# then run this script on the GPU machine with `.whl` beside it:
+#     bash benchmarks/gpu_h100.sh
+# or train xmr-tiny's re-ranker there instead (benchmarks/gpu_reranker_scale.py: a corpus of
+# SCENES=40000, the trainer for MINUTES=3 at most, the test split judged at K=16, then
+# `xmr bench` at each K in KS; the float16 re-ranker comes back in $OUT/reranker):
+#     bash benchmarks/gpu_h100.sh --train-reranker
 # Knobs: IMAGES=10000 BATCH=256 WORKERS=(xmr's default) PYTHON=python3; for --train-reranker
 # SCENES STEPS MINUTES RR_BATCH EVAL_IMAGES KS WORK DEVICE (DEVICE=cpu RR_BATCH=16: a smoke run)
-# and RR_EXTRA, more train-reranker options: the shipped CPU recipe's binding aids are
-#     RR_EXTRA="--image-stem conv --token-alignment --edit-pairs 512 --edit-kinds attribute"
+# and RR_EXTRA, more gpu_reranker_scale.py options: the shipped CPU recipe's binding aids are
+#     RR_EXTRA="--image-stem conv --token-alignment --edit-pairs 512"
 # Each decoding process builds whole batches, so IMAGES must be many batches per process for
-# `xmr index` to reach its steady rate: the 2,000-image run of 2026-11-26 was one batch per
-# process (start-up and pipeline fill, 331 images/s). 10,000 pre-decoded images take ~6 GB.
+# `xmr index` to reach a steady rate. 10,000 pre-decoded images take ~6 GB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -83,39 +78,18 @@ EOF
 
 set -o pipefail
 if [[ "${1:-}" == "--train-reranker" ]]; then
-    XMR=("$PY" -m cli.main)
+    # xmr's trainer on the GPU (benchmarks/gpu_reranker_scale.py), its float16 re-ranker
+    # back in $OUT/reranker, then `xmr bench` with it at each K in KS.
     WORK=${WORK:-/tmp/xmr-rr}
-    mkdir -p "$WORK"
-    echo "== corpora: $(date -u +%T) =="
-    "${XMR[@]}" make-corpus "$WORK/shapes" --images "${SCENES:-40000}" --seed 0 -q
-    "${XMR[@]}" make-corpus "$WORK/eval1234" --images "${EVAL_IMAGES:-10000}" --seed 1234 -q
-    echo "== training the re-ranker: $(date -u +%T) =="
-    # H100 recipe of benchmarks/results/reranker_scale_h100.md (width 256, 3 cross layers,
-    # 2 patch layers, 8 heads, batch 512, 3 hard negatives, lr 3e-4); checkpoints stay in
-    # $WORK (the optimizer state is too big to bring back).
     read -r -a EXTRA <<< "${RR_EXTRA:-}"
-    "${XMR[@]}" train-reranker "$WORK/shapes/captions.json" --model xmr-tiny \
-        --out "$WORK/reranker" --device "${DEVICE:-cuda}" --steps "${STEPS:-3000}" \
-        --max-minutes "${MINUTES:-3}" --batch-size "${RR_BATCH:-512}" --width 256 --layers 3 --heads 8 \
-        --image-layers 2 --image-pool 1 --hard-negatives 3 --lr 3e-4 --val-every 1000 \
+    "$PY" benchmarks/gpu_reranker_scale.py --work "$WORK" --out "$OUT" --save "$OUT/reranker" \
+        --device "${DEVICE:-cuda}" --scenes "${SCENES:-40000}" --test-images "${EVAL_IMAGES:-10000}" \
+        --steps "${STEPS:-3000}" --minutes "${MINUTES:-3}" --batch-size "${RR_BATCH:-512}" \
         ${EXTRA[@]+"${EXTRA[@]}"} 2>&1 | tee "$OUT/train_reranker.log"
-    echo "== float16 copy for the trip back: $(date -u +%T) =="
-    "$PY" - "$WORK/reranker" "$OUT/reranker" <<'EOF'
-import sys
-from pathlib import Path
-
-import torch
-
-from retrieval.reranker import load_reranker, save_reranker
-
-model = load_reranker(Path(sys.argv[1]), device="cpu").model
-save_reranker(model, Path(sys.argv[2]), torch.float16)  # load_reranker reads it as fp32
-EOF
-    cp "$WORK/reranker/train_log.json" "$OUT/reranker/"
     for k in ${KS:-16 128}; do
         echo "== bench K=$k: $(date -u +%T) =="
-        "${XMR[@]}" bench "$WORK/eval1234/captions.json" --model xmr-tiny \
-            --reranker "$OUT/reranker" --candidates "$k" --device "${DEVICE:-cuda}" \
+        "$PY" -m cli.main bench "$WORK/eval-${EVAL_IMAGES:-10000}-1234/captions.json" \
+            --model xmr-tiny --reranker "$OUT/reranker" --candidates "$k" --device "${DEVICE:-cuda}" \
             --json "$OUT/bench_k$k.json" --report "$OUT/bench_k$k.md" 2>&1 | tee "$OUT/bench_k$k.log"
     done
     ls -l "$OUT" "$OUT/reranker"

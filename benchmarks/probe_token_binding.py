@@ -1,4 +1,4 @@
-"""How much colour-shape binding do an encoder's patch tokens carry? A ceiling for the re-ranker.
+"""How much colour-shape binding do an encoder's patch tokens carry, block by block?
 
 The re-ranker can only bind "red" to "circle" if the image tokens it reads say, locally,
 which shape has which colour. This probe measures that directly on the generated corpus,
@@ -6,8 +6,8 @@ whose annotation records every object's colour and shape: a small supervised pro
 norm, learned positions, one 3x3 convolution over the patch grid, MLP, soft max over
 patches) learns to name the (colour, shape) pairs present in an image from frozen tokens.
 On held-out images it is then asked the attribute-swap question: is "purple triangle +
-blue cross" scored above "blue triangle + purple cross"? A source whose probe cannot
-answer that with dense labels will not teach a re-ranker to answer it from captions.
+blue cross" scored above "blue triangle + purple cross"? The probe trains for a few hundred
+steps, so its accuracy is a lower bound on what the tokens carry, for comparing sources.
 
 Sources: the output of every vision transformer block (before the final norm), and the
 projected tokens that `xmr index` stores. Writes benchmarks/results/probe_token_binding.{json,md}.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -10,19 +11,6 @@ import typer
 
 from cli.errors import handle_errors
 from cli.options import DeviceOption, QuietOption, ThreadsOption
-
-
-def _log_line(step: int, total: int, loss: float, rate: float, unit: str) -> None:
-    """Where no bar is drawn (a log file, CI), a line every 50 steps says how it goes."""
-    if step % 50 == 0 or step == total:
-        typer.echo(f"step {step}/{total}  loss {loss:.4f}  {rate:.0f} {unit}/s", err=True)
-
-
-def _say(line: str) -> None:
-    """A line on stderr that leaves an open progress bar intact (drawn again below it)."""
-    from tqdm import tqdm
-
-    tqdm.write(line, file=sys.stderr)
 
 
 def _encoder_row(row: dict) -> str:
@@ -56,6 +44,59 @@ def _bar(total: int, desc: str, quiet: bool):
         dynamic_ncols=True,
         leave=False,
     )
+
+
+def _config(cls, options: dict):
+    """A trainer's config from a command's parameters (`locals()` at its start): each one
+    named like a field of the dataclass `cls`, paths as strings; the rest (quiet) are the
+    command's own. A command parameter is named after the field it sets for this."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(
+        **{k: str(v) if isinstance(v, Path) else v for k, v in options.items() if k in names}
+    )
+
+
+class _TrainingReport:
+    """A training command's progress on stderr, for the trainers' callbacks: a bar per
+    stage where stderr is a terminal, else a line per stage and every 50 steps (a log file,
+    CI); each validation row as soon as it is measured, above any open bar."""
+
+    def __init__(self, quiet: bool, title: str, unit: str, rate_key: str, row_text):
+        self.quiet, self.title, self.unit, self.row_text = quiet, title, unit, row_text
+        self.rate_key = rate_key  # the rate's name on the bar
+        self.bars: dict = {}  # title -> bar, opened when its stage starts
+
+    def _bar(self, title: str, total: int):
+        if title not in self.bars:
+            self.bars[title] = _bar(total, title, self.quiet)
+        return self.bars[title]
+
+    def preparing(self, what: str, done: int, total: int) -> None:
+        title = f"embedding {what}"
+        opening = title not in self.bars
+        bar = self._bar(title, total)
+        if opening and bar.disable and not self.quiet:
+            typer.echo(f"{title}: {total}", err=True)  # a log still says what takes time
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    def progress(self, step: int, total: int, loss: float, rate: float) -> None:
+        bar = self._bar(self.title, total)
+        bar.update(step - bar.n)
+        bar.set_postfix({"loss": f"{loss:.3f}", self.rate_key: f"{rate:.0f}"})
+        if bar.disable and not self.quiet and (step % 50 == 0 or step == total):
+            typer.echo(f"step {step}/{total}  loss {loss:.4f}  {rate:.0f} {self.unit}/s", err=True)
+
+    def validated(self, row: dict) -> None:
+        if not self.quiet:
+            from tqdm import tqdm
+
+            tqdm.write(self.row_text(row), file=sys.stderr)  # an open bar is drawn again below
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
 
 
 @handle_errors
@@ -95,7 +136,7 @@ def train_encoder(
     epochs: int = typer.Option(10, "--epochs", min=1),
     batch_size: int = typer.Option(256, "--batch-size", min=2),
     lr: float = typer.Option(1e-3, "--lr"),
-    warmup: int = typer.Option(50, "--warmup"),
+    warmup_steps: int = typer.Option(50, "--warmup"),
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many steps."),
     seed: int = typer.Option(0, "--seed"),
     name: str = typer.Option("xmr-encoder", "--name", help="Name of the config in the artefact."),
@@ -106,39 +147,10 @@ def train_encoder(
     from training.encoder_training import EncoderTrainConfig
     from training.encoder_training import train_encoder as run_train
 
-    config = EncoderTrainConfig(
-        data=str(data),
-        model=model,
-        out=str(out),
-        images_root=None if images_root is None else str(images_root),
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        warmup_steps=warmup,
-        max_steps=max_steps,
-        seed=seed,
-        name=name,
-        threads=threads,
-    )
-    bar = None
-
-    def progress(step: int, total: int, loss: float, rate: float) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = _bar(total, "training", quiet)
-            bar.update(step - 1)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{rate:.0f}")
-        if bar.disable and not quiet:
-            _log_line(step, total, loss, rate, "images")
-
-    def validated(row: dict) -> None:
-        if not quiet:
-            _say(_encoder_row(row))
-
-    run_train(config, progress, validated)
-    if bar is not None:
-        bar.close()
+    config = _config(EncoderTrainConfig, locals())
+    report = _TrainingReport(quiet, "training", "images", "img_s", _encoder_row)
+    run_train(config, report.progress, report.validated)
+    report.close()
     typer.echo(str(out))
 
 
@@ -150,7 +162,7 @@ def train_reranker(
     images_root: Path = typer.Option(None, "--images-root"),
     steps: int = typer.Option(1500, "--steps", min=1),
     max_minutes: float = typer.Option(
-        None, "--max-minutes", min=0.1, help="Stop after this much training (a GPU budget)."
+        None, "--max-minutes", min=0.1, help="Stop after this much training (a time budget)."
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=2, help="Queries per step."),
     lr: float = typer.Option(5e-4, "--lr"),
@@ -185,7 +197,7 @@ def train_reranker(
     ),
     max_train_images: int = typer.Option(None, "--max-train-images"),
     val_every: int = typer.Option(500, "--val-every"),
-    calibrate: bool = typer.Option(
+    calibrate_fusion: bool = typer.Option(
         True, "--calibrate/--no-calibrate", help="Pick the stage-1 weight on validation."
     ),
     seed: int = typer.Option(0, "--seed"),
@@ -202,73 +214,16 @@ def train_reranker(
     from training.reranker_training import RerankerTrainConfig
     from training.reranker_training import train_reranker as run_train
 
-    config = RerankerTrainConfig(
-        data=str(data),
-        model=model,
-        out=str(out),
-        images_root=None if images_root is None else str(images_root),
-        steps=steps,
-        max_minutes=max_minutes,
-        batch_size=batch_size,
-        lr=lr,
-        width=width,
-        layers=layers,
-        heads=heads,
-        image_layers=image_layers,
-        image_pool=image_pool,
-        image_token_layer=image_token_layer,
-        image_stem=image_stem,
-        token_alignment=token_alignment,
-        edit_pairs=edit_pairs,
-        edit_kinds=edit_kinds,
-        hard_negatives=hard_negatives,
-        gallery=gallery,
-        max_train_images=max_train_images,
-        val_every=val_every,
-        calibrate_fusion=calibrate,
-        seed=seed,
-        init_from=None if init_from is None else str(init_from),
-        device=device,
-        threads=threads,
-    )
-    bars: dict = {}  # one per stage, opened when it starts: embedding..., then training
-
-    def bar_for(title: str, total: int):
-        if title not in bars:
-            bars[title] = _bar(total, title, quiet)
-        return bars[title]
-
-    def preparing(what: str, done: int, total: int) -> None:
-        title = f"embedding {what}"
-        opening = title not in bars
-        bar = bar_for(title, total)
-        if opening and bar.disable and not quiet:
-            typer.echo(f"{title}: {total}", err=True)  # a log still says what takes time
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    def progress(step: int, total: int, loss: float, rate: float) -> None:
-        bar = bar_for("training re-ranker", total)
-        bar.update(step - bar.n)
-        bar.set_postfix(loss=f"{loss:.3f}", pairs_s=f"{rate:.0f}")
-        if bar.disable and not quiet:
-            _log_line(step, total, loss, rate, "pairs")
-
-    def validated(row: dict) -> None:
-        if not quiet:
-            _say(_reranker_row(row))
-
-    state = run_train(config, progress, preparing, validated)
-    for bar in bars.values():
-        bar.close()
-    if not quiet:
-        if state.fusion:
-            f = state.fusion
-            typer.echo(
-                f"final score = logit + {f['stage1_weight']:g} x stage 1 "
-                f"({f['multiplier']:g} x the encoder's logit scale, chosen on validation: "
-                f"t2i R@1 {f['t2i_R@1']:.2f}, i2t R@1 {f['i2t_R@1']:.2f})",
-                err=True,
-            )
+    config = _config(RerankerTrainConfig, locals())
+    report = _TrainingReport(quiet, "training re-ranker", "pairs", "pairs_s", _reranker_row)
+    state = run_train(config, report.progress, report.preparing, report.validated)
+    report.close()
+    if state.fusion and not quiet:
+        f = state.fusion
+        typer.echo(
+            f"final score = logit + {f['stage1_weight']:g} x stage 1 "
+            f"({f['multiplier']:g} x the encoder's logit scale, chosen on validation: "
+            f"t2i R@1 {f['t2i_R@1']:.2f}, i2t R@1 {f['i2t_R@1']:.2f})",
+            err=True,
+        )
     typer.echo(str(out))

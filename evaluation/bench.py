@@ -17,7 +17,7 @@ import numpy as np
 
 from evaluation import metrics
 from evaluation.embed_dataset import embed_dataset_cached
-from evaluation.negatives import negative_pairs
+from evaluation.negatives import negative_accuracy
 
 CURVE_KS = (1, 2, 3, 5, 7, 10, 15, 20, 30, 50)
 
@@ -50,57 +50,39 @@ def run_benchmark(
     )
     t2i = np.asarray(dataset.text_to_image)
     images, texts = embeddings.image_vectors, embeddings.text_vectors  # (N, D), (T, D)
-
-    results, curves, timings = {}, {}, {}
-    timings["images_per_second"] = round(embeddings.images_per_second, 2)
-    timings["texts_per_second"] = round(embeddings.texts_per_second, 2)
-    timings["embeddings_cached"] = cached
-
-    started = time.monotonic()
-    scores = texts @ images.T  # (T, N)
-    exact_ms = (time.monotonic() - started) * 1000 / (len(texts) + len(images))
-    ranks = {
-        "t2i": metrics.text_to_image_ranks(scores, t2i),
-        "i2t": metrics.image_to_text_ranks(scores.T, t2i),
+    timings = {
+        "images_per_second": round(embeddings.images_per_second, 2),
+        "texts_per_second": round(embeddings.texts_per_second, 2),
+        "embeddings_cached": cached,
     }
-    results["exact"] = _recalls(ranks, options.ks)
-    curves["exact"] = _recalls(ranks, CURVE_KS)
+
+    scores, exact_ranks, exact_ms = _exact_stage(images, texts, t2i)
+    ranks = {"exact": exact_ranks}
     timings["exact_ms_per_query"] = round(exact_ms, 4)
-
-    index_ranks, index_ms = _index_stage(images, texts, t2i, options)
-    results["index"] = _recalls(index_ranks, options.ks)
-    curves["index"] = _recalls(index_ranks, CURVE_KS)
+    ranks["index"], index_ms = _index_stage(images, texts, t2i, options)
     timings["index_ms_per_query"] = round(index_ms, 4)
-
     compositional = {}
     if dataset.negatives is not None:
-        compositional["exact"] = _dual_encoder_negatives(encoder, dataset, embeddings)
-
+        compositional["exact"] = negative_accuracy(encoder, dataset, embeddings)
     if reranker is not None:
-        from evaluation.rerank_eval import negative_accuracy, rerank_logits, reranked_ranks
-
-        logits, rerank_ms = rerank_logits(reranker, embeddings, scores, options.candidates)
+        stage_ranks, accuracies, rerank_ms = _rerank_stages(
+            reranker, encoder, dataset, embeddings, scores, options.candidates
+        )
+        ranks.update(stage_ranks)
+        compositional.update(accuracies)
         timings["rerank_ms_per_query"] = round(rerank_ms, 3)
-        # The configured final score, and both variants side by side (BLIP adds ITC to ITM).
-        weights = {
-            "rerank": reranker.config.stage1_weight,
-            "rerank_itm": 0.0,
-            "rerank_itm_itc": reranker.config.itc_weight,
-        }
-        for stage, weight in weights.items():
-            stage_ranks = reranked_ranks(logits, t2i, weight)
-            results[stage] = _recalls(stage_ranks, options.ks)
-            if stage == "rerank":
-                curves[stage] = _recalls(stage_ranks, CURVE_KS)
-            if dataset.negatives is not None:
-                compositional[stage] = negative_accuracy(
-                    reranker, encoder, dataset, embeddings, weight
-                )
+
+    results = {stage: _recalls(r, options.ks) for stage, r in ranks.items()}
+    curves = {s: _recalls(ranks[s], CURVE_KS) for s in ("exact", "index", "rerank") if s in ranks}
+    if reranker is not None:
         results["rerank_ceiling"] = {
-            d: {f"R@{options.candidates}": metrics.rerank_ceiling(ranks[d], options.candidates)}
+            d: {
+                f"R@{options.candidates}": metrics.rerank_ceiling(
+                    ranks["exact"][d], options.candidates
+                )
+            }
             for d in ("t2i", "i2t")
         }
-
     return {
         "dataset": dataset.name,
         "source": str(dataset.source_file),
@@ -125,8 +107,42 @@ def run_benchmark(
     }
 
 
+def _rerank_stages(reranker, encoder, dataset, embeddings, scores, candidates: int):
+    """Re-rank exact stage 1's top `candidates` once and rank by three final scores: the
+    configured one ("rerank"), the logit alone ("rerank_itm") and the logit plus the stage-1
+    logit ("rerank_itm_itc", BLIP's ITM + ITC). -> (ranks by stage, hard-negative accuracies
+    by stage when the data has negatives, stage 2's milliseconds per query)."""
+    from evaluation.rerank_eval import rerank_logits, reranked_ranks
+
+    t2i = np.asarray(dataset.text_to_image)
+    logits, rerank_ms = rerank_logits(reranker, embeddings, scores, candidates)
+    weights = {
+        "rerank": reranker.config.stage1_weight,
+        "rerank_itm": 0.0,
+        "rerank_itm_itc": reranker.config.itc_weight,
+    }
+    ranks, accuracies = {}, {}
+    for stage, weight in weights.items():
+        ranks[stage] = reranked_ranks(logits, t2i, weight)
+        if dataset.negatives is not None:
+            accuracies[stage] = negative_accuracy(encoder, dataset, embeddings, reranker, weight)
+    return ranks, accuracies, rerank_ms
+
+
 def _recalls(ranks: dict, ks) -> dict:
     return {d: metrics.recall_at_ks(r, ks) for d, r in ranks.items()}
+
+
+def _exact_stage(images, texts, t2i):
+    """Brute-force dual-encoder scores (T, N), the ranks they give, ms per query."""
+    started = time.monotonic()
+    scores = texts @ images.T  # (T, N)
+    ms = (time.monotonic() - started) * 1000 / (len(texts) + len(images))
+    ranks = {
+        "t2i": metrics.text_to_image_ranks(scores, t2i),
+        "i2t": metrics.image_to_text_ranks(scores.T, t2i),
+    }
+    return scores, ranks, ms
 
 
 def _index_stage(images, texts, t2i, options: BenchOptions):
@@ -145,15 +161,3 @@ def _index_stage(images, texts, t2i, options: BenchOptions):
         "i2t": metrics.image_to_text_ranks_from_lists(text_lists, t2i),
     }
     return ranks, ms
-
-
-def _dual_encoder_negatives(encoder, dataset, embeddings) -> dict[str, float]:
-    out = {}
-    for kind, pairs in negative_pairs(dataset).items():
-        negatives = encoder.encode_texts([neg for _, _, neg in pairs]).vectors  # (P, D)
-        image_vecs = embeddings.image_vectors[[i for i, _, _ in pairs]]  # (P, D)
-        positives = embeddings.text_vectors[[c for _, c, _ in pairs]]  # (P, D)
-        pos = (image_vecs * positives).sum(1)
-        neg = (image_vecs * negatives).sum(1)
-        out[kind] = round(metrics.hard_negative_accuracy(pos, neg), 2)
-    return out

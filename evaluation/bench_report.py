@@ -1,4 +1,4 @@
-"""Render a benchmark result (retrieval/bench.py) as a markdown table and a recall@k plot."""
+"""Render a benchmark result (evaluation/bench.py) as a markdown table and a recall@k plot."""
 
 from __future__ import annotations
 

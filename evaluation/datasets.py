@@ -116,23 +116,7 @@ def load_dataset(
     """
     src = _abs(Path(path))
     label = str(path)
-    if src.is_dir():
-        raise DatasetError(f"{label}: is a directory; pass the dataset's JSON annotation file")
-    try:
-        text = src.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DatasetError(f"{label}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{label}: not a UTF-8 JSON file ({e.reason})") from None
-    except OSError as e:
-        raise DatasetError(f"{label}: cannot read file ({e.strerror or e})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DatasetError(
-            f"{label}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
-        ) from None
-
+    data = _read_json(src, label)
     root = _abs(Path(images_root)) if images_root is not None else src.parent
 
     if isinstance(data, dict) and isinstance(data.get("images"), list):
@@ -159,19 +143,30 @@ def load_dataset(
         image_to_texts.append(list(range(len(captions), len(captions) + len(caps))))
         captions.extend(caps)
     text_to_image = np.repeat(np.arange(len(images), dtype=np.int64), [len(c) for *_, c in images])
-
     return RetrievalDataset(
-        name=name,
-        images_root=root,
-        image_paths=image_paths,
-        captions=captions,
-        text_to_image=text_to_image,
-        image_to_texts=image_to_texts,
-        negatives=negatives,
-        source_file=src,
-        format=fmt,
-        split=used_split,
-    )
+        name, root, image_paths, captions, text_to_image, image_to_texts, negatives, src, fmt,
+        used_split,
+    )  # fmt: skip
+
+
+def _read_json(src: Path, label: str) -> Any:
+    """The parsed JSON of `src`; DatasetError with one line naming the file otherwise."""
+    if src.is_dir():
+        raise DatasetError(f"{label}: is a directory; pass the dataset's JSON annotation file")
+    try:
+        text = src.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DatasetError(f"{label}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{label}: not a UTF-8 JSON file ({e.reason})") from None
+    except OSError as e:
+        raise DatasetError(f"{label}: cannot read file ({e.strerror or e})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DatasetError(
+            f"{label}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
+        ) from None
 
 
 _FORMATS = (
@@ -210,59 +205,16 @@ def _parse_karpathy(
     """Validate every record, keep those of `split`; negatives is None if none has any."""
     kept: list[_Image] = []
     negatives: list[dict[str, str]] = []
-    any_negatives = False
     split_counts: dict[str, int] = {}
     seen: dict[Path, int] = {}
     for i, rec in enumerate(records):
-        where = f"{label}: images[{i}]"
-        if not isinstance(rec, dict):
-            raise DatasetError(f"{where}: is {type(rec).__name__}, not an object")
-        filename = rec.get("filename")
-        if not isinstance(filename, str) or not filename.strip():
-            raise DatasetError(f'{where}: no "filename" (a non-empty string) in this record')
-        where = f"{where} ({filename!r})"
-        filepath = rec.get("filepath")
-        if filepath is not None and not isinstance(filepath, str):
-            raise DatasetError(f'{where}: "filepath" is {type(filepath).__name__}, not a string')
-        rel = Path(filepath) / filename if filepath else Path(filename)
-        if rel in seen:
-            raise DatasetError(f"{where}: same image as images[{seen[rel]}]; list each image once")
-        seen[rel] = i
-
-        rec_split = rec.get("split")
-        if rec_split is not None and not isinstance(rec_split, str):
-            raise DatasetError(f'{where}: "split" is {type(rec_split).__name__}, not a string')
-        if split is not None and rec_split is None:
-            raise DatasetError(
-                f'{where}: no "split" in this record; pass split=None to use every image'
-            )
+        image, rec_split, negs = _karpathy_record(rec, f"{label}: images[{i}]", split, seen)
+        seen[image[2]] = i
         key = rec_split if rec_split is not None else "<none>"
         split_counts[key] = split_counts.get(key, 0) + 1
-
-        sentences = rec.get("sentences")
-        if not isinstance(sentences, list):
-            raise DatasetError(f'{where}: no "sentences" list in this record')
-        if not sentences:
-            raise DatasetError(f"{where}: empty caption list")
-        caps = []
-        for j, sent in enumerate(sentences):
-            if not isinstance(sent, dict) or "raw" not in sent:
-                raise DatasetError(f'{where}: sentences[{j}] has no "raw" caption')
-            caps.append(_clean_caption(sent["raw"], f"{where}: sentences[{j}]"))
-
-        raw_negs = rec.get("negatives")
-        negs: dict[str, str] = {}
-        if raw_negs is not None:
-            if not isinstance(raw_negs, dict):
-                kind_name = type(raw_negs).__name__
-                raise DatasetError(f'{where}: "negatives" is {kind_name}, not an object')
-            for kind, neg in raw_negs.items():
-                negs[kind] = _clean_caption(neg, f"{where}: negatives[{kind!r}]")
-
         if split is None or rec_split == split:
-            kept.append((f"images[{i}]", filename, rel, caps))
+            kept.append((f"images[{i}]", *image[1:]))
             negatives.append(negs)
-            any_negatives = any_negatives or bool(negs)
 
     if not kept:
         present = ", ".join(f"{s!r} ({n} images)" for s, n in sorted(split_counts.items()))
@@ -271,7 +223,52 @@ def _parse_karpathy(
         raise DatasetError(
             f"{label}: no images in split {split!r}; splits in this file: {present or 'none'}"
         )
-    return kept, (negatives if any_negatives else None)
+    return kept, (negatives if any(negatives) else None)
+
+
+def _karpathy_record(rec: Any, where: str, split: str | None, seen: dict[Path, int]):
+    """One Karpathy image record, validated (`seen`: the records so far, by image path)
+    -> (image, its split, its negatives)."""
+    if not isinstance(rec, dict):
+        raise DatasetError(f"{where}: is {type(rec).__name__}, not an object")
+    filename = rec.get("filename")
+    if not isinstance(filename, str) or not filename.strip():
+        raise DatasetError(f'{where}: no "filename" (a non-empty string) in this record')
+    where = f"{where} ({filename!r})"
+    filepath = rec.get("filepath")
+    if filepath is not None and not isinstance(filepath, str):
+        raise DatasetError(f'{where}: "filepath" is {type(filepath).__name__}, not a string')
+    rel = Path(filepath) / filename if filepath else Path(filename)
+    if rel in seen:
+        raise DatasetError(f"{where}: same image as images[{seen[rel]}]; list each image once")
+
+    rec_split = rec.get("split")
+    if rec_split is not None and not isinstance(rec_split, str):
+        raise DatasetError(f'{where}: "split" is {type(rec_split).__name__}, not a string')
+    if split is not None and rec_split is None:
+        raise DatasetError(
+            f'{where}: no "split" in this record; pass split=None to use every image'
+        )
+
+    sentences = rec.get("sentences")
+    if not isinstance(sentences, list):
+        raise DatasetError(f'{where}: no "sentences" list in this record')
+    if not sentences:
+        raise DatasetError(f"{where}: empty caption list")
+    caps = []
+    for j, sent in enumerate(sentences):
+        if not isinstance(sent, dict) or "raw" not in sent:
+            raise DatasetError(f'{where}: sentences[{j}] has no "raw" caption')
+        caps.append(_clean_caption(sent["raw"], f"{where}: sentences[{j}]"))
+
+    raw_negs = rec.get("negatives")
+    negs: dict[str, str] = {}
+    if raw_negs is not None:
+        if not isinstance(raw_negs, dict):
+            raise DatasetError(f'{where}: "negatives" is {type(raw_negs).__name__}, not an object')
+        for kind, neg in raw_negs.items():
+            negs[kind] = _clean_caption(neg, f"{where}: negatives[{kind!r}]")
+    return (where, filename, rel, caps), rec_split, negs
 
 
 def _parse_lavis(records: list[dict[str, Any]], label: str) -> list[_Image]:

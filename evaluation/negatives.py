@@ -1,7 +1,14 @@
-"""ARO-style hard negatives: each edited caption paired with the image and caption it came
-from, shared by the dual-encoder probe (bench.py) and the re-ranker's (rerank_eval.py)."""
+"""ARO-style hard negatives: is the true caption scored above its minimal edit?
+
+Shared by the dual-encoder rows of `xmr bench` (bench.py) and the re-ranker's rows and
+validation (rerank_eval.py).
+"""
 
 from __future__ import annotations
+
+import numpy as np
+
+from evaluation import metrics
 
 
 def negative_pairs(dataset) -> dict[str, list[tuple[int, int, str]]]:
@@ -18,6 +25,37 @@ def negative_pairs(dataset) -> dict[str, list[tuple[int, int, str]]]:
             best = max(candidates, key=lambda c: _overlap(words, dataset.captions[c]))
             pairs.setdefault(kind, []).append((image, best, negative))
     return pairs
+
+
+def negative_accuracy(
+    encoder, dataset, embeddings, runtime=None, stage1_weight: float = 1.0
+) -> dict[str, float]:
+    """kind -> % of (image, true caption, its edit) where the true caption scores higher.
+
+    Without `runtime` the score is the dual encoder's cosine; with a re-ranker runtime it is
+    the fused final score (retrieval.reranker.fused_score) at `stage1_weight`.
+    """
+    out = {}
+    for kind, pairs in negative_pairs(dataset).items():
+        images = np.array([i for i, _, _ in pairs])
+        positives = np.array([c for _, c, _ in pairs])
+        negatives = encoder.encode_texts([neg for _, _, neg in pairs])
+        image_vectors = embeddings.image_vectors[images]  # (P, D)
+        pos = (image_vectors * embeddings.text_vectors[positives]).sum(1)  # (P,) cosines
+        neg = (image_vectors * negatives.vectors).sum(1)
+        if runtime is not None:
+            from retrieval.reranker import fused_score
+
+            states = runtime.image_states(embeddings.image_tokens[images])
+            rows = np.arange(len(pairs))
+            pos_logits = runtime.score_pairs(
+                embeddings.text_tokens[positives], embeddings.text_lengths[positives], states, rows
+            )
+            neg_logits = runtime.score_pairs(negatives.tokens, negatives.lengths, states, rows)
+            pos = fused_score(pos_logits, pos, stage1_weight)
+            neg = fused_score(neg_logits, neg, stage1_weight)
+        out[kind] = round(metrics.hard_negative_accuracy(pos, neg), 2)
+    return out
 
 
 def _overlap(words: set[str], caption: str) -> float:

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from evaluation import metrics
-from evaluation.negatives import negative_pairs
+from evaluation.negatives import negative_accuracy
 
 QUERY_CHUNK = 256  # queries scored per call: bounds the (chunk*K, L, D) pair buffer
 
@@ -51,10 +51,12 @@ def rerank_logits(runtime, embeddings, scores: np.ndarray, k: int):
 
 
 def reranked_ranks(logits_by_direction, t2i_map, stage1_weight: float) -> dict:
-    """Ranks after ordering each query's candidates by logit + stage1_weight * stage-1."""
+    """Ranks after ordering each query's candidates by their fused final score."""
+    from retrieval.reranker import fused_score
+
     ranks = {}
     for direction, (cands, stage1, logits) in logits_by_direction.items():
-        final = logits + stage1_weight * stage1
+        final = fused_score(logits, stage1, stage1_weight)
         order = np.argsort(-final, axis=1, kind="stable")
         lists = np.take_along_axis(cands, order, 1)
         if direction == "t2i":
@@ -62,26 +64,6 @@ def reranked_ranks(logits_by_direction, t2i_map, stage1_weight: float) -> dict:
         else:
             ranks[direction] = metrics.image_to_text_ranks_from_lists(lists, t2i_map)
     return ranks
-
-
-def negative_accuracy(runtime, encoder, dataset, embeddings, stage1_weight: float) -> dict:
-    """ARO-style probe for the re-ranker: true caption vs its edit, against the same image."""
-    out = {}
-    for kind, pairs in negative_pairs(dataset).items():
-        images = np.array([i for i, _, _ in pairs])
-        positives = np.array([c for _, c, _ in pairs])
-        encoded = encoder.encode_texts([neg for _, _, neg in pairs])
-        states = runtime.image_states(embeddings.image_tokens[images])
-        rows = np.arange(len(pairs))
-        pos = runtime.score_pairs(
-            embeddings.text_tokens[positives], embeddings.text_lengths[positives], states, rows
-        )
-        neg = runtime.score_pairs(encoded.tokens, encoded.lengths, states, rows)
-        image_vecs = embeddings.image_vectors[images]
-        pos = pos + stage1_weight * (image_vecs * embeddings.text_vectors[positives]).sum(1)
-        neg = neg + stage1_weight * (image_vecs * encoded.vectors).sum(1)
-        out[kind] = round(metrics.hard_negative_accuracy(pos, neg), 2)
-    return out
 
 
 # Multiples of the encoder's logit scale tried as stage1_weight when fusing the scores.
@@ -142,10 +124,6 @@ def quick_validation(model, val, k: int) -> dict:
         )["R@1"],
     }
     if dataset.negatives is not None:
-        row.update(
-            {
-                f"val_{k}": v
-                for k, v in negative_accuracy(runtime, encoder, dataset, embeddings, weight).items()
-            }
-        )
+        accuracy = negative_accuracy(encoder, dataset, embeddings, runtime, weight)
+        row.update({f"val_{kind}": value for kind, value in accuracy.items()})
     return row

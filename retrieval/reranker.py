@@ -243,6 +243,15 @@ class Reranker(nn.Module):
         return self.match(text, text_mask, self.encode_images(image))
 
 
+def fused_score(logits, stage1, stage1_weight: float):
+    """The final score of a (query, candidate) pair: the re-ranker's logit plus
+    `stage1_weight` times the stage-1 cosine (BLIP's ITM + ITC). numpy arrays or tensors.
+
+    Search, evaluation and the training loss all rank by this; the training loss uses the
+    encoder's logit scale (itc_weight) as the weight, calibration may pick another."""
+    return logits + stage1_weight * stage1
+
+
 def take_states(states, rows):
     """The image states (from encode_images) of the images at `rows`, in that order."""
     return [tuple(t[rows] for t in state) for state in states]
@@ -329,7 +338,7 @@ class RerankerRuntime:
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def final_scores(self, logits: np.ndarray, stage1: np.ndarray) -> np.ndarray:
-        return logits + self.config.stage1_weight * stage1
+        return fused_score(logits, stage1, self.config.stage1_weight)
 
     def rerank_images(self, text_tokens, text_length: int, image_tokens, stage1, features=None):
         """One text (L, D) against K images (K, N, D) -> final scores (K,). `features`
@@ -369,9 +378,9 @@ def autocast(device: str):
 
 
 def save_reranker(model: Reranker, folder: Path, dtype: torch.dtype | None = None) -> None:
-    """Config JSON + safetensors. `dtype=torch.float16` halves the bytes (a width-256
-    model's fp32 weights would not fit a device machine's 16 MB return limit); the model
-    itself is left as it is, and load_reranker reads the weights back as float32."""
+    """Config JSON + safetensors. `dtype=torch.float16` halves the file (to ship or copy
+    it); the model itself is left as it is, and load_reranker reads the weights back as
+    float32."""
     from safetensors.torch import save_file
 
     folder = Path(folder)

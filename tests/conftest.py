@@ -39,6 +39,45 @@ OTHER_CFG = {
 }
 
 
+# -- the fast lane: `pytest -m "not slow"` trains nothing -------------------------------------
+TRAINING_FIXTURES = {"trained", "trained_reranker"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that uses a trained fixture must be marked slow (session fixtures are built
+    before any per-test guard could see them)."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if TRAINING_FIXTURES & set(item.fixturenames) and item.get_closest_marker("slow") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests use a trained fixture but are not marked slow: " + ", ".join(unmarked)
+        )
+
+
+@pytest.fixture(autouse=True)
+def fast_lane_trains_nothing(request):
+    """In a test not marked slow, an optimizer step is an error that names the fix."""
+    if request.node.get_closest_marker("slow") is not None:
+        yield
+        return
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    def refuse(optimizer, args, kwargs):
+        raise RuntimeError(
+            f"{request.node.nodeid} trains (an optimizer step) but is not marked slow: "
+            "add @pytest.mark.slow, or keep the fast lane free of training"
+        )
+
+    handle = register_optimizer_step_pre_hook(refuse)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 # -- models ------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
@@ -281,7 +320,7 @@ def train_config_path(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained(shapes_corpus, train_config_path, tmp_path_factory):
-    """A tiny encoder trained for 300 steps (~30 s on 2 cores)."""
+    """A tiny encoder trained for 300 steps (tests that use it are marked slow)."""
     from training.encoder_training import EncoderTrainConfig, train_encoder
 
     out = tmp_path_factory.mktemp("trained") / "tiny"

@@ -76,6 +76,7 @@ def test_resume_continues_the_step_count(shapes_corpus, train_config_path, tmp_p
     assert log["history"][-1]["step"] == 14
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["train-encoder", "train-reranker"])
 def test_training_commands_print_each_row_when_measured_and_honour_threads(
     command, cli, shapes_corpus, train_config_path, tmp_path

@@ -11,7 +11,6 @@ at the end (training/artifact.py).
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.errors import InputError
+from training.runs import save_atomically, seed_everything, warmup_cosine
 from training.train_log import write_train_log
 
 CHECKPOINT_DIR = "checkpoints"
@@ -64,7 +64,7 @@ def train_encoder(config: EncoderTrainConfig, progress=None, validated=None) -> 
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
     out = Path(config.out)
     spec = parse_model_spec(config.model)
     model, preprocess, tokenizer = build_open_clip(spec)
@@ -87,48 +87,26 @@ def train_encoder(config: EncoderTrainConfig, progress=None, validated=None) -> 
         _param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _cosine_with_warmup(config.warmup_steps, total_steps)
+        optimizer, warmup_cosine(config.warmup_steps, total_steps)
     )
     state = TrainState()
     resumed = _maybe_resume(out, model, optimizer, schedule, state)
-    loss_fn = ClipLoss()
+    run = _ClipRun(
+        model, optimizer, schedule, ClipLoss(), pixels, tokens, captions_of, config.batch_size,
+        steps_per_epoch, total_steps,
+    )  # fmt: skip
     model.train()
     rng = np.random.default_rng(config.seed + state.step)  # resumed runs draw fresh batches
 
     while state.step < total_steps:
-        epoch_losses = []
-        order = rng.permutation(len(train.image_paths))
         first = (state.step % steps_per_epoch) * config.batch_size if resumed else 0
         resumed = False
-        for start in range(first, steps_per_epoch * config.batch_size, config.batch_size):
-            if state.step >= total_steps:
-                break
-            t0 = time.monotonic()
-            batch = order[start : start + config.batch_size]
-            caption_ids = [int(rng.choice(captions_of[i])) for i in batch]
-            images = pixels[batch].float()  # (B, 3, H, W)
-            texts = tokens[caption_ids]  # (B, ctx)
-            image_features = model.encode_image(images, normalize=True)  # (B, D)
-            text_features = model.encode_text(texts, normalize=True)  # (B, D)
-            loss = loss_fn(image_features, text_features, model.logit_scale.exp())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            with torch.no_grad():  # CLIP's clamp: temperature no lower than 1/100
-                model.logit_scale.clamp_(0, math.log(100))
-            state.step += 1
-            epoch_losses.append(loss.item())
-            if progress:
-                progress(
-                    state.step, total_steps, epoch_losses[-1], len(batch) / (time.monotonic() - t0)
-                )
+        losses = _run_epoch(run, state, first, rng, progress)
         state.epoch += 1
         row = {
             "epoch": state.epoch,
             "step": state.step,
-            "loss": float(np.mean(epoch_losses)) if epoch_losses else None,
+            "loss": float(np.mean(losses)) if losses else None,
         }
         if val is not None:
             row["val"] = evaluate_encoder(model, preprocess, tokenizer, val, config.val_images)
@@ -143,6 +121,59 @@ def train_encoder(config: EncoderTrainConfig, progress=None, validated=None) -> 
     save_open_clip_artifact(model, model_cfg, preprocess_cfg, out, config.name)
     write_train_log(out, config, state.history)
     return state
+
+
+@dataclass
+class _ClipRun:
+    """What every contrastive step reads: the model and its optimizer, the decoded images
+    (N, 3, H, W) float16, the tokenised captions (T, ctx) and each image's caption ids."""
+
+    model: object
+    optimizer: object
+    schedule: object
+    loss_fn: object  # open_clip.ClipLoss
+    pixels: object
+    tokens: object
+    captions_of: list
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+
+
+def _run_epoch(run: _ClipRun, state: TrainState, first: int, rng, progress) -> list[float]:
+    """One pass over a fresh permutation of the images, from batch offset `first` on (the
+    rest of an epoch a resumed run stopped in); -> the steps' losses."""
+    order = rng.permutation(len(run.pixels))
+    losses = []
+    for start in range(first, run.steps_per_epoch * run.batch_size, run.batch_size):
+        if state.step >= run.total_steps:
+            break
+        started = time.monotonic()
+        batch = order[start : start + run.batch_size]
+        caption_ids = [int(rng.choice(run.captions_of[i])) for i in batch]
+        losses.append(_clip_step(run, run.pixels[batch].float(), run.tokens[caption_ids]))
+        state.step += 1
+        if progress:
+            rate = len(batch) / (time.monotonic() - started)
+            progress(state.step, run.total_steps, losses[-1], rate)
+    return losses
+
+
+def _clip_step(run: _ClipRun, images, texts) -> float:
+    """images (B, 3, H, W), texts (B, ctx) -> one optimizer step on ClipLoss; its loss."""
+    import torch
+
+    image_features = run.model.encode_image(images, normalize=True)  # (B, D)
+    text_features = run.model.encode_text(texts, normalize=True)  # (B, D)
+    loss = run.loss_fn(image_features, text_features, run.model.logit_scale.exp())
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), 1.0)
+    run.optimizer.step()
+    run.schedule.step()
+    with torch.no_grad():  # CLIP's clamp: temperature no lower than 1/100
+        run.model.logit_scale.clamp_(0, math.log(100))
+    return loss.item()
 
 
 def evaluate_encoder(model, preprocess, tokenizer, dataset, max_images: int | None = None):
@@ -201,24 +232,6 @@ def _param_groups(model, weight_decay: float):
     ]
 
 
-def _cosine_with_warmup(warmup: int, total: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def _seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _save_checkpoint(out: Path, model, optimizer, schedule, state: TrainState, config) -> None:
     import torch
 
@@ -232,9 +245,7 @@ def _save_checkpoint(out: Path, model, optimizer, schedule, state: TrainState, c
         "config": asdict(config),
         "torch_rng": torch.get_rng_state(),
     }
-    tmp = folder / f"{LAST_CHECKPOINT}.tmp"
-    torch.save(payload, tmp)
-    tmp.replace(folder / LAST_CHECKPOINT)  # atomic: a kill never leaves half a checkpoint
+    save_atomically(payload, folder / LAST_CHECKPOINT)
 
 
 def _maybe_resume(out: Path, model, optimizer, schedule, state: TrainState) -> bool:

@@ -1,0 +1,53 @@
+"""Where a run starts from: OUT/checkpoint.pt (resume a stopped run: weights, optimizer,
+schedule, step and history) or, for a new run, a saved re-ranker's weights (--init-from)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from training.reranker_training.config import check_start
+from training.runs import save_atomically
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def save_checkpoint(out: Path, model, optimizer, schedule, state) -> None:
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "state": asdict(state),
+    }
+    save_atomically(payload, out / CHECKPOINT)
+
+
+def resume(out: Path, model, optimizer, schedule, state, device: str) -> None:
+    """Continue from OUT's checkpoint, when there is one."""
+    import torch
+
+    path = out / CHECKPOINT
+    if not path.exists():
+        return
+    payload = torch.load(path, map_location=device, weights_only=False)
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    schedule.load_state_dict(payload["schedule"])
+    state.step = payload["state"]["step"]
+    state.history = payload["state"]["history"]
+
+
+def start_from(model, folder: Path) -> None:
+    """Load a saved re-ranker's weights into `model`, whose config must match its own
+    (the fused stage-1 weight aside: training starts again from the encoder's scale)."""
+    from safetensors.torch import load_file
+
+    from retrieval.errors import InputError
+    from retrieval.reranker_files import WEIGHTS_FILE
+
+    check_start(folder, asdict(model.config))
+    try:
+        state = load_file(str(folder / WEIGHTS_FILE))
+    except OSError as exc:
+        raise InputError(f"--init-from {folder}: {exc}") from exc
+    model.load_state_dict(state)  # float16 files are cast to the model's float32

@@ -1,0 +1,94 @@
+"""What a re-ranker training run is asked to do (RerankerTrainConfig), what it has done
+(RerankerTrainState), and the checks that refuse impossible settings before any work."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class RerankerTrainConfig:
+    data: str
+    model: str  # the frozen encoder's spec
+    out: str
+    images_root: str | None = None
+    steps: int = 1500
+    max_minutes: float | None = None  # stop (validate, save) after this much training time
+    batch_size: int = 32  # queries per step, each direction (about 8 pairs each)
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    width: int = 64
+    layers: int = 2
+    heads: int = 4
+    image_layers: int = 0
+    image_pool: int = 2
+    image_token_layer: int | None = None  # vision block the image tokens come from (None: last)
+    image_stem: str = "attention"  # or "conv" (see RerankerConfig)
+    token_alignment: bool = False
+    # Extra (image, true caption, its edit) triples per step, scored by the logit alone:
+    # the direct binding signal that the listwise loss, dominated by stage 1, dilutes.
+    edit_pairs: int = 0
+    edit_kinds: str = "attribute"  # which edits those are: attribute,relation,object
+    edit_weight: float = 1.0
+    hard_pool: int = 16  # M: stage-1 top-M each negative is drawn from
+    gallery: int = 1000  # images per mining gallery: about the size stage 2 will re-rank from
+    hard_negatives: int = 2  # H per query, drawn from the pool
+    random_negatives: int = 1  # R easy negatives per caption (other batch images)
+    tau: float = 0.05
+    max_train_images: int | None = None
+    val_images: int = 500
+    val_every: int = 500
+    candidates: int = 16  # stage-1 depth used in validation re-ranking
+    # After training, pick the final score's stage1_weight on the validation split
+    # (rerank_eval.fusion_sweep); off: keep the training-time weight (itc_weight).
+    calibrate_fusion: bool = True
+    seed: int = 0
+    threads: int | None = None
+    device: str | None = None  # None: cuda when present, else cpu
+    # A saved re-ranker (an --out folder, or a model's own) to start from instead of random
+    # weights, with the same architecture options; a fresh optimizer and schedule. A
+    # checkpoint in `out` (resume) wins over it.
+    init_from: str | None = None
+
+
+@dataclass
+class RerankerTrainState:
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    fusion: dict | None = None  # the validation-chosen stage1_weight and its R@1s
+
+
+def check_config(config: RerankerTrainConfig) -> None:
+    """Refuse settings that cannot work, naming the option, before minutes of embedding."""
+    from retrieval.errors import InputError
+    from retrieval.reranker import IMAGE_STEMS
+    from training.reranker_training.edits import edit_columns
+
+    if config.width % config.heads:
+        raise InputError(
+            f"--width {config.width} is not a multiple of --heads {config.heads}: "
+            "pick --heads that divides it"
+        )
+    if config.image_stem not in IMAGE_STEMS:
+        raise InputError(f"--image-stem {config.image_stem} is not one of {', '.join(IMAGE_STEMS)}")
+    edit_columns(config.edit_kinds)
+    if config.init_from:
+        check_start(Path(config.init_from), asdict(config))
+
+
+def check_start(folder: Path, ours: dict) -> None:
+    """Refuse an --init-from whose saved config differs from `ours` in a key both have
+    (the fused stage-1 weight aside): a training config before embedding, the model's after."""
+    from retrieval.errors import InputError
+    from retrieval.reranker import RerankerConfig
+    from retrieval.reranker_files import folder_config
+
+    saved = {"image_token_layer": None, **folder_config(folder)}
+    fields = RerankerConfig.__dataclass_fields__.keys()
+    keys = (ours.keys() & saved.keys() & fields) - {"stage1_weight"}
+    differ = sorted(k for k in keys if ours[k] != saved[k])
+    if differ:
+        shown = ", ".join(f"{k} {saved[k]!r} (here {ours[k]!r})" for k in differ)
+        raise InputError(f"--init-from {folder} was trained with {shown}: give the same options")

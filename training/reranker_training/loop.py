@@ -1,0 +1,209 @@
+"""`train_reranker`: embed the training split once, then step, validate, checkpoint, and at
+the end calibrate the final score's stage-1 weight and save the re-ranker."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training.reranker_training.checkpoints import CHECKPOINT, resume, save_checkpoint, start_from
+from training.reranker_training.config import (
+    RerankerTrainConfig,
+    RerankerTrainState,
+    check_config,
+)
+from training.reranker_training.edits import CaptionEdits, EditPairs, caption_edits, edit_pair_pool
+from training.reranker_training.losses import FeatureTensors, edit_pair_loss, listwise_loss
+from training.reranker_training.mining import Pools, draw_batch, hard_pools
+from training.runs import seed_everything, warmup_cosine
+from training.train_log import write_train_log
+
+
+@dataclass
+class TrainingData:
+    """The training split as the loop reads it: frozen features, negatives, edits."""
+
+    train: object  # evaluation.datasets.RetrievalDataset
+    tensors: FeatureTensors
+    pools: Pools
+    edits: CaptionEdits
+    edit_pairs: EditPairs
+
+
+def train_reranker(
+    config: RerankerTrainConfig, progress=None, preparing=None, validated=None
+) -> RerankerTrainState:
+    """`progress(step, total, loss, pairs_per_second)` after every step;
+    `preparing(what, done, total)` while the frozen encoder embeds the training split
+    ("images", "texts") and the caption edits ("caption edits"): minutes on a CPU;
+    `validated(row)` with each validation row as soon as it is measured."""
+    import torch
+
+    from retrieval.encoder import load_encoder
+    from retrieval.reranker import save_reranker
+
+    check_config(config)  # a typo or a start that does not fit fails before any embedding
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    encoder = load_encoder(config.model, config.device)
+    data = _training_data(config, encoder, preparing)
+    model = _new_reranker(config, encoder, data.tensors)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(config.warmup_steps, config.steps)
+    )
+    state = RerankerTrainState()
+    if config.init_from and not (out / CHECKPOINT).exists():
+        start_from(model, Path(config.init_from))
+    resume(out, model, optimizer, schedule, state, encoder.device)
+    val = _validation_set(config, encoder)
+    _run_steps(config, model, optimizer, schedule, state, data, val, progress, validated)
+
+    model.eval()
+    extra = {}
+    if val is not None and config.calibrate_fusion:
+        extra["fusion"] = _calibrate(model, val, config.candidates, state)
+    save_reranker(model, out)
+    write_train_log(out, config, state.history, **extra)
+    return state
+
+
+def _training_data(config: RerankerTrainConfig, encoder, preparing) -> TrainingData:
+    """Embed the training split and its caption edits once; mine the hard-negative pools."""
+    from evaluation.datasets import load_dataset
+    from evaluation.embed_dataset import embed_dataset
+    from retrieval.errors import InputError
+
+    train = load_dataset(config.data, config.images_root, split="train")
+    if config.max_train_images:
+        train = train.head(config.max_train_images)
+    if config.batch_size > len(train.image_paths):
+        raise InputError(
+            f"--batch-size {config.batch_size} is more than the {len(train.image_paths)} "
+            f"training images of {config.data}: use a smaller --batch-size"
+        )
+    feats = embed_dataset(encoder, train, progress=preparing, token_layer=config.image_token_layer)
+    pools = hard_pools(feats, train, config.hard_pool, config.gallery)
+    edits = caption_edits(
+        encoder, train.captions, random.Random(config.seed), encoder.device, preparing
+    )
+    pairs = edit_pair_pool(edits, config.edit_kinds, train.text_to_image)
+    return TrainingData(train, FeatureTensors.of(feats, encoder.device), pools, edits, pairs)
+
+
+def _new_reranker(config: RerankerTrainConfig, encoder, tensors: FeatureTensors):
+    """A fresh re-ranker shaped for the encoder's tokens, its head at zero (see Reranker),
+    fused with stage 1 at the encoder's logit scale: trained as a correction of stage 1."""
+    from retrieval.reranker import Reranker, RerankerConfig
+
+    itc = float(encoder.model.logit_scale.exp())
+    rconfig = RerankerConfig(
+        token_dim=tensors.image_tokens.shape[2],
+        text_len=tensors.text_tokens.shape[1],
+        image_tokens=tensors.image_tokens.shape[1],
+        width=config.width,
+        layers=config.layers,
+        heads=config.heads,
+        image_layers=config.image_layers,
+        image_pool=config.image_pool,
+        image_token_layer=config.image_token_layer,
+        image_stem=config.image_stem,
+        token_alignment=config.token_alignment,
+        encoder=encoder.spec.canonical,
+        itc_weight=itc,
+        stage1_weight=itc,
+    )
+    return Reranker(rconfig).to(encoder.device)
+
+
+def _run_steps(config, model, optimizer, schedule, state, data, val, progress, validated):
+    """Train until `config.steps` (or `max_minutes`), validating and checkpointing every
+    `val_every` steps and at the end. The learning rate follows `steps` either way."""
+    import torch
+
+    rng = np.random.default_rng(config.seed + state.step)  # a resumed run draws fresh batches
+    deadline = time.monotonic() + 60 * config.max_minutes if config.max_minutes else None
+    model.train()
+    while state.step < config.steps:
+        started = time.monotonic()
+        loss, n_pairs = _step_loss(config, model, data, rng)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        state.step += 1
+        if progress:
+            progress(state.step, config.steps, loss.item(), n_pairs / (time.monotonic() - started))
+        out_of_time = deadline is not None and time.monotonic() >= deadline
+        if state.step % config.val_every == 0 or state.step == config.steps or out_of_time:
+            row = {"step": state.step, "loss": round(loss.item(), 4)}
+            if val is not None:
+                row.update(_validate(model, val, config.candidates))
+            state.history.append(row)
+            save_checkpoint(Path(config.out), model, optimizer, schedule, state)
+            write_train_log(config.out, config, state.history)
+            if validated:
+                validated(row)
+        if out_of_time:
+            break
+
+
+def _step_loss(config: RerankerTrainConfig, model, data: TrainingData, rng):
+    """One batch's loss: the listwise loss, plus the edit-pair loss when asked for.
+    -> (loss, number of pairs scored)."""
+    from retrieval.reranker import autocast
+
+    batch = draw_batch(data.train, data.pools, config, rng)
+    edited = data.edits.of(batch.captions)
+    with autocast(str(data.tensors.image_tokens.device)):  # bf16 on CUDA, off on the CPU
+        loss, n_pairs = listwise_loss(model, batch, edited, data.tensors)
+        if config.edit_pairs and len(data.edit_pairs.captions):
+            pairs = data.edit_pairs.draw(config.edit_pairs, rng)
+            pair_loss = edit_pair_loss(model, pairs, data.edits, data.tensors)
+            loss = loss + config.edit_weight * pair_loss
+            n_pairs += 2 * len(pairs.captions)
+    return loss, n_pairs
+
+
+def _validate(model, val, candidates: int) -> dict:
+    from evaluation.rerank_eval import quick_validation
+
+    model.eval()
+    row = quick_validation(model, val, candidates)
+    model.train()
+    return row
+
+
+def _calibrate(model, val, candidates: int, state: RerankerTrainState) -> dict:
+    """Set the final score's stage-1 weight to the validation sweep's best; -> its log entry."""
+    from evaluation.rerank_eval import best_fusion, fusion_sweep
+
+    sweep = fusion_sweep(model, val, candidates)
+    chosen = best_fusion(sweep)
+    model.config.stage1_weight = chosen["stage1_weight"]
+    state.fusion = chosen
+    return {"chosen": chosen, "sweep": sweep}
+
+
+def _validation_set(config: RerankerTrainConfig, encoder):
+    """(val split, its embeddings, encoder), or None when the data has no val split."""
+    from evaluation.datasets import load_dataset
+    from evaluation.embed_dataset import embed_dataset
+    from retrieval.errors import DatasetError
+
+    try:
+        val = load_dataset(config.data, config.images_root, split="val").head(config.val_images)
+    except DatasetError:
+        return None
+    return val, embed_dataset(encoder, val, token_layer=config.image_token_layer), encoder
