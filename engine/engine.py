@@ -7,8 +7,10 @@ an empty index) with its answers and never prints.
 Reading is safe from many threads:
   - `_state` guards the open index: a refresh never runs while a search reads FAISS or
     the stores, and the reads a search needs (stage 1, candidates' tokens) are short;
-  - `_compute` serialises model work (encoding, re-ranking): on a CPU, two forward
-    passes at once only compete for the same cores, so one at a time keeps latency flat.
+  - model work (encoding, re-ranking) runs on one thread of its own (`_models_thread`):
+    on a CPU, two forward passes at once only compete for the same cores, and the
+    allocator keeps one pool of tensor memory instead of one per request thread, so
+    memory stays flat under any number of concurrent requests.
 Freshness: every search first compares the database's generation (bumped by each
 commit of `xmr index`, `add-texts` and `compact`) and the stamps of the manifest and
 FAISS files with what the open index reflects; on a change it catches up before
@@ -87,6 +89,18 @@ class QueryInput:
         return terms
 
 
+class ModelThread:
+    """Runs model work, one call at a time, on a thread of its own: `thread(fn, *args)`."""
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmr-models")
+
+    def __call__(self, fn, *args):
+        return self._pool.submit(fn, *args).result()
+
+
 class _Snapshot:
     """An open, read-only index as of one committed state, and (built at the first search,
     so `info` loads no model) the searcher over it."""
@@ -114,7 +128,7 @@ class Engine:
         self.device = device
         self.reranker_choice = reranker
         self._state = threading.Lock()
-        self._compute = threading.Lock()
+        self._models_thread = ModelThread()
         self._snapshot: _Snapshot | None = None
         self._models: Models | None = None
 
@@ -292,7 +306,11 @@ class Engine:
             folder = snapshot.reranker.folder
             reranker = None if folder is None else self._models.reranker(folder)
             snapshot.searcher = Searcher(
-                snapshot.library, QueryEncoder(self._models), reranker, self._state, self._compute
+                snapshot.library,
+                QueryEncoder(self._models),
+                reranker,
+                self._state,
+                self._models_thread,
             )
         return snapshot.searcher
 

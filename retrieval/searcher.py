@@ -7,8 +7,9 @@ MAX_RERANK_DEPTH candidates are re-ranked: a query for more results gets the res
 stage-1 order, with a notice.
 
 A searcher may be shared by threads (the HTTP server): `state` guards reads of the index
-against a concurrent refresh, `compute` the model work; both come from the engine
-(engine/engine.py), which decides what needs serialising.
+against a concurrent refresh, and `compute(fn, *args)` runs the model work (by default
+right here); both come from the engine (engine/engine.py), which decides what needs
+serialising.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ class Searcher:
         self.encoder = encoder
         self.reranker = reranker
         self.state = state or contextlib.nullcontext()
-        self.compute = compute or contextlib.nullcontext()
+        self.compute = compute or _here  # compute(fn, *args): where model work runs
         reason = token_mismatch(library, reranker)
         if reason:
             raise InvalidModelSpec(f"{reason}; or search without re-ranking")
@@ -136,8 +137,7 @@ class Searcher:
         if not text.strip():
             raise InputError("empty query; give some words, or an image")
         started = time.perf_counter()
-        with self.compute:
-            encoded = self.encoder.encode_texts([text])
+        encoded = self.compute(self.encoder.encode_texts, [text])
         tokens = None if encoded.tokens is None else encoded.tokens[0]
         return Query(encoded.vectors[0], tokens, int(encoded.lengths[0]), "text", (), _ms(started))
 
@@ -232,8 +232,7 @@ class Searcher:
         texts = [t.value for t in terms if t.kind == "text"]
         encoded = None
         if texts:
-            with self.compute:
-                encoded = self.encoder.encode_texts(texts)
+            encoded = self.compute(self.encoder.encode_texts, texts)
         queries, n_text = [], 0
         for term in terms:
             if term.kind == "text":
@@ -264,8 +263,10 @@ class Searcher:
 
     def _encoded_image_query(self, pixels, exclude_id: int | None) -> Query:
         started = time.perf_counter()
-        with self.compute:  # its tokens from the vision block whose tokens the index stores
-            encoded = self.encoder.encode_images(pixels.unsqueeze(0), self.library.token_layer)
+        # its tokens from the vision block whose tokens the index stores
+        encoded = self.compute(
+            self.encoder.encode_images, pixels.unsqueeze(0), self.library.token_layer
+        )
         tokens = None if encoded.tokens is None else encoded.tokens[0]
         exclude = () if exclude_id is None else (exclude_id,)
         return Query(encoded.vectors[0], tokens, None, "image", exclude, _ms(started))
@@ -374,8 +375,7 @@ class Searcher:
         if inputs is None:
             return ranked
         rerank_started = time.perf_counter()
-        with self.compute:
-            logits = self._rerank(query, ids[:head], stage1[:head], *inputs)  # (K',)
+        logits = self.compute(self._rerank, query, ids[:head], stage1[:head], *inputs)  # (K',)
         # Past the re-ranked head, stage-1 order: ranked after every re-ranked item.
         tail = stage1[head:] - stage1[head:].max(initial=0) + logits.min(initial=0) - 1
         ranked.final = np.concatenate([logits, tail])
@@ -472,6 +472,10 @@ class Searcher:
                 hit.meta = json.loads(row.meta_json) if row.meta_json else {}
             hits.append(hit)
         return hits
+
+
+def _here(fn, *args):
+    return fn(*args)
 
 
 def _ms(started: float) -> float:
