@@ -21,7 +21,7 @@ def handle_errors(command):
         try:
             return command(*args, **kwargs)
         except XmrError as exc:
-            typer.echo(f"Error: {exc}", err=True)
+            typer.echo(f"Error: {exc}{_option_hint(exc)}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo(
@@ -33,3 +33,9 @@ def handle_errors(command):
             raise typer.Exit(0) from None
 
     return wrapper
+
+
+def _option_hint(exc) -> str:
+    """The command-line option behind the library's `setting`: token_pool -> (--token-pool)."""
+    setting = getattr(exc, "setting", None)
+    return f" (--{setting.replace('_', '-')})" if setting else ""

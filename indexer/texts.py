@@ -98,7 +98,8 @@ def _pick_field(path: Path, fields, text_field: str | None, where: str) -> str:
             return candidate
     raise InputError(
         f"{path}: {where} has no text field (looked for {', '.join(TEXT_FIELDS)}; it has: "
-        f"{', '.join(fields) or 'nothing'}); name it with --text-field"
+        f"{', '.join(fields) or 'nothing'}); name the text field",
+        setting="text_field",
     )
 
 

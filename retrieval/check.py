@@ -112,7 +112,7 @@ def _check_manifest(directory: Path, db: Database, add) -> dict | None:
                 MANIFEST_FILE,
                 "manifest",
                 f"{exc}; the database holds no copy",
-                "write a new one for --model MODEL and re-encode every item",
+                "write a new one for the model it was built with and re-encode every item",
             )
         )
         return None

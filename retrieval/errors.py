@@ -6,7 +6,15 @@ file or value at fault and say what to do instead.
 
 
 class XmrError(Exception):
-    """Base class of every error xmr reports to a user."""
+    """Base class of every error xmr reports to a user.
+
+    `setting` names the option that fixes it by its library name (`max_pixels`,
+    `token_pool`, ...); each face says it in its own words (the CLI as `--max-pixels`).
+    """
+
+    def __init__(self, message: str = "", *, setting: str | None = None):
+        super().__init__(message)
+        self.setting = setting
 
 
 class ModelNotAvailable(XmrError):
@@ -14,7 +22,7 @@ class ModelNotAvailable(XmrError):
 
 
 class InvalidModelSpec(XmrError):
-    """A `--model NAME[:PRETRAINED]` string that names nothing usable."""
+    """A model string `NAME[:PRETRAINED]` that names nothing usable."""
 
 
 class EncoderMismatch(XmrError):

@@ -43,7 +43,7 @@ def decode_image(path: str | bytes, preprocess, max_pixels: int = DEFAULT_MAX_PI
             if width * height > max_pixels:
                 raise DecodeError(
                     f"{width}x{height} = {width * height:,} pixels exceeds the limit of "
-                    f"{max_pixels:,} (raise it with --max-pixels)"
+                    f"{max_pixels:,}; raise the pixel limit to index it"
                 )
             _check_resized(width, height, preprocess)  # before a pixel is decoded
             fmt = image.format

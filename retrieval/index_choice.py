@@ -126,7 +126,7 @@ def resolve_choice(
         params["nlist"] = nlist_for(n_items)
     if requested == "ivfpq":
         params["pq_m"] = pq_subquantizers(dim)
-    return IndexChoice(requested, params, f"--index-type {requested}")
+    return IndexChoice(requested, params, f"index type {requested} as asked")
 
 
 def check_index_type(name: str) -> str:
@@ -199,7 +199,7 @@ def parse_size(text: str | int | None) -> int | None:
     number, unit = float(match.group(1)), match.group(2).lower()
     value = int(number * 1024 ** " kmgt".index(unit or " "))
     if value <= 0:
-        raise InputError(f"--max-memory must be positive, not '{text}'")
+        raise InputError(f"a memory budget must be positive, not '{text}'", setting="max_memory")
     return value
 
 

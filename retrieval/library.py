@@ -101,8 +101,8 @@ def stored_model_spec(directory: Path) -> str | None:
             if copy is not None and manifest_problem(copy) is None:
                 return copy["encoder"]["spec"]
     raise ManifestDamaged(
-        f"{damaged}, and the database holds no copy of it; give the model the index was "
-        "built with: --model MODEL"
+        f"{damaged}, and the database holds no copy of it; give the model the index was built with",
+        setting="model",
     )
 
 
@@ -221,8 +221,9 @@ class Library:
         directory = Path(directory).expanduser()
         if not (directory / MANIFEST_FILE).exists() and not (directory / DB_FILE).exists():
             raise IndexNotFound(
-                f"no xmr index at {directory}; build one with `xmr index FOLDER --index "
-                f"{directory}` (or set {INDEX_ENV})"
+                f"no xmr index at {directory}; build one there with `xmr index FOLDER`, "
+                f"or point to another index folder (or set {INDEX_ENV})",
+                setting="index",
             )
         lock = WriteLock.acquire(directory) if writable else None
         db = None
@@ -307,8 +308,9 @@ class Library:
             if token_pool not in (None, library.token_pool):
                 raise InputError(
                     f"index {directory} stores image tokens pooled {library.token_pool}x"
-                    f"{library.token_pool}; --token-pool {token_pool} needs a new --index "
-                    "(or leave the option out)"
+                    f"{library.token_pool}; a token pool of {token_pool} needs a new index "
+                    "folder (or leave the token pool unset)",
+                    setting="token_pool",
                 )
             library.set_policy(**policy_change)
         except BaseException:
@@ -338,7 +340,8 @@ class Library:
         if {k: v for k, v in stored.items() if k != "dim"} != comparable:
             raise EncoderMismatch(
                 f"index {self.directory} was built with model '{self.encoder_spec}', not "
-                f"'{_describe(identity)}'; use --model {self.encoder_spec} or another --index"
+                f"'{_describe(identity)}'; use model {self.encoder_spec} or another index folder",
+                setting="model",
             )
 
     def _collection(self, name, table, dim, token_shape, generation: int) -> Collection:
@@ -691,13 +694,13 @@ def reranker_config_mismatch(library: Library, config: dict, name: str) -> str |
         return (
             f"index {library.directory} stores image tokens pooled {pool}x{pool}, but "
             f"re-ranker {name} reads them pooled {wanted_pool}x{wanted_pool}; use one trained "
-            f"with --image-pool {pool}, or re-index without --token-pool"
+            f"on {pool}x{pool} pooled image tokens, or re-index without a token pool"
         )
     if wanted_layer != layer:
         return (
             f"index {library.directory} stores image tokens of {_block(layer)}, but re-ranker "
-            f"{name} reads {_block(wanted_layer)}; re-index into a new --index with this "
-            "re-ranker (xmr index --reranker)"
+            f"{name} reads {_block(wanted_layer)}; re-index into a new index folder with this "
+            "re-ranker"
         )
     return None
 
@@ -767,7 +770,8 @@ def _load_manifest(directory: Path, db: Database, writable: bool) -> tuple[dict,
         if copy is None or manifest_problem(copy) is not None:
             raise ManifestDamaged(
                 f"{exc}, and the database holds no copy of it; rebuild it with `xmr index "
-                "FOLDERS --model MODEL` (the model the index was built with)"
+                "FOLDERS` and the model the index was built with",
+                setting="model",
             ) from exc
         if not writable:
             return copy, [f"{exc}; using the database's copy (`xmr check --repair` restores it)"]

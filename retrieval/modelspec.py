@@ -76,7 +76,9 @@ def parse_model_spec(spec: str) -> ModelSpec:
     """Split and resolve a `NAME[:PRETRAINED]` string; raises InvalidModelSpec with the fix."""
     spec = spec.strip()
     if not spec:
-        raise InvalidModelSpec("empty --model; use NAME[:PRETRAINED], e.g. " + DEFAULT_MODEL)
+        raise InvalidModelSpec(
+            "empty model name; use NAME[:PRETRAINED], e.g. " + DEFAULT_MODEL, setting="model"
+        )
     name, _, pretrained = spec.partition(":")
     pretrained = pretrained.strip() or None
     if pretrained and pretrained.lower() == RANDOM_WEIGHTS:

@@ -91,7 +91,8 @@ def check_reranker_choice(choice: str) -> Path | None:
     folder = Path(choice).expanduser()
     if not folder.is_dir():
         raise InvalidModelSpec(
-            f"re-ranker folder {choice} does not exist; give the --out "
-            f"folder of `xmr train-reranker`, 'auto' or 'none'"
+            f"re-ranker folder {choice} does not exist; give the folder that "
+            f"`xmr train-reranker` wrote, 'auto' or 'none'",
+            setting="reranker",
         )
     return folder

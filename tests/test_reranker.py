@@ -392,8 +392,9 @@ def test_pooled_token_store_cuts_disk_and_serves_a_matching_reranker(tmp_path, e
         with pytest.raises(InvalidModelSpec, match="pooled 2x2"):
             Searcher(pooled, encoder, runtime(1))
         save_reranker(runtime(1).model, tmp_path / "rr1")
-    with pytest.raises(InputError, match="--token-pool 1 needs a new --index"):
+    with pytest.raises(InputError, match="a token pool of 1 needs a new index") as refused:
         Library.open_or_create(tmp_path / "pooled", encoder, token_pool=1)
+    assert refused.value.setting == "token_pool"  # the CLI names it --token-pool
     done = run_xmr(
         "search",
         "a red square",
@@ -403,7 +404,7 @@ def test_pooled_token_store_cuts_disk_and_serves_a_matching_reranker(tmp_path, e
         tmp_path / "rr1",
     )
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert "pooled 2x2" in done.stderr and "--image-pool 2" in done.stderr
+    assert "pooled 2x2" in done.stderr and "trained on 2x2 pooled image tokens" in done.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without")

@@ -83,8 +83,9 @@ def test_corpus_errors_name_the_file_and_line(tmp_path):
         read_corpus(not_obj)
     no_field = tmp_path / "nofield.jsonl"
     no_field.write_text('{"title": "x"}\n')
-    with pytest.raises(InputError, match="no text field .*--text-field"):
+    with pytest.raises(InputError, match="no text field .*name the text field") as missing:
         read_corpus(no_field)
+    assert missing.value.setting == "text_field"
     with pytest.raises(InputError, match="has no 'body' field; it has: title"):
         read_corpus(no_field, "body")
     no_column = tmp_path / "c.csv"
