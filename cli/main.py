@@ -28,6 +28,7 @@ app = typer.Typer(
     "image->text.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: "[default: 128]" is not markup
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
