@@ -9,7 +9,8 @@
 2. Text queries (the corpus's own captions) at concurrency 1 / 8 / 32, for stage 1 only
    and re-ranked at K = 16 and K = 128: each level runs --requests requests or --seconds,
    whichever ends first, over keep-alive connections. p50 / p99 latency, queries per
-   second, errors, and the server's RSS at start and end.
+   second, errors, and the server's RSS after each level. --passes repeats every level:
+   a server whose memory is flat ends the later passes where the first one ended.
 3. Cold `xmr search` wall time (new process each, median of --cold): through the running
    server, and in-process (--no-server); with --before, the same command of another xmr
    checkout (same index) beside them.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import subprocess
 import sys
@@ -169,6 +171,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400, help="per level and mode")
     parser.add_argument("--seconds", type=float, default=30.0, help="per level and mode")
     parser.add_argument("--cold", type=int, default=5, help="cold CLI runs per variant")
+    parser.add_argument("--passes", type=int, default=2, help="times every level runs")
     parser.add_argument("--before", type=Path, help="an older xmr checkout to compare")
     parser.add_argument("--out", type=Path, default=common.RESULTS)
     args = parser.parse_args()
@@ -181,27 +184,33 @@ def main() -> None:
         rss_start = rss_mib(process.pid)
         common.log(f"server {url} up, RSS {rss_start:.0f} MiB")
         load(url, captions, {}, 2, 20, 30)  # first requests of each kind pay one-time costs
-        for mode, params in MODES.items():
-            for clients in LEVELS:
-                latencies, errors, wall = load(
-                    url, captions, params, clients, args.requests, args.seconds
-                )
-                row = {
-                    "mode": mode,
-                    "clients": clients,
-                    "requests": len(latencies) + len(errors),
-                    "errors": len(errors),
-                    "p50_ms": percentile(latencies, 50),
-                    "p99_ms": percentile(latencies, 99),
-                    "qps": round(len(latencies) / wall, 1),
-                    "rss_mib": round(rss_mib(process.pid), 1),
-                    "first_error": errors[0] if errors else None,
-                }
-                rows.append(row)
-                common.log(
-                    f"{mode:>16} x{clients:<3} p50 {row['p50_ms']} ms  "
-                    f"p99 {row['p99_ms']} ms  {row['qps']} q/s  {row['errors']} errors"
-                )
+        rss_after_pass = []
+        for run, (mode, params), clients in itertools.product(
+            range(1, args.passes + 1), MODES.items(), LEVELS
+        ):
+            latencies, errors, wall = load(
+                url, captions, params, clients, args.requests, args.seconds
+            )
+            row = {
+                "pass": run,
+                "mode": mode,
+                "clients": clients,
+                "requests": len(latencies) + len(errors),
+                "errors": len(errors),
+                "p50_ms": percentile(latencies, 50),
+                "p99_ms": percentile(latencies, 99),
+                "qps": round(len(latencies) / wall, 1),
+                "rss_mib": round(rss_mib(process.pid), 1),
+                "first_error": errors[0] if errors else None,
+            }
+            rows.append(row)
+            common.log(
+                f"pass {run} {mode:>16} x{clients:<3} p50 {row['p50_ms']} ms  "
+                f"p99 {row['p99_ms']} ms  {row['qps']} q/s  {row['errors']} errors  "
+                f"RSS {row['rss_mib']:.0f} MiB"
+            )
+            if mode == list(MODES)[-1] and clients == LEVELS[-1]:
+                rss_after_pass.append(row["rss_mib"])
         rss_end = rss_mib(process.pid)
         query = captions[7]
         search = [xmr(), "search", query, "--index", str(index), "-k", "5"]
@@ -228,7 +237,11 @@ def main() -> None:
         "images": args.images,
         "url": url,
         "rows": rows,
-        "rss_mib": {"start": round(rss_start, 1), "end": round(rss_end, 1)},
+        "rss_mib": {
+            "start": round(rss_start, 1),
+            "after_each_pass": rss_after_pass,
+            "end": round(rss_end, 1),
+        },
         "cold_cli": {k: {x: y for x, y in v.items() if x != "output"} for k, v in cold.items()},
         "cold_outputs_identical": same,
         "aims_p50_ms": AIMS,
@@ -243,16 +256,16 @@ def markdown(data: dict) -> str:
         "HTTP on loopback",
         "",
         f"host: {data['host']['cpus']} CPUs, load average at start {data['host']['load_avg']}; "
-        f"server RSS {data['rss_mib']['start']:.0f} MiB at start, "
-        f"{data['rss_mib']['end']:.0f} MiB at the end",
+        f"server RSS {data['rss_mib']['start']:.0f} MiB at start; after each pass over "
+        f"every level: {', '.join(f'{m:.0f}' for m in data['rss_mib']['after_each_pass'])} MiB",
         "",
-        "| mode | clients | requests | errors | p50 ms | p99 ms | queries/s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| pass | mode | clients | requests | errors | p50 ms | p99 ms | queries/s | RSS MiB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in data["rows"]:
         lines.append(
-            f"| {r['mode']} | {r['clients']} | {r['requests']} | {r['errors']} | "
-            f"{r['p50_ms']} | {r['p99_ms']} | {r['qps']} |"
+            f"| {r['pass']} | {r['mode']} | {r['clients']} | {r['requests']} | {r['errors']} | "
+            f"{r['p50_ms']} | {r['p99_ms']} | {r['qps']} | {r['rss_mib']:.0f} |"
         )
     lines += ["", "Cold `xmr search` (a new process each, median wall time):", ""]
     lines += ["| variant | median s | runs |", "|---|---:|---|"]

@@ -87,7 +87,7 @@ def search(
     if query is None and image is None and not (like or add or sub):
         raise typer.BadParameter("give a text QUERY, --image PATH or --like ID")
     from cli.output import print_answer, print_notices
-    from engine.engine import QueryInput
+    from engine.query_input import QueryInput
 
     asked = QueryInput(
         text=query, image_path=image, like=tuple(like), add=tuple(add), sub=tuple(sub)

@@ -36,7 +36,8 @@ class DemoResult:
 def run_demo(
     workdir: Path, n_images: int = 300, candidates: int = 16, reporter=None, progress=None
 ) -> DemoResult:
-    from engine.engine import Engine, QueryInput
+    from engine.engine import Engine
+    from engine.query_input import QueryInput
     from evaluation.bench import BenchOptions, run_benchmark
     from evaluation.datasets import load_dataset
     from training.corpus import make_corpus

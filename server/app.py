@@ -30,7 +30,8 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.engine import Engine, QueryInput
+from engine.engine import Engine
+from engine.query_input import QueryInput
 from retrieval.errors import IndexNotFound, ItemNotFound, XmrError
 from retrieval.filters import SearchFilter
 from server.limits import UploadLimit

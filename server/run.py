@@ -13,6 +13,22 @@ from retrieval.errors import InputError
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 
 
+def _few_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread that allocates under contention an arena of its own and
+    rarely returns their memory: with dozens of request threads a long-running server's
+    RSS keeps climbing. Two arenas hold it flat at no measurable cost in latency."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "mallopt"):
+            libc.mallopt(-8, arenas)  # M_ARENA_MAX
+    except OSError:  # not glibc: its allocator decides
+        pass
+
+
 def is_loopback(host: str) -> bool:
     if host in LOOPBACK_NAMES:
         return True
@@ -57,6 +73,7 @@ def serve(
             f"a server for {index} already runs at {other.url} (pid {other.pid}); "
             "stop it first, or search through it"
         )
+    _few_malloc_arenas()
     engine = Engine(index, device)
     engine.info()  # a missing or unreadable index fails here, before the port opens
     loaded = engine.warm_up()

@@ -76,7 +76,7 @@ def test_every_planted_group_is_found_and_nothing_else(library):
 
 @pytest.mark.slow
 def test_dedup_folds_planted_copies_and_never_hides_a_distinct_image(library):
-    from engine.engine import QueryInput
+    from engine.query_input import QueryInput
 
     engine, planted, _ = library
     group_of = {path: frozenset(g) for g in planted for path in g}

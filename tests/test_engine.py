@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from conftest import index_with, indexed_paths, make_images, random_reranker
 
-from engine.engine import Engine, QueryInput
+from engine.engine import Engine
+from engine.query_input import QueryInput
 from retrieval.errors import InputError, ItemNotFound
 from retrieval.filters import SearchFilter
 

@@ -155,7 +155,7 @@ def test_caption_minus_red_plus_blue_moves_toward_blue_circles(scenes):
 def test_an_image_term_plus_a_text_term_returns_images_with_both(scenes):
     """The image's background and the text's object: the composite keeps the first
     nearly as well as the image alone and gets the second as well as the text alone."""
-    from engine.engine import QueryInput
+    from engine.query_input import QueryInput
 
     engine, images = scenes
     rng = random.Random(0)
@@ -185,7 +185,7 @@ def test_an_image_term_plus_a_text_term_returns_images_with_both(scenes):
 
 @pytest.mark.slow
 def test_the_reranker_reads_a_composite_only_through_one_positive_text(scenes):
-    from engine.engine import QueryInput
+    from engine.query_input import QueryInput
 
     engine, images = scenes
     path, image = next(iter(images.items()))
