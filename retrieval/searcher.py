@@ -207,7 +207,8 @@ class Searcher:
         ("like") and uploaded image terms, summed with their weights. One term alone is
         that term's own query. The re-ranker reads one query: with a composite, the single
         positive term of the other modality than `target` (a text for images, an image
-        for texts); without exactly one such term, stage 1 decides (`rerank_note`).
+        for texts); with several such terms, stage 1 decides (`rerank_note`); with none, the
+        query is text->text or image->image, which is never re-ranked.
         `upload`: (bytes, name, path hint) for an "upload" term."""
         if len(terms) == 1 and terms[0].weight == 1.0:
             return self._term_query(terms[0], upload)
@@ -221,6 +222,8 @@ class Searcher:
         if len(leads) == 1:
             lead = leads[0]
             return Query(vector, lead.tokens, lead.length, lead.kind, excluded, encode_ms)
+        if not leads:  # text->text or image->image: never re-ranked, nothing to say
+            return Query(vector, None, None, parts[0].kind, excluded, encode_ms)
         note = (
             f"this query combines terms; re-ranking needs exactly one positive {wanted} term "
             f"(it has {len(leads)}), so the order is stage 1's"

@@ -184,7 +184,7 @@ def test_an_image_term_plus_a_text_term_returns_images_with_both(scenes):
 
 
 @pytest.mark.slow
-def test_the_reranker_reads_a_composite_only_through_one_positive_text(scenes):
+def test_the_reranker_reads_a_composite_only_through_one_positive_text(scenes, tmp_path):
     from engine.query_input import QueryInput
 
     engine, images = scenes
@@ -198,6 +198,13 @@ def test_the_reranker_reads_a_composite_only_through_one_positive_text(scenes):
         "this query combines terms; re-ranking needs exactly one positive text term (it has "
         "2), so the order is stage 1's"
     ]
+    # Texts searched with texts only are never re-ranked: there is no re-ranking to miss.
+    corpus = tmp_path / "captions.txt"
+    corpus.write_text("\n".join(im["sentences"][0]["raw"] for im in images.values()) + "\n")
+    engine.add_texts(corpus)
+    among_texts = engine.search(f"{caption} - red + blue", target="texts", k=5)
+    assert len(among_texts.hits) == 5
+    assert not among_texts.reranked and among_texts.notices == []
     plain = engine.search(caption, k=5, rerank=False)
     weighted = engine.search("3:" + caption, k=5, rerank=False)  # one term: same direction
     assert [h.id for h in plain.hits] == [h.id for h in weighted.hits]
