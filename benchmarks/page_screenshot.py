@@ -3,9 +3,9 @@
     python benchmarks/page_screenshot.py --index /tmp/xmr-bench-serve/n10000/index \
         --query "A little blue square is below a big red circle." --out docs/images
 
-Starts `xmr serve` on a free loopback port, searches with the query (the search view),
-opens the first result and asks for more like it (the viewer, then the similar view), and
-saves each as PNG. The index is any xmr index; bench_serve.py builds a 10,000-image one.
+Starts `xmr serve` on a free loopback port, searches with the query, opens the first
+result and asks for more like it, and saves the search and the similar views as PNG.
+The index is any xmr index; bench_serve.py builds a 10,000-image one.
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ def main() -> None:
             page.click(".tile >> nth=0")
             page.wait_for_selector("#viewer:not([hidden])")
             page.wait_for_function("document.querySelector('#viewer-img').naturalWidth > 0")
-            _shoot(page, args.out / "serve-viewer.png")
             page.click("#more-like-this")
             page.wait_for_url("**like=**")
             page.wait_for_function(TILES_LOADED)
@@ -67,7 +66,7 @@ def main() -> None:
     finally:
         process.terminate()
         process.wait(timeout=60)
-    for name in ("serve-search.png", "serve-viewer.png", "serve-like.png"):
+    for name in ("serve-search.png", "serve-like.png"):
         print(args.out / name)
 
 
