@@ -16,6 +16,7 @@ from cli.options import (
     DeviceOption,
     IndexOption,
     IndexTypeOption,
+    JsonReportOption,
     MaxMemoryOption,
     ModelOption,
     QuietOption,
@@ -73,7 +74,7 @@ def index(
     max_memory: str = MaxMemoryOption,
     executor: str = ExecutorOption,
     actors: int = ActorsOption,
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    as_json: bool = JsonReportOption,
     quiet: bool = QuietOption,
 ):
     """Index every image under FOLDERS, incrementally (new, changed, moved, deleted)."""
@@ -122,7 +123,7 @@ def add_texts(
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     executor: str = ExecutorOption,
     actors: int = ActorsOption,
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    as_json: bool = JsonReportOption,
     quiet: bool = QuietOption,
 ):
     """Add a text corpus to the index (deduplicated; re-runs embed only what changed)."""

@@ -149,18 +149,12 @@ class Searcher:
         stat = path.stat()
         with self.library.db.session() as session:
             row = session.scalars(select(ImageRow).where(ImageRow.path == resolved)).first()
-        if (
+        unchanged = (
             row is not None
             and row.state == "indexed"
             and (row.size, row.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
-            and self.library.records_intact(self.library.images, row.id)
-        ):
-            return self._stored_query(row.id)
-        try:
-            pixels, *_ = decode_image(resolved, self.encoder.preprocess)
-        except DecodeError as exc:
-            raise InputError(f"cannot use {path} as a query: {exc}") from exc
-        return self._encoded_image_query(pixels, None if row is None else row.id)
+        )
+        return self._stored_or_encoded(row, unchanged, resolved, path)
 
     def upload_query(self, data: bytes, name: str = "upload", path_hint: str | None = None):
         """An image sent as bytes (an HTTP upload), answered as `image_query` answers for a
@@ -177,14 +171,16 @@ class Searcher:
                 row = session.scalars(
                     rows.where(ImageRow.content_hash == digest).order_by(ImageRow.id)
                 ).first()
-        if (
-            row is not None
-            and row.content_hash == digest
-            and self.library.records_intact(self.library.images, row.id)
-        ):
+        unchanged = row is not None and row.content_hash == digest
+        return self._stored_or_encoded(row, unchanged, data, name)
+
+    def _stored_or_encoded(self, row, unchanged: bool, source, name) -> Query:
+        """The stored vector of the indexed image `row` while `unchanged` and its records
+        are intact; else `source` (a path or bytes) decoded and encoded, `row` left out."""
+        if unchanged and self.library.records_intact(self.library.images, row.id):
             return self._stored_query(row.id)
         try:
-            pixels, *_ = decode_image(data, self.encoder.preprocess)
+            pixels, *_ = decode_image(source, self.encoder.preprocess)
         except DecodeError as exc:
             raise InputError(f"cannot use {name} as a query: {exc}") from exc
         return self._encoded_image_query(pixels, None if row is None else row.id)
