@@ -126,4 +126,4 @@ def test_xmr_index_stores_the_tokens_its_reranker_reads(tmp_path, tiny_spec, enc
     assert good.returncode == 0, good.stderr
     bad = run_xmr("search", "a red square", "--index", index, "--reranker", tmp_path / "rr_last")
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
-    assert "vision block 0" in bad.stderr and "re-index into a new --index" in bad.stderr
+    assert "vision block 0" in bad.stderr and "re-index into a new index folder" in bad.stderr
