@@ -222,7 +222,7 @@ class Library:
         if not (directory / MANIFEST_FILE).exists() and not (directory / DB_FILE).exists():
             raise IndexNotFound(
                 f"no xmr index at {directory}; build one there with `xmr index FOLDER`, "
-                f"or point to another index folder (or set {INDEX_ENV})",
+                f"set {INDEX_ENV}, or point to another index folder",
                 setting="index",
             )
         lock = WriteLock.acquire(directory) if writable else None
@@ -309,7 +309,7 @@ class Library:
                 raise InputError(
                     f"index {directory} stores image tokens pooled {library.token_pool}x"
                     f"{library.token_pool}; a token pool of {token_pool} needs a new index "
-                    "folder (or leave the token pool unset)",
+                    "folder; here, leave the token pool unset",
                     setting="token_pool",
                 )
             library.set_policy(**policy_change)
@@ -340,7 +340,8 @@ class Library:
         if {k: v for k, v in stored.items() if k != "dim"} != comparable:
             raise EncoderMismatch(
                 f"index {self.directory} was built with model '{self.encoder_spec}', not "
-                f"'{_describe(identity)}'; use model {self.encoder_spec} or another index folder",
+                f"'{_describe(identity)}'; use another index folder, or the model "
+                f"{self.encoder_spec}",
                 setting="model",
             )
 

@@ -306,7 +306,7 @@ def test_encoder_mismatch_is_refused_and_changes_nothing(cli, cli_index, other_s
         assert "random weights" not in result.output
         message = _error_line(result)
         assert f"built with model '{tiny_spec}'" in message
-        assert message.endswith("another index folder (--model)")  # setting, named as a flag
+        assert message.endswith(f"or the model {tiny_spec} (--model)")  # setting, as a flag
         assert str(Path(other_spec.split(":")[0]).resolve()) in message
         assert _snapshot(index_dir) == before
 
