@@ -33,7 +33,10 @@ def serve(
     """
     from server.run import serve as run_server
 
-    def ready(url: str, loaded: list[str]) -> None:
+    def ready(url: str, loaded: list[str], notices: list[str]) -> None:
+        from cli.output import print_notices
+
+        print_notices(notices)
         typer.echo(
             f"xmr serving {index_dir(index)} at {url}/  ({', '.join(loaded)} loaded)", err=True
         )

@@ -32,15 +32,12 @@ class RunningServer:
 
 def record(directory: Path, server: RunningServer) -> Path:
     """Announce `server` for the index in `directory` (readable by its owner only: it may
-    hold the token)."""
+    hold the token). Raises DiskFull or ReadOnlyIndex where the folder cannot take it."""
+    from retrieval.storage import atomic_write_bytes
+
     path = Path(directory) / SERVER_FILE
-    tmp = path.with_name(f".{SERVER_FILE}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"url": server.url, "pid": server.pid, "token": server.token}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    data = json.dumps({"url": server.url, "pid": server.pid, "token": server.token})
+    atomic_write_bytes(path, data.encode(), mode=0o600)  # DiskFull, ReadOnlyIndex
     return path
 
 

@@ -65,6 +65,7 @@ from retrieval.manifest import (
 from retrieval.storage import (
     atomic_write_bytes,
     disk_error,
+    disk_errors,
     move_aside,
     remove_temporaries,
 )
@@ -857,14 +858,9 @@ class WriteLock:
 
     @classmethod
     def acquire(cls, directory: Path) -> WriteLock:
-        try:
+        with disk_errors(directory):  # one line naming the folder
             directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            error = disk_error(exc, directory)  # one line naming the folder
-            if error is None:
-                raise
-            raise error from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:

@@ -15,6 +15,7 @@ cannot mount a small file system.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import tempfile
@@ -65,6 +66,19 @@ def disk_error(exc: BaseException, path: Path | str) -> XmrError | None:
     return None
 
 
+@contextlib.contextmanager
+def disk_errors(path: Path | str):
+    """Inside it, an OS error of writing `path` that a person can act on (a full disk, a
+    read-only folder) becomes its one-line DiskFull / ReadOnlyIndex; others pass."""
+    try:
+        yield
+    except OSError as exc:
+        error = disk_error(exc, path)
+        if error is None:
+            raise
+        raise error from exc
+
+
 class _Writer:
     """write(bytes) into an open file descriptor, buffered, every byte accounted for."""
 
@@ -88,30 +102,32 @@ class _Writer:
         self.buffer.clear()
 
 
-def atomic_write(path: Path, produce: Callable[[_Writer], None]) -> int:
+def atomic_write(path: Path, produce: Callable[[_Writer], None], mode: int | None = None) -> int:
     """Replace `path` with what `produce(writer)` writes; returns the bytes written.
 
     All or nothing: on any error the old file is untouched and no temporary is left.
+    `mode`: the new file's permissions (default: those of the file it replaces).
     """
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    with disk_errors(path):  # a full or read-only folder can refuse the temporary itself
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent
+        )
     tmp = Path(tmp_name)
     try:
-        try:
-            os.fchmod(fd, _mode_of(path))
-            writer = _Writer(fd)
-            produce(writer)
-            writer.drain()
-            os.fsync(fd)  # a delayed write error (NFS, full thin disk) surfaces here
-            size = os.fstat(fd).st_size
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException as exc:
+        with disk_errors(path):
+            try:
+                os.fchmod(fd, _mode_of(path) if mode is None else mode)
+                writer = _Writer(fd)
+                produce(writer)
+                writer.drain()
+                os.fsync(fd)  # a delayed write error (NFS, full thin disk) surfaces here
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        error = disk_error(exc, path)
-        if error is not None:
-            raise error from exc
         raise
     fsync_dir(path.parent)
     return size
@@ -125,8 +141,8 @@ def _mode_of(path: Path) -> int:
         return 0o666 & ~_UMASK
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> int:
-    return atomic_write(path, lambda writer: writer.write(data))
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> int:
+    return atomic_write(path, lambda writer: writer.write(data), mode)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -148,14 +164,9 @@ def allocate(fd: int, offset: int, length: int, path: Path) -> None:
     before they are written through a memory map; DiskFull when there is no room."""
     if length <= 0:
         return
-    try:
+    with disk_errors(path):
         _use_space()
         os.posix_fallocate(fd, offset, length)
-    except OSError as exc:
-        error = disk_error(exc, path)
-        if error is not None:
-            raise error from exc
-        raise
 
 
 def remove_temporaries(folder: Path) -> list[Path]:

@@ -8,7 +8,7 @@ import signal
 import socket
 from pathlib import Path
 
-from retrieval.errors import InputError
+from retrieval.errors import DiskFull, InputError, ReadOnlyIndex
 
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 
@@ -58,8 +58,9 @@ def serve(
     token: str | None = None,
     on_ready=None,
 ) -> None:
-    """Serve until interrupted. `on_ready(url, loaded)` is called once the models are warm
-    and the port is open; the server is announced in the index folder for `xmr search`."""
+    """Serve until interrupted. `on_ready(url, loaded, notices)` is called once the models
+    are warm and the port is open; the server is announced in the index folder for
+    `xmr search` where the folder can be written."""
     import uvicorn
 
     from engine import running
@@ -94,10 +95,17 @@ def serve(
     # uvicorn shuts down gracefully on SIGINT / SIGTERM, then raises the signal again with
     # the handlers it found: these end the run quietly, so the record is removed.
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    running.record(engine.directory, announced)
+    notices = []
+    try:
+        running.record(engine.directory, announced)
+    except (DiskFull, ReadOnlyIndex):  # a reader's folder: serve all the same, unannounced
+        notices.append(
+            f"{engine.directory} cannot be written, so `xmr search` there will not find this "
+            "server (it loads the models itself); the page and the API work"
+        )
     try:
         if on_ready is not None:
-            on_ready(url, loaded)
+            on_ready(url, loaded, notices)
         server.run(sockets=[sock])
     except _Stopped:
         pass

@@ -71,3 +71,39 @@ def test_readers_write_nothing(built, cli):
     before.pop("xmr.sqlite3-wal", None)
     assert after == before  # no lock file, no FAISS or sidecar written, database untouched
     assert wal[0] == 0  # and nothing went into the write-ahead log
+
+
+def test_a_read_only_index_is_served_unannounced(built, tmp_path):
+    """`xmr serve` is a reader: on a read-only mount it serves the page and the API, and
+    says why `xmr search` there will not find it (it cannot write its server.json)."""
+    import subprocess
+    import urllib.request
+
+    from conftest import XMR, xmr_env
+
+    view = tmp_path / "read-only"
+    with read_only_view(built[2], view) as failure:
+        if failure:
+            pytest.skip(f"cannot make a read-only bind mount here ({failure})")
+        server = subprocess.Popen(
+            [str(XMR), "serve", "--index", str(view), "--port", "0"],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=xmr_env(),
+        )
+        try:
+            lines = []
+            while not lines or not lines[-1].startswith("xmr serving"):
+                line = server.stderr.readline()
+                assert line, "".join(lines)  # it exited: the traceback is in the lines
+                lines.append(line)
+            url = lines[-1].split(" at ", 1)[1].split("/  ", 1)[0]
+            with urllib.request.urlopen(f"{url}/api/search?q=a+red+circle&k=3") as response:
+                assert len(json.loads(response.read())["results"]) == 3
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+        notes = [line for line in lines if line.startswith("note:")]
+        assert len(notes) == 1 and "`xmr search` there will not find this server" in notes[0]
+        assert "Traceback" not in "".join(lines)
+        assert not (view / "server.json").exists()
