@@ -57,7 +57,7 @@ def clustered(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, list[tuple[i
 
 def one_size(n: int, dim: int, threshold: float) -> dict:
     """Runs in its own process (see main)."""
-    from retrieval.duplicates import duplicate_groups
+    from xmr.retrieval.duplicates import duplicate_groups
 
     vectors, pairs = clustered(n, dim)
     started = time.perf_counter()
@@ -83,7 +83,7 @@ def one_size(n: int, dim: int, threshold: float) -> dict:
 
 
 def expression_overhead(index: Path, repeats: int) -> dict:
-    from engine.engine import Engine
+    from xmr.engine.engine import Engine
 
     engine = Engine(index)
     plain = "A big red circle on the left of a small blue square on a white background."

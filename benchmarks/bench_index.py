@@ -43,13 +43,13 @@ import faiss
 import numpy as np
 from common import RESULTS, log  # (also puts the repository on sys.path)
 
-from retrieval.index_choice import (  # noqa: E402
+from xmr.retrieval.index_choice import (  # noqa: E402
     FLAT_LIMIT,
     IndexChoice,
     possible_choices,
     resolve_choice,
 )
-from retrieval.index_types import (  # noqa: E402
+from xmr.retrieval.index_types import (  # noqa: E402
     build_tuned,
     faiss_params,
     overlap_recall,

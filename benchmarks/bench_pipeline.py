@@ -33,7 +33,7 @@ def encoder_alone(encoder, paths: list[Path], batch_size: int) -> dict:
     """Decode everything first (untimed), then time the encoder over the same batches."""
     import torch
 
-    from retrieval.imageio import decode_image
+    from xmr.retrieval.imageio import decode_image
 
     pixels = [decode_image(str(p), encoder.preprocess)[0] for p in paths]
     batches = [torch.stack(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
@@ -50,8 +50,8 @@ def encoder_alone(encoder, paths: list[Path], batch_size: int) -> dict:
 def index_run(encoder, folder: Path, batch_size: int, workers: int) -> dict:
     """One `index_folders` run into a fresh index; the model is loaded and warm (it ran
     `encoder_alone` first)."""
-    from indexer.images import IndexOptions, index_folders
-    from retrieval.library import Library
+    from xmr.indexer.images import IndexOptions, index_folders
+    from xmr.retrieval.library import Library
 
     tmp = Path(tempfile.mkdtemp(prefix="xmr-bench-index-"))
     try:
@@ -80,7 +80,7 @@ def _sync(encoder) -> None:
 
 
 def bench_model(spec: str, folder: Path, paths, device, batch_size: int, workers: int) -> dict:
-    from retrieval.encoder import load_encoder
+    from xmr.retrieval.encoder import load_encoder
 
     log(f"{spec}: loading on {device}")
     encoder = load_encoder(spec, device)
@@ -121,7 +121,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from retrieval.imageio import default_workers
+    from xmr.retrieval.imageio import default_workers
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=300)

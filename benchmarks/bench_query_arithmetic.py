@@ -41,8 +41,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--out", type=Path, default=common.RESULTS)
     args = parser.parse_args()
-    from engine.engine import Engine
-    from training.corpus import make_corpus
+    from xmr.engine.engine import Engine
+    from xmr.training.corpus import make_corpus
 
     with tempfile.TemporaryDirectory() as work:
         corpus = make_corpus(Path(work) / "corpus", args.scenes, seed=args.seed)

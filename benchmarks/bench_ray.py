@@ -38,8 +38,8 @@ from common import host, log, make_photos, publish  # noqa: E402
 
 def one_run(encoder, folder: Path, executor, batch_size: int, workers: int) -> tuple[int, float]:
     """Index `folder` into a fresh index: (images encoded, wall seconds)."""
-    from indexer.images import IndexOptions, index_folders
-    from retrieval.library import Library
+    from xmr.indexer.images import IndexOptions, index_folders
+    from xmr.retrieval.library import Library
 
     tmp = Path(tempfile.mkdtemp(prefix="xmr-bench-ray-"))
     try:
@@ -82,8 +82,8 @@ def main(argv=None) -> int:
     import ray
     import torch
 
-    from indexer.executor import Executor
-    from retrieval.encoder import load_encoder
+    from xmr.indexer.executor import Executor
+    from xmr.retrieval.encoder import load_encoder
 
     torch.set_num_threads(max(1, args.cpus))
     work = Path(tempfile.mkdtemp(prefix="xmr-bench-ray-photos-"))

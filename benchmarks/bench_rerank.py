@@ -33,8 +33,8 @@ def _runtimes(device: str):
     plain one of the same token shapes (the default RerankerConfig), and ViT-B-32's."""
     import torch
 
-    from retrieval.modelspec import SHIPPED_MODELS_DIR
-    from retrieval.reranker import Reranker, RerankerConfig, RerankerRuntime, load_reranker
+    from xmr.retrieval.modelspec import SHIPPED_MODELS_DIR
+    from xmr.retrieval.reranker import Reranker, RerankerConfig, RerankerRuntime, load_reranker
 
     shipped = SHIPPED_MODELS_DIR / "xmr-tiny" / "reranker"
     if shipped.is_dir():

@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import host, log, make_photos, median, publish  # noqa: E402
 
-from indexer.executor import Executor  # noqa: E402
-from retrieval.embedding import ImageBatch  # noqa: E402
-from retrieval.encoder import Encoded  # noqa: E402
-from retrieval.imageio import DecodedImage  # noqa: E402
+from xmr.indexer.executor import Executor  # noqa: E402
+from xmr.retrieval.embedding import ImageBatch  # noqa: E402
+from xmr.retrieval.encoder import Encoded  # noqa: E402
+from xmr.retrieval.imageio import DecodedImage  # noqa: E402
 
 MODEL = "ViT-B-32:none"
 
@@ -63,7 +63,7 @@ class Precomputed(Executor):
 
 
 def decode_rate(encoder, paths: list[Path]) -> float:
-    from retrieval.imageio import decode_image
+    from xmr.retrieval.imageio import decode_image
 
     started = time.perf_counter()
     for path in paths:
@@ -72,7 +72,7 @@ def decode_rate(encoder, paths: list[Path]) -> float:
 
 
 def hash_rate(folder: Path, files: int = 20, mib: int = 3) -> float:
-    from indexer.scan import content_hash
+    from xmr.indexer.scan import content_hash
 
     rng = np.random.default_rng(0)
     paths = []
@@ -87,8 +87,8 @@ def hash_rate(folder: Path, files: int = 20, mib: int = 3) -> float:
 
 
 def writer_rate(encoder, folder: Path, tokens: bool, batch_size: int = 64) -> float:
-    from indexer.images import IndexOptions, index_folders
-    from retrieval.library import Library
+    from xmr.indexer.images import IndexOptions, index_folders
+    from xmr.retrieval.library import Library
 
     work = Path(tempfile.mkdtemp(prefix="xmr-bench-writer-"))
     try:
@@ -111,8 +111,8 @@ def driver_bytes(folder: Path, n: int = 50_000) -> dict:
 
     from sqlalchemy import select
 
-    from indexer.scan import ScannedFile
-    from retrieval.db import Database, ImageRow
+    from xmr.indexer.scan import ScannedFile
+    from xmr.retrieval.db import Database, ImageRow
 
     names = [f"/data/photos/2019/07/IMG_{i:08d}.JPG" for i in range(n)]  # a camera's names
     tracemalloc.start()
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from retrieval.encoder import load_encoder
+    from xmr.retrieval.encoder import load_encoder
 
     torch.set_num_threads(1)
     encoder = load_encoder(MODEL, "cpu")

@@ -49,7 +49,7 @@ def build_index(work: Path, n_images: int) -> tuple[Path, list[str]]:
     corpus = work / "corpus"
     captions_file = corpus / "captions.json"
     if not captions_file.exists():
-        from training.corpus import make_corpus
+        from xmr.training.corpus import make_corpus
 
         common.log(f"generating {n_images} scenes")
         make_corpus(corpus, n_images, seed=4321, overwrite=True)

@@ -34,15 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_index import photo_like  # noqa: E402
 from common import host, log, publish  # noqa: E402
 
-from retrieval.arraystore import ArrayStore  # noqa: E402
-from retrieval.index_choice import resolve_choice  # noqa: E402
-from retrieval.index_types import (  # noqa: E402
+from xmr.retrieval.arraystore import ArrayStore  # noqa: E402
+from xmr.retrieval.index_choice import resolve_choice  # noqa: E402
+from xmr.retrieval.index_types import (  # noqa: E402
     build_tuned,
     faiss_params,
     overlap_recall,
     refine_exact,
 )
-from retrieval.vector_index import StoredVectors  # noqa: E402
+from xmr.retrieval.vector_index import StoredVectors  # noqa: E402
 
 DIM = 512
 
@@ -101,7 +101,7 @@ def build(mode: str, store: Path, n: int, shards: int, cpus: int, out: Path) -> 
     if mode == "sharded":
         import ray
 
-        from indexer.executor import Executor
+        from xmr.indexer.executor import Executor
 
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         map_shards = Executor("ray").map_shards()
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     log("exact top-10 of the queries")
     queries = photo_like(1000, DIM, seed=2)
     reader = StoredVectors(str(store_path), DIM)
-    from retrieval.index_types import exact_top_k
+    from xmr.retrieval.index_types import exact_top_k
 
     truth = exact_top_k(queries, np.arange(args.n, dtype=np.int64), reader, 10)[1]
     found = {mode: np.load(work / f"{mode}.npy") for mode in results}

@@ -68,7 +68,7 @@ class Chaos:
         self.operations: Counter = Counter()
         self.violations: list[dict] = []
         self.round = 0
-        from retrieval.encoder import load_encoder
+        from xmr.retrieval.encoder import load_encoder
 
         self.encoder = load_encoder(MODEL, "cpu")
 
@@ -241,9 +241,9 @@ class Chaos:
     def search_everything(self):
         """Every image by a text query (reader in this process); raises nothing but
         XmrError (a one-line error), or it counts as a traceback."""
-        from retrieval.errors import XmrError
-        from retrieval.library import Library
-        from retrieval.searcher import Searcher
+        from xmr.retrieval.errors import XmrError
+        from xmr.retrieval.library import Library
+        from xmr.retrieval.searcher import Searcher
 
         try:
             with Library.open(self.index) as library:
@@ -257,10 +257,10 @@ class Chaos:
             return None
 
     def check_invariant(self) -> None:
-        from retrieval.check import check_index
-        from retrieval.db import ImageRow
-        from retrieval.library import Library
-        from retrieval.searcher import Searcher
+        from xmr.retrieval.check import check_index
+        from xmr.retrieval.db import ImageRow
+        from xmr.retrieval.library import Library
+        from xmr.retrieval.searcher import Searcher
 
         on_disk = {str(p) for p in self.files()}
         with Library.open(self.index) as library:

@@ -52,8 +52,8 @@ def generate(folder: Path, n: int) -> None:
 def encoder_alone(paths: list[Path], batch_size: int, device: str) -> dict:
     import torch
 
-    from retrieval.encoder import load_encoder
-    from retrieval.imageio import decode_batches
+    from xmr.retrieval.encoder import load_encoder
+    from xmr.retrieval.imageio import decode_batches
 
     encoder = load_encoder(MODEL, device)
     log(f"decoding {len(paths)} images for the encoder-alone run (untimed)")
@@ -121,7 +121,7 @@ def reranker_latency(device: str, ks=(16, 64, 128), repeats: int = 50) -> dict:
     import torch
     from bench_rerank import latency_ms
 
-    from retrieval.reranker import Reranker, RerankerConfig, RerankerRuntime
+    from xmr.retrieval.reranker import Reranker, RerankerConfig, RerankerRuntime
 
     config = RerankerConfig(token_dim=512, text_len=77, image_tokens=49)
     torch.manual_seed(0)

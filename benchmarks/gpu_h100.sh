@@ -88,7 +88,7 @@ if [[ "${1:-}" == "--train-reranker" ]]; then
         ${EXTRA[@]+"${EXTRA[@]}"} 2>&1 | tee "$OUT/train_reranker.log"
     for k in ${KS:-16 128}; do
         echo "== bench K=$k: $(date -u +%T) =="
-        "$PY" -m cli.main bench "$WORK/eval-${EVAL_IMAGES:-10000}-1234/captions.json" \
+        "$PY" -m xmr.cli.main bench "$WORK/eval-${EVAL_IMAGES:-10000}-1234/captions.json" \
             --model xmr-tiny --reranker "$OUT/reranker" --candidates "$k" --device "${DEVICE:-cuda}" \
             --json "$OUT/bench_k$k.json" --report "$OUT/bench_k$k.md" 2>&1 | tee "$OUT/bench_k$k.log"
     done

@@ -35,7 +35,7 @@ CANDIDATES = 16  # stage-1 depth re-ranked, as in the README's tables
 
 def make_corpora(work: Path, args) -> tuple[Path, Path]:
     """The training corpus and the evaluation corpus (reused when already written)."""
-    from training.corpus import make_corpus
+    from xmr.training.corpus import make_corpus
 
     workers = max(1, (os.cpu_count() or 2) - 1)
     paths = []
@@ -50,7 +50,7 @@ def make_corpora(work: Path, args) -> tuple[Path, Path]:
 
 def train_one(source: str, data: Path, work: Path, args):
     """Train a re-ranker on `source` tokens with xmr's trainer -> (folder, state, seconds)."""
-    from training.reranker_training import RerankerTrainConfig, train_reranker
+    from xmr.training.reranker_training import RerankerTrainConfig, train_reranker
 
     config = RerankerTrainConfig(
         data=str(data),
@@ -92,8 +92,8 @@ def train_one(source: str, data: Path, work: Path, args):
 
 def judge(folder: Path, test, encoder) -> dict:
     """`xmr bench --candidates 16` on the test split, with the re-ranker in `folder`."""
-    from evaluation.bench import BenchOptions, run_benchmark
-    from retrieval.reranker import load_reranker
+    from xmr.evaluation.bench import BenchOptions, run_benchmark
+    from xmr.retrieval.reranker import load_reranker
 
     runtime = load_reranker(folder, encoder, encoder.device)
     return run_benchmark(test, encoder, runtime, BenchOptions(candidates=CANDIDATES))
@@ -159,9 +159,9 @@ def main() -> None:
 
     import torch
 
-    from evaluation.datasets import load_dataset
-    from retrieval.encoder import load_encoder
-    from retrieval.reranker import load_reranker, save_reranker
+    from xmr.evaluation.datasets import load_dataset
+    from xmr.retrieval.encoder import load_encoder
+    from xmr.retrieval.reranker import load_reranker, save_reranker
 
     data, eval_data = make_corpora(args.work, args)
     encoder = load_encoder("xmr-tiny", args.device)

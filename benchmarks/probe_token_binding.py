@@ -42,7 +42,7 @@ def _token_sources(encoder, dataset) -> dict[str, np.ndarray]:
     """name -> (n_images, N, width) float16 patch tokens, CLS dropped."""
     import torch
 
-    from retrieval.imageio import DEFAULT_MAX_PIXELS, decode_batches, default_workers
+    from xmr.retrieval.imageio import DEFAULT_MAX_PIXELS, decode_batches, default_workers
 
     visual = encoder.model.visual
     blocks = visual.transformer.resblocks
@@ -139,8 +139,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from evaluation.datasets import load_dataset
-    from retrieval.encoder import load_encoder
+    from xmr.evaluation.datasets import load_dataset
+    from xmr.retrieval.encoder import load_encoder
 
     encoder = load_encoder(args.model, "cpu")
     dataset = load_dataset(args.annotation, None, split="train").head(args.images)

@@ -54,9 +54,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=300, help="val images probed")
     args = parser.parse_args()
 
-    from evaluation.datasets import load_dataset
-    from evaluation.embed_dataset import embed_dataset
-    from retrieval.encoder import load_encoder
+    from xmr.evaluation.datasets import load_dataset
+    from xmr.evaluation.embed_dataset import embed_dataset
+    from xmr.retrieval.encoder import load_encoder
 
     encoder = load_encoder(args.model, "cpu")
     val = load_dataset(args.data, split="val").head(args.images)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import typer
 
-from cli.errors import handle_errors
-from cli.options import DeviceOption, QuietOption
+from xmr.cli.errors import handle_errors
+from xmr.cli.options import DeviceOption, QuietOption
 
 
 @handle_errors
@@ -43,11 +43,11 @@ def bench(
     quiet: bool = QuietOption,
 ):
     """Recall@1/5/10 both ways (CLIP-paper definition), per stage, plus hard negatives."""
-    from evaluation.bench import BenchOptions, run_benchmark
-    from evaluation.bench_report import markdown_report, plot_curves
-    from evaluation.datasets import load_dataset
-    from retrieval.encoder import load_encoder
-    from retrieval.reranker import resolve_reranker
+    from xmr.evaluation.bench import BenchOptions, run_benchmark
+    from xmr.evaluation.bench_report import markdown_report, plot_curves
+    from xmr.evaluation.datasets import load_dataset
+    from xmr.retrieval.encoder import load_encoder
+    from xmr.retrieval.reranker import resolve_reranker
 
     dataset = load_dataset(data, images_root, split=None if split == "all" else split)
     if limit is not None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from cli.errors import handle_errors
-from cli.options import (
+from xmr.cli.errors import handle_errors
+from xmr.cli.options import (
     DeviceOption,
     IndexOption,
     JsonReportOption,
@@ -34,9 +34,9 @@ def check(
     """Verify an index: SQLite integrity, the manifest's schema, every store against its
     ids and every vector's norm, FAISS against the database. Exit status 1 while problems
     remain. --model only matters when the manifest is lost with no copy to restore."""
-    from cli.output import json_text, print_notices
-    from cli.progress import BarReporter
-    from engine.writes import check_or_repair
+    from xmr.cli.output import json_text, print_notices
+    from xmr.cli.progress import BarReporter
+    from xmr.engine.writes import check_or_repair
 
     done = check_or_repair(
         index_dir(index), repair=repair, model=model, device=device, reporter=BarReporter(quiet)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import typer
 
-from cli.errors import handle_errors
-from cli.options import QuietOption
+from xmr.cli.errors import handle_errors
+from xmr.cli.options import QuietOption
 
 
 @handle_errors
@@ -28,9 +28,9 @@ def demo(
     quiet: bool = QuietOption,
 ):
     """Generate a corpus, index it with xmr-tiny, run queries, print recall@k (offline)."""
-    from cli.progress import BarReporter
-    from engine.demo import run_demo
-    from evaluation.bench_report import markdown_report
+    from xmr.cli.progress import BarReporter
+    from xmr.engine.demo import run_demo
+    from xmr.evaluation.bench_report import markdown_report
 
     started = time.monotonic()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="xmr-demo-"))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from cli.errors import handle_errors
-from cli.options import IndexOption, index_dir
+from xmr.cli.errors import handle_errors
+from xmr.cli.options import IndexOption, index_dir
 
 
 @handle_errors
@@ -31,8 +31,8 @@ def duplicates(
     ),
 ):
     """Groups of near-duplicate images across the index, biggest groups first."""
-    from cli.output import human_bytes
-    from engine.engine import Engine
+    from xmr.cli.output import human_bytes
+    from xmr.engine.engine import Engine
 
     groups = Engine(index_dir(index)).duplicates(threshold, [str(p) for p in under])
     if as_json:

@@ -14,7 +14,7 @@ def handle_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from retrieval.errors import XmrError
+        from xmr.retrieval.errors import XmrError
 
         # open_clip logs through the root logger; users see our messages, not its chatter.
         logging.getLogger().setLevel(logging.CRITICAL)

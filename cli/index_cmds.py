@@ -8,8 +8,8 @@ from pathlib import Path
 
 import typer
 
-from cli.errors import handle_errors
-from cli.options import (
+from xmr.cli.errors import handle_errors
+from xmr.cli.options import (
     IndexOption,
     IndexTypeOption,
     JsonReportOption,
@@ -39,8 +39,8 @@ def executor_from_option(text: str, actors: int | None = None):
     """--executor TEXT [--actors N] -> indexer.executor.Executor; fails before any work."""
     from dataclasses import replace
 
-    from indexer.executor import parse_executor
-    from retrieval.errors import InputError
+    from xmr.indexer.executor import parse_executor
+    from xmr.retrieval.errors import InputError
 
     executor = parse_executor(text)
     if actors is not None and executor.kind != "ray":
@@ -70,9 +70,9 @@ def compact(
     re-tune, or switch type (--index-type hnsw); free the disk space of deleted items'
     vectors and tokens. Nothing is re-encoded. `--index-type ivfpq --shards N
     --executor ray` builds a large index on a Ray cluster."""
-    from cli.output import human_bytes, print_notices
-    from cli.progress import BarReporter
-    from engine.writes import compact_index
+    from xmr.cli.output import human_bytes, print_notices
+    from xmr.cli.progress import BarReporter
+    from xmr.engine.writes import compact_index
 
     done = compact_index(
         index_dir(index),

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import typer
 
-from cli.errors import handle_errors
-from cli.index_cmds import ActorsOption, ExecutorOption, executor_from_option
-from cli.options import (
+from xmr.cli.errors import handle_errors
+from xmr.cli.index_cmds import ActorsOption, ExecutorOption, executor_from_option
+from xmr.cli.options import (
     DeviceOption,
     IndexOption,
     IndexTypeOption,
@@ -78,11 +78,11 @@ def index(
     quiet: bool = QuietOption,
 ):
     """Index every image under FOLDERS, incrementally (new, changed, moved, deleted)."""
-    from cli.output import print_report
-    from cli.progress import BarReporter
-    from engine.writes import index_images
-    from indexer.images import IndexOptions
-    from retrieval.imageio import DEFAULT_MAX_PIXELS, default_workers
+    from xmr.cli.output import print_report
+    from xmr.cli.progress import BarReporter
+    from xmr.engine.writes import index_images
+    from xmr.indexer.images import IndexOptions
+    from xmr.retrieval.imageio import DEFAULT_MAX_PIXELS, default_workers
 
     run_on = executor_from_option(executor, actors)  # a bad value fails before any work
     options = IndexOptions(
@@ -127,9 +127,9 @@ def add_texts(
     quiet: bool = QuietOption,
 ):
     """Add a text corpus to the index (deduplicated; re-runs embed only what changed)."""
-    from cli.output import print_report
-    from cli.progress import BarReporter
-    from engine.writes import add_text_corpus
+    from xmr.cli.output import print_report
+    from xmr.cli.progress import BarReporter
+    from xmr.engine.writes import add_text_corpus
 
     run_on = executor_from_option(executor, actors)
     report = add_text_corpus(
@@ -153,8 +153,8 @@ def info(
 ):
     """What an index holds: counts, model, sizes on disk."""
 
-    from cli.output import human_bytes, json_text, print_notices
-    from engine.engine import Engine
+    from xmr.cli.output import human_bytes, json_text, print_notices
+    from xmr.engine.engine import Engine
 
     data = Engine(index_dir(index)).info()
     print_notices(data["notices"])
@@ -175,7 +175,7 @@ def info(
     kept = data["reranker_features"]
     if kept:
         typer.echo(f"features: {kept['reranker']} {kept['shape']} (re-ranker image features)")
-    from cli.output import describe_index
+    from xmr.cli.output import describe_index
 
     typer.echo(f"faiss:    {describe_index(data['index'])}")
     typer.echo(f"on disk:  {human_bytes(data['bytes_total'])}")
@@ -183,7 +183,7 @@ def info(
         typer.echo(f"  {name:<24} {human_bytes(size):>10}")
 
 
-from cli import (  # noqa: E402 (after the core commands)
+from xmr.cli import (  # noqa: E402 (after the core commands)
     bench_cmd,
     check_cmd,
     demo_cmd,
@@ -209,7 +209,7 @@ app.command("check")(check_cmd.check)
 def run() -> None:
     import sys
 
-    from cli.output import install_escaping
+    from xmr.cli.output import install_escaping
 
     install_escaping()
     app(args=_optional_values(sys.argv[1:]))
@@ -218,7 +218,7 @@ def run() -> None:
 def _optional_values(argv: list[str]) -> list[str]:
     """`--dedup` takes an optional value (`--dedup` or `--dedup 0.9`), which typer cannot
     declare: the default is filled in before parsing."""
-    from cli.search_cmd import DEDUP_DEFAULT
+    from xmr.cli.search_cmd import DEDUP_DEFAULT
 
     out = []
     for i, arg in enumerate(argv):

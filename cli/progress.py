@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from indexer.report import Reporter
+from xmr.indexer.report import Reporter
 
 
 class BarReporter(Reporter):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import typer
 
-from cli.errors import handle_errors
-from cli.options import DeviceOption, IndexOption, index_dir
+from xmr.cli.errors import handle_errors
+from xmr.cli.options import DeviceOption, IndexOption, index_dir
 
 DEDUP_DEFAULT = 0.95  # `--dedup` alone: cosine at which two results are one picture
 
@@ -86,8 +86,8 @@ def search(
     """
     if query is None and image is None and not (like or add or sub):
         raise typer.BadParameter("give a text QUERY, --image PATH or --like ID")
-    from cli.output import print_answer, print_notices
-    from engine.query_input import QueryInput
+    from xmr.cli.output import print_answer, print_notices
+    from xmr.engine.query_input import QueryInput
 
     asked = QueryInput(
         text=query, image_path=image, like=tuple(like), add=tuple(add), sub=tuple(sub)
@@ -118,8 +118,8 @@ def search(
 
 def _through_server(directory: Path, asked, request: dict) -> dict | None:
     """The running server's answer, or None when no server serves this index."""
-    from engine import running
-    from retrieval.errors import InputError
+    from xmr.engine import running
+    from xmr.retrieval.errors import InputError
 
     server = running.find(directory)
     if server is None:
@@ -140,7 +140,7 @@ def _through_server(directory: Path, asked, request: dict) -> dict | None:
 
 
 def _read_query_image(path: Path) -> bytes:
-    from retrieval.errors import InputError
+    from xmr.retrieval.errors import InputError
 
     if not path.exists():
         raise InputError(f"query image {path} does not exist")
@@ -150,8 +150,8 @@ def _read_query_image(path: Path) -> bytes:
 
 
 def _in_process(directory: Path, asked, request: dict, device, reranker) -> dict:
-    from engine.engine import Engine
-    from retrieval.filters import SearchFilter
+    from xmr.engine.engine import Engine
+    from xmr.retrieval.filters import SearchFilter
 
     where = SearchFilter.parse(
         request["under"], request["after"], request["before"], request["ext"]

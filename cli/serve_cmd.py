@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from cli.errors import handle_errors
-from cli.options import DeviceOption, IndexOption, index_dir
+from xmr.cli.errors import handle_errors
+from xmr.cli.options import DeviceOption, IndexOption, index_dir
 
 
 @handle_errors
@@ -31,10 +31,10 @@ def serve(
 
     `xmr search` on the same index asks this server while it runs (no model loading).
     """
-    from server.run import serve as run_server
+    from xmr.server.run import serve as run_server
 
     def ready(url: str, loaded: list[str], notices: list[str]) -> None:
-        from cli.output import print_notices
+        from xmr.cli.output import print_notices
 
         print_notices(notices)
         typer.echo(

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import typer
 
-from cli.errors import handle_errors
-from cli.options import DeviceOption, QuietOption, ThreadsOption
+from xmr.cli.errors import handle_errors
+from xmr.cli.options import DeviceOption, QuietOption, ThreadsOption
 
 
 def _encoder_row(row: dict) -> str:
@@ -107,7 +107,7 @@ def make_corpus(
     quiet: bool = QuietOption,
 ):
     """Generate a compositional shapes corpus (Karpathy format, with ARO-style negatives)."""
-    from training.corpus import make_corpus as run_make_corpus
+    from xmr.training.corpus import make_corpus as run_make_corpus
 
     with _bar(images, "rendering", quiet) as bar:
 
@@ -144,8 +144,8 @@ def train_encoder(
     quiet: bool = QuietOption,
 ):
     """Contrastive training (open_clip ClipLoss); resumes from OUT/checkpoints/last.pt."""
-    from training.encoder_training import EncoderTrainConfig
-    from training.encoder_training import train_encoder as run_train
+    from xmr.training.encoder_training import EncoderTrainConfig
+    from xmr.training.encoder_training import train_encoder as run_train
 
     config = _config(EncoderTrainConfig, locals())
     report = _TrainingReport(quiet, "training", "images", "img_s", _encoder_row)
@@ -211,8 +211,8 @@ def train_reranker(
     quiet: bool = QuietOption,
 ):
     """Train the cross-attention re-ranker (ITM with hard negatives); resumes from OUT."""
-    from training.reranker_training import RerankerTrainConfig
-    from training.reranker_training import train_reranker as run_train
+    from xmr.training.reranker_training import RerankerTrainConfig
+    from xmr.training.reranker_training import train_reranker as run_train
 
     config = _config(RerankerTrainConfig, locals())
     report = _TrainingReport(quiet, "training re-ranker", "pairs", "pairs_s", _reranker_row)

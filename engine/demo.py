@@ -36,11 +36,11 @@ class DemoResult:
 def run_demo(
     workdir: Path, n_images: int = 300, candidates: int = 16, reporter=None, progress=None
 ) -> DemoResult:
-    from engine.engine import Engine
-    from engine.query_input import QueryInput
-    from evaluation.bench import BenchOptions, run_benchmark
-    from evaluation.datasets import load_dataset
-    from training.corpus import make_corpus
+    from xmr.engine.engine import Engine
+    from xmr.engine.query_input import QueryInput
+    from xmr.evaluation.bench import BenchOptions, run_benchmark
+    from xmr.evaluation.datasets import load_dataset
+    from xmr.training.corpus import make_corpus
 
     workdir = Path(workdir)
     corpus = make_corpus(workdir / "corpus", n_images, DEMO_SEED, overwrite=True)

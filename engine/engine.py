@@ -22,20 +22,20 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from engine import writes
-from engine.models import (
+from xmr.engine import writes
+from xmr.engine.models import (
     Models,
     QueryEncoder,
     RerankerChoice,
     choose_reranker,
     random_weights_notice,
 )
-from engine.query_input import QueryInput
-from retrieval.errors import InputError, ItemNotFound
-from retrieval.filters import SearchFilter
-from retrieval.library import Library
-from retrieval.locations import default_index_dir
-from retrieval.searcher import TARGETS, Answer, Searcher
+from xmr.engine.query_input import QueryInput
+from xmr.retrieval.errors import InputError, ItemNotFound
+from xmr.retrieval.filters import SearchFilter
+from xmr.retrieval.library import Library
+from xmr.retrieval.locations import default_index_dir
+from xmr.retrieval.searcher import TARGETS, Answer, Searcher
 
 _INDEX_FILES = ("manifest.json", "images.faiss.json", "texts.faiss.json")
 EXAMPLES_FILE = "examples.txt"  # a shipped model's sentences it answers well, one a line
@@ -123,7 +123,7 @@ class Engine:
 
     def info(self) -> dict:
         """What `xmr info --json` prints: counts, model, types and sizes on disk."""
-        from retrieval.stats import index_info
+        from xmr.retrieval.stats import index_info
 
         snapshot = self._current()
         with self._state:
@@ -135,8 +135,8 @@ class Engine:
         import numpy as np
         from sqlalchemy import select
 
-        from retrieval.db import ImageRow
-        from retrieval.duplicates import PixelCheck, duplicate_groups
+        from xmr.retrieval.db import ImageRow
+        from xmr.retrieval.duplicates import PixelCheck, duplicate_groups
 
         if not 0 < threshold <= 1:
             raise InputError(f"threshold {threshold} must be above 0 and at most 1")
@@ -175,7 +175,7 @@ class Engine:
         was meant to match), else the model's shipped examples, else generic photo queries."""
         from sqlalchemy import func, select
 
-        from retrieval.db import ImageRow, TextRow
+        from xmr.retrieval.db import ImageRow, TextRow
 
         library = self._current().library
         with library.db.session() as session:
@@ -201,7 +201,7 @@ class Engine:
 
     def image_path(self, image_id: int) -> Path:
         """The file of an indexed image (the server serves files by id, never by path)."""
-        from retrieval.db import ImageRow
+        from xmr.retrieval.db import ImageRow
 
         library = self._current().library
         with library.db.session() as session:

@@ -13,16 +13,16 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrieval.errors import InvalidModelSpec
-from retrieval.library import Library, reranker_config_mismatch
-from retrieval.modelspec import ModelSpec, parse_model_spec
-from retrieval.reranker_files import (
+from xmr.retrieval.errors import InvalidModelSpec
+from xmr.retrieval.library import Library, reranker_config_mismatch
+from xmr.retrieval.modelspec import ModelSpec, parse_model_spec
+from xmr.retrieval.reranker_files import (
     check_reranker_choice,
     folder_config,
     reranker_folder,
     reranker_name,
 )
-from retrieval.token_pooling import pooled_count
+from xmr.retrieval.token_pooling import pooled_count
 
 QUIET_RANDOM_ENV = "XMR_NO_RANDOM_WARNING"  # set by the test suite, where every model is random
 
@@ -96,7 +96,7 @@ class Models:
     def text_encoder(self):
         with self._lock:
             if self._full is None and self._text is None:
-                from retrieval.encoder import Encoder, load_text_encoder
+                from xmr.retrieval.encoder import Encoder, load_text_encoder
 
                 encoder = load_text_encoder(self.spec, self.device)
                 if isinstance(encoder, Encoder):  # random weights: drawn as the whole model
@@ -108,7 +108,7 @@ class Models:
     def encoder(self):
         with self._lock:
             if self._full is None:
-                from retrieval.encoder import load_encoder
+                from xmr.retrieval.encoder import load_encoder
 
                 self._full = load_encoder(self.spec, self.device)
                 self._text = None  # both towers now serve text queries too
@@ -117,7 +117,7 @@ class Models:
     def reranker(self, folder: Path):
         with self._lock:
             if folder not in self._rerankers:
-                from retrieval.reranker import load_reranker
+                from xmr.retrieval.reranker import load_reranker
 
                 self._rerankers[folder] = load_reranker(folder, None, self.device)
             return self._rerankers[folder]

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrieval.errors import InputError
-from retrieval.query_language import Term, parse, parse_term
+from xmr.retrieval.errors import InputError
+from xmr.retrieval.query_language import Term, parse, parse_term
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ class RunningServer:
 def record(directory: Path, server: RunningServer) -> Path:
     """Announce `server` for the index in `directory` (readable by its owner only: it may
     hold the token). Raises DiskFull or ReadOnlyIndex where the folder cannot take it."""
-    from retrieval.storage import atomic_write_bytes
+    from xmr.retrieval.storage import atomic_write_bytes
 
     path = Path(directory) / SERVER_FILE
     data = json.dumps({"url": server.url, "pid": server.pid, "token": server.token})

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.models import random_weights_notice
-from retrieval.errors import InputError
-from retrieval.library import Library, reranker_config_mismatch
-from retrieval.modelspec import DEFAULT_MODEL
+from xmr.engine.models import random_weights_notice
+from xmr.retrieval.errors import InputError
+from xmr.retrieval.library import Library, reranker_config_mismatch
+from xmr.retrieval.modelspec import DEFAULT_MODEL
 
 
 @dataclass
@@ -27,14 +27,14 @@ def model_for_index(directory: Path, model: str | None) -> str:
     database's copy of it), else the default."""
     if model:
         return model
-    from retrieval.library import stored_model_spec
+    from xmr.retrieval.library import stored_model_spec
 
     return stored_model_spec(directory) or DEFAULT_MODEL
 
 
 def check_index_policy(index_type: str | None, max_memory: str | None) -> None:
     """Refuse a bad index type or memory budget before any model or index is touched."""
-    from retrieval.index_choice import check_index_type, parse_size
+    from xmr.retrieval.index_choice import check_index_type, parse_size
 
     if index_type is not None:
         check_index_type(index_type)
@@ -61,9 +61,9 @@ def index_images(
     `reranker` (a folder, auto: the model's own, none) names the re-ranker whose image
     features the index keeps; a new index stores the image tokens of the vision block that
     re-ranker reads (the model's own under none)."""
-    from indexer.images import IndexOptions, index_folders
-    from retrieval.encoder import LazyEncoder
-    from retrieval.reranker_files import (
+    from xmr.indexer.images import IndexOptions, index_folders
+    from xmr.retrieval.encoder import LazyEncoder
+    from xmr.retrieval.reranker_files import (
         check_reranker_choice,
         folder_config,
         folder_fingerprint,
@@ -107,7 +107,7 @@ def index_images(
 
 
 def _load_reranker(folder: Path, encoder, device: str | None):
-    from retrieval.reranker import load_reranker  # imports torch: only when images need it
+    from xmr.retrieval.reranker import load_reranker  # imports torch: only when images need it
 
     return load_reranker(folder, encoder, device)
 
@@ -125,9 +125,9 @@ def add_text_corpus(
 ) -> WriteReport:
     """A text corpus, deduplicated; re-runs embed only what changed (indexer/texts.py).
     `executor`: where the encoding runs (indexer/executor.py; default: this process)."""
-    from indexer.executor import LOCAL
-    from indexer.texts import add_texts, read_corpus
-    from retrieval.encoder import LazyEncoder
+    from xmr.indexer.executor import LOCAL
+    from xmr.indexer.texts import add_texts, read_corpus
+    from xmr.retrieval.encoder import LazyEncoder
 
     read_corpus(file, text_field)  # refuse a bad file before loading a model
     encoder = LazyEncoder(model_for_index(directory, model), device)
@@ -175,11 +175,11 @@ def check_or_repair(
     re-derived or re-encoded first (indexer/repair.py). The summary is the check's report;
     `model` only matters when the manifest is lost with no copy to restore."""
     if not repair:
-        from retrieval.check import check_index
+        from xmr.retrieval.check import check_index
 
         return WriteReport(check_index(directory))
-    from indexer.repair import repair_index
-    from retrieval.encoder import LazyEncoder
+    from xmr.indexer.repair import repair_index
+    from xmr.retrieval.encoder import LazyEncoder
 
     encoder = LazyEncoder(model_for_index(directory, model), device)
     report, summary = repair_index(directory, encoder, reporter=reporter)

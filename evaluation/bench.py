@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation import metrics
-from evaluation.embed_dataset import embed_dataset_cached
-from evaluation.negatives import negative_accuracy
+from xmr.evaluation import metrics
+from xmr.evaluation.embed_dataset import embed_dataset_cached
+from xmr.evaluation.negatives import negative_accuracy
 
 CURVE_KS = (1, 2, 3, 5, 7, 10, 15, 20, 30, 50)
 
@@ -112,7 +112,7 @@ def _rerank_stages(reranker, encoder, dataset, embeddings, scores, candidates: i
     configured one ("rerank"), the logit alone ("rerank_itm") and the logit plus the stage-1
     logit ("rerank_itm_itc", BLIP's ITM + ITC). -> (ranks by stage, hard-negative accuracies
     by stage when the data has negatives, stage 2's milliseconds per query)."""
-    from evaluation.rerank_eval import rerank_logits, reranked_ranks
+    from xmr.evaluation.rerank_eval import rerank_logits, reranked_ranks
 
     t2i = np.asarray(dataset.text_to_image)
     logits, rerank_ms = rerank_logits(reranker, embeddings, scores, candidates)
@@ -147,7 +147,7 @@ def _exact_stage(images, texts, t2i):
 
 def _index_stage(images, texts, t2i, options: BenchOptions):
     """Recall through the FAISS index type in use (approximate types may lose some)."""
-    from retrieval.index_types import build_index
+    from xmr.retrieval.index_types import build_index
 
     depth = max(max(options.ks), max(CURVE_KS))
     image_index = build_index(images, options.index_type)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.errors import DatasetError
+from xmr.retrieval.errors import DatasetError
 
 # Negative-caption kinds written by `xmr make-corpus` (other string keys are accepted as well).
 NEGATIVE_KINDS: tuple[str, ...] = ("attribute_swap", "relation_swap", "shape_change")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from evaluation import metrics
+from xmr.evaluation import metrics
 
 
 def negative_pairs(dataset) -> dict[str, list[tuple[int, int, str]]]:
@@ -44,7 +44,7 @@ def negative_accuracy(
         pos = (image_vectors * embeddings.text_vectors[positives]).sum(1)  # (P,) cosines
         neg = (image_vectors * negatives.vectors).sum(1)
         if runtime is not None:
-            from retrieval.reranker import fused_score
+            from xmr.retrieval.reranker import fused_score
 
             states = runtime.image_states(embeddings.image_tokens[images])
             rows = np.arange(len(pairs))

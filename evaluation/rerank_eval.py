@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 
-from evaluation import metrics
-from evaluation.negatives import negative_accuracy
+from xmr.evaluation import metrics
+from xmr.evaluation.negatives import negative_accuracy
 
 QUERY_CHUNK = 256  # queries scored per call: bounds the (chunk*K, L, D) pair buffer
 
@@ -52,7 +52,7 @@ def rerank_logits(runtime, embeddings, scores: np.ndarray, k: int):
 
 def reranked_ranks(logits_by_direction, t2i_map, stage1_weight: float) -> dict:
     """Ranks after ordering each query's candidates by their fused final score."""
-    from retrieval.reranker import fused_score
+    from xmr.retrieval.reranker import fused_score
 
     ranks = {}
     for direction, (cands, stage1, logits) in logits_by_direction.items():
@@ -73,7 +73,7 @@ FUSION_MULTIPLIERS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 def _validation_pass(model, val, k: int):
     """One re-ranker pass over a validation split, for quick_validation and fusion_sweep:
     (runtime, stage-1 scores (T, N), text -> image map (T,), logits by direction)."""
-    from retrieval.reranker import RerankerRuntime
+    from xmr.retrieval.reranker import RerankerRuntime
 
     dataset, embeddings, _ = val
     runtime = RerankerRuntime(model, "training", str(next(model.parameters()).device))

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from retrieval.embedding import ImageBatch, embed_images, text_batches
-from retrieval.errors import InputError
+from xmr.retrieval.embedding import ImageBatch, embed_images, text_batches
+from xmr.retrieval.errors import InputError
 
 EXECUTOR_HELP = (
     "Where decoding and encoding run: 'local' (this process) or 'ray' (a local Ray started "
@@ -39,7 +39,7 @@ class Executor:
         """ImageBatch per `batch_size` paths, in order (retrieval.embedding.embed_images)."""
         if self.kind == "local":
             return embed_images(paths, encoder, token_layer, batch_size, workers, max_pixels)
-        from indexer.ray_executor import ray_embed_images
+        from xmr.indexer.ray_executor import ray_embed_images
 
         return ray_embed_images(self, paths, encoder, token_layer, batch_size, workers, max_pixels)
 
@@ -47,7 +47,7 @@ class Executor:
         """Encoded per `batch_size` texts, in order (retrieval.embedding.text_batches)."""
         if self.kind == "local":
             return text_batches(encoder, texts, batch_size)
-        from indexer.ray_executor import ray_encode_texts
+        from xmr.indexer.ray_executor import ray_encode_texts
 
         return ray_encode_texts(self, texts, encoder, batch_size)
 
@@ -56,7 +56,7 @@ class Executor:
         one after another in this process, Ray tasks on a Ray executor."""
         if self.kind == "local":
             return None
-        from indexer.ray_executor import ray_map_shards
+        from xmr.indexer.ray_executor import ray_map_shards
 
         return ray_map_shards(self)
 

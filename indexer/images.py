@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import delete, or_, select
 
-from indexer.executor import LOCAL, Executor
-from indexer.report import IndexSummary, Reporter
-from indexer.scan import ScannedFile, scan_file, scan_folders
-from indexer.texts import reencode_damaged_texts
-from retrieval.content_hash import content_hash
-from retrieval.db import Database, ImageRow
-from retrieval.imageio import DEFAULT_MAX_PIXELS, default_workers
-from retrieval.library import Library
+from xmr.indexer.executor import LOCAL, Executor
+from xmr.indexer.report import IndexSummary, Reporter
+from xmr.indexer.scan import ScannedFile, scan_file, scan_folders
+from xmr.indexer.texts import reencode_damaged_texts
+from xmr.retrieval.content_hash import content_hash
+from xmr.retrieval.db import Database, ImageRow
+from xmr.retrieval.imageio import DEFAULT_MAX_PIXELS, default_workers
+from xmr.retrieval.library import Library
 
 
 @dataclass

@@ -18,9 +18,9 @@ from datetime import datetime
 
 import numpy as np
 
-from retrieval.embedding import ImageBatch, embed_images, text_batches
-from retrieval.errors import InputError
-from retrieval.imageio import DecodedImage
+from xmr.retrieval.embedding import ImageBatch, embed_images, text_batches
+from xmr.retrieval.errors import InputError
+from xmr.retrieval.imageio import DecodedImage
 
 # A Ray block (the unit an actor takes) holds 1..MAX_BLOCK_BATCHES batches: about four
 # blocks per actor on small runs, so work spreads; bounded, so a 100M-path dataset is
@@ -80,7 +80,7 @@ class ImageEmbedActor:
     def __init__(self, spec: str, device: str, token_layer, workers: int, max_pixels: int):
         import torch
 
-        from retrieval.encoder import load_encoder
+        from xmr.retrieval.encoder import load_encoder
 
         torch.set_num_threads(max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1")))))
         self.encoder = load_encoder(spec, device)
@@ -130,7 +130,7 @@ def _scatter(rows: np.ndarray, ok: np.ndarray) -> np.ndarray:
 
 def batch_from_columns(columns: dict, first: int) -> ImageBatch:
     """Columns of one read-back batch -> the ImageBatch the local step would have given."""
-    from retrieval.encoder import Encoded
+    from xmr.retrieval.encoder import Encoded
 
     positions = np.asarray(columns["position"], dtype=np.int64)
     if not np.array_equal(positions, np.arange(first, first + len(positions))):
@@ -189,7 +189,7 @@ class TextEncodeActor:
     def __init__(self, spec: str, device: str, workers: int = 0):
         import torch
 
-        from retrieval.encoder import load_encoder
+        from xmr.retrieval.encoder import load_encoder
 
         torch.set_num_threads(max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1")))))
         self.encoder = load_encoder(spec, device)
@@ -209,7 +209,7 @@ class TextEncodeActor:
 
 def ray_encode_texts(executor, texts: Sequence[str], encoder, batch_size: int) -> Iterator:
     """Encoded per `batch_size` texts, in order, encoded by an actor pool."""
-    from retrieval.encoder import Encoded
+    from xmr.retrieval.encoder import Encoded
 
     columns = {"position": np.arange(len(texts), dtype=np.int64), "text": list(texts)}
     actor_args = {"spec": encoder.spec.canonical}

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from indexer.images import IndexOptions, index_folders, reencode_damaged_images
-from indexer.report import IndexSummary, Reporter
-from indexer.texts import add_texts, reencode_damaged_texts
-from retrieval.check import CheckReport, check_index
-from retrieval.library import Library
+from xmr.indexer.images import IndexOptions, index_folders, reencode_damaged_images
+from xmr.indexer.report import IndexSummary, Reporter
+from xmr.indexer.texts import add_texts, reencode_damaged_texts
+from xmr.retrieval.check import CheckReport, check_index
+from xmr.retrieval.library import Library
 
 
 def repair_index(

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import delete, select
 
-from indexer.executor import LOCAL, Executor
-from indexer.report import IndexSummary, Reporter
-from retrieval.db import Database, TextRow, TextSource
-from retrieval.errors import InputError
-from retrieval.files import require_regular_file
-from retrieval.library import Library
+from xmr.indexer.executor import LOCAL, Executor
+from xmr.indexer.report import IndexSummary, Reporter
+from xmr.retrieval.db import Database, TextRow, TextSource
+from xmr.retrieval.errors import InputError
+from xmr.retrieval.files import require_regular_file
+from xmr.retrieval.library import Library
 
 TEXT_FIELDS = ("text", "caption", "sentence", "description")
 MAX_TEXT_CHARS = 10_000

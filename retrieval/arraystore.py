@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.storage import allocate
+from xmr.retrieval.storage import allocate
 
 _MIN_CAPACITY = 1024
 _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.arraystore import ArrayStore
-from retrieval.db import DB_FILE, Database, ImageRow, TextRow
-from retrieval.errors import DatabaseDamaged, IndexNotFound, ManifestDamaged
-from retrieval.feature_cache import FEATURES_FILE, MANIFEST_KEY
-from retrieval.manifest import MANIFEST_FILE, manifest_problem, read_manifest_file
-from retrieval.storage import TEMP_SUFFIX
-from retrieval.vector_index import VectorIndex
+from xmr.retrieval.arraystore import ArrayStore
+from xmr.retrieval.db import DB_FILE, Database, ImageRow, TextRow
+from xmr.retrieval.errors import DatabaseDamaged, IndexNotFound, ManifestDamaged
+from xmr.retrieval.feature_cache import FEATURES_FILE, MANIFEST_KEY
+from xmr.retrieval.manifest import MANIFEST_FILE, manifest_problem, read_manifest_file
+from xmr.retrieval.storage import TEMP_SUFFIX
+from xmr.retrieval.vector_index import VectorIndex
 
 CHUNK = 1024  # records read at a time
 NORM_TOLERANCE = 1e-2

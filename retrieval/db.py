@@ -47,7 +47,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import QueuePool
 
-from retrieval.errors import DatabaseDamaged, DiskFull, IndexCorrupt, ReadOnlyIndex, XmrError
+from xmr.retrieval.errors import DatabaseDamaged, DiskFull, IndexCorrupt, ReadOnlyIndex, XmrError
 
 SCHEMA_VERSION = 2
 DB_FILE = "xmr.sqlite3"

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from retrieval.imageio import DEFAULT_MAX_PIXELS, DecodedImage, decode_batches, default_workers
+from xmr.retrieval.imageio import DEFAULT_MAX_PIXELS, DecodedImage, decode_batches, default_workers
 
 
 @dataclass

@@ -26,15 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.errors import InputError, InvalidModelSpec, ModelNotAvailable
-from retrieval.modelspec import (
+from xmr.retrieval.errors import InputError, InvalidModelSpec, ModelNotAvailable
+from xmr.retrieval.modelspec import (
     HUB_CONFIG_FILE,
     HUB_WEIGHTS_FILE,
     RANDOM_WEIGHTS,
     ModelSpec,
     parse_model_spec,
 )
-from retrieval.weights import prepare_weights, unavailable_message
+from xmr.retrieval.weights import prepare_weights, unavailable_message
 
 RANDOM_WEIGHTS_SEED = 0  # `:none` weights are seeded so every process builds the same model
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.arraystore import ArrayStore
+from xmr.retrieval.arraystore import ArrayStore
 
 FEATURES_FILE = "images.rrf"
 MANIFEST_KEY = "reranker_features"

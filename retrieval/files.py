@@ -5,7 +5,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from retrieval.errors import InputError
+from xmr.retrieval.errors import InputError
 
 _KINDS = (
     (stat.S_ISDIR, "a directory"),

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import and_, exists, func, or_, select
 
-from retrieval.db import Database, ImageRow, TextRow
-from retrieval.errors import InputError
+from xmr.retrieval.db import Database, ImageRow, TextRow
+from xmr.retrieval.errors import InputError
 
 EXT_ALIASES = {"jpg": ("jpg", "jpeg"), "jpeg": ("jpg", "jpeg"), "tif": ("tif", "tiff")}
 EXT_ALIASES["tiff"] = EXT_ALIASES["tif"]
@@ -94,7 +94,7 @@ class SearchFilter:
                 "after, before and ext filter image files; "
                 "a text search takes only under (the corpus files)"
             )
-        from retrieval.db import TextSource
+        from xmr.retrieval.db import TextSource
 
         held = exists().where(
             TextSource.text_id == TextRow.id,

@@ -31,7 +31,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from retrieval.errors import InputError
+from xmr.retrieval.errors import InputError
 
 INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 POLICY_TYPES = ("auto", *INDEX_TYPES)

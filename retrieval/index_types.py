@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from retrieval.index_choice import (
+from xmr.retrieval.index_choice import (
     HNSW_EF_CONSTRUCTION,
     HNSW_M,
     INDEX_TYPES,

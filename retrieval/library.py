@@ -42,9 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.arraystore import ArrayStore
-from retrieval.db import DB_FILE, Database, ImageRow, TextRow, database_error
-from retrieval.errors import (
+from xmr.retrieval.arraystore import ArrayStore
+from xmr.retrieval.db import DB_FILE, Database, ImageRow, TextRow, database_error
+from xmr.retrieval.errors import (
     DatabaseDamaged,
     EncoderMismatch,
     IndexNotFound,
@@ -52,24 +52,24 @@ from retrieval.errors import (
     ManifestDamaged,
     XmrError,
 )
-from retrieval.feature_cache import FEATURES_FILE, MANIFEST_KEY, FeatureCache
-from retrieval.index_choice import IndexPolicy, check_index_type, parse_size, plan_upkeep
-from retrieval.locations import INDEX_ENV
-from retrieval.manifest import (
+from xmr.retrieval.feature_cache import FEATURES_FILE, MANIFEST_KEY, FeatureCache
+from xmr.retrieval.index_choice import IndexPolicy, check_index_type, parse_size, plan_upkeep
+from xmr.retrieval.locations import INDEX_ENV
+from xmr.retrieval.manifest import (
     FORMAT_VERSION,
     MANIFEST_FILE,
     manifest_bytes,
     manifest_problem,
     read_manifest_file,
 )
-from retrieval.storage import (
+from xmr.retrieval.storage import (
     atomic_write_bytes,
     disk_error,
     disk_errors,
     move_aside,
     remove_temporaries,
 )
-from retrieval.vector_index import Sharding, StoredVectors, VectorIndex
+from xmr.retrieval.vector_index import Sharding, StoredVectors, VectorIndex
 
 LOCK_FILE = "write.lock"
 COLLECTIONS = ("images", "texts")
@@ -134,7 +134,7 @@ class Collection:
         self.vectors.write(ids, vectors)
         if self.tokens is not None and tokens is not None:
             if tokens.shape[1:] != self.tokens.record_shape:  # the encoder's full patch grid
-                from retrieval.token_pooling import pool_token_array
+                from xmr.retrieval.token_pooling import pool_token_array
 
                 tokens = pool_token_array(tokens, self.token_pool)  # (B, N', D)
             self.tokens.write(ids, tokens)
@@ -741,12 +741,12 @@ def _write_manifest(directory: Path, db: Database, manifest: dict) -> None:
 def _new_manifest(directory, encoder, keep_tokens, token_pool, token_layer) -> dict:
     token_pool = token_pool or 1
     if token_layer == "auto":
-        from retrieval.reranker_files import folder_token_layer, reranker_folder
+        from xmr.retrieval.reranker_files import folder_token_layer, reranker_folder
 
         token_layer = folder_token_layer(reranker_folder("auto", encoder))
     image_tokens = encoder.image_token_shape if keep_tokens else None
     if image_tokens is not None and token_pool > 1:
-        from retrieval.token_pooling import pooled_count
+        from xmr.retrieval.token_pooling import pooled_count
 
         image_tokens = (pooled_count(image_tokens[0], token_pool), image_tokens[1])
     return {

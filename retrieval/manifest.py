@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from retrieval.errors import ManifestDamaged
+from xmr.retrieval.errors import ManifestDamaged
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrieval.errors import InvalidModelSpec
+from xmr.retrieval.errors import InvalidModelSpec
 
 DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
 SHIPPED_MODELS_DIR = Path(__file__).parent / "models"

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrieval.errors import InputError
+from xmr.retrieval.errors import InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 _OPERATOR = re.compile(r"(?:^|(?<=\s))([+-])(?=\s|$)")

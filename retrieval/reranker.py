@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retrieval.reranker_files import (
+from xmr.retrieval.reranker_files import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     config_digest,
@@ -32,7 +32,7 @@ from retrieval.reranker_files import (
     reranker_folder,
     reranker_name,
 )
-from retrieval.token_pooling import pool_patch_tokens, pooled_count
+from xmr.retrieval.token_pooling import pool_patch_tokens, pooled_count
 
 IMAGE_STEMS = ("attention", "conv")
 
@@ -400,7 +400,7 @@ def save_reranker(model: Reranker, folder: Path, dtype: torch.dtype | None = Non
 def load_reranker(folder: Path, encoder=None, device: str | None = None) -> RerankerRuntime:
     from safetensors.torch import load_file
 
-    from retrieval.errors import InvalidModelSpec
+    from xmr.retrieval.errors import InvalidModelSpec
 
     folder = Path(folder)
     try:

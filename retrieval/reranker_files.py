@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retrieval.errors import InvalidModelSpec
+from xmr.retrieval.errors import InvalidModelSpec
 
 RERANKER_SUBDIR = "reranker"  # a model folder may carry its re-ranker here
 CONFIG_FILE = "reranker_config.json"  # what `xmr train-reranker --out` writes

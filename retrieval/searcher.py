@@ -23,15 +23,15 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
-from retrieval.content_hash import content_hash_bytes
-from retrieval.db import ImageRow, TextRow
-from retrieval.duplicates import PixelCheck
-from retrieval.errors import InputError, InvalidModelSpec, ItemNotFound
-from retrieval.files import require_regular_file
-from retrieval.filters import SearchFilter
-from retrieval.imageio import DecodeError, decode_image
-from retrieval.library import Collection, Library, token_mismatch
-from retrieval.query_language import Term, combine
+from xmr.retrieval.content_hash import content_hash_bytes
+from xmr.retrieval.db import ImageRow, TextRow
+from xmr.retrieval.duplicates import PixelCheck
+from xmr.retrieval.errors import InputError, InvalidModelSpec, ItemNotFound
+from xmr.retrieval.files import require_regular_file
+from xmr.retrieval.filters import SearchFilter
+from xmr.retrieval.imageio import DecodeError, decode_image
+from xmr.retrieval.library import Collection, Library, token_mismatch
+from xmr.retrieval.query_language import Term, combine
 
 DEFAULT_CANDIDATES = 128  # stage-1 depth for re-ranking: ALBEF/BLIP's Flickr30k setting
 MAX_RERANK_DEPTH = 1024  # beyond this, stage 2 costs seconds and gigabytes for no gain

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from retrieval.db import ImageRow, TextRow
-from retrieval.feature_cache import MANIFEST_KEY
-from retrieval.library import Library
+from xmr.retrieval.db import ImageRow, TextRow
+from xmr.retrieval.feature_cache import MANIFEST_KEY
+from xmr.retrieval.library import Library
 
 
 def index_info(library: Library) -> dict:

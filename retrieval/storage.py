@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from retrieval.errors import DiskFull, ReadOnlyIndex, XmrError
+from xmr.retrieval.errors import DiskFull, ReadOnlyIndex, XmrError
 
 FAULT_ENV = "XMR_FAULT_ENOSPC_AT"
 TEMP_SUFFIX = ".tmp"

@@ -36,8 +36,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from retrieval.index_choice import IndexChoice
-from retrieval.index_types import (
+from xmr.retrieval.index_choice import IndexChoice
+from xmr.retrieval.index_types import (
     MIN_TUNE_ITEMS,
     TARGET_RECALL,
     ReadVectors,
@@ -52,7 +52,7 @@ from retrieval.index_types import (
     tune_search_params,
     tuning_sample,
 )
-from retrieval.storage import atomic_write, atomic_write_bytes
+from xmr.retrieval.storage import atomic_write, atomic_write_bytes
 
 IVF_TYPES = ("ivf", "ivfpq")
 
@@ -76,7 +76,7 @@ class StoredVectors:
     dim: int
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
-        from retrieval.arraystore import ArrayStore
+        from xmr.retrieval.arraystore import ArrayStore
 
         store = ArrayStore(Path(self.path), (self.dim,), "float32")
         try:

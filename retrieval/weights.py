@@ -23,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
-from retrieval.errors import ModelNotAvailable
-from retrieval.modelspec import ModelSpec
+from xmr.retrieval.errors import ModelNotAvailable
+from xmr.retrieval.modelspec import ModelSpec
 
 OFFLINE_ENV = "XMR_OFFLINE"
 PROBE_SECONDS = 3.0  # DNS + TCP connect to the weights' host

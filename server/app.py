@@ -30,12 +30,12 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.engine import Engine
-from engine.query_input import QueryInput
-from retrieval.errors import IndexNotFound, ItemNotFound, XmrError
-from retrieval.filters import SearchFilter
-from server.limits import UploadLimit
-from server.thumbnails import Thumbnails
+from xmr.engine.engine import Engine
+from xmr.engine.query_input import QueryInput
+from xmr.retrieval.errors import IndexNotFound, ItemNotFound, XmrError
+from xmr.retrieval.filters import SearchFilter
+from xmr.server.limits import UploadLimit
+from xmr.server.thumbnails import Thumbnails
 
 TOKEN_COOKIE = "xmr_token"
 
@@ -189,7 +189,7 @@ def _authorised(request: Request, token: str) -> bool:
 
 
 def _static_dir() -> Path:
-    return Path(str(resources.files("server") / "static"))
+    return Path(str(resources.files("xmr.server") / "static"))
 
 
 def _error(message: str, status: int) -> JSONResponse:

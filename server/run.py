@@ -8,7 +8,7 @@ import signal
 import socket
 from pathlib import Path
 
-from retrieval.errors import DiskFull, InputError, ReadOnlyIndex
+from xmr.retrieval.errors import DiskFull, InputError, ReadOnlyIndex
 
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 
@@ -63,9 +63,9 @@ def serve(
     `xmr search` where the folder can be written."""
     import uvicorn
 
-    from engine import running
-    from engine.engine import Engine
-    from server.app import create_app
+    from xmr.engine import running
+    from xmr.engine.engine import Engine
+    from xmr.server.app import create_app
 
     check_address(host, token)
     other = running.find(Path(index))

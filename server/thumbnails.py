@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from retrieval.errors import ItemNotFound
+from xmr.retrieval.errors import ItemNotFound
 
 THUMBNAIL_DIR = "thumbnails"
 MAX_SOURCE_PIXELS = 178_956_970  # the indexer's decompression-bomb limit

@@ -108,7 +108,7 @@ def encoder(tiny_spec):
     """The tiny encoder, loaded once per session (open_clip's import is the slow part)."""
     import torch
 
-    from retrieval.encoder import load_encoder
+    from xmr.retrieval.encoder import load_encoder
 
     # One thread: the machines running the suite share their cores, and a 32 px model
     # gains nothing from a second thread that has to wait for a busy core.
@@ -193,7 +193,7 @@ def random_reranker(dim=32, text_len=12, image_tokens=9, seed=0, **config):
     runtime on the CPU; `config`: other RerankerConfig fields."""
     import torch
 
-    from retrieval.reranker import Reranker, RerankerConfig, RerankerRuntime
+    from xmr.retrieval.reranker import Reranker, RerankerConfig, RerankerRuntime
 
     torch.manual_seed(seed)
     config = RerankerConfig(
@@ -210,8 +210,8 @@ def random_reranker(dim=32, text_len=12, image_tokens=9, seed=0, **config):
 # -- the library -------------------------------------------------------------------------
 def index_with(index_dir: Path, encoder, folders, **options):
     """Run the library's `index_folders` once (decoding in-process unless told)."""
-    from indexer.images import IndexOptions, index_folders
-    from retrieval.library import Library
+    from xmr.indexer.images import IndexOptions, index_folders
+    from xmr.retrieval.library import Library
 
     options.setdefault("workers", 0)
     with Library.open_or_create(index_dir, encoder) as library:
@@ -232,14 +232,14 @@ def indexed_paths(index_dir: Path) -> dict[str, int]:
 
 def faiss_ids(index_dir: Path, collection: str = "images") -> set[int]:
     """Ids in the FAISS index as an index opened read-only sees it."""
-    from retrieval.library import Library
+    from xmr.retrieval.library import Library
 
     with Library.open(index_dir) as library:
         return set(getattr(library, collection).index.ids().tolist())
 
 
 def stored_vectors(index_dir: Path, ids, collection: str = "images") -> np.ndarray:
-    from retrieval.library import Library
+    from xmr.retrieval.library import Library
 
     with Library.open(index_dir) as library:
         return getattr(library, collection).vectors.read(np.asarray(list(ids), dtype=np.int64))
@@ -284,7 +284,7 @@ def cli():
     """Invoke `xmr` in-process through typer's CliRunner: cli(*args) -> Result."""
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from xmr.cli.main import app
 
     runner = CliRunner()
 
@@ -306,7 +306,7 @@ TRAIN_CFG = {
 
 @pytest.fixture(scope="session")
 def shapes_corpus(tmp_path_factory):
-    from training.corpus import make_corpus
+    from xmr.training.corpus import make_corpus
 
     return make_corpus(tmp_path_factory.mktemp("corpus") / "shapes", 600, seed=5)
 
@@ -321,7 +321,7 @@ def train_config_path(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained(shapes_corpus, train_config_path, tmp_path_factory):
     """A tiny encoder trained for 300 steps (tests that use it are marked slow)."""
-    from training.encoder_training import EncoderTrainConfig, train_encoder
+    from xmr.training.encoder_training import EncoderTrainConfig, train_encoder
 
     out = tmp_path_factory.mktemp("trained") / "tiny"
     config = EncoderTrainConfig(
@@ -343,7 +343,7 @@ def trained(shapes_corpus, train_config_path, tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_reranker(trained, shapes_corpus, tmp_path_factory):
     """A re-ranker trained for 300 steps on the tiny trained encoder's frozen tokens."""
-    from training.reranker_training import RerankerTrainConfig, train_reranker
+    from xmr.training.reranker_training import RerankerTrainConfig, train_reranker
 
     encoder_dir, _ = trained
     out = tmp_path_factory.mktemp("reranker") / "rr"

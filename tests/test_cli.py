@@ -95,7 +95,7 @@ def test_help_lists_commands_and_imports_no_torch(tmp_path):
     for command in ("index", "add-texts", "search", "info"):
         assert command in result.stdout
     imported = _imported(result.stderr)
-    assert "cli" in imported  # the import log really covers the command line's modules
+    assert "xmr" in imported  # the import log really covers the command line's modules
     assert not imported & set(HEAVY), imported & set(HEAVY)
 
     # An argument error is as cheap: neither a query nor --image.
@@ -334,7 +334,7 @@ def test_model_errors_are_one_line(cli, tmp_path, tiny_spec):
 
 
 def test_second_writer_is_refused(cli, cli_index, encoder):
-    from retrieval.library import Library
+    from xmr.retrieval.library import Library
 
     folder, index_dir = cli_index
     with Library.open_or_create(index_dir, encoder):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.errors import InputError
-from training.corpus import (
+from xmr.retrieval.errors import InputError
+from xmr.training.corpus import (
     BACKGROUNDS,
     COLOURS,
     RELATION_MARGIN,

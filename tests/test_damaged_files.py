@@ -14,7 +14,7 @@ import pytest
 from conftest import indexed_paths, make_images, random_reranker
 from faults import cli_built_index, error_line
 
-from retrieval.library import Library
+from xmr.retrieval.library import Library
 
 N_IMAGES, N_TEXTS = 30, 20
 KEPT = 10  # records a truncated store keeps: ids 1..9 survive (ids start at 1)
@@ -160,8 +160,8 @@ def test_a_lost_manifest_without_a_copy_needs_the_model_and_then_reencodes(
 
 
 def test_kept_features_cut_short_are_dropped_never_read_as_zeros(tmp_path, encoder):
-    from indexer.images import IndexOptions, index_folders
-    from retrieval.check import check_index
+    from xmr.indexer.images import IndexOptions, index_folders
+    from xmr.retrieval.check import check_index
 
     make_images(tmp_path / "imgs", 20)
     reranker = random_reranker(

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evaluation.datasets import RetrievalDataset, load_dataset
-from retrieval.errors import DatasetError
+from xmr.evaluation.datasets import RetrievalDataset, load_dataset
+from xmr.retrieval.errors import DatasetError
 
 
 def make_png(path: Path, color=(200, 30, 30)) -> None:

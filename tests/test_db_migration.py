@@ -6,8 +6,8 @@ import sqlite3
 
 import pytest
 
-from retrieval.db import DB_FILE, SCHEMA_VERSION, Database, TextRow, TextSource
-from retrieval.errors import IndexCorrupt
+from xmr.retrieval.db import DB_FILE, SCHEMA_VERSION, Database, TextRow, TextSource
+from xmr.retrieval.errors import IndexCorrupt
 
 
 def _version(path) -> int:

@@ -39,8 +39,8 @@ def _no_mount(reason):
 
 # -- the writer itself -------------------------------------------------------------------
 def test_a_failed_atomic_write_keeps_the_old_file_and_no_temporary(tmp_path):
-    from retrieval.errors import DiskFull
-    from retrieval.storage import atomic_write_bytes, inject_enospc
+    from xmr.retrieval.errors import DiskFull
+    from xmr.retrieval.storage import atomic_write_bytes, inject_enospc
 
     target = tmp_path / "manifest.json"
     target.write_bytes(b"old contents")
@@ -58,9 +58,9 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_no_temporary(tmp_path):
 
 def test_a_failed_faiss_save_raises_and_keeps_the_old_index(built):
     """FAISS's own writer reports a failed write only on stderr; ours raises."""
-    from retrieval.errors import DiskFull
-    from retrieval.library import Library
-    from retrieval.storage import inject_enospc
+    from xmr.retrieval.errors import DiskFull
+    from xmr.retrieval.library import Library
+    from xmr.retrieval.storage import inject_enospc
 
     _, index_dir = built
     faiss_file = index_dir / "images.faiss"
@@ -79,7 +79,7 @@ def test_a_failed_faiss_save_raises_and_keeps_the_old_index(built):
 # -- the commands, with the ENOSPC hook (always run) -------------------------------------
 @pytest.mark.parametrize("at", [1, 2, 3])
 def test_compact_failing_at_any_write_is_one_line_and_loses_nothing(built, cli, at):
-    from retrieval.storage import inject_enospc
+    from xmr.retrieval.storage import inject_enospc
 
     folder, index_dir = built
     search = ("search", "--image", folder / "img0003.png", "--json", "--index", index_dir)
@@ -189,7 +189,7 @@ def test_indexing_onto_a_full_tmpfs_is_enospc_not_sigbus(tmp_path):
         assert json.loads(resumed.stdout)["unchanged"] == len(committed)
         paths = indexed_paths(index_dir)
         assert sorted(paths) == sorted(str(f) for f in files)
-        from retrieval.library import Library
+        from xmr.retrieval.library import Library
 
         with Library.open(index_dir) as library:
             ids = np.array(sorted(paths.values()))

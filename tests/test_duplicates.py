@@ -39,8 +39,8 @@ def _plant(source: Path, folder: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
     """60 shape scenes and 30 photo-like pictures; 4 of each planted with 4 variants."""
-    from engine.engine import Engine
-    from training.corpus import make_corpus
+    from xmr.engine.engine import Engine
+    from xmr.training.corpus import make_corpus
 
     root = tmp_path_factory.mktemp("dups")
     scenes = sorted(make_corpus(root / "corpus", 60, seed=31).images_dir.iterdir())
@@ -76,7 +76,7 @@ def test_every_planted_group_is_found_and_nothing_else(library):
 
 @pytest.mark.slow
 def test_dedup_folds_planted_copies_and_never_hides_a_distinct_image(library):
-    from engine.query_input import QueryInput
+    from xmr.engine.query_input import QueryInput
 
     engine, planted, _ = library
     group_of = {path: frozenset(g) for g in planted for path in g}
@@ -114,7 +114,7 @@ def test_min_score_drops_weak_results_and_says_how_many(library):
 def test_groups_from_vectors_alone_are_the_linked_pairs():
     """The graph part, on vectors: chains link, a lone vector stays out, and the inverted
     file used above FLAT_MAX finds the same groups as exact search."""
-    from retrieval import duplicates
+    from xmr.retrieval import duplicates
 
     rng = np.random.default_rng(0)
     base = rng.normal(size=(3000, 32)).astype(np.float32)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from conftest import index_with, indexed_paths, make_images, random_reranker
 
-from engine.engine import Engine
-from engine.query_input import QueryInput
-from retrieval.errors import InputError, ItemNotFound
-from retrieval.filters import SearchFilter
+from xmr.engine.engine import Engine
+from xmr.engine.query_input import QueryInput
+from xmr.retrieval.errors import InputError, ItemNotFound
+from xmr.retrieval.filters import SearchFilter
 
 
 @pytest.fixture
@@ -27,8 +27,8 @@ def photo_index(encoder, tmp_path):
 def test_a_text_query_loads_the_text_tower_only(tmp_path):
     """xmr-tiny: a text query builds the text tower (and the re-ranker); the first image
     query loads both towers, which then serve text queries as well."""
-    from retrieval.encoder import load_encoder
-    from training.corpus import make_corpus
+    from xmr.retrieval.encoder import load_encoder
+    from xmr.training.corpus import make_corpus
 
     corpus = make_corpus(tmp_path / "scenes", 12, seed=99)
     index_dir = tmp_path / "index"
@@ -94,8 +94,8 @@ def test_notices_say_what_an_answer_cannot_show(encoder, tmp_path, photo_index, 
 def test_rerank_depth_is_capped_with_a_notice(encoder, photo_index, tmp_path, monkeypatch):
     """A query for more results than stage 2 may read re-ranks the head only: those come
     first in the re-ranker's order, the rest follow in stage-1 order with stage-1 scores."""
-    from retrieval import searcher
-    from retrieval.reranker import save_reranker
+    from xmr.retrieval import searcher
+    from xmr.retrieval.reranker import save_reranker
 
     folder, index_dir = photo_index
     n_tokens, dim = encoder.image_token_shape

@@ -28,8 +28,8 @@ def _reranker_for(encoder, seed):
 
 def _index(index_dir, encoder, folder, reranker):
     """index_folders with `reranker` loaded on demand (None: keep no features)."""
-    from indexer.images import IndexOptions, index_folders
-    from retrieval.library import Library
+    from xmr.indexer.images import IndexOptions, index_folders
+    from xmr.retrieval.library import Library
 
     with Library.open_or_create(index_dir, encoder) as library:
         return index_folders(
@@ -38,14 +38,14 @@ def _index(index_dir, encoder, folder, reranker):
 
 
 def _live_ids(library):
-    from retrieval.db import ImageRow
+    from xmr.retrieval.db import ImageRow
 
     return np.asarray(library.db.ids(ImageRow), dtype=np.int64)
 
 
 def _ranked(library, encoder, reranker, use_features: bool):
     """(ids, final scores) of all 12 stage-1 candidates of each query, best first."""
-    from retrieval.searcher import Searcher
+    from xmr.retrieval.searcher import Searcher
 
     kept = library.images.features
     library.images.features = kept if use_features else None
@@ -61,7 +61,7 @@ def _ranked(library, encoder, reranker, use_features: bool):
 
 
 def test_kept_features_are_the_stem_of_every_image_and_rank_as_recomputing_would(tmp_path, encoder):
-    from retrieval.library import Library
+    from xmr.retrieval.library import Library
 
     make_images(tmp_path / "imgs", 30)
     reranker = _reranker_for(encoder, seed=3)
@@ -91,7 +91,7 @@ def test_kept_features_are_the_stem_of_every_image_and_rank_as_recomputing_would
 
 
 def test_another_reranker_recomputes_instead_of_reading_the_kept_features(tmp_path, encoder):
-    from retrieval.library import Library
+    from xmr.retrieval.library import Library
 
     make_images(tmp_path / "imgs", 20)
     _index(tmp_path / "idx", encoder, tmp_path / "imgs", _reranker_for(encoder, seed=3))
@@ -108,8 +108,8 @@ def test_another_reranker_recomputes_instead_of_reading_the_kept_features(tmp_pa
 def test_features_are_dropped_by_a_run_without_the_reranker_and_refilled_by_one_with_it(
     tmp_path, encoder
 ):
-    from retrieval.feature_cache import FEATURES_FILE, MANIFEST_KEY
-    from retrieval.library import Library
+    from xmr.retrieval.feature_cache import FEATURES_FILE, MANIFEST_KEY
+    from xmr.retrieval.library import Library
 
     folder, index_dir = tmp_path / "imgs", tmp_path / "idx"
     make_images(folder, 10)
@@ -135,7 +135,7 @@ def test_features_are_dropped_by_a_run_without_the_reranker_and_refilled_by_one_
     def must_not_load():
         raise AssertionError("nothing to embed, yet the re-ranker was loaded")
 
-    from indexer.images import IndexOptions, index_folders
+    from xmr.indexer.images import IndexOptions, index_folders
 
     with Library.open_or_create(index_dir, encoder) as library:
         summary = index_folders(
@@ -152,8 +152,8 @@ def test_features_are_dropped_by_a_run_without_the_reranker_and_refilled_by_one_
 def test_a_run_with_nothing_to_embed_refreshes_features_only_when_the_reranker_changed(
     tmp_path, encoder
 ):
-    from indexer.images import IndexOptions, index_folders
-    from retrieval.library import Library
+    from xmr.indexer.images import IndexOptions, index_folders
+    from xmr.retrieval.library import Library
 
     folder, index_dir = tmp_path / "imgs", tmp_path / "idx"
     make_images(folder, 8)
@@ -194,8 +194,8 @@ def test_a_run_with_nothing_to_embed_refreshes_features_only_when_the_reranker_c
 def test_a_saved_rerankers_fingerprint_comes_from_its_files_and_ignores_calibration(tmp_path):
     import torch
 
-    from retrieval.reranker import load_reranker, save_reranker
-    from retrieval.reranker_files import CONFIG_FILE, folder_fingerprint
+    from xmr.retrieval.reranker import load_reranker, save_reranker
+    from xmr.retrieval.reranker_files import CONFIG_FILE, folder_fingerprint
 
     model = random_reranker(image_stem="conv").model
     save_reranker(model, tmp_path / "a")
@@ -212,8 +212,8 @@ def test_a_saved_rerankers_fingerprint_comes_from_its_files_and_ignores_calibrat
 
 
 def test_xmr_index_keeps_the_models_own_reranker_features_unless_told_none(tmp_path):
-    from retrieval.encoder import load_encoder
-    from retrieval.reranker import resolve_reranker
+    from xmr.retrieval.encoder import load_encoder
+    from xmr.retrieval.reranker import resolve_reranker
 
     folder, index_dir = tmp_path / "imgs", tmp_path / "idx"
     make_images(folder, 6)

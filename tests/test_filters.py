@@ -14,10 +14,10 @@ import pytest
 from conftest import index_with, indexed_paths, make_image, make_images
 from PIL import Image
 
-from retrieval.errors import InputError
-from retrieval.filters import SearchFilter
-from retrieval.library import Library
-from retrieval.searcher import Searcher
+from xmr.retrieval.errors import InputError
+from xmr.retrieval.filters import SearchFilter
+from xmr.retrieval.library import Library
+from xmr.retrieval.searcher import Searcher
 
 
 def _set_mtime(path: Path, day: str) -> None:
@@ -117,8 +117,8 @@ def test_filter_returns_exactly_the_matching_items(
     expected = _expected(facts, *spec)
     with Library.open(index_dir) as library:
         if through_graph:  # an HNSW index, and no exact shortcut for small filters
-            from retrieval.index_choice import resolve_choice
-            from retrieval.vector_index import VectorIndex
+            from xmr.retrieval.index_choice import resolve_choice
+            from xmr.retrieval.vector_index import VectorIndex
 
             ids = library.images.index.ids()
             library.images.index = VectorIndex.build(

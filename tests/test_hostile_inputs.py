@@ -49,8 +49,8 @@ def odd_index(tmp_path, tiny_spec):
 
 def test_names_that_are_not_utf8_are_indexed_kept_and_printed(odd_index):
     folder, index_dir, everything, odd = odd_index
-    from retrieval.db import ImageRow
-    from retrieval.library import Library
+    from xmr.retrieval.db import ImageRow
+    from xmr.retrieval.library import Library
 
     with Library.open(index_dir) as library, library.db.session() as session:
         stored = {row.path for row in session.query(ImageRow)}
@@ -144,7 +144,7 @@ def test_the_size_after_resizing_is_guarded_too(tmp_path):
     guard that answers."""
     from torchvision import transforms
 
-    from retrieval.imageio import DecodeError, decode_image
+    from xmr.retrieval.imageio import DecodeError, decode_image
 
     path = make_image(tmp_path / "wide.png", seed=1, size=(640, 20))  # 32:1
     with pytest.raises(DecodeError, match="resized for the model is 32768x1024"):
@@ -179,7 +179,7 @@ def test_a_fifo_or_a_folder_is_named_for_what_it_is(tmp_path, cli, tiny_spec):
 
 # -- text corpora ------------------------------------------------------------------------
 def test_control_characters_are_removed_and_huge_lines_cut_with_a_notice(tmp_path, cli, tiny_spec):
-    from indexer.texts import MAX_TEXT_CHARS
+    from xmr.indexer.texts import MAX_TEXT_CHARS
 
     corpus = tmp_path / "corpus.txt"
     huge = "word " * 600_000  # one 3 MB line

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from conftest import REPO, db_rows, index_with, indexed_paths, make_images, stored_vectors
 
-from retrieval.errors import InputError
-from retrieval.index_choice import (
+from xmr.retrieval.errors import InputError
+from xmr.retrieval.index_choice import (
     FLAT_LIMIT,
     HNSW_LIMIT,
     PQ_MIN_TRAIN,
@@ -26,9 +26,9 @@ from retrieval.index_choice import (
     possible_choices,
     resolve_choice,
 )
-from retrieval.index_types import build_index, exact_top_k, overlap_recall
-from retrieval.library import Library
-from retrieval.vector_index import VectorIndex
+from xmr.retrieval.index_types import build_index, exact_top_k, overlap_recall
+from xmr.retrieval.library import Library
+from xmr.retrieval.vector_index import VectorIndex
 
 DIM = 64
 N_ITEMS = 50_000
@@ -359,7 +359,7 @@ def test_ivf_index_loads_memory_mapped_in_another_process(cli, hnsw_library):
     ids = sorted(indexed_paths(index_dir).values())
     script = f"""
 import json, faiss, numpy as np
-from retrieval.library import Library
+from xmr.retrieval.library import Library
 with Library.open({str(index_dir)!r}) as library:
     index = library.images.index
     lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index.index).invlists)

@@ -23,7 +23,7 @@ from conftest import (
 )
 from PIL import Image
 
-from retrieval.library import Library
+from xmr.retrieval.library import Library
 
 
 def _consistent(index_dir: Path) -> dict[str, int]:
@@ -51,7 +51,7 @@ def test_first_run_indexes_every_image(encoder, image_folder, tmp_path):
     assert (sample["width"], sample["height"], sample["format"]) == (48, 40, "PNG")
     assert rows[str(image_folder / "trip" / "img0000.jpg")]["format"] == "JPEG"
     # The stored vector is the encoder's vector for that file, as searching would compute it.
-    from retrieval.imageio import decode_image
+    from xmr.retrieval.imageio import decode_image
 
     pixels, *_ = decode_image(str(image_folder / "img0003.png"), encoder.preprocess)
     want = encoder.encode_images(pixels[None]).vectors[0]
@@ -60,7 +60,7 @@ def test_first_run_indexes_every_image(encoder, image_folder, tmp_path):
 
 
 def test_every_image_is_its_own_nearest_neighbour(encoder, image_folder, tmp_path):
-    from retrieval.searcher import Query, Searcher
+    from xmr.retrieval.searcher import Query, Searcher
 
     index_dir = tmp_path / "index"
     index_with(index_dir, encoder, [image_folder])
@@ -107,8 +107,8 @@ def indexed(encoder, image_folder, tmp_path):
 
 
 def test_unchanged_rerun_does_no_work_and_never_loads_the_model(indexed, tiny_spec):
-    from indexer.images import IndexOptions, index_folders
-    from retrieval.encoder import LazyEncoder
+    from xmr.indexer.images import IndexOptions, index_folders
+    from xmr.retrieval.encoder import LazyEncoder
 
     folder, index_dir = indexed
     before = _consistent(index_dir)
@@ -170,7 +170,7 @@ def test_duplicates_within_one_run_are_encoded_once(encoder, tmp_path):
 
 
 def test_modified_file_is_re_embedded_and_its_old_vector_is_gone(indexed, encoder):
-    from retrieval.searcher import Query, Searcher
+    from xmr.retrieval.searcher import Query, Searcher
 
     folder, index_dir = indexed
     target = folder / "img0007.png"
@@ -209,8 +209,8 @@ def test_touched_file_needs_no_encoder(indexed, encoder):
 
 
 def test_deleted_files_leave_db_faiss_and_results(indexed, encoder):
-    from retrieval.searcher import Query, Searcher
-    from retrieval.stats import index_info
+    from xmr.retrieval.searcher import Query, Searcher
+    from xmr.retrieval.stats import index_info
 
     folder, index_dir = indexed
     before = indexed_paths(index_dir)
@@ -268,7 +268,7 @@ def test_compact_frees_deleted_records_and_keeps_live_ones(indexed, encoder, cli
 
 
 def _can_punch_holes(folder: Path) -> bool:
-    from retrieval.arraystore import ArrayStore
+    from xmr.retrieval.arraystore import ArrayStore
 
     probe = ArrayStore(folder / "probe.bin", (4096,), "uint8")
     probe.write(np.arange(4), np.ones((4, 4096), np.uint8))

@@ -15,7 +15,7 @@ import pytest
 from conftest import XMR, db_rows, make_images, run_xmr, xmr_env
 from faults import sigkill_when
 
-from retrieval.library import Library
+from xmr.retrieval.library import Library
 
 N_IMAGES = 300
 
@@ -48,7 +48,7 @@ def _check_consistent(index_dir) -> dict[str, int]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_killed_index_run_resumes(tmp_path, tiny_spec, encoder):
-    from retrieval.searcher import Query, Searcher
+    from xmr.retrieval.searcher import Query, Searcher
 
     folder = tmp_path / "photos"
     files = make_images(folder, N_IMAGES)

@@ -25,10 +25,11 @@ ALLOWED = {
 
 
 def _product_packages() -> list[str]:
-    """The top-level packages pyproject.toml installs ("retrieval*" -> retrieval)."""
-    found = re.search(r"^include = (\[.*\])$", (REPO / "pyproject.toml").read_text(), re.M)
-    include = ast.literal_eval(found[1])  # [tool.setuptools.packages.find] (no tomllib in 3.10)
-    return sorted({pattern.rstrip("*").rstrip(".") for pattern in include})
+    """The folders pyproject.toml installs as `xmr.NAME` ("xmr.retrieval" = "retrieval")."""
+    text = (
+        REPO / "pyproject.toml"
+    ).read_text()  # [tool.setuptools.package-dir] (no tomllib in 3.10)
+    return sorted(re.findall(r'^"xmr\.(\w+)" = "\1"$', text, re.M))
 
 
 def _module_name(path) -> str:
@@ -45,6 +46,7 @@ def import_graph(packages) -> dict[str, set[str]]:
     }
 
     def known(name: str) -> str | None:  # the longest module prefix of `name` that exists
+        name = name.removeprefix("xmr.")  # installed as xmr.retrieval, kept in retrieval/
         while name and name not in files:
             name = name.rpartition(".")[0]
         return name or None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation.metrics import (
+from xmr.evaluation.metrics import (
     MISS_RANK,
     hard_negative_accuracy,
     image_to_text_ranks,

@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import TINY_CFG
 
-from retrieval.errors import InvalidModelSpec
-from retrieval.modelspec import HUB_CONFIG_FILE, HUB_WEIGHTS_FILE, parse_model_spec
+from xmr.retrieval.errors import InvalidModelSpec
+from xmr.retrieval.modelspec import HUB_CONFIG_FILE, HUB_WEIGHTS_FILE, parse_model_spec
 
 TEXTS = ["a red circle", "blue", "two green squares on a white background"]
 
@@ -151,7 +151,7 @@ def test_vectors_match_open_clips_own_encoders(encoder):
 
 
 def test_random_weights_are_seeded_and_leave_global_rng_alone(encoder, tiny_spec):
-    from retrieval.encoder import load_encoder
+    from xmr.retrieval.encoder import load_encoder
 
     torch.manual_seed(1234)
     expected_draw = torch.rand(3)
@@ -174,7 +174,7 @@ def test_hub_folder_and_checkpoint_load_the_same_weights(encoder, tmp_path):
     import open_clip
     from safetensors.torch import save_file
 
-    from retrieval.encoder import load_encoder
+    from xmr.retrieval.encoder import load_encoder
 
     folder = tmp_path / "tiny-hub"
     folder.mkdir()
@@ -201,7 +201,7 @@ def test_hub_folder_and_checkpoint_load_the_same_weights(encoder, tmp_path):
 
 
 def test_unknown_openclip_model_lists_choices():
-    from retrieval.encoder import load_encoder
+    from xmr.retrieval.encoder import load_encoder
 
     with pytest.raises(InvalidModelSpec, match="Unknown model 'NoSuchNet-9'") as err:
         load_encoder("NoSuchNet-9:none", "cpu")
@@ -209,7 +209,7 @@ def test_unknown_openclip_model_lists_choices():
 
 
 def test_unknown_pretrained_tag_lists_tags():
-    from retrieval.encoder import load_encoder
+    from xmr.retrieval.encoder import load_encoder
 
     with pytest.raises(InvalidModelSpec, match="Unknown pretrained tag 'nosuchtag'") as err:
         load_encoder("ViT-B-32:nosuchtag", "cpu")
@@ -217,7 +217,7 @@ def test_unknown_pretrained_tag_lists_tags():
 
 
 def test_lazy_encoder_loads_only_when_used(tiny_spec):
-    from retrieval.encoder import LazyEncoder
+    from xmr.retrieval.encoder import LazyEncoder
 
     lazy = LazyEncoder(tiny_spec, "cpu")
     assert not lazy.loaded
@@ -230,8 +230,8 @@ def test_lazy_encoder_loads_only_when_used(tiny_spec):
 def test_checkpoint_that_does_not_fit_is_a_clear_error(tiny_config, tmp_path):
     from safetensors.torch import save_file
 
-    from retrieval.encoder import load_encoder
-    from retrieval.errors import ModelNotAvailable
+    from xmr.retrieval.encoder import load_encoder
+    from xmr.retrieval.errors import ModelNotAvailable
 
     folder = tmp_path / "wrong"
     folder.mkdir()
@@ -253,7 +253,7 @@ def test_text_tower_alone_gives_the_whole_models_text_vectors(encoder, tmp_path)
     import open_clip
     from safetensors.torch import save_file
 
-    from retrieval.encoder import Encoder, load_encoder, load_text_encoder
+    from xmr.retrieval.encoder import Encoder, load_encoder, load_text_encoder
 
     folder = tmp_path / "tiny-hub"
     folder.mkdir()
@@ -281,7 +281,7 @@ def test_text_tower_alone_gives_the_whole_models_text_vectors(encoder, tmp_path)
 
 def test_random_weights_load_both_towers_for_text(tiny_spec, encoder):
     """Random weights are drawn for the whole model; a text tower drawn alone would differ."""
-    from retrieval.encoder import Encoder, load_text_encoder
+    from xmr.retrieval.encoder import Encoder, load_text_encoder
 
     loaded = load_text_encoder(tiny_spec, "cpu")
     assert isinstance(loaded, Encoder)
@@ -293,7 +293,7 @@ def test_random_weights_load_both_towers_for_text(tiny_spec, encoder):
 def test_loading_runs_no_forward_pass_and_encoding_changes_nothing(tiny_spec):
     """Shapes come from the modules (no probe pass at start-up); encoding sets no flag and
     leaves no hook, so threads may share one encoder."""
-    from retrieval.encoder import load_encoder
+    from xmr.retrieval.encoder import load_encoder
 
     calls = []
     handle = torch.nn.modules.module.register_module_forward_hook(
@@ -333,8 +333,8 @@ def test_uncached_weights_download_only_when_allowed_and_reachable(tmp_path, mon
     import socket
     import time
 
-    from retrieval.errors import ModelNotAvailable
-    from retrieval.weights import prepare_weights
+    from xmr.retrieval.errors import ModelNotAvailable
+    from xmr.retrieval.weights import prepare_weights
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # nothing cached here
     spec = parse_model_spec("ViT-B-32:laion2b_s34b_b79k")

@@ -11,8 +11,8 @@ import pytest
 from conftest import index_with, make_image, run_xmr
 from test_cli import HEAVY, _imported, run_xmr_importtime
 
-from retrieval.errors import InputError
-from retrieval.query_language import Term, combine, parse
+from xmr.retrieval.errors import InputError
+from xmr.retrieval.query_language import Term, combine, parse
 
 
 # -- the rules ---------------------------------------------------------------------------
@@ -109,8 +109,8 @@ def test_a_bad_expression_fails_at_once_in_the_cli(tmp_path, encoder):
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     """600 generated scenes of a seed xmr-tiny never saw, indexed with it."""
-    from engine.engine import Engine
-    from training.corpus import make_corpus
+    from xmr.engine.engine import Engine
+    from xmr.training.corpus import make_corpus
 
     root = tmp_path_factory.mktemp("scenes")
     corpus = make_corpus(root / "corpus", 600, seed=2024)
@@ -155,7 +155,7 @@ def test_caption_minus_red_plus_blue_moves_toward_blue_circles(scenes):
 def test_an_image_term_plus_a_text_term_returns_images_with_both(scenes):
     """The image's background and the text's object: the composite keeps the first
     nearly as well as the image alone and gets the second as well as the text alone."""
-    from engine.query_input import QueryInput
+    from xmr.engine.query_input import QueryInput
 
     engine, images = scenes
     rng = random.Random(0)
@@ -185,7 +185,7 @@ def test_an_image_term_plus_a_text_term_returns_images_with_both(scenes):
 
 @pytest.mark.slow
 def test_the_reranker_reads_a_composite_only_through_one_positive_text(scenes, tmp_path):
-    from engine.query_input import QueryInput
+    from xmr.engine.query_input import QueryInput
 
     engine, images = scenes
     path, image = next(iter(images.items()))

@@ -28,11 +28,11 @@ from conftest import (
     stored_vectors,
 )
 
-from indexer.executor import Executor
-from indexer.images import IndexOptions, index_folders
-from indexer.report import Reporter
-from indexer.texts import add_texts
-from retrieval.library import Library
+from xmr.indexer.executor import Executor
+from xmr.indexer.images import IndexOptions, index_folders
+from xmr.indexer.report import Reporter
+from xmr.indexer.texts import add_texts
+from xmr.retrieval.library import Library
 
 N_IMAGES = 200
 RAY = Executor("ray")
@@ -169,8 +169,8 @@ HEAVY_CFG = {
 
 @pytest.mark.slow
 def test_killed_actor_leaves_a_consistent_index_that_a_rerun_completes(local_ray, photos, tmp_path):
-    from retrieval.embedding import embed_images
-    from retrieval.encoder import load_encoder
+    from xmr.retrieval.embedding import embed_images
+    from xmr.retrieval.encoder import load_encoder
 
     folder, reasons = photos
     config = tmp_path / "heavy.json"

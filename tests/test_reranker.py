@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import random_reranker as _random_runtime
 
-from retrieval.reranker import Reranker, RerankerConfig, RerankerRuntime, text_mask
+from xmr.retrieval.reranker import Reranker, RerankerConfig, RerankerRuntime, text_mask
 
 # The plain re-ranker, and the one with a convolutional image stem and token alignment.
 VARIANTS = [{}, {"image_stem": "conv", "token_alignment": True}]
@@ -65,7 +65,7 @@ def test_cached_image_states_match_the_plain_forward(variant):
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
 def test_save_and_load_round_trip(tmp_path, variant):
-    from retrieval.reranker import load_reranker, save_reranker
+    from xmr.retrieval.reranker import load_reranker, save_reranker
 
     runtime = _random_runtime(seed=4, **variant)
     save_reranker(runtime.model, tmp_path / "rr")
@@ -78,8 +78,8 @@ def test_save_and_load_round_trip(tmp_path, variant):
 
 
 def test_a_reranker_config_with_an_unknown_image_stem_is_refused_by_name(tmp_path):
-    from retrieval.errors import InvalidModelSpec
-    from retrieval.reranker import CONFIG_FILE, load_reranker, save_reranker
+    from xmr.retrieval.errors import InvalidModelSpec
+    from xmr.retrieval.reranker import CONFIG_FILE, load_reranker, save_reranker
 
     save_reranker(_random_runtime(seed=4).model, tmp_path / "rr")
     config = tmp_path / "rr" / CONFIG_FILE
@@ -90,7 +90,7 @@ def test_a_reranker_config_with_an_unknown_image_stem_is_refused_by_name(tmp_pat
 
 def test_float16_save_halves_the_file_and_leaves_the_model_as_it_was(tmp_path):
     """A float16 copy: half the file, the same scores to within float16 rounding."""
-    from retrieval.reranker import WEIGHTS_FILE, load_reranker, save_reranker
+    from xmr.retrieval.reranker import WEIGHTS_FILE, load_reranker, save_reranker
 
     runtime = _random_runtime(seed=5)
     save_reranker(runtime.model, tmp_path / "fp32")
@@ -109,7 +109,7 @@ def test_float16_save_halves_the_file_and_leaves_the_model_as_it_was(tmp_path):
 
 
 def test_token_store_returns_exactly_what_was_written(tmp_path):
-    from retrieval.arraystore import ArrayStore
+    from xmr.retrieval.arraystore import ArrayStore
 
     store = ArrayStore(tmp_path / "t.tok", (5, 4), "float16")
     rng = np.random.default_rng(0)
@@ -125,18 +125,18 @@ def test_token_store_returns_exactly_what_was_written(tmp_path):
 def test_indexed_tokens_equal_the_encoder_tokens(tmp_path, encoder):
     from conftest import index_with, make_images
 
-    from retrieval.library import Library
+    from xmr.retrieval.library import Library
 
     paths = make_images(tmp_path / "imgs", 5)
     index_with(tmp_path / "idx", encoder, [tmp_path / "imgs"])
     with Library.open(tmp_path / "idx") as library:
         from sqlalchemy import select
 
-        from retrieval.db import ImageRow
+        from xmr.retrieval.db import ImageRow
 
         with library.db.session() as session:
             rows = {r.path: r.id for r in session.scalars(select(ImageRow))}
-        from retrieval.imageio import decode_image
+        from xmr.retrieval.imageio import decode_image
 
         for path in paths:
             pixels, *_ = decode_image(str(path.resolve()), encoder.preprocess)
@@ -148,8 +148,8 @@ def test_indexed_tokens_equal_the_encoder_tokens(tmp_path, encoder):
 def test_reranking_never_leaves_the_stage1_candidates(tmp_path, encoder):
     from conftest import index_with, make_images
 
-    from retrieval.library import Library
-    from retrieval.searcher import Searcher
+    from xmr.retrieval.library import Library
+    from xmr.retrieval.searcher import Searcher
 
     make_images(tmp_path / "imgs", 40)
     index_with(tmp_path / "idx", encoder, [tmp_path / "imgs"])
@@ -182,14 +182,14 @@ def test_a_short_run_from_the_shipped_reranker_keeps_what_it_learned(tmp_path):
     t2i R@1 fell from 95.9 to 75.9 and attribute swaps from 93.0 to 69.3 here."""
     from safetensors.torch import load_file
 
-    from evaluation.datasets import load_dataset
-    from evaluation.embed_dataset import embed_dataset
-    from evaluation.rerank_eval import quick_validation
-    from retrieval.encoder import load_encoder
-    from retrieval.modelspec import SHIPPED_MODELS_DIR
-    from retrieval.reranker import load_reranker
-    from training.corpus import make_corpus
-    from training.reranker_training import RerankerTrainConfig, train_reranker
+    from xmr.evaluation.datasets import load_dataset
+    from xmr.evaluation.embed_dataset import embed_dataset
+    from xmr.evaluation.rerank_eval import quick_validation
+    from xmr.retrieval.encoder import load_encoder
+    from xmr.retrieval.modelspec import SHIPPED_MODELS_DIR
+    from xmr.retrieval.reranker import load_reranker
+    from xmr.training.corpus import make_corpus
+    from xmr.training.reranker_training import RerankerTrainConfig, train_reranker
 
     shipped = SHIPPED_MODELS_DIR / "xmr-tiny" / "reranker"
     # Seed 31: neither the training corpus's 0 nor the evaluation's 1234. 120 train, 150 val.
@@ -235,11 +235,11 @@ def test_training_saves_the_stage1_weight_that_validation_chose(
     validation split with the saved folder reproduces the recall it was chosen by."""
     import json
 
-    from evaluation.bench import BenchOptions, run_benchmark
-    from evaluation.datasets import load_dataset
-    from evaluation.rerank_eval import FUSION_MULTIPLIERS
-    from retrieval.encoder import load_encoder
-    from retrieval.reranker import load_reranker
+    from xmr.evaluation.bench import BenchOptions, run_benchmark
+    from xmr.evaluation.datasets import load_dataset
+    from xmr.evaluation.rerank_eval import FUSION_MULTIPLIERS
+    from xmr.retrieval.encoder import load_encoder
+    from xmr.retrieval.reranker import load_reranker
 
     rr_dir, state = trained_reranker
     fusion = json.loads((rr_dir / "train_log.json").read_text())["fusion"]
@@ -262,7 +262,7 @@ def test_training_saves_the_stage1_weight_that_validation_chose(
 
 
 def test_best_fusion_takes_the_best_mean_recall_and_breaks_ties_towards_the_training_weight():
-    from evaluation.rerank_eval import best_fusion
+    from xmr.evaluation.rerank_eval import best_fusion
 
     def row(m, t2i, i2t):
         return {"multiplier": m, "t2i_R@1": t2i, "i2t_R@1": i2t}
@@ -284,7 +284,7 @@ def test_hard_negatives_come_from_the_query_gallery_and_never_the_own_item():
     re-ranks from, and the re-ranker learns to distrust stage 1. They must stay in-gallery."""
     from types import SimpleNamespace
 
-    from training.reranker_training.mining import gallery_blocks, hard_pools
+    from xmr.training.reranker_training.mining import gallery_blocks, hard_pools
 
     rng = np.random.default_rng(0)
     n, per = 50, 2
@@ -313,8 +313,8 @@ def test_hard_negatives_come_from_the_query_gallery_and_never_the_own_item():
 def test_every_edited_caption_enters_the_loss_even_when_one_row_has_none():
     """The image->text lists are padded and masked: a row without an edit must not cut the
     other rows' edited captions out of the loss."""
-    from training.reranker_training.losses import FeatureTensors, listwise_loss
-    from training.reranker_training.mining import Batch
+    from xmr.training.reranker_training.losses import FeatureTensors, listwise_loss
+    from xmr.training.reranker_training.mining import Batch
 
     rng = np.random.default_rng(0)
     dim, length, tokens, n_images = 16, 6, 4, 8
@@ -355,13 +355,13 @@ def test_pooled_token_store_cuts_disk_and_serves_a_matching_reranker(tmp_path, e
     re-ranker that pools 2x2 itself, and a clear refusal for one that reads the full grid."""
     from conftest import make_images, run_xmr
 
-    from indexer.images import IndexOptions, index_folders
-    from retrieval.db import ImageRow
-    from retrieval.errors import InputError, InvalidModelSpec
-    from retrieval.library import Library
-    from retrieval.reranker import save_reranker
-    from retrieval.searcher import Searcher
-    from retrieval.token_pooling import pool_token_array
+    from xmr.indexer.images import IndexOptions, index_folders
+    from xmr.retrieval.db import ImageRow
+    from xmr.retrieval.errors import InputError, InvalidModelSpec
+    from xmr.retrieval.library import Library
+    from xmr.retrieval.reranker import save_reranker
+    from xmr.retrieval.searcher import Searcher
+    from xmr.retrieval.token_pooling import pool_token_array
 
     make_images(tmp_path / "imgs", 24)
     for name, pool in (("full", None), ("pooled", 2)):
@@ -433,7 +433,7 @@ def test_train_reranker_device_reaches_training_and_fails_fast_without_a_gpu(
 
 def test_hard_negative_sampling_draws_distinct_pool_ids_favouring_similar_ones():
     """ALBEF's sampling in proportion to softmax(sim / tau), without replacement."""
-    from training.reranker_training.mining import sample_hard
+    from xmr.training.reranker_training.mining import sample_hard
 
     rows, m = 4000, 16
     ids = np.tile(np.arange(100, 100 + m), (rows, 1))  # (rows, M)
@@ -448,7 +448,7 @@ def test_hard_negative_sampling_draws_distinct_pool_ids_favouring_similar_ones()
 
 def _quick_config(corpus, out, **overrides):
     """A re-ranker run of seconds on xmr-tiny's tokens of 60 training scenes."""
-    from training.reranker_training import RerankerTrainConfig
+    from xmr.training.reranker_training import RerankerTrainConfig
 
     options = dict(
         data=str(corpus.captions_path),
@@ -469,8 +469,8 @@ def test_max_minutes_ends_training_early_with_a_validated_saved_reranker(shapes_
     The minutes of embedding before the first step are reported stage by stage."""
     import json
 
-    from retrieval.reranker import load_reranker
-    from training.reranker_training import train_reranker
+    from xmr.retrieval.reranker import load_reranker
+    from xmr.training.reranker_training import train_reranker
 
     out = tmp_path / "rr"
     config = _quick_config(
@@ -500,7 +500,7 @@ def test_each_validation_row_is_reported_and_logged_as_soon_as_it_is_measured(
     `validated` callback when it is measured, and OUT/train_log.json already holds it."""
     import json
 
-    from training.reranker_training import train_reranker
+    from xmr.training.reranker_training import train_reranker
 
     out = tmp_path / "rr"
     config = _quick_config(shapes_corpus, out, steps=6, val_every=2)
@@ -529,8 +529,8 @@ def test_init_from_starts_at_a_saved_rerankers_weights_and_refuses_other_options
 
     from safetensors.torch import load_file
 
-    from retrieval.errors import InputError
-    from training.reranker_training import train_reranker
+    from xmr.retrieval.errors import InputError
+    from xmr.training.reranker_training import train_reranker
 
     base = _quick_config(
         shapes_corpus, tmp_path / "start", steps=1, lr=1e-12, width=32, layers=1, val_images=10
@@ -607,8 +607,8 @@ def test_edit_pair_training_teaches_binding_that_pooled_vectors_cannot_see():
     (bag-of-features) score gets; a loss with the wrong sign lands far below it."""
     from types import SimpleNamespace
 
-    from training.reranker_training.edits import EditPairs
-    from training.reranker_training.losses import FeatureTensors, edit_pair_loss
+    from xmr.training.reranker_training.edits import EditPairs
+    from xmr.training.reranker_training.losses import FeatureTensors, edit_pair_loss
 
     rng = np.random.default_rng(0)
     torch.manual_seed(0)

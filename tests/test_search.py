@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import bump_mtime, index_with, indexed_paths, make_image, make_images, stored_vectors
 
-from retrieval.errors import InputError
-from retrieval.library import Library
-from retrieval.searcher import Searcher
+from xmr.retrieval.errors import InputError
+from xmr.retrieval.library import Library
+from xmr.retrieval.searcher import Searcher
 
 
 @pytest.fixture

@@ -168,7 +168,7 @@ def _spec(photo_index) -> str:
 
 
 def test_sixteen_concurrent_clients_each_get_their_own_answer(served, photo_index):
-    from engine.engine import Engine
+    from xmr.engine.engine import Engine
 
     folder, index_dir = photo_index
     ids = indexed_paths(index_dir)
@@ -320,8 +320,8 @@ def _png_bomb(width: int, height: int) -> bytes:
 
 # -- query expressions, dedup, min-score and duplicates over HTTP ------------------------
 def test_expressions_like_terms_and_an_upload_with_words(served, photo_index):
-    from engine.engine import Engine
-    from engine.query_input import QueryInput
+    from xmr.engine.engine import Engine
+    from xmr.engine.query_input import QueryInput
 
     folder, index_dir = photo_index
     ids = indexed_paths(index_dir)

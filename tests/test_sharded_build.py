@@ -11,8 +11,8 @@ import faiss
 import numpy as np
 import pytest
 
-from retrieval.index_choice import resolve_choice
-from retrieval.index_types import build_tuned, faiss_params, overlap_recall, refine_exact
+from xmr.retrieval.index_choice import resolve_choice
+from xmr.retrieval.index_types import build_tuned, faiss_params, overlap_recall, refine_exact
 
 N_ITEMS = 100_000
 DIM = 64

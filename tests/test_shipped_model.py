@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from retrieval.modelspec import SHIPPED_MODELS_DIR
+from xmr.retrieval.modelspec import SHIPPED_MODELS_DIR
 
 
 def test_xmr_tiny_is_shipped_small_and_standard():
@@ -22,11 +22,11 @@ def test_xmr_tiny_is_shipped_small_and_standard():
 
 @pytest.mark.slow
 def test_xmr_tiny_recall_floor_on_an_unseen_seed(tmp_path):
-    from evaluation.bench import BenchOptions, run_benchmark
-    from evaluation.datasets import load_dataset
-    from retrieval.encoder import load_encoder
-    from retrieval.reranker import resolve_reranker
-    from training.corpus import make_corpus
+    from xmr.evaluation.bench import BenchOptions, run_benchmark
+    from xmr.evaluation.datasets import load_dataset
+    from xmr.retrieval.encoder import load_encoder
+    from xmr.retrieval.reranker import resolve_reranker
+    from xmr.training.corpus import make_corpus
 
     corpus = make_corpus(tmp_path / "unseen", 1000, seed=4321)
     dataset = load_dataset(corpus.captions_path, split=None)  # all 1,000: none seen in training
@@ -52,8 +52,8 @@ def test_xmr_tiny_recall_floor_on_an_unseen_seed(tmp_path):
 def test_xmr_tiny_ships_a_calibrated_reranker_that_auto_finds():
     import json
 
-    from retrieval.encoder import load_encoder
-    from retrieval.reranker import resolve_reranker
+    from xmr.retrieval.encoder import load_encoder
+    from xmr.retrieval.reranker import resolve_reranker
 
     encoder = load_encoder("xmr-tiny", "cpu")
     runtime = resolve_reranker("auto", encoder, "cpu")
@@ -78,7 +78,7 @@ def test_default_search_on_an_xmr_tiny_index_reranks_and_a_pooled_index_falls_ba
 
     from conftest import run_xmr
 
-    from training.corpus import make_corpus
+    from xmr.training.corpus import make_corpus
 
     corpus = make_corpus(tmp_path / "scenes", 40, seed=77)
     query = "a red circle left of a blue square"

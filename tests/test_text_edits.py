@@ -4,7 +4,7 @@ import random
 
 import numpy as np
 
-from training.text_edits import change_object, flip_relation, swap_attributes
+from xmr.training.text_edits import change_object, flip_relation, swap_attributes
 
 OBJECTS = ["circle", "square", "triangle", "cross"]
 
@@ -35,7 +35,7 @@ def test_flip_relation_and_change_object():
 def test_caption_edits_encode_every_edit_that_applies_at_its_row(encoder):
     """The trainer's text negatives: each caption's swap, flip and object change, encoded
     once; a batch gets exactly its captions' edits, tagged with their batch rows."""
-    from training.reranker_training.edits import caption_edits
+    from xmr.training.reranker_training.edits import caption_edits
 
     caption = "A red circle is left of a blue square."
     # 5 mentions after a colour make a word an object: circle, square, triangle

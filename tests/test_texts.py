@@ -17,9 +17,9 @@ from conftest import (
     stored_vectors,
 )
 
-from indexer.texts import add_texts, read_corpus
-from retrieval.errors import InputError
-from retrieval.library import Library
+from xmr.indexer.texts import add_texts, read_corpus
+from xmr.retrieval.errors import InputError
+from xmr.retrieval.library import Library
 
 CAPTIONS = [
     "a red circle on a white background",
@@ -160,7 +160,7 @@ def test_jsonl_and_csv_keep_their_metadata(encoder, tmp_path):
 
 
 def test_text_to_text_search_finds_the_exact_text(encoder, tmp_path):
-    from retrieval.searcher import Searcher
+    from xmr.retrieval.searcher import Searcher
 
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(CAPTIONS))

@@ -27,7 +27,7 @@ def _reranker(encoder, layer, seed=0):
 
 
 def test_block_tokens_are_that_blocks_output_through_the_final_norm(encoder):
-    from retrieval.errors import InputError
+    from xmr.retrieval.errors import InputError
 
     pixels = _pixels(encoder)
     last = encoder.encode_images(pixels)
@@ -46,12 +46,12 @@ def test_block_tokens_are_that_blocks_output_through_the_final_norm(encoder):
 
 
 def test_an_index_stores_its_blocks_tokens_and_refuses_a_reranker_of_another(tmp_path, encoder):
-    from indexer.images import IndexOptions, index_folders
-    from retrieval.db import ImageRow
-    from retrieval.errors import InvalidModelSpec
-    from retrieval.imageio import decode_image
-    from retrieval.library import Library
-    from retrieval.searcher import Searcher
+    from xmr.indexer.images import IndexOptions, index_folders
+    from xmr.retrieval.db import ImageRow
+    from xmr.retrieval.errors import InvalidModelSpec
+    from xmr.retrieval.imageio import decode_image
+    from xmr.retrieval.library import Library
+    from xmr.retrieval.searcher import Searcher
 
     make_images(tmp_path / "imgs", 6)
     make_images(tmp_path / "imgs" / "later", 2, start_seed=50)
@@ -96,7 +96,7 @@ def test_an_index_stores_its_blocks_tokens_and_refuses_a_reranker_of_another(tmp
 
 
 def test_xmr_index_stores_the_tokens_its_reranker_reads(tmp_path, tiny_spec, encoder):
-    from retrieval.reranker import save_reranker
+    from xmr.retrieval.reranker import save_reranker
 
     make_images(tmp_path / "imgs", 5)
     save_reranker(_reranker(encoder, 0, seed=1).model, tmp_path / "rr0")

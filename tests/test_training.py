@@ -14,7 +14,7 @@ import pytest
 
 @pytest.mark.slow
 def test_training_raises_recall_well_above_chance(trained, shapes_corpus):
-    from evaluation.datasets import load_dataset
+    from xmr.evaluation.datasets import load_dataset
 
     _, state = trained
     val = state.history[-1]["val"]
@@ -33,7 +33,7 @@ def test_artefact_loads_with_plain_open_clip_and_gives_identical_embeddings(trai
     import torch
     from PIL import Image
 
-    from retrieval.encoder import load_encoder
+    from xmr.retrieval.encoder import load_encoder
 
     out, _ = trained
     assert (out / "open_clip_model.safetensors").stat().st_size < 16 * 2**20
@@ -55,7 +55,7 @@ def test_artefact_loads_with_plain_open_clip_and_gives_identical_embeddings(trai
 
 @pytest.mark.slow
 def test_resume_continues_the_step_count(shapes_corpus, train_config_path, tmp_path):
-    from training.encoder_training import EncoderTrainConfig, train_encoder
+    from xmr.training.encoder_training import EncoderTrainConfig, train_encoder
 
     base = dict(
         data=str(shapes_corpus.captions_path),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from retrieval.modelspec import HUB_CONFIG_FILE, HUB_WEIGHTS_FILE
+from xmr.retrieval.modelspec import HUB_CONFIG_FILE, HUB_WEIGHTS_FILE
 
 
 def save_open_clip_artifact(
@@ -40,7 +40,7 @@ def save_open_clip_artifact(
 
 def model_config_of(spec) -> tuple[dict, dict]:
     """(model_cfg, preprocess_cfg) of a parsed ModelSpec, as open_clip would build it."""
-    from retrieval.encoder import _import_open_clip
+    from xmr.retrieval.encoder import _import_open_clip
 
     open_clip = _import_open_clip()
     if spec.kind in ("shipped", "folder"):

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.errors import InputError
-from training.runs import save_atomically, seed_everything, warmup_cosine
-from training.train_log import write_train_log
+from xmr.retrieval.errors import InputError
+from xmr.training.runs import save_atomically, seed_everything, warmup_cosine
+from xmr.training.train_log import write_train_log
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
@@ -56,11 +56,11 @@ def train_encoder(config: EncoderTrainConfig, progress=None, validated=None) -> 
     import torch
     from open_clip import ClipLoss
 
-    from evaluation.datasets import load_dataset
-    from retrieval.encoder import build_open_clip
-    from retrieval.modelspec import parse_model_spec
-    from training.artifact import model_config_of, save_open_clip_artifact
-    from training.pixels import preload_pixels
+    from xmr.evaluation.datasets import load_dataset
+    from xmr.retrieval.encoder import build_open_clip
+    from xmr.retrieval.modelspec import parse_model_spec
+    from xmr.training.artifact import model_config_of, save_open_clip_artifact
+    from xmr.training.pixels import preload_pixels
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -180,8 +180,8 @@ def evaluate_encoder(model, preprocess, tokenizer, dataset, max_images: int | No
     """Dual-encoder recall@1/5/10 (percent) both ways on (the first max_images of) a split."""
     import torch
 
-    from evaluation.metrics import retrieval_recall
-    from training.pixels import preload_pixels
+    from xmr.evaluation.metrics import retrieval_recall
+    from xmr.training.pixels import preload_pixels
 
     n = len(dataset.image_paths) if not max_images else min(max_images, len(dataset.image_paths))
     caption_ids = [c for i in range(n) for c in dataset.image_to_texts[i]]
@@ -208,8 +208,8 @@ def evaluate_encoder(model, preprocess, tokenizer, dataset, max_images: int | No
 
 
 def _val_split(config: EncoderTrainConfig):
-    from evaluation.datasets import load_dataset
-    from retrieval.errors import DatasetError
+    from xmr.evaluation.datasets import load_dataset
+    from xmr.retrieval.errors import DatasetError
 
     try:
         return load_dataset(config.data, config.images_root, split="val")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from retrieval.embedding import decode_images
-from retrieval.errors import DatasetError
+from xmr.retrieval.embedding import decode_images
+from xmr.retrieval.errors import DatasetError
 
 
 def preload_pixels(paths, preprocess, workers: int | None = None, progress=None):

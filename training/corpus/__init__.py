@@ -20,12 +20,12 @@ Reading order, one module a step:
   dataset.py   `make_corpus`, the dataset on disk
 """
 
-from training.corpus.captions import Description, captions_for, describe, negatives_for
-from training.corpus.checker import is_caption_true
-from training.corpus.dataset import DATASET_NAME, CorpusInfo, make_corpus, split_counts
-from training.corpus.render import render_scene
-from training.corpus.sampling import sample_scene, sample_scenes
-from training.corpus.scenes import (
+from xmr.training.corpus.captions import Description, captions_for, describe, negatives_for
+from xmr.training.corpus.checker import is_caption_true
+from xmr.training.corpus.dataset import DATASET_NAME, CorpusInfo, make_corpus, split_counts
+from xmr.training.corpus.render import render_scene
+from xmr.training.corpus.sampling import sample_scene, sample_scenes
+from xmr.training.corpus.scenes import (
     BACKGROUNDS,
     COLOURS,
     DIRECTIONS,

@@ -7,10 +7,10 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from retrieval.errors import InputError
-from training.corpus.checker import is_caption_true
-from training.corpus.grammar import ABS_WORDS, REL_IT_WORDS, REL_WORDS, SIZE_WORDS
-from training.corpus.scenes import (
+from xmr.retrieval.errors import InputError
+from xmr.training.corpus.checker import is_caption_true
+from xmr.training.corpus.grammar import ABS_WORDS, REL_IT_WORDS, REL_WORDS, SIZE_WORDS
+from xmr.training.corpus.scenes import (
     CLEAR_RATIO,
     COLOURS,
     DIRECTIONS,

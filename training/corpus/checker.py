@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import re
 
-from retrieval.errors import InputError
-from training.corpus.grammar import ABS_WORDS, REL_IT_WORDS, REL_WORDS, SIZE_WORDS
-from training.corpus.scenes import BACKGROUNDS, COLOURS, SHAPES, Scene, SceneObject, relation_holds
+from xmr.retrieval.errors import InputError
+from xmr.training.corpus.grammar import ABS_WORDS, REL_IT_WORDS, REL_WORDS, SIZE_WORDS
+from xmr.training.corpus.scenes import (
+    BACKGROUNDS,
+    COLOURS,
+    SHAPES,
+    Scene,
+    SceneObject,
+    relation_holds,
+)
 
 
 def _alternation(words) -> str:

@@ -18,11 +18,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrieval.errors import InputError
-from training.corpus.captions import Description, describe
-from training.corpus.render import render_scene
-from training.corpus.sampling import sample_scenes
-from training.corpus.scenes import Scene
+from xmr.retrieval.errors import InputError
+from xmr.training.corpus.captions import Description, describe
+from xmr.training.corpus.render import render_scene
+from xmr.training.corpus.sampling import sample_scenes
+from xmr.training.corpus.scenes import Scene
 
 DATASET_NAME = "xmr-shapes"
 FORMAT_VERSION = 1

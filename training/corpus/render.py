@@ -7,8 +7,8 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from retrieval.errors import InputError
-from training.corpus.scenes import (
+from xmr.retrieval.errors import InputError
+from xmr.training.corpus.scenes import (
     BACKGROUNDS,
     COLOURS,
     SHADING_AMPLITUDE,

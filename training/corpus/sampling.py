@@ -7,8 +7,8 @@ import math
 import random
 from dataclasses import dataclass
 
-from retrieval.errors import InputError
-from training.corpus.scenes import (
+from xmr.retrieval.errors import InputError
+from xmr.training.corpus.scenes import (
     BACKGROUNDS,
     CLEAR_RATIO,
     COLOURS,

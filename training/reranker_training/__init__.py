@@ -21,7 +21,7 @@ Reading order:
   loop.py         train_reranker: embed, step, validate, calibrate, save
 """
 
-from training.reranker_training.config import RerankerTrainConfig, RerankerTrainState
-from training.reranker_training.loop import train_reranker
+from xmr.training.reranker_training.config import RerankerTrainConfig, RerankerTrainState
+from xmr.training.reranker_training.loop import train_reranker
 
 __all__ = ["RerankerTrainConfig", "RerankerTrainState", "train_reranker"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from training.reranker_training.config import check_start
-from training.runs import save_atomically
+from xmr.training.reranker_training.config import check_start
+from xmr.training.runs import save_atomically
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -42,8 +42,8 @@ def start_from(model, folder: Path) -> None:
     (the fused stage-1 weight aside: training starts again from the encoder's scale)."""
     from safetensors.torch import load_file
 
-    from retrieval.errors import InputError
-    from retrieval.reranker_files import WEIGHTS_FILE
+    from xmr.retrieval.errors import InputError
+    from xmr.retrieval.reranker_files import WEIGHTS_FILE
 
     check_start(folder, asdict(model.config))
     try:

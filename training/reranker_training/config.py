@@ -62,9 +62,9 @@ class RerankerTrainState:
 
 def check_config(config: RerankerTrainConfig) -> None:
     """Refuse settings that cannot work, naming the option, before minutes of embedding."""
-    from retrieval.errors import InputError
-    from retrieval.reranker import IMAGE_STEMS
-    from training.reranker_training.edits import edit_columns
+    from xmr.retrieval.errors import InputError
+    from xmr.retrieval.reranker import IMAGE_STEMS
+    from xmr.training.reranker_training.edits import edit_columns
 
     if config.width % config.heads:
         raise InputError(
@@ -81,9 +81,9 @@ def check_config(config: RerankerTrainConfig) -> None:
 def check_start(folder: Path, ours: dict) -> None:
     """Refuse an --init-from whose saved config differs from `ours` in a key both have
     (the fused stage-1 weight aside): a training config before embedding, the model's after."""
-    from retrieval.errors import InputError
-    from retrieval.reranker import RerankerConfig
-    from retrieval.reranker_files import folder_config
+    from xmr.retrieval.errors import InputError
+    from xmr.retrieval.reranker import RerankerConfig
+    from xmr.retrieval.reranker_files import folder_config
 
     saved = {"image_token_layer": None, **folder_config(folder)}
     fields = RerankerConfig.__dataclass_fields__.keys()

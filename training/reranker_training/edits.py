@@ -37,8 +37,8 @@ def caption_edits(
     `progress("caption edits", done, total)` as they are encoded."""
     import torch
 
-    from evaluation.embed_dataset import encode_text_list
-    from training.text_edits import change_object, flip_relation, object_words, swap_attributes
+    from xmr.evaluation.embed_dataset import encode_text_list
+    from xmr.training.text_edits import change_object, flip_relation, object_words, swap_attributes
 
     objects = object_words(captions)
     kinds = (swap_attributes, flip_relation, lambda c, r: change_object(c, r, objects))
@@ -81,7 +81,7 @@ class EditPairs:
 
 def edit_columns(kinds: str) -> list[int]:
     """The CaptionEdits.rows columns of the named edit kinds ("attribute,relation")."""
-    from retrieval.errors import InputError
+    from xmr.retrieval.errors import InputError
 
     names = [k.strip() for k in kinds.split(",") if k.strip()]
     unknown = sorted(set(names) - set(EDIT_KINDS))

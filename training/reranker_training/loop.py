@@ -10,17 +10,27 @@ from pathlib import Path
 
 import numpy as np
 
-from training.reranker_training.checkpoints import CHECKPOINT, resume, save_checkpoint, start_from
-from training.reranker_training.config import (
+from xmr.training.reranker_training.checkpoints import (
+    CHECKPOINT,
+    resume,
+    save_checkpoint,
+    start_from,
+)
+from xmr.training.reranker_training.config import (
     RerankerTrainConfig,
     RerankerTrainState,
     check_config,
 )
-from training.reranker_training.edits import CaptionEdits, EditPairs, caption_edits, edit_pair_pool
-from training.reranker_training.losses import FeatureTensors, edit_pair_loss, listwise_loss
-from training.reranker_training.mining import Pools, draw_batch, hard_pools
-from training.runs import seed_everything, warmup_cosine
-from training.train_log import write_train_log
+from xmr.training.reranker_training.edits import (
+    CaptionEdits,
+    EditPairs,
+    caption_edits,
+    edit_pair_pool,
+)
+from xmr.training.reranker_training.losses import FeatureTensors, edit_pair_loss, listwise_loss
+from xmr.training.reranker_training.mining import Pools, draw_batch, hard_pools
+from xmr.training.runs import seed_everything, warmup_cosine
+from xmr.training.train_log import write_train_log
 
 
 @dataclass
@@ -43,8 +53,8 @@ def train_reranker(
     `validated(row)` with each validation row as soon as it is measured."""
     import torch
 
-    from retrieval.encoder import load_encoder
-    from retrieval.reranker import save_reranker
+    from xmr.retrieval.encoder import load_encoder
+    from xmr.retrieval.reranker import save_reranker
 
     check_config(config)  # a typo or a start that does not fit fails before any embedding
     if config.threads:
@@ -80,9 +90,9 @@ def train_reranker(
 
 def _training_data(config: RerankerTrainConfig, encoder, preparing) -> TrainingData:
     """Embed the training split and its caption edits once; mine the hard-negative pools."""
-    from evaluation.datasets import load_dataset
-    from evaluation.embed_dataset import embed_dataset
-    from retrieval.errors import InputError
+    from xmr.evaluation.datasets import load_dataset
+    from xmr.evaluation.embed_dataset import embed_dataset
+    from xmr.retrieval.errors import InputError
 
     train = load_dataset(config.data, config.images_root, split="train")
     if config.max_train_images:
@@ -104,7 +114,7 @@ def _training_data(config: RerankerTrainConfig, encoder, preparing) -> TrainingD
 def _new_reranker(config: RerankerTrainConfig, encoder, tensors: FeatureTensors):
     """A fresh re-ranker shaped for the encoder's tokens, its head at zero (see Reranker),
     fused with stage 1 at the encoder's logit scale: trained as a correction of stage 1."""
-    from retrieval.reranker import Reranker, RerankerConfig
+    from xmr.retrieval.reranker import Reranker, RerankerConfig
 
     itc = float(encoder.model.logit_scale.exp())
     rconfig = RerankerConfig(
@@ -162,7 +172,7 @@ def _run_steps(config, model, optimizer, schedule, state, data, val, progress, v
 def _step_loss(config: RerankerTrainConfig, model, data: TrainingData, rng):
     """One batch's loss: the listwise loss, plus the edit-pair loss when asked for.
     -> (loss, number of pairs scored)."""
-    from retrieval.reranker import autocast
+    from xmr.retrieval.reranker import autocast
 
     batch = draw_batch(data.train, data.pools, config, rng)
     edited = data.edits.of(batch.captions)
@@ -177,7 +187,7 @@ def _step_loss(config: RerankerTrainConfig, model, data: TrainingData, rng):
 
 
 def _validate(model, val, candidates: int) -> dict:
-    from evaluation.rerank_eval import quick_validation
+    from xmr.evaluation.rerank_eval import quick_validation
 
     model.eval()
     row = quick_validation(model, val, candidates)
@@ -187,7 +197,7 @@ def _validate(model, val, candidates: int) -> dict:
 
 def _calibrate(model, val, candidates: int, state: RerankerTrainState) -> dict:
     """Set the final score's stage-1 weight to the validation sweep's best; -> its log entry."""
-    from evaluation.rerank_eval import best_fusion, fusion_sweep
+    from xmr.evaluation.rerank_eval import best_fusion, fusion_sweep
 
     sweep = fusion_sweep(model, val, candidates)
     chosen = best_fusion(sweep)
@@ -198,9 +208,9 @@ def _calibrate(model, val, candidates: int, state: RerankerTrainState) -> dict:
 
 def _validation_set(config: RerankerTrainConfig, encoder):
     """(val split, its embeddings, encoder), or None when the data has no val split."""
-    from evaluation.datasets import load_dataset
-    from evaluation.embed_dataset import embed_dataset
-    from retrieval.errors import DatasetError
+    from xmr.evaluation.datasets import load_dataset
+    from xmr.evaluation.embed_dataset import embed_dataset
+    from xmr.retrieval.errors import DatasetError
 
     try:
         val = load_dataset(config.data, config.images_root, split="val").head(config.val_images)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.reranker_training.edits import EditPairs
-from training.reranker_training.mining import Batch
+from xmr.training.reranker_training.edits import EditPairs
+from xmr.training.reranker_training.mining import Batch
 
 
 @dataclass
@@ -61,7 +61,7 @@ def listwise_loss(model, batch: Batch, edited, f: FeatureTensors):
     import torch
     import torch.nn.functional as F
 
-    from retrieval.reranker import fused_score, take_states, text_mask
+    from xmr.retrieval.reranker import fused_score, take_states, text_mask
 
     b, h = batch.hard_images.shape
     device = f.image_tokens.device
@@ -130,7 +130,7 @@ def edit_pair_loss(model, pairs: EditPairs, edits, f: FeatureTensors):
     gradient goes to what the edit changed (which colour is on which shape, which side)."""
     import torch.nn.functional as F
 
-    from retrieval.reranker import text_mask
+    from xmr.retrieval.reranker import text_mask
 
     device = f.image_tokens.device
     images = f.image_tokens[torch_rows(pairs.images, device)].float()  # (P, N, D)

@@ -1,0 +1,5 @@
+"""`python -m xmr` is the `xmr` command."""
+
+from xmr.cli.main import run
+
+run()
