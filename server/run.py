@@ -116,6 +116,7 @@ def _serve_claimed(directory, host, port, device, token, on_ready, log_level, cl
     config = uvicorn.Config(
         app,
         log_level=log_level,
+        log_config=_uvicorn_logging(),
         access_log=log_level in ("info", "debug"),
         timeout_keep_alive=30,
     )
@@ -142,6 +143,18 @@ def _serve_claimed(directory, host, port, device, token, on_ready, log_level, cl
         running.forget(directory, os.getpid())
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _uvicorn_logging() -> dict:
+    """uvicorn's own logging setup, with request lines on stderr as well (its default
+    is stdout): a server's stdout stays free for whatever a caller pipes from it."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+    return config
 
 
 def _log_to_stderr(level: str) -> None:

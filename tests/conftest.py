@@ -439,7 +439,9 @@ class Served:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.log.close()
+        if not self.log.closed:
+            self.stderr_text = self.stderr()  # all it logged, kept after the stop
+            self.log.close()
 
 
 def multipart(fields: dict, file_field: str, filename: str, data: bytes):
