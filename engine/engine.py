@@ -33,7 +33,7 @@ from xmr.engine.models import (
 )
 from xmr.engine.query_input import MAX_ID, QueryInput
 from xmr.engine.request import SearchRequest
-from xmr.retrieval.errors import InputError, ItemNotFound
+from xmr.retrieval.errors import IndexCorrupt, InputError, ItemNotFound
 from xmr.retrieval.filters import SearchFilter
 from xmr.retrieval.library import Library
 from xmr.retrieval.locations import default_index_dir
@@ -119,6 +119,7 @@ class Engine:
         searcher = self._searcher(snapshot)
         upload = (query.image_bytes, query.image_name, query.path_hint)
         built = searcher.expression_query(terms, request.target, upload)
+        _check_dimensions(snapshot.library, request.target, len(built.vector))
         answer = searcher.answer(
             built,
             request.target,
@@ -301,6 +302,19 @@ class Engine:
 
     def compact(self, **options) -> writes.WriteReport:
         return writes.compact_index(self.directory, **options)
+
+
+def _check_dimensions(library: Library, target: str, query_dim: int) -> None:
+    """A manifest or FAISS file copied in from an index of another model: say so in one
+    line (what `xmr check` says) instead of FAISS's assertion."""
+    collection = library.images if target == "images" else library.texts
+    held = collection.index.dim
+    if held != query_dim:
+        raise IndexCorrupt(
+            f"{target}.faiss in {library.directory} holds {held}-d vectors, but the model "
+            f"of its manifest ({library.encoder_spec}) gives {query_dim}-d ones: a file of "
+            "another index was copied in; run `xmr check` (then `xmr check --repair`)"
+        )
 
 
 def _duplicate_item(row) -> dict:

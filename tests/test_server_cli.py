@@ -184,3 +184,26 @@ def test_one_server_per_index_recorded_by_its_absolute_path(index_copy, tmp_path
         codes = _stop(first), _stop(second)
     assert codes[0] == 0
     assert not (index_copy / "server.json").exists()
+
+
+WIDER_CFG = {
+    "embed_dim": 48,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+@pytest.mark.parametrize("copied", [("images.faiss", "images.faiss.json"), ("manifest.json",)])
+def test_a_file_of_another_models_index_is_named_in_one_line(library, index_copy, copied):
+    folder, _ = library
+    config = index_copy.parent / "wider.json"
+    config.write_text(json.dumps(WIDER_CFG))
+    other = index_copy.parent / "other-index"
+    result = run_xmr("index", folder, "--index", other, "--model", f"{config}:none", "-q")
+    assert result.returncode == 0, result.stderr
+    for name in copied:
+        shutil.copy(other / name, index_copy / name)
+    result = run_xmr("search", "a photo", "--index", index_copy, "--no-server", "-k", 2)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error:") and "xmr check" in lines[0]
