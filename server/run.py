@@ -51,6 +51,10 @@ def check_address(host: str, token: str | None) -> None:
 
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+# A request line and headers up to this size are read whole, so that an over-long query
+# string is refused by the API's own checks (a JSON 4xx, the connection kept) rather
+# than cut off by the HTTP parser (16 KB by default: a 400, and the connection reset).
+MAX_REQUEST_HEAD = 1024 * 1024
 
 
 def serve(
@@ -119,6 +123,7 @@ def _serve_claimed(directory, host, port, device, token, on_ready, log_level, cl
         log_config=_uvicorn_logging(),
         access_log=log_level in ("info", "debug"),
         timeout_keep_alive=30,
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
     )
     server = uvicorn.Server(config)
     announced = running.RunningServer(url, os.getpid(), token)

@@ -85,6 +85,7 @@ HOSTILE = [
     "/api/duplicates?threshold=nan",
     "/api/search?q=" + quote(" + ".join(["a"] * 40)),  # 40 terms
     "/api/images/1/thumbnail?size=nan",
+    "/api/search?q=" + "a" * 200_000,  # a 200 KB query string: read whole, refused by the API
 ]
 
 
