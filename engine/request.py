@@ -149,6 +149,24 @@ def _text(_name: str, text) -> str:
     return str(text)
 
 
+# What each field a client sends means (the API's documentation shows this).
+FIELD_DOCS = {
+    "q": ("string", "a query expression: 'beach + 2:sunset - people'"),
+    "like": ("integer", "an indexed image's id (repeatable)"),
+    "add": ("string", "a term added whole (repeatable)"),
+    "sub": ("string", "a term subtracted whole (repeatable)"),
+    "target": ("string", "images (default) or texts"),
+    "k": ("integer", f"how many results, 1 to {MAX_K} (default 10)"),
+    "candidates": ("integer", f"stage-1 depth re-ranked, 1 to {MAX_K}"),
+    "rerank": ("boolean", "false: stage 1 only"),
+    "under": ("string", "only files at or below this folder (repeatable)"),
+    "after": ("string", "only images taken or modified on or after YYYY-MM-DD"),
+    "before": ("string", "only images taken or modified before YYYY-MM-DD"),
+    "ext": ("string", "only these extensions, e.g. jpg,png"),
+    "min_score": ("number", "leave out results whose stage-1 cosine is below this (-1 to 1)"),
+    "dedup": ("number", "fold results at least this similar into one (0 to 1)"),
+}
+
 _PARSERS = {
     "target": _text,
     "k": _int,

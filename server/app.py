@@ -44,7 +44,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from xmr.engine.engine import Engine
-from xmr.engine.request import BadField, SearchRequest
+from xmr.engine.request import FIELD_DOCS, BadField, SearchRequest
 from xmr.retrieval.errors import IndexNotFound, ItemNotFound, XmrError
 from xmr.server.files import FileChanged, open_indexed, read_chunks
 from xmr.server.limits import UploadLimit
@@ -261,23 +261,7 @@ def _status(exc: XmrError) -> int:
 
 
 def _search_parameters(where: str) -> list[dict]:
-    """The search fields for the API's documentation (/docs): SearchRequest's, by name."""
-    listed = [
-        ("q", "string", "a query expression: 'beach + 2:sunset - people'"),
-        ("like", "integer", "an indexed image's id (repeatable)"),
-        ("add", "string", "a term added whole (repeatable)"),
-        ("sub", "string", "a term subtracted whole (repeatable)"),
-        ("target", "string", "images (default) or texts"),
-        ("k", "integer", "how many results (default 10)"),
-        ("candidates", "integer", "stage-1 depth re-ranked"),
-        ("rerank", "boolean", "false: stage 1 only"),
-        ("under", "string", "only files at or below this folder (repeatable)"),
-        ("after", "string", "only images taken or modified on or after YYYY-MM-DD"),
-        ("before", "string", "only images taken or modified before YYYY-MM-DD"),
-        ("ext", "string", "only these extensions, e.g. jpg,png"),
-        ("min_score", "number", "leave out results whose stage-1 cosine is below this"),
-        ("dedup", "number", "fold results at least this similar into one"),
-    ]
+    """The search fields for the API's documentation (/docs), as SearchRequest reads them."""
     return [
         {
             "name": name,
@@ -286,7 +270,7 @@ def _search_parameters(where: str) -> list[dict]:
             "schema": {"type": kind},
             "description": text,
         }
-        for name, kind, text in listed
+        for name, (kind, text) in FIELD_DOCS.items()
     ]
 
 
