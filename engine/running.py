@@ -71,10 +71,13 @@ def claim(directory: Path) -> Claim | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        other = _read(Path(directory) / SERVER_FILE)
         holder = _holder(fd)
         os.close(fd)
-        where = f"runs at {other.url} (pid {other.pid})" if other else f"is starting{holder}"
+        other = _read(Path(directory) / SERVER_FILE)  # the holder's, once it is ready
+        if other is not None and holder in (None, other.pid):
+            where = f"runs at {other.url} (pid {other.pid})"
+        else:
+            where = "is starting" + (f" (pid {holder})" if holder else "")
         raise InputError(
             f"another xmr serve {where} for {directory}; stop it first, or search through it"
         ) from None
@@ -86,12 +89,12 @@ def claim(directory: Path) -> Claim | None:
     return Claim(fd)
 
 
-def _holder(fd: int) -> str:
+def _holder(fd: int) -> int | None:
+    """The pid the claiming server wrote into the lock file."""
     try:
-        pid = int(os.pread(fd, 32, 0).decode().strip())
+        return int(os.pread(fd, 32, 0).decode().strip())
     except (OSError, ValueError):
-        return ""
-    return f" (pid {pid})"
+        return None
 
 
 def record(directory: Path, server: RunningServer) -> Path:
