@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
+import re
 import signal
 import socket
 from pathlib import Path
@@ -159,13 +161,28 @@ def _uvicorn_logging() -> dict:
 
     config = copy.deepcopy(LOGGING_CONFIG)
     config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+    config.setdefault("filters", {})["redact"] = {"()": RedactToken}
+    config["handlers"]["access"]["filters"] = ["redact"]
     return config
+
+
+class RedactToken(logging.Filter):
+    """Access lines without the token the page's address carries once (`/?token=T`):
+    a log is read by more people than the token is meant for."""
+
+    PATTERN = re.compile(r"(?i)([?&]token=)[^&#\s]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            path = self.PATTERN.sub(r"\1***", args[2])
+            record.args = (*args[:2], path, *args[3:])
+        return True
 
 
 def _log_to_stderr(level: str) -> None:
     """xmr's own loggers (the server's unexpected errors) to stderr, in uvicorn's style;
     uvicorn configures its own (requests, startup) from the same level."""
-    import logging
     import sys
 
     handler = logging.StreamHandler(sys.stderr)

@@ -307,6 +307,9 @@ def test_the_token_hand_off_keeps_every_value_intact(token_server):
     # A wrong token gets no cookie and no page.
     status, headers, _ = _ask(connection, "/?token=wrong-token-123&q=x")
     assert status == 401 and "set-cookie" not in headers
+    # The access log shows these requests, without the token.
+    log = token_server.stderr()
+    assert "GET /?token=***&q=" in log and TOKEN not in log
 
 
 def test_with_a_token_only_a_bare_liveness_answer_is_open(token_server):
