@@ -68,7 +68,7 @@ def xmr() -> str:
 
 def start_server(index: Path) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
-        [xmr(), "serve", "--index", str(index), "--port", "0"],
+        [xmr(), "serve", "--index", str(index), "--port", "0", "--log-level", "warning"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -16,8 +16,7 @@ def handle_errors(command):
     def wrapper(*args, **kwargs):
         from xmr.retrieval.errors import XmrError
 
-        # open_clip logs through the root logger; users see our messages, not its chatter.
-        logging.getLogger().setLevel(logging.CRITICAL)
+        _quiet_libraries()
         try:
             return command(*args, **kwargs)
         except XmrError as exc:
@@ -39,3 +38,25 @@ def _option_hint(exc) -> str:
     """The command-line option behind the library's `setting`: token_pool -> (--token-pool)."""
     setting = getattr(exc, "setting", None)
     return f" (--{setting.replace('_', '-')})" if setting else ""
+
+
+class _OnlyNamedLoggers(logging.Filter):
+    """Drop what libraries log through the root logger itself (open_clip's
+    `logging.warning(...)` about configs and weights): users see our messages instead.
+    Named loggers (xmr.*, uvicorn.*) only pass through the root's handlers, never
+    through this filter, so `xmr serve` still logs requests and errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.CRITICAL
+
+
+_QUIET = _OnlyNamedLoggers()
+NOISY_LOGGERS = ("open_clip", "timm", "huggingface_hub", "transformers", "torch")
+
+
+def _quiet_libraries() -> None:
+    root = logging.getLogger()
+    if _QUIET not in root.filters:
+        root.addFilter(_QUIET)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)

@@ -74,6 +74,12 @@ def search(
     no_server: bool = typer.Option(
         False, "--no-server", help="Search in this process even when `xmr serve` runs."
     ),
+    server_timeout: float = typer.Option(
+        30.0,
+        "--server-timeout",
+        min=0.1,
+        help="Seconds to wait for a running `xmr serve`; then search in this process.",
+    ),
 ):
     """Search: text->image (default), image->image (--image), image->text (--image --texts).
 
@@ -88,54 +94,60 @@ def search(
         raise typer.BadParameter("give a text QUERY, --image PATH or --like ID")
     from xmr.cli.output import print_answer, print_notices
     from xmr.engine.query_input import QueryInput
+    from xmr.engine.request import SearchRequest
 
     asked = QueryInput(
         text=query, image_path=image, like=tuple(like), add=tuple(add), sub=tuple(sub)
     )
-    terms = asked.terms()  # a bad expression fails here, before any server or model
+    # Every field is checked here, before any server or model (the same checks a server
+    # makes of its clients' requests).
+    request = SearchRequest(
+        query=asked,
+        target="texts" if texts else "images",
+        k=k,
+        candidates=candidates,
+        rerank=not no_rerank,
+        under=tuple(str(Path(p).expanduser().resolve()) for p in under),
+        after=after,
+        before=before,
+        ext=ext,
+        min_score=min_score,
+        dedup=dedup,
+    )
     directory = index_dir(index)
-    request = {
-        "target": "texts" if texts else "images",
-        "k": k,
-        "candidates": candidates,
-        "rerank": not no_rerank,
-        "under": [str(Path(p).expanduser().resolve()) for p in under],
-        "after": after,
-        "before": before,
-        "ext": ext,
-        "min_score": min_score,
-        "dedup": dedup,
-    }
-    answer = None
-    local_paths = any(t.kind == "image" for t in terms if t.value != str(image))
+    answer, notices = None, []
+    local_paths = any(t.kind == "image" for t in asked.terms() if t.value != str(image))
     if not (no_server or device or reranker != "auto" or local_paths):
-        answer = _through_server(directory, asked, request)
+        answer = _through_server(directory, request, server_timeout, notices)
     if answer is None:
-        answer = _in_process(directory, asked, request, device, reranker)
-    print_notices(answer["notices"])
+        answer = _in_process(directory, request, device, reranker)
+    print_notices(notices + answer["notices"])
     print_answer(answer["results"], as_json, paths_only, print0)
 
 
-def _through_server(directory: Path, asked, request: dict) -> dict | None:
-    """The running server's answer, or None when no server serves this index."""
+def _through_server(directory: Path, request, timeout: float, notices: list) -> dict | None:
+    """The running server's answer, or None when no server serves this index or it does
+    not answer in time (then `notices` says so)."""
     from xmr.engine import running
     from xmr.retrieval.errors import InputError
 
     server = running.find(directory)
     if server is None:
         return None
-    fields = {**request, "rerank": str(request["rerank"]).lower()}
-    fields.update(q=asked.text, like=list(asked.like), add=list(asked.add), sub=list(asked.sub))
+    fields = request.as_fields()
+    image = request.query.image_path
     try:
-        if asked.image_path is None:
-            return running.call(server, "/api/search", fields)
-        path = Path(asked.image_path).expanduser()
+        if image is None:
+            return running.call(server, "/api/search", fields, timeout=timeout)
+        path = Path(image).expanduser()
         data = _read_query_image(path)
         fields["path_hint"] = str(path.resolve())
-        return running.call(server, "/api/search", fields, ("image", path.name, data))
+        upload = ("image", path.name, data)
+        return running.call(server, "/api/search", fields, upload, timeout=timeout)
     except running.ServerError as exc:
         raise InputError(str(exc)) from None
-    except OSError:  # it went away since find(): answer here instead
+    except (OSError, ValueError) as exc:  # it stalled, or went away since find()
+        notices.append(f"{exc}; searched in this process instead")
         return None
 
 
@@ -149,22 +161,8 @@ def _read_query_image(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _in_process(directory: Path, asked, request: dict, device, reranker) -> dict:
+def _in_process(directory: Path, request, device, reranker) -> dict:
     from xmr.engine.engine import Engine
-    from xmr.retrieval.filters import SearchFilter
 
-    where = SearchFilter.parse(
-        request["under"], request["after"], request["before"], request["ext"]
-    )
-    engine = Engine(directory, device, "none" if not request["rerank"] else reranker)
-    answer = engine.search(
-        asked,
-        request["target"],
-        request["k"],
-        request["candidates"],
-        request["rerank"],
-        where,
-        request["min_score"],
-        request["dedup"],
-    )
-    return answer.as_dict()
+    engine = Engine(directory, device, "none" if not request.rerank else reranker)
+    return engine.search(request).as_dict()

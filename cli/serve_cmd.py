@@ -26,10 +26,17 @@ def serve(
         "/?token=TOKEN once).",
         show_default=False,
     ),
+    log_level: str = typer.Option(
+        "info",
+        "--log-level",
+        help="What goes to stderr: info logs every request; warning and error only "
+        "problems (critical, error, warning, info, debug).",
+    ),
 ):
     """Serve the index: an HTTP API (/api/search, /docs) and a web page at /.
 
     `xmr search` on the same index asks this server while it runs (no model loading).
+    One server per index: a second `xmr serve` on it refuses, naming the first.
     """
     from xmr.server.run import serve as run_server
 
@@ -42,4 +49,4 @@ def serve(
         )
         typer.echo("press Ctrl-C to stop", err=True)
 
-    run_server(index_dir(index), host, port, device, token, on_ready=ready)
+    run_server(index_dir(index), host, port, device, token, on_ready=ready, log_level=log_level)

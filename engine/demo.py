@@ -55,7 +55,7 @@ def run_demo(
     result = DemoResult(workdir, dataset.n_images, dataset.n_texts, time.monotonic() - started)
     for image in (3, 11):
         caption = dataset.captions[dataset.image_to_texts[image][0]]
-        hits = engine.search(caption, "images", k=3).hits
+        hits = engine.search(caption, target="images", k=3).hits
         result.queries.append(
             DemoQuery("text → image", caption, {str(dataset.image_paths[image])}, hits)
         )
@@ -66,11 +66,11 @@ def run_demo(
             "image → image (the query itself is left out)",
             str(path),
             set(),
-            engine.search(by_image, "images", k=3).hits,
+            engine.search(by_image, target="images", k=3).hits,
         )
     )
     captions = {dataset.captions[c] for c in dataset.image_to_texts[5]}
-    hits = engine.search(by_image, "texts", k=3).hits
+    hits = engine.search(by_image, target="texts", k=3).hits
     result.queries.append(DemoQuery("image → text", str(path), captions, hits))
     # The same models measure recall on the whole corpus (both stages).
     encoder, reranker = engine.models.encoder(), engine.reranker()

@@ -20,6 +20,7 @@ answering, so a query never sees a half-written batch and never a deleted item.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from xmr.engine import writes
@@ -30,12 +31,13 @@ from xmr.engine.models import (
     choose_reranker,
     random_weights_notice,
 )
-from xmr.engine.query_input import QueryInput
-from xmr.retrieval.errors import InputError, ItemNotFound
+from xmr.engine.query_input import MAX_ID, QueryInput
+from xmr.engine.request import SearchRequest
+from xmr.retrieval.errors import IndexCorrupt, InputError, ItemNotFound
 from xmr.retrieval.filters import SearchFilter
 from xmr.retrieval.library import Library
 from xmr.retrieval.locations import default_index_dir
-from xmr.retrieval.searcher import TARGETS, Answer, Searcher
+from xmr.retrieval.searcher import Answer, Searcher
 
 _INDEX_FILES = ("manifest.json", "images.faiss.json", "texts.faiss.json")
 EXAMPLES_FILE = "examples.txt"  # a shipped model's sentences it answers well, one a line
@@ -46,6 +48,14 @@ GENERIC_EXAMPLES = (
     "a plate of food on a wooden table",
     "snowy mountains under a blue sky",
 )
+
+
+@dataclass(frozen=True)
+class IndexedFile:
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
 
 
 class ModelThread:
@@ -92,31 +102,33 @@ class Engine:
         self._models: Models | None = None
 
     # -- reading -------------------------------------------------------------------------
-    def search(
-        self,
-        query: QueryInput | str,
-        target: str = "images",
-        k: int = 10,
-        candidates: int | None = None,
-        rerank: bool = True,
-        where: SearchFilter | None = None,
-        min_score: float | None = None,
-        dedup: float | None = None,
-    ) -> Answer:
-        """The top-k `target` items for `query`, with notices and timings (ms); see
-        Searcher.answer for `min_score` and `dedup`."""
-        query = QueryInput(text=query) if isinstance(query, str) else query
-        terms = query.terms()  # a bad expression fails before anything is loaded or encoded
-        if target not in TARGETS:
-            raise InputError(f"unknown target '{target}'; use images or texts")
-        if k < 1 or (candidates is not None and candidates < 1):
-            raise InputError("k and candidates must be at least 1")
+    def search(self, query: SearchRequest | QueryInput | str, /, **options) -> Answer:
+        """The top-k items for a request, with notices and timings (ms): either a
+        SearchRequest, or a query and the request's other fields by name
+        (`engine.search("a dog", k=5, dedup=0.9)`); see Searcher.answer for
+        `min_score` and `dedup`."""
+        if isinstance(query, SearchRequest):
+            if options:
+                raise TypeError("give a SearchRequest or options, not both")
+            request = query
+        else:
+            request = SearchRequest(query=query, **options)  # bounds checked before loading
+        query = request.query
+        terms = query.terms()
         snapshot = self._current()
         searcher = self._searcher(snapshot)
         upload = (query.image_bytes, query.image_name, query.path_hint)
-        built = searcher.expression_query(terms, target, upload)
+        built = searcher.expression_query(terms, request.target, upload)
+        _check_dimensions(snapshot.library, request.target, len(built.vector))
         answer = searcher.answer(
-            built, target, k, candidates, rerank, where=where, min_score=min_score, dedup=dedup
+            built,
+            request.target,
+            k=request.k,
+            candidates=request.candidates,
+            rerank=request.rerank,
+            where=request.where,
+            min_score=request.min_score,
+            dedup=request.dedup,
         )
         answer.notices[:0] = snapshot.notices + random_weights_notice(self.models.spec)
         return answer
@@ -201,14 +213,21 @@ class Engine:
 
     def image_path(self, image_id: int) -> Path:
         """The file of an indexed image (the server serves files by id, never by path)."""
+        return Path(self.indexed_file(image_id).path)
+
+    def indexed_file(self, image_id: int) -> IndexedFile:
+        """What the index recorded of an image's file: its path, size and mtime, which a
+        server compares with what is on disk now before it serves the file."""
         from xmr.retrieval.db import ImageRow
 
+        if not 0 <= int(image_id) <= MAX_ID:  # beyond SQLite's integers: no such row
+            raise ItemNotFound(f"no indexed image has id {image_id}")
         library = self._current().library
         with library.db.session() as session:
             row = session.get(ImageRow, int(image_id))
-        if row is None or row.state != "indexed":
-            raise ItemNotFound(f"no indexed image has id {image_id}")
-        return Path(row.path)
+            if row is None or row.state != "indexed":
+                raise ItemNotFound(f"no indexed image has id {image_id}")
+            return IndexedFile(int(row.id), row.path, row.size, row.mtime_ns)
 
     def reranker(self):
         """The re-ranker searches use (None: stage 1 only), loaded if it was not yet."""
@@ -283,6 +302,19 @@ class Engine:
 
     def compact(self, **options) -> writes.WriteReport:
         return writes.compact_index(self.directory, **options)
+
+
+def _check_dimensions(library: Library, target: str, query_dim: int) -> None:
+    """A manifest or FAISS file copied in from an index of another model: say so in one
+    line (what `xmr check` says) instead of FAISS's assertion."""
+    collection = library.images if target == "images" else library.texts
+    held = collection.index.dim
+    if held != query_dim:
+        raise IndexCorrupt(
+            f"{target}.faiss in {library.directory} holds {held}-d vectors, but the model "
+            f"of its manifest ({library.encoder_spec}) gives {query_dim}-d ones: a file of "
+            "another index was copied in; run `xmr check` (then `xmr check --repair`)"
+        )
 
 
 def _duplicate_item(row) -> dict:

@@ -19,6 +19,8 @@ confirmed pairs.
 from __future__ import annotations
 
 import math
+import os
+import stat
 
 import numpy as np
 
@@ -124,7 +126,10 @@ def thumbnail_print(path) -> np.ndarray | None:
 
     side = THUMB + 2 * SHIFT
     try:
-        with Image.open(path) as image:
+        # Without blocking: a FIFO swapped in for an indexed file opens at once, and is
+        # then nobody's duplicate instead of holding the caller (a server) forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as file, Image.open(_regular(file)) as image:
             image.draft("RGB", (4 * side, 4 * side))  # JPEG: decode at a fraction of the size
             image = ImageOps.exif_transpose(image).convert("RGB")
             w, h = image.size
@@ -134,6 +139,12 @@ def thumbnail_print(path) -> np.ndarray | None:
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
     return np.asarray(small, np.float32)
+
+
+def _regular(file):
+    if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+        raise OSError("not a regular file")
+    return file
 
 
 def pixel_similarity(a: np.ndarray, b: np.ndarray) -> float:

@@ -14,6 +14,11 @@ results come back whenever k items match.
 Dates and extensions describe image files; on a text search they are refused.
 EXIF dates carry no zone and are compared as written (camera local time); file mtimes
 are compared in this machine's local time.
+
+Bounds (a client of `xmr serve` types these too): at most MAX_UNDER folders, no NUL
+byte and at most MAX_PATH_BYTES in a path, dates from year 1 to 9999 (a date past the
+range of file times matches every file time on its side). Parsing needs only the
+standard library; the database parts are imported when a filter runs.
 """
 
 from __future__ import annotations
@@ -22,13 +27,19 @@ import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-from sqlalchemy import and_, exists, func, or_, select
-
-from xmr.retrieval.db import Database, ImageRow, TextRow
 from xmr.retrieval.errors import InputError
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from xmr.retrieval.db import Database
+
+MAX_UNDER = 64
+MAX_PATH_BYTES = 4096
+MAX_EXT_CHARS = 256
+_NS_LIMIT = 2**63 - 1  # file times are signed 64-bit nanoseconds in the database
 EXT_ALIASES = {"jpg": ("jpg", "jpeg"), "jpeg": ("jpg", "jpeg"), "tif": ("tif", "tiff")}
 EXT_ALIASES["tiff"] = EXT_ALIASES["tif"]
 
@@ -50,7 +61,11 @@ class SearchFilter:
     ) -> SearchFilter:
         """From the strings a person typed (CLI options, HTTP parameters of the same
         names); raises InputError naming the bad value."""
-        paths = tuple(str(Path(p).expanduser().resolve()) for p in (under or ()))
+        paths = tuple(_folder(p) for p in _bounded(under or ()))
+        if ext is not None and ("\0" in ext or len(ext) > MAX_EXT_CHARS):
+            raise InputError(
+                f"ext is not a list of extensions (at most {MAX_EXT_CHARS} characters)"
+            )
         start, end = _parse_date(after, "after"), _parse_date(before, "before")
         if start is not None and end is not None and start >= end:
             raise InputError(f"after {after} is not earlier than before {before}: nothing matches")
@@ -69,6 +84,8 @@ class SearchFilter:
 
     def allowed_ids(self, db: Database, target: str) -> np.ndarray | None:
         """Sorted ids of `target` ("images" | "texts") that pass; None when no filter."""
+        import numpy as np
+
         if not self.active:
             return None
         query = self._image_query() if target == "images" else self._text_query()
@@ -76,6 +93,10 @@ class SearchFilter:
             return np.fromiter(session.scalars(query), dtype=np.int64)
 
     def _image_query(self):
+        from sqlalchemy import and_, func, or_, select
+
+        from xmr.retrieval.db import ImageRow
+
         conditions = [ImageRow.state == "indexed"]
         if self.under:
             conditions.append(or_(*(_at_or_below(ImageRow.path, p) for p in self.under)))
@@ -94,7 +115,9 @@ class SearchFilter:
                 "after, before and ext filter image files; "
                 "a text search takes only under (the corpus files)"
             )
-        from xmr.retrieval.db import TextSource
+        from sqlalchemy import exists, or_, select
+
+        from xmr.retrieval.db import TextRow, TextSource
 
         held = exists().where(
             TextSource.text_id == TextRow.id,
@@ -104,13 +127,36 @@ class SearchFilter:
         return select(TextRow.id).where(or_(own, held)).order_by(TextRow.id)
 
 
+def _bounded(under) -> list:
+    under = list(under)
+    if len(under) > MAX_UNDER:
+        raise InputError(f"{len(under)} under folders; at most {MAX_UNDER}, please")
+    return under
+
+
+def _folder(path) -> str:
+    text = os.fsdecode(path) if isinstance(path, bytes) else str(path)
+    if "\0" in text:
+        raise InputError("under: a path cannot contain a NUL byte")
+    if len(text.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        raise InputError(f"under: a path of at most {MAX_PATH_BYTES} bytes, please")
+    try:
+        return str(Path(text).expanduser().resolve())
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long
+        raise InputError(f"under {text!r} is not a usable path ({exc})") from None
+
+
 def _at_or_below(column, path: str):
+    from sqlalchemy import or_
+
     return or_(column == path, column.startswith(path.rstrip(os.sep) + os.sep, autoescape=True))
 
 
 def _when(table, op: str, moment: datetime):
     """EXIF date if the image has one, else its mtime, compared with `moment`."""
-    ns = int(moment.timestamp() * 1_000_000_000)  # naive -> local time, like mtimes shown
+    from sqlalchemy import and_, or_
+
+    ns = _local_ns(moment)
     if op == ">=":
         return or_(
             and_(table.taken_at.is_not(None), table.taken_at >= moment),
@@ -131,9 +177,21 @@ def _parse_date(text: str | None, option: str) -> datetime | None:
         raise InputError(
             f"{option} '{text}' is not a date; write YYYY-MM-DD (or YYYY-MM-DDTHH:MM)"
         ) from None
-    return moment.replace(tzinfo=None) if moment.tzinfo is None else _local_naive(moment)
+    if moment.tzinfo is None:
+        return moment
+    try:
+        return moment.astimezone().replace(tzinfo=None)  # the same instant, local time
+    except (OverflowError, ValueError, OSError):
+        raise InputError(
+            f"{option} '{text}' is outside the dates this machine's clock can represent"
+        ) from None
 
 
-def _local_naive(moment: datetime) -> datetime:
-    """An aware datetime -> the same instant as naive local time."""
-    return moment.astimezone().replace(tzinfo=None)
+def _local_ns(moment: datetime) -> int:
+    """A naive local time as nanoseconds since the epoch (how mtimes are kept), clamped to
+    the range the database holds: year 1 and year 9999 sit past every file time."""
+    try:
+        ns = int(moment.timestamp() * 1_000_000_000)
+    except (OverflowError, ValueError, OSError):  # before the platform's first local time
+        return -_NS_LIMIT if moment.year < 1970 else _NS_LIMIT
+    return max(-_NS_LIMIT, min(_NS_LIMIT, ns))

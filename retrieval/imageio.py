@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from dataclasses import dataclass
 from datetime import datetime
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own bomb limit; about 13k x 13k
+# PIL's own decompression-bomb threshold (Image.MAX_IMAGE_PIXELS, about 9.5k x 9.5k),
+# checked here on each file's header before decoding: PIL only warns at this size, and
+# turning that warning into an error would need the process-wide warnings filter, which
+# another thread may be changing at the same moment.
+DEFAULT_MAX_PIXELS = 89_478_485
 # Resizing scales the short side to the model's input, so a 400000x1 strip (a 1.2 KB PNG)
 # would become 224 x 89.6M pixels: the size after resizing is guarded too, and with it
 # the aspect ratio (64:1 leaves every real panorama in).
@@ -39,18 +42,11 @@ def decode_image(path: str | bytes, preprocess, max_pixels: int = DEFAULT_MAX_PI
         if (len(path) if in_memory else os.path.getsize(path)) == 0:
             raise DecodeError("empty file (0 bytes)")
         with Image.open(io.BytesIO(path) if in_memory else path) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise DecodeError(
-                    f"{width}x{height} = {width * height:,} pixels exceeds the limit of "
-                    f"{max_pixels:,}; raise the pixel limit to index it"
-                )
-            _check_resized(width, height, preprocess)  # before a pixel is decoded
+            check_pixels(*image.size, max_pixels)  # the header's claim, before decoding
+            _check_resized(*image.size, preprocess)
             fmt = image.format
             taken_at = _exif_datetime(image)
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image.load()
+            image.load()
             image = ImageOps.exif_transpose(image)  # camera orientation, as a viewer shows it
             width, height = image.size  # as displayed, after the rotation
             pixels = preprocess(image.convert("RGB"))
@@ -66,6 +62,16 @@ def decode_image(path: str | bytes, preprocess, max_pixels: int = DEFAULT_MAX_PI
         reason = str(exc) or type(exc).__name__
         raise DecodeError(f"corrupt or truncated image ({reason})") from exc
     return pixels, width, height, fmt, taken_at
+
+
+def check_pixels(width: int, height: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Raise DecodeError when a header claims more pixels than `max_pixels` (per call:
+    no shared state, so concurrent decodes cannot change each other's limit)."""
+    if width * height > max_pixels:
+        raise DecodeError(
+            f"{width}x{height} = {width * height:,} pixels exceeds the limit of "
+            f"{max_pixels:,}; raise the pixel limit to index it"
+        )
 
 
 def _check_resized(width: int, height: int, preprocess) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
-from xmr.retrieval.content_hash import content_hash_bytes
+from xmr.retrieval.content_hash import content_hash, content_hash_bytes
 from xmr.retrieval.db import ImageRow, TextRow
 from xmr.retrieval.duplicates import PixelCheck
 from xmr.retrieval.errors import InputError, InvalidModelSpec, ItemNotFound
@@ -142,18 +142,19 @@ class Searcher:
         return Query(encoded.vectors[0], tokens, int(encoded.lengths[0]), "text", (), _ms(started))
 
     def image_query(self, path: Path) -> Query:
-        """Reuse the stored vector of an indexed, unchanged image; otherwise encode the file."""
+        """Reuse the stored vector of an indexed, unchanged image; otherwise encode the file.
+        The query image is never its own answer: the image indexed at this path is left
+        out, or, for a file outside the index, the indexed image with the same content."""
         path = Path(path).expanduser()
         require_regular_file(path, "query image", "an image file")
         resolved = str(path.resolve())
         stat = path.stat()
-        with self.library.db.session() as session:
-            row = session.scalars(select(ImageRow).where(ImageRow.path == resolved)).first()
-        unchanged = (
-            row is not None
-            and row.state == "indexed"
-            and (row.size, row.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
-        )
+        row = self._indexed_row(resolved, None)
+        if row is not None:
+            unchanged = (row.size, row.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+        else:
+            row = self._indexed_row(None, content_hash(resolved))
+            unchanged = row is not None
         return self._stored_or_encoded(row, unchanged, resolved, path)
 
     def upload_query(self, data: bytes, name: str = "upload", path_hint: str | None = None):
@@ -161,18 +162,24 @@ class Searcher:
         file. `path_hint`, the sender's own absolute path of the file (compared with indexed
         paths, never opened), makes the answer exactly `image_query`'s: the image indexed
         at that path is left out, and its stored vector used while the content is the same.
-        Without a hint, an upload with the content of an indexed image is that image."""
+        Without a hint, or with one the index does not hold, an upload with the content
+        of an indexed image is that image (as a file outside the index is)."""
         digest = content_hash_bytes(data)
-        with self.library.db.session() as session:
-            rows = select(ImageRow).where(ImageRow.state == "indexed")
-            if path_hint is not None:
-                row = session.scalars(rows.where(ImageRow.path == path_hint)).first()
-            else:
-                row = session.scalars(
-                    rows.where(ImageRow.content_hash == digest).order_by(ImageRow.id)
-                ).first()
+        row = self._indexed_row(path_hint, None) if path_hint is not None else None
+        if row is None:
+            row = self._indexed_row(None, digest)
         unchanged = row is not None and row.content_hash == digest
         return self._stored_or_encoded(row, unchanged, data, name)
+
+    def _indexed_row(self, path: str | None, digest: str | None):
+        """The indexed image at `path`, or the first (lowest id) with content `digest`."""
+        with self.library.db.session() as session:
+            rows = select(ImageRow).where(ImageRow.state == "indexed")
+            if path is not None:
+                return session.scalars(rows.where(ImageRow.path == path)).first()
+            return session.scalars(
+                rows.where(ImageRow.content_hash == digest).order_by(ImageRow.id)
+            ).first()
 
     def _stored_or_encoded(self, row, unchanged: bool, source, name) -> Query:
         """The stored vector of the indexed image `row` while `unchanged` and its records

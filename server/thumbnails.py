@@ -3,8 +3,10 @@
     DIR/thumbnails/{id}-{size}.jpg
 
 An id's file never changes (a changed file gets a new id), so a kept thumbnail never goes
-stale; one of a deleted image is simply never asked for again. On an index folder that
-cannot be written (a read-only mount) thumbnails are made each time instead.
+stale; one of a deleted image is simply never asked for again. Still, a thumbnail is
+served only while the file is what was indexed (server/files.py), kept or not, and is
+made from the descriptor that check opened. On an index folder that cannot be written
+(a read-only mount) thumbnails are made each time instead.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from xmr.retrieval.errors import ItemNotFound
+from xmr.retrieval.imageio import DecodeError, check_pixels
+from xmr.server.files import open_indexed
 
 THUMBNAIL_DIR = "thumbnails"
-MAX_SOURCE_PIXELS = 178_956_970  # the indexer's decompression-bomb limit
 
 
 class Thumbnails:
@@ -28,21 +31,25 @@ class Thumbnails:
 
     def jpeg(self, image_id: int, size: int) -> bytes:
         kept = self.folder / f"{int(image_id)}-{int(size)}.jpg"
-        path = self.engine.image_path(image_id)  # 404 for ids that are not indexed images
-        try:
-            return kept.read_bytes()
-        except OSError:
-            pass
-        data = _make(path, size, image_id)
+        record = self.engine.indexed_file(image_id)  # 404 for ids that are not images
+        fd, _ = open_indexed(record)  # 404 / 409 unless it is still what was indexed
+        with os.fdopen(fd, "rb") as file:
+            try:
+                return kept.read_bytes()
+            except OSError:
+                pass
+            data = _make(file, size, image_id)
         _keep(kept, data)
         return data
 
 
-def _make(path: Path, size: int, image_id: int) -> bytes:
+def _make(file, size: int, image_id: int) -> bytes:
     try:
-        with Image.open(path) as image:
-            if image.width * image.height > MAX_SOURCE_PIXELS:
-                raise ItemNotFound(f"image {image_id} is too large to preview")
+        with Image.open(file) as image:
+            try:
+                check_pixels(*image.size)
+            except DecodeError as exc:
+                raise ItemNotFound(f"image {image_id} is too large to preview ({exc})") from None
             image.draft("RGB", (size, size))  # JPEG: decode at a fraction of full size
             image = ImageOps.exif_transpose(image)
             image.thumbnail((size, size))

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -376,10 +377,13 @@ class Served:
         self.token = None
         if "--token" in extra:
             self.token = extra[list(extra).index("--token") + 1]
+        # stderr to a file: the server logs every request, and a pipe nobody reads
+        # would fill and stall it.
+        self.log = tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen(
             [str(XMR), "serve", "--index", str(index_dir), "--port", "0", *map(str, extra)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
             text=True,
             env=env or xmr_env(),
         )
@@ -392,7 +396,7 @@ class Served:
         record = self.index_dir / "server.json"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"xmr serve exited: {self.process.stderr.read()}")
+                raise RuntimeError(f"xmr serve exited: {self.stderr()}")
             try:
                 data = json.loads(record.read_text())
                 if data["pid"] == self.process.pid:
@@ -421,6 +425,12 @@ class Served:
         status, _, body = self.request(path, **kwargs)
         return status, json.loads(body)
 
+    def stderr(self) -> str:
+        """What the server has logged so far."""
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -429,8 +439,9 @@ class Served:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        for stream in (self.process.stdout, self.process.stderr):
-            stream.close()
+        if not self.log.closed:
+            self.stderr_text = self.stderr()  # all it logged, kept after the stop
+            self.log.close()
 
 
 def multipart(fields: dict, file_field: str, filename: str, data: bytes):

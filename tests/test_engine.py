@@ -12,7 +12,6 @@ from conftest import index_with, indexed_paths, make_images, random_reranker
 from xmr.engine.engine import Engine
 from xmr.engine.query_input import QueryInput
 from xmr.retrieval.errors import InputError, ItemNotFound
-from xmr.retrieval.filters import SearchFilter
 
 
 @pytest.fixture
@@ -82,7 +81,7 @@ def test_notices_say_what_an_answer_cannot_show(encoder, tmp_path, photo_index, 
     assert answer.hits == [] and answer.notices == ["the index holds no images yet"]
     folder, index_dir = photo_index
     engine = Engine(index_dir)
-    answer = engine.search("a dog", where=SearchFilter.parse(ext="gif"))
+    answer = engine.search("a dog", ext="gif")
     assert answer.hits == [] and answer.notices == ["no images match the filter"]
     answer = engine.search("a dog", target="texts")
     assert answer.notices == ["the index holds no texts yet"]
