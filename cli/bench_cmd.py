@@ -43,21 +43,9 @@ def bench(
     quiet: bool = QuietOption,
 ):
     """Recall@1/5/10 both ways (CLIP-paper definition), per stage, plus hard negatives."""
-    from xmr.evaluation.bench import BenchOptions, run_benchmark
-    from xmr.evaluation.bench_report import markdown_report, plot_curves
-    from xmr.evaluation.datasets import load_dataset
-    from xmr.retrieval.encoder import load_encoder
-    from xmr.retrieval.reranker import resolve_reranker
-
-    dataset = load_dataset(data, images_root, split=None if split == "all" else split)
-    if limit is not None:
-        dataset = dataset.head(limit)
-    encoder = load_encoder(model, device)
-    ranker = resolve_reranker(reranker, encoder, device)
-    options = BenchOptions(
-        candidates=candidates, index_type=index_type, cache_dir=None if no_cache else cache
-    )
     from tqdm import tqdm
+
+    from xmr.engine.bench import run_bench
 
     bars: dict[str, tqdm] = {}
 
@@ -69,14 +57,28 @@ def bench(
         )
         bar.update(done - bar.n)
 
-    result = run_benchmark(dataset, encoder, ranker, options, progress)
-    for bar in bars.values():
-        bar.close()
-    text = markdown_report(result)
+    try:
+        run = run_bench(
+            data,
+            images_root=images_root,
+            model=model,
+            reranker=reranker,
+            split=split,
+            candidates=candidates,
+            index_type=index_type,
+            limit=limit,
+            cache_dir=None if no_cache else cache,
+            device=device,
+            progress=progress,
+        )
+    finally:
+        for bar in bars.values():
+            bar.close()
+    text = run.markdown
     if json_out:
-        json_out.write_text(json.dumps(result, indent=2))
+        json_out.write_text(json.dumps(run.result, indent=2))
     if report:
         report.write_text(text)
     if plot:
-        plot_curves(result, plot)
+        run.plot(plot)
     typer.echo(text)

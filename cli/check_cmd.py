@@ -36,10 +36,10 @@ def check(
     remain. --model only matters when the manifest is lost with no copy to restore."""
     from xmr.cli.output import json_text, print_notices
     from xmr.cli.progress import BarReporter
-    from xmr.engine.writes import check_or_repair
+    from xmr.engine.engine import Engine
 
-    done = check_or_repair(
-        index_dir(index), repair=repair, model=model, device=device, reporter=BarReporter(quiet)
+    done = Engine(index_dir(index), device).check(
+        repair=repair, model=model, reporter=BarReporter(quiet)
     )
     print_notices(done.notices)
     report = done.summary

@@ -30,12 +30,11 @@ def demo(
     """Generate a corpus, index it with xmr-tiny, run queries, print recall@k (offline)."""
     from xmr.cli.progress import BarReporter
     from xmr.engine.demo import run_demo
-    from xmr.evaluation.bench_report import markdown_report
 
     started = time.monotonic()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="xmr-demo-"))
     typer.echo(f"xmr demo: {images} generated scenes in {workdir}\n")
-    result = run_demo(workdir, images, candidates, BarReporter(quiet))
+    result = run_demo(workdir, n_images=images, candidates=candidates, reporter=BarReporter(quiet))
     typer.echo(
         f"indexed {result.n_images} images and {result.n_texts} captions with xmr-tiny "
         f"in {result.index_seconds:.1f}s  (index: {workdir / 'index'})\n"
@@ -49,7 +48,7 @@ def demo(
         if q.correct:
             typer.echo("     (✓ = a correct answer: the scene the caption was written for)")
         typer.echo("")
-    typer.echo(markdown_report(result.bench))
+    typer.echo(result.bench_markdown)
     typer.echo(
         f'Try it yourself:\n  xmr search "{result.try_query}" '
         f"--index {workdir / 'index'}\n  xmr search --image "

@@ -34,7 +34,7 @@ def duplicates(
     from xmr.cli.output import human_bytes
     from xmr.engine.engine import Engine
 
-    groups = Engine(index_dir(index)).duplicates(threshold, [str(p) for p in under])
+    groups = Engine(index_dir(index)).duplicates(threshold=threshold, under=under)
     if as_json:
         typer.echo(json.dumps(groups, ensure_ascii=False, indent=2))
         return

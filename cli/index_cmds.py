@@ -1,5 +1,5 @@
 """Index maintenance commands: `xmr compact` (rebuild FAISS from the stored vectors), and
-the `--executor` option of `xmr index` / `xmr add-texts`."""
+the `--executor` and `--actors` options of `xmr index` / `xmr add-texts`."""
 
 from __future__ import annotations
 
@@ -35,19 +35,6 @@ ActorsOption = typer.Option(
 )
 
 
-def executor_from_option(text: str, actors: int | None = None):
-    """--executor TEXT [--actors N] -> indexer.executor.Executor; fails before any work."""
-    from dataclasses import replace
-
-    from xmr.indexer.executor import parse_executor
-    from xmr.retrieval.errors import InputError
-
-    executor = parse_executor(text)
-    if actors is not None and executor.kind != "ray":
-        raise InputError("--actors sizes a Ray actor pool: add --executor ray[:ADDRESS]")
-    return replace(executor, actors=actors)
-
-
 @handle_errors
 def compact(
     index: Path = IndexOption,
@@ -72,14 +59,13 @@ def compact(
     --executor ray` builds a large index on a Ray cluster."""
     from xmr.cli.output import human_bytes, print_notices
     from xmr.cli.progress import BarReporter
-    from xmr.engine.writes import compact_index
+    from xmr.engine.engine import Engine
 
-    done = compact_index(
-        index_dir(index),
+    done = Engine(index_dir(index)).compact(
         index_type=index_type,
         max_memory=max_memory,
         shards=shards,
-        executor=executor_from_option(executor),
+        executor=executor,
         reporter=BarReporter(quiet),
     )
     print_notices(done.notices)

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from xmr.cli.errors import handle_errors
-from xmr.cli.index_cmds import ActorsOption, ExecutorOption, executor_from_option
+from xmr.cli.index_cmds import ActorsOption, ExecutorOption
 from xmr.cli.options import (
     DeviceOption,
     IndexOption,
@@ -80,31 +80,24 @@ def index(
     """Index every image under FOLDERS, incrementally (new, changed, moved, deleted)."""
     from xmr.cli.output import print_report
     from xmr.cli.progress import BarReporter
-    from xmr.engine.writes import index_images
-    from xmr.indexer.images import IndexOptions
-    from xmr.retrieval.imageio import DEFAULT_MAX_PIXELS, default_workers
+    from xmr.engine.engine import Engine
 
-    run_on = executor_from_option(executor, actors)  # a bad value fails before any work
-    options = IndexOptions(
-        exclude=tuple(exclude),
-        include_hidden=hidden,
-        batch_size=batch_size,
-        workers=default_workers() if workers is None else workers,
-        commit_every=commit_every,
-        max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
-        executor=run_on,
-    )
-    report = index_images(
-        index_dir(index),
+    report = Engine(index_dir(index), device).index(
         folders,
         model=model,
-        device=device,
-        options=options,
+        exclude=exclude,
+        include_hidden=hidden,
+        batch_size=batch_size,
+        workers=workers,
+        commit_every=commit_every,
+        max_pixels=max_pixels,
         keep_tokens=not no_tokens,
         token_pool=token_pool,
         reranker=reranker,
         index_type=index_type,
         max_memory=max_memory,
+        executor=executor,
+        actors=actors,
         reporter=BarReporter(quiet),
     )
     print_report(report, "images", as_json, quiet)
@@ -129,17 +122,15 @@ def add_texts(
     """Add a text corpus to the index (deduplicated; re-runs embed only what changed)."""
     from xmr.cli.output import print_report
     from xmr.cli.progress import BarReporter
-    from xmr.engine.writes import add_text_corpus
+    from xmr.engine.engine import Engine
 
-    run_on = executor_from_option(executor, actors)
-    report = add_text_corpus(
-        index_dir(index),
+    report = Engine(index_dir(index), device).add_texts(
         file,
         model=model,
-        device=device,
         text_field=text_field,
         batch_size=batch_size,
-        executor=run_on,
+        executor=executor,
+        actors=actors,
         reporter=BarReporter(quiet),
     )
     print_report(report, "texts", as_json, quiet)

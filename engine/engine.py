@@ -20,6 +20,7 @@ answering, so a query never sees a half-written batch and never a deleted item.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from xmr.engine import writes
@@ -30,7 +31,9 @@ from xmr.engine.models import (
     choose_reranker,
     random_weights_notice,
 )
+from xmr.engine.progress import Reporter
 from xmr.engine.query_input import QueryInput
+from xmr.engine.writes import WriteReport
 from xmr.retrieval.errors import InputError, ItemNotFound
 from xmr.retrieval.filters import SearchFilter
 from xmr.retrieval.library import Library
@@ -129,11 +132,13 @@ class Engine:
         with self._state:
             return index_info(snapshot.library)
 
-    def duplicates(self, threshold: float = 0.95, under=()) -> list[dict]:
+    def duplicates(
+        self, *, threshold: float = 0.95, under: Sequence[Path | str] = ()
+    ) -> list[dict]:
         """Groups of near-duplicate images (cosine >= threshold) across the index, or under
-        some folders, largest first; each item with what a person needs to pick one."""
+        some folders, largest first; each item with what a person needs to pick one.
+        Only the rows and vectors of the images in scope are read."""
         import numpy as np
-        from sqlalchemy import select
 
         from xmr.retrieval.db import ImageRow
         from xmr.retrieval.duplicates import PixelCheck, duplicate_groups
@@ -141,30 +146,21 @@ class Engine:
         if not 0 < threshold <= 1:
             raise InputError(f"threshold {threshold} must be above 0 and at most 1")
         library = self._current().library
-        where = SearchFilter.parse(under)
+        where = SearchFilter.parse([str(folder) for folder in under])
         if where.active:
             ids = where.allowed_ids(library.db, "images")
         else:
             ids = np.asarray(library.db.ids(ImageRow), dtype=np.int64)
+        rows = library.db.rows_by_ids(ImageRow, ids)
         with self._state:
             vectors = library.images.vectors.read(ids)  # (N, D)
-        with library.db.session() as session:
-            files = {i: path for i, path in session.execute(select(ImageRow.id, ImageRow.path))}
-            hashes = {i: h for i, h in session.execute(select(ImageRow.id, ImageRow.content_hash))}
         check = PixelCheck(
-            {i: files[int(ids[i])] for i in range(len(ids))},
-            {i: hashes.get(int(ids[i])) for i in range(len(ids))},
+            {i: rows[int(ids[i])].path for i in range(len(ids))},
+            {i: rows[int(ids[i])].content_hash for i in range(len(ids))},
         )
-        groups = [ids[g] for g in duplicate_groups(vectors, threshold, check)]
-        wanted = [int(i) for g in groups for i in g]
-        rows = {}
-        with library.db.session() as session:
-            for start in range(0, len(wanted), 500):  # SQLite caps bound parameters
-                chunk = select(ImageRow).where(ImageRow.id.in_(wanted[start : start + 500]))
-                rows.update((r.id, r) for r in session.scalars(chunk))
         out = []
-        for group in groups:
-            items = [_duplicate_item(rows[int(i)]) for i in group if int(i) in rows]
+        for group in duplicate_groups(vectors, threshold, check):
+            items = [_duplicate_item(rows[int(i)]) for i in ids[group]]
             items.sort(key=lambda item: (-(item["width"] or 0) * (item["height"] or 0), item["id"]))
             if len(items) > 1:
                 out.append({"count": len(items), "items": items})
@@ -173,19 +169,9 @@ class Engine:
     def examples(self, n: int = 4) -> dict:
         """Queries to offer on the page: texts of the index's own corpus (sentences the model
         was meant to match), else the model's shipped examples, else generic photo queries."""
-        from sqlalchemy import func, select
-
-        from xmr.retrieval.db import ImageRow, TextRow
-
         library = self._current().library
-        with library.db.session() as session:
-            images = session.scalar(select(func.count()).where(ImageRow.state == "indexed"))
-            short = select(TextRow.text).where(func.length(TextRow.text) <= MAX_EXAMPLE_CHARS)
-            texts = session.scalar(select(func.count()).select_from(TextRow))
-            step = max(1, texts // n)
-            picked = list(session.scalars(short.where(TextRow.id % step == 0).limit(n)))
-            if len(picked) < n:  # too few short ones at the spaced ids: take any short ones
-                picked = list(session.scalars(short.limit(n)))
+        counts = library.db.counts()
+        picked = library.db.sample_texts(n, MAX_EXAMPLE_CHARS)
         if not picked:
             shipped = Path(self.models.spec.name) / EXAMPLES_FILE
             if self.models.spec.kind == "shipped" and shipped.is_file():
@@ -194,18 +180,14 @@ class Engine:
                 picked = list(GENERIC_EXAMPLES[:n])
         return {
             "examples": picked,
-            "images": images,
-            "texts": texts,
+            "images": counts["images"],
+            "texts": counts["texts"],
             "model": library.encoder_spec,
         }
 
     def image_path(self, image_id: int) -> Path:
         """The file of an indexed image (the server serves files by id, never by path)."""
-        from xmr.retrieval.db import ImageRow
-
-        library = self._current().library
-        with library.db.session() as session:
-            row = session.get(ImageRow, int(image_id))
+        row = self._current().library.db.image_row(image_id)
         if row is None or row.state != "indexed":
             raise ItemNotFound(f"no indexed image has id {image_id}")
         return Path(row.path)
@@ -274,15 +256,101 @@ class Engine:
         return snapshot.searcher
 
     # -- writing (one writer at a time per index; see indexer/) -------------------------
-    def index(self, folders, **options) -> writes.WriteReport:
-        """Bring the index in line with image folders (engine/writes.py `index_images`)."""
-        return writes.index_images(self.directory, folders, device=self.device, **options)
+    def index(
+        self,
+        folders: Sequence[Path | str],
+        *,
+        model: str | None = None,
+        exclude: Sequence[str] = (),
+        include_hidden: bool = False,
+        batch_size: int = 64,
+        workers: int | None = None,
+        commit_every: int = 256,
+        max_pixels: int | None = None,
+        keep_tokens: bool = True,
+        token_pool: int | None = None,
+        reranker: str = "auto",
+        index_type: str | None = None,
+        max_memory: str | None = None,
+        executor: str = "local",
+        actors: int | None = None,
+        reporter: Reporter | None = None,
+    ) -> WriteReport:
+        """Bring the index in line with image folders: new, changed, moved and deleted
+        files (engine/writes.py `index_images` says what each setting does)."""
+        return writes.index_images(
+            self.directory,
+            folders,
+            model=model,
+            device=self.device,
+            exclude=exclude,
+            include_hidden=include_hidden,
+            batch_size=batch_size,
+            workers=workers,
+            commit_every=commit_every,
+            max_pixels=max_pixels,
+            keep_tokens=keep_tokens,
+            token_pool=token_pool,
+            reranker=reranker,
+            index_type=index_type,
+            max_memory=max_memory,
+            executor=executor,
+            actors=actors,
+            reporter=reporter,
+        )
 
-    def add_texts(self, file: Path, **options) -> writes.WriteReport:
-        return writes.add_text_corpus(self.directory, file, device=self.device, **options)
+    def add_texts(
+        self,
+        file: Path | str,
+        *,
+        model: str | None = None,
+        text_field: str | None = None,
+        batch_size: int = 256,
+        executor: str = "local",
+        actors: int | None = None,
+        reporter: Reporter | None = None,
+    ) -> WriteReport:
+        """Add a text corpus (.txt, .jsonl, .csv, or a Karpathy-style captions JSON),
+        deduplicated; a re-run embeds only what changed."""
+        return writes.add_text_corpus(
+            self.directory,
+            Path(file),
+            model=model,
+            device=self.device,
+            text_field=text_field,
+            batch_size=batch_size,
+            executor=executor,
+            actors=actors,
+            reporter=reporter,
+        )
 
-    def compact(self, **options) -> writes.WriteReport:
-        return writes.compact_index(self.directory, **options)
+    def compact(
+        self,
+        *,
+        index_type: str | None = None,
+        max_memory: str | None = None,
+        shards: int = 1,
+        executor: str = "local",
+        reporter: Reporter | None = None,
+    ) -> WriteReport:
+        """Rebuild the FAISS indexes from the stored vectors; nothing is re-encoded."""
+        return writes.compact_index(
+            self.directory,
+            index_type=index_type,
+            max_memory=max_memory,
+            shards=shards,
+            executor=executor,
+            reporter=reporter,
+        )
+
+    def check(
+        self, *, repair: bool = False, model: str | None = None, reporter: Reporter | None = None
+    ) -> WriteReport:
+        """Verify every file of the index; with `repair`, fix what can be re-derived first.
+        The summary is a report with `ok`, `findings` and `as_dict()`."""
+        return writes.check_or_repair(
+            self.directory, repair=repair, model=model, device=self.device, reporter=reporter
+        )
 
 
 def _duplicate_item(row) -> dict:

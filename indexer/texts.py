@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, select
 
 from xmr.indexer.executor import LOCAL, Executor
 from xmr.indexer.report import IndexSummary, Reporter
@@ -172,8 +171,8 @@ def add_texts(
             unique[digest] = record
 
     with library.db.session() as session:
-        existing = {h: i for h, i in session.execute(select(TextRow.text_hash, TextRow.id))}
-        linked = set(session.scalars(select(TextSource.text_id).where(TextSource.source == source)))
+        existing = Database.text_ids_by_hash(session)
+        linked = Database.text_ids_of_source(session, source)
         summary.unchanged = sum(1 for d in unique if d in existing)
         # Texts this file holds that are stored already (maybe from another file): link them.
         wanted = {existing[d]: r for d, r in unique.items() if d in existing}
@@ -185,15 +184,7 @@ def add_texts(
         # Texts that left this file: unlink; delete those no other file holds.
         gone = [tid for tid in linked if tid not in wanted]
         if gone:
-            session.execute(
-                delete(TextSource).where(TextSource.source == source, TextSource.text_id.in_(gone))
-            )
-            still_held = set(
-                session.scalars(select(TextSource.text_id).where(TextSource.text_id.in_(gone)))
-            )
-            orphans = [tid for tid in gone if tid not in still_held]
-            session.execute(delete(TextRow).where(TextRow.id.in_(orphans)))
-            Database.clear_damaged(session, "texts", orphans)
+            orphans = Database.unlink_texts(session, source, gone)
             library.texts.index.remove(orphans)
             summary.removed = len(orphans)
         Database.bump_generation(session)
@@ -257,8 +248,8 @@ def reencode_damaged_texts(library: Library, encoder, summary: IndexSummary, rep
 
 def _reencode_texts(library: Library, encoder, ids: list[int]) -> int:
     with library.db.session() as session:
-        query = select(TextRow).where(TextRow.id.in_(ids)).order_by(TextRow.id)
-        rows = list(session.scalars(query))
+        found = library.db.rows_by_ids(TextRow, ids, session)
+        rows = [found[i] for i in sorted(found)]
         encoded = encoder.encode_texts([row.text for row in rows])
         for row, n in zip(rows, encoded.lengths, strict=True):
             row.n_tokens = int(n)

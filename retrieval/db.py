@@ -39,6 +39,7 @@ from sqlalchemy import (
     event,
     func,
     inspect,
+    or_,
     select,
     text,
 )
@@ -51,6 +52,7 @@ from xmr.retrieval.errors import DatabaseDamaged, DiskFull, IndexCorrupt, ReadOn
 
 SCHEMA_VERSION = 2
 DB_FILE = "xmr.sqlite3"
+CHUNK = 500  # ids per statement: SQLite caps the bound parameters of one statement
 
 
 def utcnow() -> datetime:
@@ -395,6 +397,97 @@ class Database:
                 for table in (ImageRow, TextRow)
             )
 
+    # -- rows by key ---------------------------------------------------------------------
+    def rows_by_ids(self, table: type[Base], ids, session: Session | None = None) -> dict:
+        """id -> row of `table` for each of `ids` that exists, read in chunks."""
+        if session is None:
+            with self.session() as s:
+                return self.rows_by_ids(table, ids, s)
+        ids = [int(i) for i in ids]
+        rows = {}
+        for start in range(0, len(ids), CHUNK):
+            chunk = select(table).where(table.id.in_(ids[start : start + CHUNK]))
+            rows.update((row.id, row) for row in session.scalars(chunk))
+        return rows
+
+    def image_row(self, image_id: int) -> ImageRow | None:
+        with self.session() as session:
+            return session.get(ImageRow, int(image_id))
+
+    @staticmethod
+    def image_rows_under(session: Session, roots) -> list[ImageRow]:
+        """Rows of the files at or below any of `roots` (absolute, resolved paths)."""
+        conditions = []
+        for root in roots:
+            conditions.append(ImageRow.path == str(root))
+            conditions.append(ImageRow.path.startswith(str(root) + os.sep, autoescape=True))
+        if not conditions:
+            return []
+        return list(session.scalars(select(ImageRow).where(or_(*conditions))))
+
+    @staticmethod
+    def indexed_hashes(session: Session, leave_out=()) -> dict[str, int]:
+        """content hash -> id of one indexed image with that content (not in `leave_out`)."""
+        leave_out = set(leave_out)
+        query = select(ImageRow.content_hash, ImageRow.id).where(ImageRow.state == "indexed")
+        return {digest: i for digest, i in session.execute(query) if i not in leave_out}
+
+    @staticmethod
+    def delete_rows(session: Session, table: type[Base], ids) -> None:
+        """Delete rows by id (and their damaged marks), in chunks."""
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), CHUNK):
+            session.execute(delete(table).where(table.id.in_(ids[start : start + CHUNK])))
+        Database.clear_damaged(session, table.__tablename__, ids)
+
+    def counts(self) -> dict[str, int]:
+        """{"images": indexed, "skipped": images skipped, "texts": texts}."""
+        with self.session() as session:
+            count = select(func.count())
+            return {
+                "images": session.scalar(count.where(ImageRow.state == "indexed")),
+                "skipped": session.scalar(count.where(ImageRow.state == "skipped")),
+                "texts": session.scalar(count.select_from(TextRow)),
+            }
+
+    def sample_texts(self, n: int, max_chars: int) -> list[str]:
+        """Up to `n` texts of at most `max_chars`, spread over the corpus where it can."""
+        with self.session() as session:
+            texts = session.scalar(select(func.count()).select_from(TextRow))
+            short = select(TextRow.text).where(func.length(TextRow.text) <= max_chars)
+            step = max(1, texts // max(n, 1))
+            picked = list(session.scalars(short.where(TextRow.id % step == 0).limit(n)))
+            if len(picked) < n:  # too few short ones at the spaced ids: take any short ones
+                picked = list(session.scalars(short.limit(n)))
+        return picked
+
+    # -- texts and the corpus files that hold them ---------------------------------------
+    @staticmethod
+    def text_ids_by_hash(session: Session) -> dict[str, int]:
+        return {h: i for h, i in session.execute(select(TextRow.text_hash, TextRow.id))}
+
+    @staticmethod
+    def text_ids_of_source(session: Session, source: str) -> set[int]:
+        return set(session.scalars(select(TextSource.text_id).where(TextSource.source == source)))
+
+    @staticmethod
+    def unlink_texts(session: Session, source: str, text_ids) -> list[int]:
+        """Unlink `text_ids` from corpus file `source`; delete and return those that no
+        other file holds."""
+        ids = [int(i) for i in text_ids]
+        held = set()
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
+            session.execute(
+                delete(TextSource).where(TextSource.source == source, TextSource.text_id.in_(chunk))
+            )
+            held |= set(
+                session.scalars(select(TextSource.text_id).where(TextSource.text_id.in_(chunk)))
+            )
+        orphans = [i for i in ids if i not in held]
+        Database.delete_rows(session, TextRow, orphans)
+        return orphans
+
     # -- damaged rows --------------------------------------------------------------------
     def damaged_ids(self, collection: str, session: Session | None = None) -> list[int]:
         """Ids of `collection` whose records wait to be re-encoded (rows that still exist)."""
@@ -419,8 +512,8 @@ class Database:
     @staticmethod
     def clear_damaged(session: Session, collection: str, ids) -> None:
         ids = [int(i) for i in ids]
-        for start in range(0, len(ids), 500):  # SQLite caps bound parameters per statement
-            chunk = ids[start : start + 500]
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
             session.execute(
                 delete(Damaged).where(Damaged.collection == collection, Damaged.id.in_(chunk))
             )
