@@ -52,6 +52,6 @@ MaxMemoryOption = typer.Option(
 
 def index_dir(index: Path | None) -> Path:
     """--index, else $XMR_INDEX, else the per-user default (no heavy imports)."""
-    from xmr.retrieval.locations import default_index_dir
+    from xmr.engine.paths import index_directory
 
-    return Path(index).expanduser() if index is not None else default_index_dir()
+    return index_directory(index)

@@ -31,13 +31,13 @@ from xmr.engine.models import (
     choose_reranker,
     random_weights_notice,
 )
+from xmr.engine.paths import index_directory
 from xmr.engine.progress import Reporter
 from xmr.engine.query_input import QueryInput
 from xmr.engine.writes import WriteReport
 from xmr.retrieval.errors import InputError, ItemNotFound
 from xmr.retrieval.filters import SearchFilter
 from xmr.retrieval.library import Library
-from xmr.retrieval.locations import default_index_dir
 from xmr.retrieval.searcher import TARGETS, Answer, Searcher
 
 _INDEX_FILES = ("manifest.json", "images.faiss.json", "texts.faiss.json")
@@ -83,10 +83,18 @@ class _Snapshot:
 
 
 class Engine:
+    """One index and the models that serve it: `Engine("my-index")`, then `search`,
+    `index`, `add_texts`, `compact`, `check`, `info`, `duplicates` (docs/python.md).
+
+    `index`: the index folder (None: `$XMR_INDEX`, else a per-user data directory);
+    `device`: cpu, cuda, cuda:1 ... (None: cuda when present); `reranker`: the folder of
+    the re-ranker searches use, 'auto' (the model's own) or 'none'. Nothing is opened or
+    loaded until the first call that needs it."""
+
     def __init__(
-        self, index: Path | None = None, device: str | None = None, reranker: str = "auto"
+        self, index: Path | str | None = None, device: str | None = None, reranker: str = "auto"
     ):
-        self.directory = Path(index).expanduser() if index is not None else default_index_dir()
+        self.directory = index_directory(index)
         self.device = device
         self.reranker_choice = reranker
         self._state = threading.Lock()
