@@ -187,7 +187,7 @@ def _plan(session, library, scanned, known, summary, reporter):
             moved.path, moved.size, moved.mtime_ns = file.path, file.size, file.mtime_ns
             session.flush()  # the old path is free before another row may claim it
             summary.moved += 1
-        elif (twin := _twin(session, indexed_by_hash, digest)) is not None:
+        elif (twin := _twin(session, library, indexed_by_hash, digest)) is not None:
             _add_copy(session, library, twin, file, replaces=None if row is None else row.id)
             summary.duplicates += 1
         elif digest in twins:
@@ -229,9 +229,11 @@ def _hash_files(files: list[ScannedFile], reporter: Reporter) -> dict[str, str]:
     return hashes
 
 
-def _twin(session, indexed_by_hash: dict[str, int], digest: str) -> ImageRow | None:
+def _twin(session, library, indexed_by_hash: dict[str, int], digest: str) -> ImageRow | None:
     row_id = indexed_by_hash.get(digest)
-    return None if row_id is None else session.get(ImageRow, row_id)
+    return (
+        None if row_id is None else library.db.rows_by_ids(ImageRow, [row_id], session).get(row_id)
+    )
 
 
 def _add_copy(session, library, twin: ImageRow, file: ScannedFile, replaces: int | None):

@@ -34,9 +34,11 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    and_,
     create_engine,
     delete,
     event,
+    exists,
     func,
     inspect,
     or_,
@@ -400,15 +402,15 @@ class Database:
     # -- rows by key ---------------------------------------------------------------------
     def rows_by_ids(self, table: type[Base], ids, session: Session | None = None) -> dict:
         """id -> row of `table` for each of `ids` that exists, read in chunks."""
+        ids = [int(i) for i in ids]
+        queries = [
+            select(table).where(table.id.in_(ids[start : start + CHUNK]))
+            for start in range(0, len(ids), CHUNK)
+        ]
         if session is None:
             with self.session() as s:
-                return self.rows_by_ids(table, ids, s)
-        ids = [int(i) for i in ids]
-        rows = {}
-        for start in range(0, len(ids), CHUNK):
-            chunk = select(table).where(table.id.in_(ids[start : start + CHUNK]))
-            rows.update((row.id, row) for row in session.scalars(chunk))
-        return rows
+                return {row.id: row for query in queries for row in s.scalars(query)}
+        return {row.id: row for query in queries for row in session.scalars(query)}
 
     def image_row(self, image_id: int) -> ImageRow | None:
         with self.session() as session:
@@ -460,6 +462,41 @@ class Database:
             if len(picked) < n:  # too few short ones at the spaced ids: take any short ones
                 picked = list(session.scalars(short.limit(n)))
         return picked
+
+    # -- search filters (retrieval/filters.py) -------------------------------------------
+    def image_ids_matching(
+        self,
+        under: tuple[str, ...] = (),
+        after: datetime | None = None,
+        before: datetime | None = None,
+        exts: tuple[str, ...] = (),
+    ) -> list[int]:
+        """Sorted ids of indexed images at or below any of `under`, taken (EXIF date, else
+        mtime, local time) on or after `after` and before `before`, with one of `exts`."""
+        conditions = [ImageRow.state == "indexed"]
+        if under:
+            conditions.append(or_(*(_at_or_below(ImageRow.path, p) for p in under)))
+        if after is not None:
+            conditions.append(_when(">=", after))
+        if before is not None:
+            conditions.append(_when("<", before))
+        if exts:
+            lower = func.lower(ImageRow.path)
+            conditions.append(or_(*(lower.endswith("." + e, autoescape=True) for e in exts)))
+        query = select(ImageRow.id).where(and_(*conditions)).order_by(ImageRow.id)
+        with self.session() as session:
+            return list(session.scalars(query))
+
+    def text_ids_under(self, under: tuple[str, ...]) -> list[int]:
+        """Sorted ids of texts that a corpus file at or below any of `under` holds."""
+        held = exists().where(
+            TextSource.text_id == TextRow.id,
+            or_(*(_at_or_below(TextSource.source, p) for p in under)),
+        )
+        own = or_(*(_at_or_below(TextRow.source, p) for p in under))
+        query = select(TextRow.id).where(or_(own, held)).order_by(TextRow.id)
+        with self.session() as session:
+            return list(session.scalars(query))
 
     # -- texts and the corpus files that hold them ---------------------------------------
     @staticmethod
@@ -544,6 +581,24 @@ class Database:
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.dispose()
+
+
+def _at_or_below(column, path: str):
+    return or_(column == path, column.startswith(path.rstrip(os.sep) + os.sep, autoescape=True))
+
+
+def _when(op: str, moment: datetime):
+    """EXIF date if the image has one, else its mtime, compared with `moment`."""
+    ns = int(moment.timestamp() * 1_000_000_000)  # naive -> local time, like mtimes shown
+    if op == ">=":
+        return or_(
+            and_(ImageRow.taken_at.is_not(None), ImageRow.taken_at >= moment),
+            and_(ImageRow.taken_at.is_(None), ImageRow.mtime_ns >= ns),
+        )
+    return or_(
+        and_(ImageRow.taken_at.is_not(None), ImageRow.taken_at < moment),
+        and_(ImageRow.taken_at.is_(None), ImageRow.mtime_ns < ns),
+    )
 
 
 def _newer(path: Path, version: int) -> str:

@@ -1,4 +1,5 @@
-"""Search filters: which items a search may answer with, as one SQL query -> ids.
+"""Search filters: which items a search may answer with, as one SQL query -> ids
+(the query itself: Database.image_ids_matching / text_ids_under).
 
 The ids go to FAISS inside the search (an id selector, or an exact scan of the allowed
 vectors when the set is small; see vector_index.py), never as a post-filter, so k
@@ -18,15 +19,13 @@ are compared in this machine's local time.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import and_, exists, func, or_, select
 
-from xmr.retrieval.db import Database, ImageRow, TextRow
+from xmr.retrieval.db import Database
 from xmr.retrieval.errors import InputError
 
 EXT_ALIASES = {"jpg": ("jpg", "jpeg"), "jpeg": ("jpg", "jpeg"), "tif": ("tif", "tiff")}
@@ -71,55 +70,16 @@ class SearchFilter:
         """Sorted ids of `target` ("images" | "texts") that pass; None when no filter."""
         if not self.active:
             return None
-        query = self._image_query() if target == "images" else self._text_query()
-        with db.session() as session:
-            return np.fromiter(session.scalars(query), dtype=np.int64)
-
-    def _image_query(self):
-        conditions = [ImageRow.state == "indexed"]
-        if self.under:
-            conditions.append(or_(*(_at_or_below(ImageRow.path, p) for p in self.under)))
-        if self.after is not None:
-            conditions.append(_when(ImageRow, ">=", self.after))
-        if self.before is not None:
-            conditions.append(_when(ImageRow, "<", self.before))
-        if self.exts:
-            lower = func.lower(ImageRow.path)
-            conditions.append(or_(*(lower.endswith("." + e, autoescape=True) for e in self.exts)))
-        return select(ImageRow.id).where(and_(*conditions)).order_by(ImageRow.id)
-
-    def _text_query(self):
-        if self.after or self.before or self.exts:
+        if target == "images":
+            ids = db.image_ids_matching(self.under, self.after, self.before, self.exts)
+        elif self.after or self.before or self.exts:
             raise InputError(
                 "after, before and ext filter image files; "
                 "a text search takes only under (the corpus files)"
             )
-        from xmr.retrieval.db import TextSource
-
-        held = exists().where(
-            TextSource.text_id == TextRow.id,
-            or_(*(_at_or_below(TextSource.source, p) for p in self.under)),
-        )
-        own = or_(*(_at_or_below(TextRow.source, p) for p in self.under))
-        return select(TextRow.id).where(or_(own, held)).order_by(TextRow.id)
-
-
-def _at_or_below(column, path: str):
-    return or_(column == path, column.startswith(path.rstrip(os.sep) + os.sep, autoescape=True))
-
-
-def _when(table, op: str, moment: datetime):
-    """EXIF date if the image has one, else its mtime, compared with `moment`."""
-    ns = int(moment.timestamp() * 1_000_000_000)  # naive -> local time, like mtimes shown
-    if op == ">=":
-        return or_(
-            and_(table.taken_at.is_not(None), table.taken_at >= moment),
-            and_(table.taken_at.is_(None), table.mtime_ns >= ns),
-        )
-    return or_(
-        and_(table.taken_at.is_not(None), table.taken_at < moment),
-        and_(table.taken_at.is_(None), table.mtime_ns < ns),
-    )
+        else:
+            ids = db.text_ids_under(self.under)
+        return np.asarray(ids, dtype=np.int64)
 
 
 def _parse_date(text: str | None, option: str) -> datetime | None:

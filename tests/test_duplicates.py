@@ -75,6 +75,26 @@ def test_every_planted_group_is_found_and_nothing_else(library):
 
 
 @pytest.mark.slow
+def test_duplicates_under_a_folder_reads_only_that_folders_rows(library, monkeypatch):
+    from xmr.retrieval.db import Database, ImageRow
+
+    engine, _, root = library
+    asked = []
+    real = Database.rows_by_ids
+
+    def spy(self, table, ids, session=None):
+        asked.extend(int(i) for i in ids)
+        return real(self, table, ids, session)
+
+    monkeypatch.setattr(Database, "rows_by_ids", spy)
+    groups = engine.duplicates(threshold=0.95, under=[root / "variants"])
+    assert asked and len(asked) == len(list((root / "variants").iterdir()))
+    paths = {row.path for row in real(engine._current().library.db, ImageRow, asked).values()}
+    assert all(path.startswith(str((root / "variants").resolve())) for path in paths)
+    assert len(groups) == 8
+
+
+@pytest.mark.slow
 def test_dedup_folds_planted_copies_and_never_hides_a_distinct_image(library):
     from xmr.engine.query_input import QueryInput
 
