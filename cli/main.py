@@ -106,7 +106,9 @@ def index(
 @app.command("add-texts")
 @handle_errors
 def add_texts(
-    file: Path = typer.Argument(..., help=".txt (one per line), .jsonl or .csv corpus."),
+    file: Path = typer.Argument(
+        ..., help=".txt (one per line), .jsonl, .csv, or a Karpathy captions .json corpus."
+    ),
     index: Path = IndexOption,
     model: str = ModelOption,
     device: str = DeviceOption,

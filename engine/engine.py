@@ -263,6 +263,19 @@ class Engine:
             )
         return snapshot.searcher
 
+    def close(self) -> None:
+        """Close the open index (its database connections); a later call opens it again."""
+        with self._state:
+            if self._snapshot is not None:
+                self._snapshot.library.close()
+                self._snapshot = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     # -- writing (one writer at a time per index; see indexer/) -------------------------
     def index(
         self,
