@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from xmr.engine import writes
 from xmr.engine.models import (
@@ -32,13 +33,16 @@ from xmr.engine.models import (
     random_weights_notice,
 )
 from xmr.engine.paths import index_directory
-from xmr.engine.progress import Reporter
+from xmr.engine.progress import IndexSummary, Reporter
 from xmr.engine.query_input import QueryInput
 from xmr.engine.writes import WriteReport
 from xmr.retrieval.errors import InputError, ItemNotFound
 from xmr.retrieval.filters import SearchFilter
 from xmr.retrieval.library import Library
 from xmr.retrieval.searcher import TARGETS, Answer, Searcher
+
+if TYPE_CHECKING:
+    from xmr.retrieval.check import CheckReport
 
 _INDEX_FILES = ("manifest.json", "images.faiss.json", "texts.faiss.json")
 EXAMPLES_FILE = "examples.txt"  # a shipped model's sentences it answers well, one a line
@@ -154,10 +158,10 @@ class Engine:
         if not 0 < threshold <= 1:
             raise InputError(f"threshold {threshold} must be above 0 and at most 1")
         library = self._current().library
-        where = SearchFilter.parse([str(folder) for folder in under])
-        if where.active:
-            ids = where.allowed_ids(library.db, "images")
-        else:
+        ids = SearchFilter.parse([str(folder) for folder in under]).allowed_ids(
+            library.db, "images"
+        )
+        if ids is None:  # no folder given: every image
             ids = np.asarray(library.db.ids(ImageRow), dtype=np.int64)
         rows = library.db.rows_by_ids(ImageRow, ids)
         with self._state:
@@ -208,6 +212,7 @@ class Engine:
     def models(self) -> Models:
         if self._models is None:
             self._current()
+        assert self._models is not None  # opening the index loads them
         return self._models
 
     def warm_up(self, image_tower: bool = True) -> list[str]:
@@ -253,10 +258,10 @@ class Engine:
     def _searcher(self, snapshot: _Snapshot) -> Searcher:
         if snapshot.searcher is None:
             folder = snapshot.reranker.folder
-            reranker = None if folder is None else self._models.reranker(folder)
+            reranker = None if folder is None else self.models.reranker(folder)
             snapshot.searcher = Searcher(
                 snapshot.library,
-                QueryEncoder(self._models),
+                QueryEncoder(self.models),
                 reranker,
                 self._state,
                 self._models_thread,
@@ -296,7 +301,7 @@ class Engine:
         executor: str = "local",
         actors: int | None = None,
         reporter: Reporter | None = None,
-    ) -> WriteReport:
+    ) -> WriteReport[IndexSummary]:
         """Bring the index in line with image folders: new, changed, moved and deleted
         files (engine/writes.py `index_images` says what each setting does)."""
         return writes.index_images(
@@ -330,7 +335,7 @@ class Engine:
         executor: str = "local",
         actors: int | None = None,
         reporter: Reporter | None = None,
-    ) -> WriteReport:
+    ) -> WriteReport[IndexSummary]:
         """Add a text corpus (.txt, .jsonl, .csv, or a Karpathy-style captions JSON),
         deduplicated; a re-run embeds only what changed."""
         return writes.add_text_corpus(
@@ -353,7 +358,7 @@ class Engine:
         shards: int = 1,
         executor: str = "local",
         reporter: Reporter | None = None,
-    ) -> WriteReport:
+    ) -> WriteReport[dict[str, Any]]:
         """Rebuild the FAISS indexes from the stored vectors; nothing is re-encoded."""
         return writes.compact_index(
             self.directory,
@@ -366,7 +371,7 @@ class Engine:
 
     def check(
         self, *, repair: bool = False, model: str | None = None, reporter: Reporter | None = None
-    ) -> WriteReport:
+    ) -> WriteReport[CheckReport]:
         """Verify every file of the index; with `repair`, fix what can be re-derived first.
         The summary is a report with `ok`, `findings` and `as_dict()`."""
         return writes.check_or_repair(
@@ -389,7 +394,7 @@ def _duplicate_item(row) -> dict:
 def _stamp(directory: Path) -> tuple:
     """(mtime, size) of the files a writer replaces when it saves: a new manifest (kept
     features, policy) or FAISS file means the open index must be read again."""
-    stamp = []
+    stamp: list[tuple[int, int] | None] = []
     for name in _INDEX_FILES:
         try:
             stat = (Path(directory) / name).stat()

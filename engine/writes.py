@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from xmr.engine.models import random_weights_notice
 from xmr.engine.progress import Reporter
@@ -18,10 +19,18 @@ from xmr.retrieval.errors import InputError
 from xmr.retrieval.library import Library, reranker_config_mismatch
 from xmr.retrieval.modelspec import DEFAULT_MODEL
 
+if TYPE_CHECKING:
+    from xmr.engine.progress import IndexSummary
+    from xmr.retrieval.check import CheckReport
+
+Summary = TypeVar("Summary")
+
 
 @dataclass
-class WriteReport:
-    summary: object  # IndexSummary; compact: {collections, sizes}; check: a CheckReport
+class WriteReport(Generic[Summary]):
+    """What a writing operation did (`summary`) and what a person should know (`notices`)."""
+
+    summary: Summary  # IndexSummary; compact: {"collections", "sizes"}; check: CheckReport
     notices: list[str] = field(default_factory=list)
 
 
@@ -82,7 +91,7 @@ def index_images(
     executor: str = "local",
     actors: int | None = None,
     reporter: Reporter | None = None,
-) -> WriteReport:
+) -> WriteReport[IndexSummary]:
     """Every image under `folders`, incrementally (indexer/images.py `index_folders`).
 
     `reranker` (a folder, auto: the model's own, none) names the re-ranker whose image
@@ -113,8 +122,8 @@ def index_images(
     )
     check_index_policy(index_type, max_memory)
     check_reranker_choice(reranker)
-    folders = [Path(f).expanduser() for f in folders]
-    missing = [str(f) for f in folders if not f.exists()]
+    roots = [Path(f).expanduser() for f in folders]
+    missing = [str(f) for f in roots if not f.exists()]
     if missing:
         raise InputError(f"{', '.join(missing)} does not exist; give a folder of images")
     encoder = LazyEncoder(model_for_index(directory, model), device)
@@ -136,11 +145,11 @@ def index_images(
         summary = index_folders(
             library,
             encoder,
-            folders,
+            roots,
             options,
             reporter,
             lambda: folder and _load_reranker(folder, encoder, device),
-            folder and folder_fingerprint(folder),
+            folder_fingerprint(folder) if folder else None,
         )
     return WriteReport(summary, notices)
 
@@ -162,7 +171,7 @@ def add_text_corpus(
     executor: str = "local",
     actors: int | None = None,
     reporter: Reporter | None = None,
-) -> WriteReport:
+) -> WriteReport[IndexSummary]:
     """A text corpus, deduplicated; re-runs embed only what changed (indexer/texts.py).
     `executor`: where the encoding runs ('local', 'ray', 'ray:ADDRESS')."""
     from xmr.indexer.texts import add_texts, read_corpus
@@ -185,7 +194,7 @@ def compact_index(
     shards: int = 1,
     executor: str = "local",
     reporter: Reporter | None = None,
-) -> WriteReport:
+) -> WriteReport[dict[str, Any]]:
     """Rebuild the FAISS indexes from the stored vectors (Library.compact); nothing is
     re-encoded. IVF types may be filled in `shards` shards, run by `executor` ('local':
     one after another here; 'ray', 'ray:ADDRESS': Ray tasks). The summary also carries the files'
@@ -211,7 +220,7 @@ def check_or_repair(
     model: str | None = None,
     device: str | None = None,
     reporter: Reporter | None = None,
-) -> WriteReport:
+) -> WriteReport[CheckReport]:
     """Verify every file of an index (retrieval/check.py); with `repair`, fix what can be
     re-derived or re-encoded first (indexer/repair.py). The summary is the check's report;
     `model` only matters when the manifest is lost with no copy to restore."""

@@ -21,9 +21,10 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote
 
 from sqlalchemy import (
@@ -92,10 +93,10 @@ class FsPath(TypeDecorator):
     impl = Text
     cache_ok = True
 
-    def process_bind_param(self, value, dialect):
+    def process_bind_param(self, value: str | None, dialect: object) -> str | None:
         return None if value is None else escape_path(value)
 
-    def process_result_value(self, value, dialect):
+    def process_result_value(self, value: str | None, dialect: object) -> str | None:
         return None if value is None else unescape_path(value)
 
 
@@ -152,6 +153,10 @@ class TextSource(Base):
     )
     source: Mapped[str] = mapped_column(FsPath, primary_key=True)
     record: Mapped[str] = mapped_column(String)
+
+
+ItemTable = type[ImageRow] | type[TextRow]
+Row = TypeVar("Row", ImageRow, TextRow)
 
 
 class Damaged(Base):
@@ -350,7 +355,10 @@ class Database:
         if session is None:
             with self.session() as s:
                 return self.generation(s)
-        return int(session.get(Meta, "generation").value)
+        row = session.get(Meta, "generation")
+        if row is None:
+            raise DatabaseDamaged(f"{self.path} has no generation; it is not an xmr index")
+        return int(row.value)
 
     @staticmethod
     def bump_generation(session: Session) -> None:
@@ -360,7 +368,7 @@ class Database:
 
     def ids(
         self,
-        table: type[Base],
+        table: ItemTable,
         session: Session | None = None,
         start: int = 0,
         stop: int | None = None,
@@ -377,13 +385,13 @@ class Database:
                 return list(s.scalars(query))
         return list(session.scalars(query))
 
-    def last_id(self, table: type[Base]) -> int:
+    def last_id(self, table: ItemTable) -> int:
         """The highest of `ids(table)`; -1 when there is none."""
         with self.session() as session:
             found = session.scalar(self._live(select(func.max(table.id)), table))
         return -1 if found is None else int(found)
 
-    def _live(self, query, table: type[Base]):
+    def _live(self, query, table: ItemTable):
         if table is ImageRow:
             query = query.where(ImageRow.state == "indexed")
         if self.has_damaged_table:
@@ -400,7 +408,9 @@ class Database:
             )
 
     # -- rows by key ---------------------------------------------------------------------
-    def rows_by_ids(self, table: type[Base], ids, session: Session | None = None) -> dict:
+    def rows_by_ids(
+        self, table: type[Row], ids: Iterable[int], session: Session | None = None
+    ) -> dict[int, Row]:
         """id -> row of `table` for each of `ids` that exists, read in chunks."""
         ids = [int(i) for i in ids]
         queries = [
@@ -417,7 +427,7 @@ class Database:
             return session.get(ImageRow, int(image_id))
 
     @staticmethod
-    def image_rows_under(session: Session, roots) -> list[ImageRow]:
+    def image_rows_under(session: Session, roots: Iterable[Path | str]) -> list[ImageRow]:
         """Rows of the files at or below any of `roots` (absolute, resolved paths)."""
         conditions = []
         for root in roots:
@@ -428,14 +438,18 @@ class Database:
         return list(session.scalars(select(ImageRow).where(or_(*conditions))))
 
     @staticmethod
-    def indexed_hashes(session: Session, leave_out=()) -> dict[str, int]:
+    def indexed_hashes(session: Session, leave_out: Iterable[int] = ()) -> dict[str, int]:
         """content hash -> id of one indexed image with that content (not in `leave_out`)."""
         leave_out = set(leave_out)
         query = select(ImageRow.content_hash, ImageRow.id).where(ImageRow.state == "indexed")
-        return {digest: i for digest, i in session.execute(query) if i not in leave_out}
+        return {
+            digest: i
+            for digest, i in session.execute(query)
+            if digest is not None and i not in leave_out
+        }
 
     @staticmethod
-    def delete_rows(session: Session, table: type[Base], ids) -> None:
+    def delete_rows(session: Session, table: ItemTable, ids: Iterable[int]) -> None:
         """Delete rows by id (and their damaged marks), in chunks."""
         ids = [int(i) for i in ids]
         for start in range(0, len(ids), CHUNK):
@@ -447,15 +461,15 @@ class Database:
         with self.session() as session:
             count = select(func.count())
             return {
-                "images": session.scalar(count.where(ImageRow.state == "indexed")),
-                "skipped": session.scalar(count.where(ImageRow.state == "skipped")),
-                "texts": session.scalar(count.select_from(TextRow)),
+                "images": session.scalar(count.where(ImageRow.state == "indexed")) or 0,
+                "skipped": session.scalar(count.where(ImageRow.state == "skipped")) or 0,
+                "texts": session.scalar(count.select_from(TextRow)) or 0,
             }
 
     def sample_texts(self, n: int, max_chars: int) -> list[str]:
         """Up to `n` texts of at most `max_chars`, spread over the corpus where it can."""
         with self.session() as session:
-            texts = session.scalar(select(func.count()).select_from(TextRow))
+            texts = session.scalar(select(func.count()).select_from(TextRow)) or 0
             short = select(TextRow.text).where(func.length(TextRow.text) <= max_chars)
             step = max(1, texts // max(n, 1))
             picked = list(session.scalars(short.where(TextRow.id % step == 0).limit(n)))
@@ -508,7 +522,7 @@ class Database:
         return set(session.scalars(select(TextSource.text_id).where(TextSource.source == source)))
 
     @staticmethod
-    def unlink_texts(session: Session, source: str, text_ids) -> list[int]:
+    def unlink_texts(session: Session, source: str, text_ids: Iterable[int]) -> list[int]:
         """Unlink `text_ids` from corpus file `source`; delete and return those that no
         other file holds."""
         ids = [int(i) for i in text_ids]
@@ -542,12 +556,12 @@ class Database:
         return list(session.scalars(query))
 
     @staticmethod
-    def mark_damaged(session: Session, collection: str, ids) -> None:
+    def mark_damaged(session: Session, collection: str, ids: Iterable[int]) -> None:
         known = set(session.scalars(select(Damaged.id).where(Damaged.collection == collection)))
         session.add_all(Damaged(collection=collection, id=int(i)) for i in ids if i not in known)
 
     @staticmethod
-    def clear_damaged(session: Session, collection: str, ids) -> None:
+    def clear_damaged(session: Session, collection: str, ids: Iterable[int]) -> None:
         ids = [int(i) for i in ids]
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
