@@ -136,6 +136,13 @@ def test_every_command_block_runs_or_says_why_not():
     assert counts["README.md"] > 0 and counts["docs/commands.md"] > 0
 
 
+def test_the_readme_stays_short_and_tells_no_history():
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 250
+    for history in ("before the engine", "--before", "the H100 run"):
+        assert history not in text, f"README: '{history}' belongs in CHANGELOG.md"
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_the_command_blocks_of_a_page_give_their_stated_output(page, tmp_path):
     for block in _runnable(page):
