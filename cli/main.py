@@ -1,4 +1,4 @@
-"""The `xmr` command line. Each command parses, calls one library function, formats.
+"""The `xmr` command line. Each command parses, makes one engine call, formats.
 
 Heavy imports (torch, open_clip, faiss) happen inside commands, so `xmr --help` and
 argument errors answer at once.

@@ -1,4 +1,5 @@
-"""The engine's writing operations: index image folders, add a text corpus, compact.
+"""The engine's writing operations: index image folders, add a text corpus, compact,
+check and repair (`Engine.index`, `add_texts`, `compact`, `check` call these).
 
 Each checks every argument before any model or index is touched, takes the index's
 write lock (one writer at a time), resolves the model (the index's own, else the one
