@@ -23,7 +23,6 @@ an address pays on top). Model: the shipped xmr-tiny (64 px) by default.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -159,5 +158,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("XMR_NO_RANDOM_WARNING", "1")
     sys.exit(main())

@@ -113,7 +113,7 @@ class Chaos:
     # -- running xmr -------------------------------------------------------------------------
     def xmr(self, *args, env_extra=None, kill: bool = False) -> subprocess.CompletedProcess:
         command = [str(Path(sys.executable).parent / "xmr"), *map(str, args)]
-        env = dict(os.environ, XMR_NO_RANDOM_WARNING="1", HF_HUB_OFFLINE="1", **(env_extra or {}))
+        env = dict(os.environ, HF_HUB_OFFLINE="1", **(env_extra or {}))
         proc = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )

@@ -2,44 +2,46 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from xmr.cli.errors import handle_errors
 from xmr.cli.options import (
-    DeviceOption,
-    IndexOption,
-    JsonReportOption,
-    ModelOption,
-    QuietOption,
+    Device,
+    IndexDir,
+    JsonReport,
+    ModelName,
+    Quiet,
     index_dir,
 )
 
 
 @handle_errors
 def check(
-    index: Path = IndexOption,
-    repair: bool = typer.Option(
-        False,
-        "--repair",
-        help="Fix what is found: rebuild FAISS, re-encode lost vectors and tokens, restore "
-        "the manifest, move a damaged database aside and rebuild from the image folders.",
-    ),
-    model: str = ModelOption,
-    device: str = DeviceOption,
-    as_json: bool = JsonReportOption,
-    quiet: bool = QuietOption,
+    index: IndexDir = None,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Fix what is found: rebuild FAISS, re-encode lost vectors and tokens, restore "
+            "the manifest, move a damaged database aside and rebuild from the image folders.",
+        ),
+    ] = False,
+    model: ModelName = None,
+    device: Device = None,
+    as_json: JsonReport = False,
+    quiet: Quiet = False,
 ):
     """Verify an index: SQLite integrity, the manifest's schema, every store against its
     ids and every vector's norm, FAISS against the database. Exit status 1 while problems
     remain. --model only matters when the manifest is lost with no copy to restore."""
     from xmr.cli.output import json_text, print_notices
     from xmr.cli.progress import BarReporter
-    from xmr.engine.writes import check_or_repair
+    from xmr.engine.engine import Engine
 
-    done = check_or_repair(
-        index_dir(index), repair=repair, model=model, device=device, reporter=BarReporter(quiet)
+    done = Engine(index_dir(index), device).check(
+        repair=repair, model=model, reporter=BarReporter(quiet)
     )
     print_notices(done.notices)
     report = done.summary

@@ -6,36 +6,43 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from xmr.cli.errors import handle_errors
-from xmr.cli.options import QuietOption
+from xmr.cli.options import Quiet
 
 
 @handle_errors
 def demo(
-    workdir: Path = typer.Option(
-        None,
-        "--dir",
-        help="Where to put the corpus and index "
-        "[default: a new temporary folder, kept afterwards].",
-    ),
-    images: int = typer.Option(300, "--images", "-n", min=20, help="Scenes to generate."),
-    candidates: int = typer.Option(
-        16, "--candidates", "-K", min=1, help="Stage-1 depth re-ranked in the recall table."
-    ),
-    quiet: bool = QuietOption,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir",
+            help="Where to put the corpus and index "
+            "[default: a new temporary folder, kept afterwards].",
+        ),
+    ] = None,
+    images: Annotated[
+        int, typer.Option("--images", "-n", min=20, help="Scenes to generate.")
+    ] = 300,
+    candidates: Annotated[
+        int,
+        typer.Option(
+            "--candidates", "-K", min=1, help="Stage-1 depth re-ranked in the recall table."
+        ),
+    ] = 16,
+    quiet: Quiet = False,
 ):
     """Generate a corpus, index it with xmr-tiny, run queries, print recall@k (offline)."""
     from xmr.cli.progress import BarReporter
     from xmr.engine.demo import run_demo
-    from xmr.evaluation.bench_report import markdown_report
 
     started = time.monotonic()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="xmr-demo-"))
     typer.echo(f"xmr demo: {images} generated scenes in {workdir}\n")
-    result = run_demo(workdir, images, candidates, BarReporter(quiet))
+    result = run_demo(workdir, n_images=images, candidates=candidates, reporter=BarReporter(quiet))
     typer.echo(
         f"indexed {result.n_images} images and {result.n_texts} captions with xmr-tiny "
         f"in {result.index_seconds:.1f}s  (index: {workdir / 'index'})\n"
@@ -49,7 +56,7 @@ def demo(
         if q.correct:
             typer.echo("     (✓ = a correct answer: the scene the caption was written for)")
         typer.echo("")
-    typer.echo(markdown_report(result.bench))
+    typer.echo(result.bench_markdown)
     typer.echo(
         f'Try it yourself:\n  xmr search "{result.try_query}" '
         f"--index {workdir / 'index'}\n  xmr search --image "

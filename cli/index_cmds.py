@@ -1,70 +1,63 @@
 """Index maintenance commands: `xmr compact` (rebuild FAISS from the stored vectors), and
-the `--executor` option of `xmr index` / `xmr add-texts`."""
+the `--executor` and `--actors` options of `xmr index` / `xmr add-texts`."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from xmr.cli.errors import handle_errors
 from xmr.cli.options import (
-    IndexOption,
-    IndexTypeOption,
-    JsonReportOption,
-    MaxMemoryOption,
-    QuietOption,
+    IndexDir,
+    IndexType,
+    JsonReport,
+    MaxMemory,
+    Quiet,
     index_dir,
 )
 
-ExecutorOption = typer.Option(
-    "local",
-    "--executor",
-    help="Where decoding and encoding run: local (this process), ray (a local Ray "
-    "started for this run) or ray:ADDRESS (a running cluster, e.g. ray:auto). This "
-    "process still decides what to embed and writes the index. Ray: pip install 'xmr[ray]'.",
-)
-
-ActorsOption = typer.Option(
-    None,
-    "--actors",
-    min=1,
-    help="Ray: encoder actors [default: one per GPU of the cluster, else one per CPU].",
-    show_default=False,
-)
-
-
-def executor_from_option(text: str, actors: int | None = None):
-    """--executor TEXT [--actors N] -> indexer.executor.Executor; fails before any work."""
-    from dataclasses import replace
-
-    from xmr.indexer.executor import parse_executor
-    from xmr.retrieval.errors import InputError
-
-    executor = parse_executor(text)
-    if actors is not None and executor.kind != "ray":
-        raise InputError("--actors sizes a Ray actor pool: add --executor ray[:ADDRESS]")
-    return replace(executor, actors=actors)
+ExecutorChoice = Annotated[
+    str,
+    typer.Option(
+        "--executor",
+        help="Where decoding and encoding run: local (this process), ray (a local Ray "
+        "started for this run) or ray:ADDRESS (a running cluster, e.g. ray:auto). This "
+        "process still decides what to embed and writes the index. Ray: pip install "
+        "'xmr[ray]'.",
+    ),
+]
+Actors = Annotated[
+    int | None,
+    typer.Option(
+        "--actors",
+        min=1,
+        help="Ray: encoder actors [default: one per GPU of the cluster, else one per CPU].",
+        show_default=False,
+    ),
+]
 
 
 @handle_errors
 def compact(
-    index: Path = IndexOption,
-    index_type: str = IndexTypeOption,
-    max_memory: str = MaxMemoryOption,
-    shards: int = typer.Option(
-        1,
-        "--shards",
-        min=1,
-        help="Build an IVF index (ivf, ivfpq) in N shards: train once on a sample, fill "
-        "the shards in parallel (--executor ray: Ray tasks), merge.",
-    ),
-    executor: str = typer.Option(
-        "local", "--executor", help="Where shards are filled: local, ray or ray:ADDRESS."
-    ),
-    as_json: bool = JsonReportOption,
-    quiet: bool = QuietOption,
+    index: IndexDir = None,
+    index_type: IndexType = None,
+    max_memory: MaxMemory = None,
+    shards: Annotated[
+        int,
+        typer.Option(
+            "--shards",
+            min=1,
+            help="Build an IVF index (ivf, ivfpq) in N shards: train once on a sample, fill "
+            "the shards in parallel (--executor ray: Ray tasks), merge.",
+        ),
+    ] = 1,
+    executor: Annotated[
+        str, typer.Option("--executor", help="Where shards are filled: local, ray or ray:ADDRESS.")
+    ] = "local",
+    as_json: JsonReport = False,
+    quiet: Quiet = False,
 ):
     """Rebuild the FAISS indexes from the stored vectors: drop tombstones, re-train and
     re-tune, or switch type (--index-type hnsw); free the disk space of deleted items'
@@ -72,14 +65,13 @@ def compact(
     --executor ray` builds a large index on a Ray cluster."""
     from xmr.cli.output import human_bytes, print_notices
     from xmr.cli.progress import BarReporter
-    from xmr.engine.writes import compact_index
+    from xmr.engine.engine import Engine
 
-    done = compact_index(
-        index_dir(index),
+    done = Engine(index_dir(index)).compact(
         index_type=index_type,
         max_memory=max_memory,
         shards=shards,
-        executor=executor_from_option(executor),
+        executor=executor,
         reporter=BarReporter(quiet),
     )
     print_notices(done.notices)

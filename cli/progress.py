@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from xmr.indexer.report import Reporter
+from xmr.engine.progress import Reporter
 
 
 class BarReporter(Reporter):

@@ -9,6 +9,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from xmr.engine.bench import Progress
+    from xmr.engine.progress import Reporter
 
 DEMO_SEED = 7  # xmr-tiny trains on seed 0 and is evaluated on seed 1234; the demo uses neither
 DEMO_MODEL = "xmr-tiny"
@@ -32,9 +37,21 @@ class DemoResult:
     bench: dict | None = None
     try_query: str = ""  # a sentence to try by hand: one of the corpus's captions
 
+    @property
+    def bench_markdown(self) -> str:
+        """The recall table of `bench`, as markdown."""
+        from xmr.evaluation.bench_report import markdown_report
+
+        return markdown_report(self.bench or {})
+
 
 def run_demo(
-    workdir: Path, n_images: int = 300, candidates: int = 16, reporter=None, progress=None
+    workdir: Path,
+    *,
+    n_images: int = 300,
+    candidates: int = 16,
+    reporter: Reporter | None = None,
+    progress: Progress | None = None,
 ) -> DemoResult:
     from xmr.engine.engine import Engine
     from xmr.engine.query_input import QueryInput

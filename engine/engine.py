@@ -20,8 +20,10 @@ answering, so a query never sees a half-written batch and never a deleted item.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from xmr.engine import writes
 from xmr.engine.models import (
@@ -31,13 +33,18 @@ from xmr.engine.models import (
     choose_reranker,
     random_weights_notice,
 )
+from xmr.engine.paths import index_directory
+from xmr.engine.progress import IndexSummary, Reporter
 from xmr.engine.query_input import MAX_ID, QueryInput
 from xmr.engine.request import SearchRequest
+from xmr.engine.writes import WriteReport
 from xmr.retrieval.errors import IndexCorrupt, InputError, ItemNotFound
 from xmr.retrieval.filters import SearchFilter
 from xmr.retrieval.library import Library
-from xmr.retrieval.locations import default_index_dir
 from xmr.retrieval.searcher import Answer, Searcher
+
+if TYPE_CHECKING:
+    from xmr.retrieval.check import CheckReport
 
 _INDEX_FILES = ("manifest.json", "images.faiss.json", "texts.faiss.json")
 EXAMPLES_FILE = "examples.txt"  # a shipped model's sentences it answers well, one a line
@@ -90,10 +97,18 @@ class _Snapshot:
 
 
 class Engine:
+    """One index and the models that serve it: `Engine("my-index")`, then `search`,
+    `index`, `add_texts`, `compact`, `check`, `info`, `duplicates` (docs/python.md).
+
+    `index`: the index folder (None: `$XMR_INDEX`, else a per-user data directory);
+    `device`: cpu, cuda, cuda:1 ... (None: cuda when present); `reranker`: the folder of
+    the re-ranker searches use, 'auto' (the model's own) or 'none'. Nothing is opened or
+    loaded until the first call that needs it."""
+
     def __init__(
-        self, index: Path | None = None, device: str | None = None, reranker: str = "auto"
+        self, index: Path | str | None = None, device: str | None = None, reranker: str = "auto"
     ):
-        self.directory = Path(index).expanduser() if index is not None else default_index_dir()
+        self.directory = index_directory(index)
         self.device = device
         self.reranker_choice = reranker
         self._state = threading.Lock()
@@ -141,11 +156,13 @@ class Engine:
         with self._state:
             return index_info(snapshot.library)
 
-    def duplicates(self, threshold: float = 0.95, under=()) -> list[dict]:
+    def duplicates(
+        self, *, threshold: float = 0.95, under: Sequence[Path | str] = ()
+    ) -> list[dict]:
         """Groups of near-duplicate images (cosine >= threshold) across the index, or under
-        some folders, largest first; each item with what a person needs to pick one."""
+        some folders, largest first; each item with what a person needs to pick one.
+        Only the rows and vectors of the images in scope are read."""
         import numpy as np
-        from sqlalchemy import select
 
         from xmr.retrieval.db import ImageRow
         from xmr.retrieval.duplicates import PixelCheck, duplicate_groups
@@ -153,30 +170,21 @@ class Engine:
         if not 0 < threshold <= 1:
             raise InputError(f"threshold {threshold} must be above 0 and at most 1")
         library = self._current().library
-        where = SearchFilter.parse(under)
-        if where.active:
-            ids = where.allowed_ids(library.db, "images")
-        else:
+        ids = SearchFilter.parse([str(folder) for folder in under]).allowed_ids(
+            library.db, "images"
+        )
+        if ids is None:  # no folder given: every image
             ids = np.asarray(library.db.ids(ImageRow), dtype=np.int64)
+        rows = library.db.rows_by_ids(ImageRow, ids)
         with self._state:
             vectors = library.images.vectors.read(ids)  # (N, D)
-        with library.db.session() as session:
-            files = {i: path for i, path in session.execute(select(ImageRow.id, ImageRow.path))}
-            hashes = {i: h for i, h in session.execute(select(ImageRow.id, ImageRow.content_hash))}
         check = PixelCheck(
-            {i: files[int(ids[i])] for i in range(len(ids))},
-            {i: hashes.get(int(ids[i])) for i in range(len(ids))},
+            {i: rows[int(ids[i])].path for i in range(len(ids))},
+            {i: rows[int(ids[i])].content_hash for i in range(len(ids))},
         )
-        groups = [ids[g] for g in duplicate_groups(vectors, threshold, check)]
-        wanted = [int(i) for g in groups for i in g]
-        rows = {}
-        with library.db.session() as session:
-            for start in range(0, len(wanted), 500):  # SQLite caps bound parameters
-                chunk = select(ImageRow).where(ImageRow.id.in_(wanted[start : start + 500]))
-                rows.update((r.id, r) for r in session.scalars(chunk))
         out = []
-        for group in groups:
-            items = [_duplicate_item(rows[int(i)]) for i in group if int(i) in rows]
+        for group in duplicate_groups(vectors, threshold, check):
+            items = [_duplicate_item(rows[int(i)]) for i in ids[group]]
             items.sort(key=lambda item: (-(item["width"] or 0) * (item["height"] or 0), item["id"]))
             if len(items) > 1:
                 out.append({"count": len(items), "items": items})
@@ -185,19 +193,9 @@ class Engine:
     def examples(self, n: int = 4) -> dict:
         """Queries to offer on the page: texts of the index's own corpus (sentences the model
         was meant to match), else the model's shipped examples, else generic photo queries."""
-        from sqlalchemy import func, select
-
-        from xmr.retrieval.db import ImageRow, TextRow
-
         library = self._current().library
-        with library.db.session() as session:
-            images = session.scalar(select(func.count()).where(ImageRow.state == "indexed"))
-            short = select(TextRow.text).where(func.length(TextRow.text) <= MAX_EXAMPLE_CHARS)
-            texts = session.scalar(select(func.count()).select_from(TextRow))
-            step = max(1, texts // n)
-            picked = list(session.scalars(short.where(TextRow.id % step == 0).limit(n)))
-            if len(picked) < n:  # too few short ones at the spaced ids: take any short ones
-                picked = list(session.scalars(short.limit(n)))
+        counts = library.db.counts()
+        picked = library.db.sample_texts(n, MAX_EXAMPLE_CHARS)
         if not picked:
             shipped = Path(self.models.spec.name) / EXAMPLES_FILE
             if self.models.spec.kind == "shipped" and shipped.is_file():
@@ -206,8 +204,8 @@ class Engine:
                 picked = list(GENERIC_EXAMPLES[:n])
         return {
             "examples": picked,
-            "images": images,
-            "texts": texts,
+            "images": counts["images"],
+            "texts": counts["texts"],
             "model": library.encoder_spec,
         }
 
@@ -218,16 +216,12 @@ class Engine:
     def indexed_file(self, image_id: int) -> IndexedFile:
         """What the index recorded of an image's file: its path, size and mtime, which a
         server compares with what is on disk now before it serves the file."""
-        from xmr.retrieval.db import ImageRow
-
         if not 0 <= int(image_id) <= MAX_ID:  # beyond SQLite's integers: no such row
             raise ItemNotFound(f"no indexed image has id {image_id}")
-        library = self._current().library
-        with library.db.session() as session:
-            row = session.get(ImageRow, int(image_id))
-            if row is None or row.state != "indexed":
-                raise ItemNotFound(f"no indexed image has id {image_id}")
-            return IndexedFile(int(row.id), row.path, row.size, row.mtime_ns)
+        row = self._current().library.db.image_row(int(image_id))
+        if row is None or row.state != "indexed":
+            raise ItemNotFound(f"no indexed image has id {image_id}")
+        return IndexedFile(int(row.id), row.path, row.size, row.mtime_ns)
 
     def reranker(self):
         """The re-ranker searches use (None: stage 1 only), loaded if it was not yet."""
@@ -237,6 +231,7 @@ class Engine:
     def models(self) -> Models:
         if self._models is None:
             self._current()
+        assert self._models is not None  # opening the index loads them
         return self._models
 
     def warm_up(self, image_tower: bool = True) -> list[str]:
@@ -282,26 +277,125 @@ class Engine:
     def _searcher(self, snapshot: _Snapshot) -> Searcher:
         if snapshot.searcher is None:
             folder = snapshot.reranker.folder
-            reranker = None if folder is None else self._models.reranker(folder)
+            reranker = None if folder is None else self.models.reranker(folder)
             snapshot.searcher = Searcher(
                 snapshot.library,
-                QueryEncoder(self._models),
+                QueryEncoder(self.models),
                 reranker,
                 self._state,
                 self._models_thread,
             )
         return snapshot.searcher
 
+    def close(self) -> None:
+        """Close the open index (its database connections); a later call opens it again."""
+        with self._state:
+            if self._snapshot is not None:
+                self._snapshot.library.close()
+                self._snapshot = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     # -- writing (one writer at a time per index; see indexer/) -------------------------
-    def index(self, folders, **options) -> writes.WriteReport:
-        """Bring the index in line with image folders (engine/writes.py `index_images`)."""
-        return writes.index_images(self.directory, folders, device=self.device, **options)
+    def index(
+        self,
+        folders: Sequence[Path | str],
+        *,
+        model: str | None = None,
+        exclude: Sequence[str] = (),
+        include_hidden: bool = False,
+        batch_size: int = 64,
+        workers: int | None = None,
+        commit_every: int = 256,
+        max_pixels: int | None = None,
+        keep_tokens: bool = True,
+        token_pool: int | None = None,
+        reranker: str = "auto",
+        index_type: str | None = None,
+        max_memory: str | None = None,
+        executor: str = "local",
+        actors: int | None = None,
+        reporter: Reporter | None = None,
+    ) -> WriteReport[IndexSummary]:
+        """Bring the index in line with image folders: new, changed, moved and deleted
+        files (engine/writes.py `index_images` says what each setting does)."""
+        return writes.index_images(
+            self.directory,
+            folders,
+            model=model,
+            device=self.device,
+            exclude=exclude,
+            include_hidden=include_hidden,
+            batch_size=batch_size,
+            workers=workers,
+            commit_every=commit_every,
+            max_pixels=max_pixels,
+            keep_tokens=keep_tokens,
+            token_pool=token_pool,
+            reranker=reranker,
+            index_type=index_type,
+            max_memory=max_memory,
+            executor=executor,
+            actors=actors,
+            reporter=reporter,
+        )
 
-    def add_texts(self, file: Path, **options) -> writes.WriteReport:
-        return writes.add_text_corpus(self.directory, file, device=self.device, **options)
+    def add_texts(
+        self,
+        file: Path | str,
+        *,
+        model: str | None = None,
+        text_field: str | None = None,
+        batch_size: int = 256,
+        executor: str = "local",
+        actors: int | None = None,
+        reporter: Reporter | None = None,
+    ) -> WriteReport[IndexSummary]:
+        """Add a text corpus (.txt, .jsonl, .csv, or a Karpathy-style captions JSON),
+        deduplicated; a re-run embeds only what changed."""
+        return writes.add_text_corpus(
+            self.directory,
+            Path(file),
+            model=model,
+            device=self.device,
+            text_field=text_field,
+            batch_size=batch_size,
+            executor=executor,
+            actors=actors,
+            reporter=reporter,
+        )
 
-    def compact(self, **options) -> writes.WriteReport:
-        return writes.compact_index(self.directory, **options)
+    def compact(
+        self,
+        *,
+        index_type: str | None = None,
+        max_memory: str | None = None,
+        shards: int = 1,
+        executor: str = "local",
+        reporter: Reporter | None = None,
+    ) -> WriteReport[dict[str, Any]]:
+        """Rebuild the FAISS indexes from the stored vectors; nothing is re-encoded."""
+        return writes.compact_index(
+            self.directory,
+            index_type=index_type,
+            max_memory=max_memory,
+            shards=shards,
+            executor=executor,
+            reporter=reporter,
+        )
+
+    def check(
+        self, *, repair: bool = False, model: str | None = None, reporter: Reporter | None = None
+    ) -> WriteReport[CheckReport]:
+        """Verify every file of the index; with `repair`, fix what can be re-derived first.
+        The summary is a report with `ok`, `findings` and `as_dict()`."""
+        return writes.check_or_repair(
+            self.directory, repair=repair, model=model, device=self.device, reporter=reporter
+        )
 
 
 def _check_dimensions(library: Library, target: str, query_dim: int) -> None:
@@ -332,7 +426,7 @@ def _duplicate_item(row) -> dict:
 def _stamp(directory: Path) -> tuple:
     """(mtime, size) of the files a writer replaces when it saves: a new manifest (kept
     features, policy) or FAISS file means the open index must be read again."""
-    stamp = []
+    stamp: list[tuple[int, int] | None] = []
     for name in _INDEX_FILES:
         try:
             stat = (Path(directory) / name).stat()

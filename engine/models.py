@@ -8,7 +8,6 @@ serialised here, so two first requests never build a model twice.
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +23,10 @@ from xmr.retrieval.reranker_files import (
 )
 from xmr.retrieval.token_pooling import pooled_count
 
-QUIET_RANDOM_ENV = "XMR_NO_RANDOM_WARNING"  # set by the test suite, where every model is random
-
 
 def random_weights_notice(spec: ModelSpec) -> list[str]:
     """The warning every answer from a random-weights model carries."""
-    if not spec.random_weights or os.environ.get(QUIET_RANDOM_ENV):
+    if not spec.random_weights:
         return []
     return [
         f"{spec.canonical} has random weights; its results mean nothing (use it for tests "

@@ -1,4 +1,5 @@
-"""The engine's writing operations: index image folders, add a text corpus, compact.
+"""The engine's writing operations: index image folders, add a text corpus, compact,
+check and repair (`Engine.index`, `add_texts`, `compact`, `check` call these).
 
 Each checks every argument before any model or index is touched, takes the index's
 write lock (one writer at a time), resolves the model (the index's own, else the one
@@ -7,19 +8,48 @@ asked for, else the default) and returns its summary with notices for the caller
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from xmr.engine.models import random_weights_notice
+from xmr.engine.progress import Reporter
+from xmr.indexer.executor import Executor
 from xmr.retrieval.errors import InputError
 from xmr.retrieval.library import Library, reranker_config_mismatch
 from xmr.retrieval.modelspec import DEFAULT_MODEL
 
+if TYPE_CHECKING:
+    from xmr.engine.progress import IndexSummary
+    from xmr.retrieval.check import CheckReport
+
+Summary = TypeVar("Summary")
+
 
 @dataclass
-class WriteReport:
-    summary: object  # indexer.report.IndexSummary, or compact's {collection: report} dict
+class WriteReport(Generic[Summary]):
+    """What a writing operation did (`summary`) and what a person should know (`notices`)."""
+
+    summary: Summary  # IndexSummary; compact: {"collections", "sizes"}; check: CheckReport
     notices: list[str] = field(default_factory=list)
+
+
+def parse_executor(executor: str, actors: int | None = None) -> Executor:
+    """'local' | 'ray' | 'ray:ADDRESS' (and a Ray actor count) -> an Executor; refused
+    before any work."""
+    from dataclasses import replace
+
+    from xmr.indexer.executor import parse_executor as parse_text
+
+    parsed = parse_text(executor)
+    if actors is not None and parsed.kind != "ray":
+        raise InputError(
+            "actors sizes a Ray actor pool: use executor ray or ray:ADDRESS", setting="actors"
+        )
+    if actors is not None and actors < 1:
+        raise InputError(f"actors must be at least 1, not {actors}", setting="actors")
+    return replace(parsed, actors=actors)
 
 
 def model_for_index(directory: Path, model: str | None) -> str:
@@ -44,25 +74,34 @@ def check_index_policy(index_type: str | None, max_memory: str | None) -> None:
 
 def index_images(
     directory: Path,
-    folders,
+    folders: Sequence[Path | str],
     *,
     model: str | None = None,
     device: str | None = None,
-    options=None,
+    exclude: Sequence[str] = (),
+    include_hidden: bool = False,
+    batch_size: int = 64,
+    workers: int | None = None,
+    commit_every: int = 256,
+    max_pixels: int | None = None,
     keep_tokens: bool = True,
     token_pool: int | None = None,
     reranker: str = "auto",
     index_type: str | None = None,
     max_memory: str | None = None,
-    reporter=None,
-) -> WriteReport:
+    executor: str = "local",
+    actors: int | None = None,
+    reporter: Reporter | None = None,
+) -> WriteReport[IndexSummary]:
     """Every image under `folders`, incrementally (indexer/images.py `index_folders`).
 
     `reranker` (a folder, auto: the model's own, none) names the re-ranker whose image
     features the index keeps; a new index stores the image tokens of the vision block that
-    re-ranker reads (the model's own under none)."""
+    re-ranker reads (the model's own under none). `workers`: decoding processes (None:
+    one per core); `max_pixels`: the decompression-bomb guard (None: the default)."""
     from xmr.indexer.images import IndexOptions, index_folders
     from xmr.retrieval.encoder import LazyEncoder
+    from xmr.retrieval.imageio import DEFAULT_MAX_PIXELS, default_workers
     from xmr.retrieval.reranker_files import (
         check_reranker_choice,
         folder_config,
@@ -72,10 +111,20 @@ def index_images(
         reranker_name,
     )
 
+    run_on = parse_executor(executor, actors)  # a bad value fails before any work
+    options = IndexOptions(
+        exclude=tuple(exclude),
+        include_hidden=include_hidden,
+        batch_size=batch_size,
+        workers=default_workers() if workers is None else workers,
+        commit_every=commit_every,
+        max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+        executor=run_on,
+    )
     check_index_policy(index_type, max_memory)
     check_reranker_choice(reranker)
-    folders = [Path(f).expanduser() for f in folders]
-    missing = [str(f) for f in folders if not f.exists()]
+    roots = [Path(f).expanduser() for f in folders]
+    missing = [str(f) for f in roots if not f.exists()]
     if missing:
         raise InputError(f"{', '.join(missing)} does not exist; give a folder of images")
     encoder = LazyEncoder(model_for_index(directory, model), device)
@@ -97,16 +146,16 @@ def index_images(
         summary = index_folders(
             library,
             encoder,
-            folders,
-            options or IndexOptions(),
+            roots,
+            options,
             reporter,
             lambda: folder and _load_reranker(folder, encoder, device),
-            folder and folder_fingerprint(folder),
+            folder_fingerprint(folder) if folder else None,
         )
     return WriteReport(summary, notices)
 
 
-def _load_reranker(folder: Path, encoder, device: str | None):
+def _load_reranker(folder: Path, encoder: object, device: str | None) -> object:
     from xmr.retrieval.reranker import load_reranker  # imports torch: only when images need it
 
     return load_reranker(folder, encoder, device)
@@ -120,22 +169,21 @@ def add_text_corpus(
     device: str | None = None,
     text_field: str | None = None,
     batch_size: int = 256,
-    executor=None,
-    reporter=None,
-) -> WriteReport:
+    executor: str = "local",
+    actors: int | None = None,
+    reporter: Reporter | None = None,
+) -> WriteReport[IndexSummary]:
     """A text corpus, deduplicated; re-runs embed only what changed (indexer/texts.py).
-    `executor`: where the encoding runs (indexer/executor.py; default: this process)."""
-    from xmr.indexer.executor import LOCAL
+    `executor`: where the encoding runs ('local', 'ray', 'ray:ADDRESS')."""
     from xmr.indexer.texts import add_texts, read_corpus
     from xmr.retrieval.encoder import LazyEncoder
 
+    run_on = parse_executor(executor, actors)
     read_corpus(file, text_field)  # refuse a bad file before loading a model
     encoder = LazyEncoder(model_for_index(directory, model), device)
     with Library.open_or_create(directory, encoder) as library:
         notices = list(library.notices) + random_weights_notice(encoder.spec)
-        summary = add_texts(
-            library, encoder, file, text_field, batch_size, reporter, executor or LOCAL
-        )
+        summary = add_texts(library, encoder, file, text_field, batch_size, reporter, run_on)
     return WriteReport(summary, notices)
 
 
@@ -145,17 +193,20 @@ def compact_index(
     index_type: str | None = None,
     max_memory: str | None = None,
     shards: int = 1,
-    executor=None,
-    reporter=None,
-) -> WriteReport:
+    executor: str = "local",
+    reporter: Reporter | None = None,
+) -> WriteReport[dict[str, Any]]:
     """Rebuild the FAISS indexes from the stored vectors (Library.compact); nothing is
-    re-encoded. IVF types may be filled in `shards` shards, run by `executor`
-    (indexer/executor.py; default: this process). The summary also carries the files'
+    re-encoded. IVF types may be filled in `shards` shards, run by `executor` ('local':
+    one after another here; 'ray', 'ray:ADDRESS': Ray tasks). The summary also carries the files'
     sizes afterwards ("sizes")."""
+    run_on = parse_executor(executor)
     check_index_policy(index_type, max_memory)
+    if shards < 1:
+        raise InputError(f"shards must be at least 1, not {shards}", setting="shards")
     if shards > 1 and index_type in ("flat", "hnsw"):
         raise InputError(f"shards split IVF builds; use index type ivf or ivfpq, not {index_type}")
-    map_shards = None if executor is None else executor.map_shards()
+    map_shards = run_on.map_shards()
     with Library.open(directory, writable=True) as library:
         report = library.compact(index_type, max_memory, reporter, shards, map_shards)
         sizes = library.disk_usage()
@@ -169,8 +220,8 @@ def check_or_repair(
     repair: bool = False,
     model: str | None = None,
     device: str | None = None,
-    reporter=None,
-) -> WriteReport:
+    reporter: Reporter | None = None,
+) -> WriteReport[CheckReport]:
     """Verify every file of an index (retrieval/check.py); with `repair`, fix what can be
     re-derived or re-encoded first (indexer/repair.py). The summary is the check's report;
     `model` only matters when the manifest is lost with no copy to restore."""

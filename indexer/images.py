@@ -18,7 +18,6 @@ the database, see texts.reencode_damaged_texts).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, or_, select
 
 from xmr.indexer.executor import LOCAL, Executor
 from xmr.indexer.report import IndexSummary, Reporter
@@ -89,7 +87,7 @@ def index_folders(
     }
     summary.notices = list(library.notices)
     with library.db.session() as session:
-        known = {row.path: row for row in session.scalars(_rows_under(roots))}
+        known = {row.path: row for row in Database.image_rows_under(session, roots)}
         pending, twins = _plan(session, library, scanned, known, summary, reporter)
         library.db.bump_generation(session)
         session.commit()
@@ -127,7 +125,8 @@ def reencode_damaged_images(
         damaged = library.db.damaged_ids("images", session)
         if not damaged:
             return summary
-        known = {row.path: row for row in (session.get(ImageRow, i) for i in damaged)}
+        rows = library.db.rows_by_ids(ImageRow, damaged, session).values()
+        known = {row.path: row for row in rows}
         scanned = {}
         for path in known:
             file = scan_file(Path(path), lambda p, reason: None)
@@ -140,14 +139,6 @@ def reencode_damaged_images(
     library.save(reporter)
     summary.seconds = time.monotonic() - started
     return summary
-
-
-def _rows_under(roots: list[Path]):
-    conditions = []
-    for root in roots:
-        conditions.append(ImageRow.path == str(root))
-        conditions.append(ImageRow.path.startswith(str(root) + os.sep, autoescape=True))
-    return select(ImageRow).where(or_(*conditions))
 
 
 def _plan(session, library, scanned, known, summary, reporter):
@@ -172,7 +163,7 @@ def _plan(session, library, scanned, known, summary, reporter):
         for row in gone.values()
         if row.state == "indexed" and row.id not in damaged  # a lost vector cannot move
     }
-    indexed_by_hash = _indexed_hashes(session, damaged) if to_hash else {}
+    indexed_by_hash = Database.indexed_hashes(session, leave_out=damaged) if to_hash else {}
 
     pending: list[_Pending] = []
     twins: dict[str, list[_Pending]] = {}  # hash -> later files of the same new content
@@ -196,7 +187,7 @@ def _plan(session, library, scanned, known, summary, reporter):
             moved.path, moved.size, moved.mtime_ns = file.path, file.size, file.mtime_ns
             session.flush()  # the old path is free before another row may claim it
             summary.moved += 1
-        elif (twin := _twin(session, indexed_by_hash, digest)) is not None:
+        elif (twin := _twin(session, library, indexed_by_hash, digest)) is not None:
             _add_copy(session, library, twin, file, replaces=None if row is None else row.id)
             summary.duplicates += 1
         elif digest in twins:
@@ -213,10 +204,7 @@ def _remove_rows(session, library, rows: list[ImageRow]) -> None:
     """Delete vanished files' rows and vectors in bulk: one FAISS call, chunked SQL."""
     ids = [row.id for row in rows]
     library.images.index.remove(ids)  # one pass over the index, not one per id
-    for start in range(0, len(ids), 500):  # SQLite caps bound parameters per statement
-        chunk = ids[start : start + 500]
-        session.execute(delete(ImageRow).where(ImageRow.id.in_(chunk)))
-    Database.clear_damaged(session, "images", ids)
+    Database.delete_rows(session, ImageRow, ids)
 
 
 def _hash_files(files: list[ScannedFile], reporter: Reporter) -> dict[str, str]:
@@ -241,15 +229,11 @@ def _hash_files(files: list[ScannedFile], reporter: Reporter) -> dict[str, str]:
     return hashes
 
 
-def _indexed_hashes(session, damaged: set[int]) -> dict[str, int]:
-    """content hash -> id of one indexed image with it whose records are intact."""
-    query = select(ImageRow.content_hash, ImageRow.id).where(ImageRow.state == "indexed")
-    return {digest: i for digest, i in session.execute(query) if i not in damaged}
-
-
-def _twin(session, indexed_by_hash: dict[str, int], digest: str) -> ImageRow | None:
+def _twin(session, library, indexed_by_hash: dict[str, int], digest: str) -> ImageRow | None:
     row_id = indexed_by_hash.get(digest)
-    return None if row_id is None else session.get(ImageRow, row_id)
+    return (
+        None if row_id is None else library.db.rows_by_ids(ImageRow, [row_id], session).get(row_id)
+    )
 
 
 def _add_copy(session, library, twin: ImageRow, file: ScannedFile, replaces: int | None):
@@ -281,8 +265,7 @@ def _drop_stale(session, library, row_id: int | None) -> None:
     """Remove the row of a file whose content changed, before its replacement is added."""
     if row_id is not None:
         library.images.index.remove([row_id])
-        session.execute(delete(ImageRow).where(ImageRow.id == row_id))
-        Database.clear_damaged(session, "images", [row_id])
+        Database.delete_rows(session, ImageRow, [row_id])
         session.flush()
 
 

@@ -1,4 +1,5 @@
-"""`xmr add-texts`: ingest a text corpus (.txt, .jsonl, .csv), deduplicated and incremental.
+"""`xmr add-texts`: ingest a text corpus (.txt, .jsonl, .csv, or the captions of a
+Karpathy-format .json such as `xmr make-corpus` writes), deduplicated and incremental.
 
 A text's identity is its normalised content (whitespace collapsed), so the same caption
 in two files or twice in one file is stored and embedded once. Re-running on an edited
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, select
 
 from xmr.indexer.executor import LOCAL, Executor
 from xmr.indexer.report import IndexSummary, Reporter
@@ -70,7 +70,7 @@ def text_hash(text: str) -> str:
 def read_corpus(path: Path, text_field: str | None = None) -> list[TextRecord]:
     """Parse a corpus file; raises InputError naming the file and the line at fault."""
     path = Path(path)
-    require_regular_file(path, "corpus", "a .txt, .jsonl or .csv file")
+    require_regular_file(path, "corpus", "a .txt, .jsonl, .csv or captions .json file")
     suffix = path.suffix.lower()
     try:
         raw = path.read_text(encoding="utf-8")
@@ -80,10 +80,15 @@ def read_corpus(path: Path, text_field: str | None = None) -> list[TextRecord]:
         return _read_jsonl(path, raw, text_field)
     if suffix in (".csv", ".tsv"):
         return _read_csv(path, raw, text_field, "\t" if suffix == ".tsv" else ",")
+    if suffix == ".json":
+        return _read_karpathy(path, raw)
     if suffix in (".txt", ".text", ""):
         records = (_record(line, f"line {n}") for n, line in enumerate(raw.splitlines(), start=1))
         return [r for r in records if r is not None]
-    raise InputError(f"{path}: unsupported corpus format '{suffix}'; use .txt, .jsonl or .csv")
+    raise InputError(
+        f"{path}: unsupported corpus format '{suffix}'; use .txt, .jsonl, .csv or a "
+        "Karpathy-format captions .json"
+    )
 
 
 def _pick_field(path: Path, fields, text_field: str | None, where: str) -> str:
@@ -121,6 +126,37 @@ def _read_jsonl(path: Path, raw: str, text_field: str | None) -> list[TextRecord
         record = _record(value, str(obj.get("id", f"line {n}")), obj or None)
         if record is not None:
             records.append(record)
+    return records
+
+
+def _read_karpathy(path: Path, raw: str) -> list[TextRecord]:
+    """The captions of a Karpathy-format file (COCO, Flickr30k, `xmr make-corpus`):
+    {"images": [{"filename", "filepath"?, "split"?, "sentences": [{"raw"}, ...]}, ...]};
+    each caption's record names its image, and its meta the image and split."""
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise InputError(
+            f"{path}: no 'images' list; add-texts reads Karpathy-format captions .json "
+            "(COCO, Flickr30k, xmr make-corpus); write other corpora as .jsonl"
+        )
+    records = []
+    for n, image in enumerate(images):
+        sentences = image.get("sentences") if isinstance(image, dict) else None
+        if not isinstance(sentences, list):
+            raise InputError(f"{path}: images[{n}] has no 'sentences' list")
+        name = str(Path(image.get("filepath") or "") / str(image.get("filename", n)))
+        meta = {"image": name, **({"split": image["split"]} if "split" in image else {})}
+        for k, sentence in enumerate(sentences):
+            text = sentence.get("raw") if isinstance(sentence, dict) else None
+            if not isinstance(text, str):
+                raise InputError(f"{path}: images[{n}].sentences[{k}] has no 'raw' text")
+            record = _record(text, f"{name} caption {k}", meta)
+            if record is not None:
+                records.append(record)
     return records
 
 
@@ -172,8 +208,8 @@ def add_texts(
             unique[digest] = record
 
     with library.db.session() as session:
-        existing = {h: i for h, i in session.execute(select(TextRow.text_hash, TextRow.id))}
-        linked = set(session.scalars(select(TextSource.text_id).where(TextSource.source == source)))
+        existing = Database.text_ids_by_hash(session)
+        linked = Database.text_ids_of_source(session, source)
         summary.unchanged = sum(1 for d in unique if d in existing)
         # Texts this file holds that are stored already (maybe from another file): link them.
         wanted = {existing[d]: r for d, r in unique.items() if d in existing}
@@ -185,15 +221,7 @@ def add_texts(
         # Texts that left this file: unlink; delete those no other file holds.
         gone = [tid for tid in linked if tid not in wanted]
         if gone:
-            session.execute(
-                delete(TextSource).where(TextSource.source == source, TextSource.text_id.in_(gone))
-            )
-            still_held = set(
-                session.scalars(select(TextSource.text_id).where(TextSource.text_id.in_(gone)))
-            )
-            orphans = [tid for tid in gone if tid not in still_held]
-            session.execute(delete(TextRow).where(TextRow.id.in_(orphans)))
-            Database.clear_damaged(session, "texts", orphans)
+            orphans = Database.unlink_texts(session, source, gone)
             library.texts.index.remove(orphans)
             summary.removed = len(orphans)
         Database.bump_generation(session)
@@ -257,8 +285,8 @@ def reencode_damaged_texts(library: Library, encoder, summary: IndexSummary, rep
 
 def _reencode_texts(library: Library, encoder, ids: list[int]) -> int:
     with library.db.session() as session:
-        query = select(TextRow).where(TextRow.id.in_(ids)).order_by(TextRow.id)
-        rows = list(session.scalars(query))
+        found = library.db.rows_by_ids(TextRow, ids, session)
+        rows = [found[i] for i in sorted(found)]
         encoded = encoder.encode_texts([row.text for row in rows])
         for row, n in zip(rows, encoded.lengths, strict=True):
             row.n_tokens = int(n)

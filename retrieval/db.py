@@ -21,9 +21,10 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote
 
 from sqlalchemy import (
@@ -34,11 +35,14 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    and_,
     create_engine,
     delete,
     event,
+    exists,
     func,
     inspect,
+    or_,
     select,
     text,
 )
@@ -51,6 +55,7 @@ from xmr.retrieval.errors import DatabaseDamaged, DiskFull, IndexCorrupt, ReadOn
 
 SCHEMA_VERSION = 2
 DB_FILE = "xmr.sqlite3"
+CHUNK = 500  # ids per statement: SQLite caps the bound parameters of one statement
 
 
 def utcnow() -> datetime:
@@ -88,10 +93,10 @@ class FsPath(TypeDecorator):
     impl = Text
     cache_ok = True
 
-    def process_bind_param(self, value, dialect):
+    def process_bind_param(self, value: str | None, dialect: object) -> str | None:
         return None if value is None else escape_path(value)
 
-    def process_result_value(self, value, dialect):
+    def process_result_value(self, value: str | None, dialect: object) -> str | None:
         return None if value is None else unescape_path(value)
 
 
@@ -148,6 +153,10 @@ class TextSource(Base):
     )
     source: Mapped[str] = mapped_column(FsPath, primary_key=True)
     record: Mapped[str] = mapped_column(String)
+
+
+ItemTable = type[ImageRow] | type[TextRow]
+Row = TypeVar("Row", ImageRow, TextRow)
 
 
 class Damaged(Base):
@@ -346,7 +355,10 @@ class Database:
         if session is None:
             with self.session() as s:
                 return self.generation(s)
-        return int(session.get(Meta, "generation").value)
+        row = session.get(Meta, "generation")
+        if row is None:
+            raise DatabaseDamaged(f"{self.path} has no generation; it is not an xmr index")
+        return int(row.value)
 
     @staticmethod
     def bump_generation(session: Session) -> None:
@@ -356,7 +368,7 @@ class Database:
 
     def ids(
         self,
-        table: type[Base],
+        table: ItemTable,
         session: Session | None = None,
         start: int = 0,
         stop: int | None = None,
@@ -373,13 +385,13 @@ class Database:
                 return list(s.scalars(query))
         return list(session.scalars(query))
 
-    def last_id(self, table: type[Base]) -> int:
+    def last_id(self, table: ItemTable) -> int:
         """The highest of `ids(table)`; -1 when there is none."""
         with self.session() as session:
             found = session.scalar(self._live(select(func.max(table.id)), table))
         return -1 if found is None else int(found)
 
-    def _live(self, query, table: type[Base]):
+    def _live(self, query, table: ItemTable):
         if table is ImageRow:
             query = query.where(ImageRow.state == "indexed")
         if self.has_damaged_table:
@@ -394,6 +406,138 @@ class Database:
                 session.scalar(select(table.id).limit(1)) is not None
                 for table in (ImageRow, TextRow)
             )
+
+    # -- rows by key ---------------------------------------------------------------------
+    def rows_by_ids(
+        self, table: type[Row], ids: Iterable[int], session: Session | None = None
+    ) -> dict[int, Row]:
+        """id -> row of `table` for each of `ids` that exists, read in chunks."""
+        ids = [int(i) for i in ids]
+        queries = [
+            select(table).where(table.id.in_(ids[start : start + CHUNK]))
+            for start in range(0, len(ids), CHUNK)
+        ]
+        if session is None:
+            with self.session() as s:
+                return {row.id: row for query in queries for row in s.scalars(query)}
+        return {row.id: row for query in queries for row in session.scalars(query)}
+
+    def image_row(self, image_id: int) -> ImageRow | None:
+        with self.session() as session:
+            return session.get(ImageRow, int(image_id))
+
+    @staticmethod
+    def image_rows_under(session: Session, roots: Iterable[Path | str]) -> list[ImageRow]:
+        """Rows of the files at or below any of `roots` (absolute, resolved paths)."""
+        conditions = []
+        for root in roots:
+            conditions.append(ImageRow.path == str(root))
+            conditions.append(ImageRow.path.startswith(str(root) + os.sep, autoescape=True))
+        if not conditions:
+            return []
+        return list(session.scalars(select(ImageRow).where(or_(*conditions))))
+
+    @staticmethod
+    def indexed_hashes(session: Session, leave_out: Iterable[int] = ()) -> dict[str, int]:
+        """content hash -> id of one indexed image with that content (not in `leave_out`)."""
+        leave_out = set(leave_out)
+        query = select(ImageRow.content_hash, ImageRow.id).where(ImageRow.state == "indexed")
+        return {
+            digest: i
+            for digest, i in session.execute(query)
+            if digest is not None and i not in leave_out
+        }
+
+    @staticmethod
+    def delete_rows(session: Session, table: ItemTable, ids: Iterable[int]) -> None:
+        """Delete rows by id (and their damaged marks), in chunks."""
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), CHUNK):
+            session.execute(delete(table).where(table.id.in_(ids[start : start + CHUNK])))
+        Database.clear_damaged(session, table.__tablename__, ids)
+
+    def counts(self) -> dict[str, int]:
+        """{"images": indexed, "skipped": images skipped, "texts": texts}."""
+        with self.session() as session:
+            count = select(func.count())
+            return {
+                "images": session.scalar(count.where(ImageRow.state == "indexed")) or 0,
+                "skipped": session.scalar(count.where(ImageRow.state == "skipped")) or 0,
+                "texts": session.scalar(count.select_from(TextRow)) or 0,
+            }
+
+    def sample_texts(self, n: int, max_chars: int) -> list[str]:
+        """Up to `n` texts of at most `max_chars`, spread over the corpus where it can."""
+        with self.session() as session:
+            texts = session.scalar(select(func.count()).select_from(TextRow)) or 0
+            short = select(TextRow.text).where(func.length(TextRow.text) <= max_chars)
+            step = max(1, texts // max(n, 1))
+            picked = list(session.scalars(short.where(TextRow.id % step == 0).limit(n)))
+            if len(picked) < n:  # too few short ones at the spaced ids: take any short ones
+                picked = list(session.scalars(short.limit(n)))
+        return picked
+
+    # -- search filters (retrieval/filters.py) -------------------------------------------
+    def image_ids_matching(
+        self,
+        under: tuple[str, ...] = (),
+        after: datetime | None = None,
+        before: datetime | None = None,
+        exts: tuple[str, ...] = (),
+    ) -> list[int]:
+        """Sorted ids of indexed images at or below any of `under`, taken (EXIF date, else
+        mtime, local time) on or after `after` and before `before`, with one of `exts`."""
+        conditions = [ImageRow.state == "indexed"]
+        if under:
+            conditions.append(or_(*(_at_or_below(ImageRow.path, p) for p in under)))
+        if after is not None:
+            conditions.append(_when(">=", after))
+        if before is not None:
+            conditions.append(_when("<", before))
+        if exts:
+            lower = func.lower(ImageRow.path)
+            conditions.append(or_(*(lower.endswith("." + e, autoescape=True) for e in exts)))
+        query = select(ImageRow.id).where(and_(*conditions)).order_by(ImageRow.id)
+        with self.session() as session:
+            return list(session.scalars(query))
+
+    def text_ids_under(self, under: tuple[str, ...]) -> list[int]:
+        """Sorted ids of texts that a corpus file at or below any of `under` holds."""
+        held = exists().where(
+            TextSource.text_id == TextRow.id,
+            or_(*(_at_or_below(TextSource.source, p) for p in under)),
+        )
+        own = or_(*(_at_or_below(TextRow.source, p) for p in under))
+        query = select(TextRow.id).where(or_(own, held)).order_by(TextRow.id)
+        with self.session() as session:
+            return list(session.scalars(query))
+
+    # -- texts and the corpus files that hold them ---------------------------------------
+    @staticmethod
+    def text_ids_by_hash(session: Session) -> dict[str, int]:
+        return {h: i for h, i in session.execute(select(TextRow.text_hash, TextRow.id))}
+
+    @staticmethod
+    def text_ids_of_source(session: Session, source: str) -> set[int]:
+        return set(session.scalars(select(TextSource.text_id).where(TextSource.source == source)))
+
+    @staticmethod
+    def unlink_texts(session: Session, source: str, text_ids: Iterable[int]) -> list[int]:
+        """Unlink `text_ids` from corpus file `source`; delete and return those that no
+        other file holds."""
+        ids = [int(i) for i in text_ids]
+        held = set()
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
+            session.execute(
+                delete(TextSource).where(TextSource.source == source, TextSource.text_id.in_(chunk))
+            )
+            held |= set(
+                session.scalars(select(TextSource.text_id).where(TextSource.text_id.in_(chunk)))
+            )
+        orphans = [i for i in ids if i not in held]
+        Database.delete_rows(session, TextRow, orphans)
+        return orphans
 
     # -- damaged rows --------------------------------------------------------------------
     def damaged_ids(self, collection: str, session: Session | None = None) -> list[int]:
@@ -412,15 +556,15 @@ class Database:
         return list(session.scalars(query))
 
     @staticmethod
-    def mark_damaged(session: Session, collection: str, ids) -> None:
+    def mark_damaged(session: Session, collection: str, ids: Iterable[int]) -> None:
         known = set(session.scalars(select(Damaged.id).where(Damaged.collection == collection)))
         session.add_all(Damaged(collection=collection, id=int(i)) for i in ids if i not in known)
 
     @staticmethod
-    def clear_damaged(session: Session, collection: str, ids) -> None:
+    def clear_damaged(session: Session, collection: str, ids: Iterable[int]) -> None:
         ids = [int(i) for i in ids]
-        for start in range(0, len(ids), 500):  # SQLite caps bound parameters per statement
-            chunk = ids[start : start + 500]
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
             session.execute(
                 delete(Damaged).where(Damaged.collection == collection, Damaged.id.in_(chunk))
             )
@@ -451,6 +595,37 @@ class Database:
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.dispose()
+
+
+_NS_LIMIT = 2**63 - 1  # file times are signed 64-bit nanoseconds in the database
+
+
+def _at_or_below(column, path: str):
+    return or_(column == path, column.startswith(path.rstrip(os.sep) + os.sep, autoescape=True))
+
+
+def _when(op: str, moment: datetime):
+    """EXIF date if the image has one, else its mtime, compared with `moment`."""
+    ns = _local_ns(moment)
+    if op == ">=":
+        return or_(
+            and_(ImageRow.taken_at.is_not(None), ImageRow.taken_at >= moment),
+            and_(ImageRow.taken_at.is_(None), ImageRow.mtime_ns >= ns),
+        )
+    return or_(
+        and_(ImageRow.taken_at.is_not(None), ImageRow.taken_at < moment),
+        and_(ImageRow.taken_at.is_(None), ImageRow.mtime_ns < ns),
+    )
+
+
+def _local_ns(moment: datetime) -> int:
+    """A naive local time as nanoseconds since the epoch (how mtimes are kept), clamped to
+    the range the database holds: year 1 and year 9999 sit past every file time."""
+    try:
+        ns = int(moment.timestamp() * 1_000_000_000)
+    except (OverflowError, ValueError, OSError):  # before the platform's first local time
+        return -_NS_LIMIT if moment.year < 1970 else _NS_LIMIT
+    return max(-_NS_LIMIT, min(_NS_LIMIT, ns))
 
 
 def _newer(path: Path, version: int) -> str:

@@ -1,4 +1,5 @@
-"""Search filters: which items a search may answer with, as one SQL query -> ids.
+"""Search filters: which items a search may answer with, as one SQL query -> ids
+(the query itself: Database.image_ids_matching / text_ids_under).
 
 The ids go to FAISS inside the search (an id selector, or an exact scan of the allowed
 vectors when the set is small; see vector_index.py), never as a post-filter, so k
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 MAX_UNDER = 64
 MAX_PATH_BYTES = 4096
 MAX_EXT_CHARS = 256
-_NS_LIMIT = 2**63 - 1  # file times are signed 64-bit nanoseconds in the database
 EXT_ALIASES = {"jpg": ("jpg", "jpeg"), "jpeg": ("jpg", "jpeg"), "tif": ("tif", "tiff")}
 EXT_ALIASES["tiff"] = EXT_ALIASES["tif"]
 
@@ -88,43 +88,16 @@ class SearchFilter:
 
         if not self.active:
             return None
-        query = self._image_query() if target == "images" else self._text_query()
-        with db.session() as session:
-            return np.fromiter(session.scalars(query), dtype=np.int64)
-
-    def _image_query(self):
-        from sqlalchemy import and_, func, or_, select
-
-        from xmr.retrieval.db import ImageRow
-
-        conditions = [ImageRow.state == "indexed"]
-        if self.under:
-            conditions.append(or_(*(_at_or_below(ImageRow.path, p) for p in self.under)))
-        if self.after is not None:
-            conditions.append(_when(ImageRow, ">=", self.after))
-        if self.before is not None:
-            conditions.append(_when(ImageRow, "<", self.before))
-        if self.exts:
-            lower = func.lower(ImageRow.path)
-            conditions.append(or_(*(lower.endswith("." + e, autoescape=True) for e in self.exts)))
-        return select(ImageRow.id).where(and_(*conditions)).order_by(ImageRow.id)
-
-    def _text_query(self):
-        if self.after or self.before or self.exts:
+        if target == "images":
+            ids = db.image_ids_matching(self.under, self.after, self.before, self.exts)
+        elif self.after or self.before or self.exts:
             raise InputError(
                 "after, before and ext filter image files; "
                 "a text search takes only under (the corpus files)"
             )
-        from sqlalchemy import exists, or_, select
-
-        from xmr.retrieval.db import TextRow, TextSource
-
-        held = exists().where(
-            TextSource.text_id == TextRow.id,
-            or_(*(_at_or_below(TextSource.source, p) for p in self.under)),
-        )
-        own = or_(*(_at_or_below(TextRow.source, p) for p in self.under))
-        return select(TextRow.id).where(or_(own, held)).order_by(TextRow.id)
+        else:
+            ids = db.text_ids_under(self.under)
+        return np.asarray(ids, dtype=np.int64)
 
 
 def _bounded(under) -> list:
@@ -146,28 +119,6 @@ def _folder(path) -> str:
         raise InputError(f"under {text!r} is not a usable path ({exc})") from None
 
 
-def _at_or_below(column, path: str):
-    from sqlalchemy import or_
-
-    return or_(column == path, column.startswith(path.rstrip(os.sep) + os.sep, autoescape=True))
-
-
-def _when(table, op: str, moment: datetime):
-    """EXIF date if the image has one, else its mtime, compared with `moment`."""
-    from sqlalchemy import and_, or_
-
-    ns = _local_ns(moment)
-    if op == ">=":
-        return or_(
-            and_(table.taken_at.is_not(None), table.taken_at >= moment),
-            and_(table.taken_at.is_(None), table.mtime_ns >= ns),
-        )
-    return or_(
-        and_(table.taken_at.is_not(None), table.taken_at < moment),
-        and_(table.taken_at.is_(None), table.mtime_ns < ns),
-    )
-
-
 def _parse_date(text: str | None, option: str) -> datetime | None:
     if text is None:
         return None
@@ -185,13 +136,3 @@ def _parse_date(text: str | None, option: str) -> datetime | None:
         raise InputError(
             f"{option} '{text}' is outside the dates this machine's clock can represent"
         ) from None
-
-
-def _local_ns(moment: datetime) -> int:
-    """A naive local time as nanoseconds since the epoch (how mtimes are kept), clamped to
-    the range the database holds: year 1 and year 9999 sit past every file time."""
-    try:
-        ns = int(moment.timestamp() * 1_000_000_000)
-    except (OverflowError, ValueError, OSError):  # before the platform's first local time
-        return -_NS_LIMIT if moment.year < 1970 else _NS_LIMIT
-    return max(-_NS_LIMIT, min(_NS_LIMIT, ns))

@@ -70,7 +70,7 @@ def choose_index_type(n_items: int, dim: int, max_memory_bytes: int | None = Non
     """The `auto` rule; each branch is tested at its documented size in test_index_types."""
     budget = max_memory_bytes
     fits = budget is None or memory_estimate("flat", n_items, dim) <= budget
-    if not fits and n_items >= PQ_MIN_TRAIN:
+    if budget is not None and not fits and n_items >= PQ_MIN_TRAIN:
         pq_m = _pq_m_within(budget, n_items, dim)
         return IndexChoice(
             "ivfpq",

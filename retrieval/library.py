@@ -19,14 +19,14 @@ its type is rebuilt from the vector store, drifted knobs are re-tuned. `compact`
 rebuilds every collection from the store and the database: no tombstones, the type the
 policy picks for today's size, nothing re-encoded. A reader memory-maps IVF files.
 
-Damage is repaired in the order of what can be re-derived (see DESIGN.md, "Keeping data
-safe"): SQLite is the source of truth; FAISS files and kept re-ranker features are derived
-and rebuilt; vectors and tokens are re-encoded from the files. Opening finds what a cheap
-look can find (manifest schema, stores shorter than their ids, unreadable FAISS files); a
-writer repairs it on the spot or marks rows for re-encoding (db.Damaged), a reader works
-around it in memory and never writes: no lock file, no FAISS save, no database write.
-What either did is told in `notices`. `check.py` looks deeper (integrity_check, every
-vector's norm) for `xmr check`.
+Damage is repaired in the order of what can be re-derived (docs/reliability.md lists
+each file and its repair): SQLite is the source of truth; FAISS files and kept re-ranker
+features are derived and rebuilt; vectors and tokens are re-encoded from the files.
+Opening finds what a cheap look can find (manifest schema, stores shorter than their ids,
+unreadable FAISS files); a writer repairs it on the spot or marks rows for re-encoding
+(db.Damaged), a reader works around it in memory and never writes: no lock file, no
+FAISS save, no database write. What either did is told in `notices`. `check.py` looks
+deeper (integrity_check, every vector's norm) for `xmr check`.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ from xmr.retrieval.storage import (
     disk_error,
     disk_errors,
     move_aside,
+    prepare_writes,
     remove_temporaries,
 )
 from xmr.retrieval.vector_index import Sharding, StoredVectors, VectorIndex
@@ -858,6 +859,7 @@ class WriteLock:
 
     @classmethod
     def acquire(cls, directory: Path) -> WriteLock:
+        _prepare_writer()
         with disk_errors(directory):  # one line naming the folder
             directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -904,4 +906,13 @@ def _die_with_parent(parents: set[int]) -> None:
         os._exit(1)
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_fork_hook = []  # registered once, by the first writer of this process
+
+
+def _prepare_writer() -> None:
+    """What a process needs before it first writes an index (not done at import: a
+    reader never pays for it): the fork hook above and storage's umask and fault hook."""
+    prepare_writes()
+    if not _fork_hook:
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _fork_hook.append(True)

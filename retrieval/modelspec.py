@@ -50,7 +50,7 @@ class ModelSpec:
     def identity(self) -> dict:
         """What makes two encoders produce the same vectors; stored in an index's manifest."""
         name = Path(self.name).name if self.kind == "shipped" else self.name
-        ident = {"kind": self.kind, "name": name, "pretrained": self.pretrained}
+        ident: dict[str, object] = {"kind": self.kind, "name": name, "pretrained": self.pretrained}
         for key, value in (("config", self.name), ("pretrained", self.pretrained)):
             if value and Path(value).is_file():
                 # A local file is identified by content size too, so a replaced checkpoint

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
-
-from xmr.retrieval.db import ImageRow, TextRow
 from xmr.retrieval.feature_cache import MANIFEST_KEY
 from xmr.retrieval.library import Library
 
 
 def index_info(library: Library) -> dict:
-    with library.db.session() as session:
-        images = session.scalar(select(func.count()).where(ImageRow.state == "indexed"))
-        skipped = session.scalar(select(func.count()).where(ImageRow.state == "skipped"))
-        texts = session.scalar(select(func.count()).select_from(TextRow))
+    counts = library.db.counts()
     files = library.disk_usage()
     manifest = library.manifest
     return {
         "directory": str(library.directory),
         "model": library.encoder_spec,
         "dim": manifest["dim"],
-        "images": images,
-        "images_skipped": skipped,
-        "texts": texts,
+        "images": counts["images"],
+        "images_skipped": counts["skipped"],
+        "texts": counts["texts"],
         "image_tokens": manifest.get("image_tokens"),
         "image_token_pool": library.token_pool,
         "image_token_layer": library.token_layer,  # vision block (None: the last)

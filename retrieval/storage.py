@@ -31,20 +31,38 @@ _BUFFER = 1 << 20  # bytes collected before one os.write
 _SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)  # read once: mkstemp makes 0600 files, a new index file gets 0666 & ~umask
+_umask: int | None = None  # read by prepare_writes, not at import
 _operations = 0  # writes and allocations so far (for the fault hook)
-_fail_at: int | None = None if os.environ.get(FAULT_ENV) is None else int(os.environ[FAULT_ENV])
+_fail_at: int | None = None
+
+
+def prepare_writes() -> None:
+    """Read once what writing needs from the process, when an index is first opened for
+    writing (or at the first write): the umask (mkstemp makes 0600 files, a new index file
+    gets 0666 & ~umask; reading it means setting it) and the fault hook's variable."""
+    global _umask, _fail_at
+    if _umask is not None:
+        return
+    _umask = os.umask(0)
+    os.umask(_umask)
+    hook = os.environ.get(FAULT_ENV)
+    if hook is not None and _fail_at is None:
+        try:
+            _fail_at = int(hook)
+        except ValueError:
+            raise XmrError(f"{FAULT_ENV}={hook!r} is not a number of writes") from None
 
 
 def inject_enospc(at: int | None) -> None:
     """Make the `at`-th write or allocation from now fail with ENOSPC (None: never)."""
     global _operations, _fail_at
+    prepare_writes()
     _operations, _fail_at = 0, at
 
 
 def _use_space() -> None:
     global _operations
+    prepare_writes()
     _operations += 1
     if _fail_at is not None and _operations >= _fail_at:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + " (injected)")
@@ -102,7 +120,7 @@ class _Writer:
         self.buffer.clear()
 
 
-def atomic_write(path: Path, produce: Callable[[_Writer], None], mode: int | None = None) -> int:
+def atomic_write(path: Path, produce: Callable[[_Writer], object], mode: int | None = None) -> int:
     """Replace `path` with what `produce(writer)` writes; returns the bytes written.
 
     All or nothing: on any error the old file is untouched and no temporary is left.
@@ -138,7 +156,8 @@ def _mode_of(path: Path) -> int:
     try:
         return path.stat().st_mode & 0o7777
     except FileNotFoundError:
-        return 0o666 & ~_UMASK
+        prepare_writes()
+        return 0o666 & ~(_umask or 0)
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> int:

@@ -103,7 +103,7 @@ def create_app(
         threshold: float = Query(0.95, gt=0, le=1), under: list[str] = Query([])
     ) -> dict:
         """Groups of near-duplicate images, biggest first (what `xmr duplicates` lists)."""
-        return {"groups": engine.duplicates(threshold, under)}
+        return {"groups": engine.duplicates(threshold=threshold, under=under)}
 
     @app.get("/api/examples")
     def examples() -> dict:

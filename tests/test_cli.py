@@ -299,9 +299,8 @@ def test_encoder_mismatch_is_refused_and_changes_nothing(cli, cli_index, other_s
         ("index", folder, "--workers", "0"),
         ("add-texts", corpus),
     ):
-        # Warnings on: a refused (random-weights) model gets only the error, no warning first.
-        result = cli(*args, "--index", index_dir, "--model", other_spec,
-                     env={"XMR_NO_RANDOM_WARNING": None})  # fmt: skip
+        # A refused (random-weights) model gets only the error, no warning first.
+        result = cli(*args, "--index", index_dir, "--model", other_spec)
         assert result.exit_code == 1, result.output
         assert "random weights" not in result.output
         message = _error_line(result)
@@ -351,7 +350,6 @@ def test_end_to_end_in_subprocesses(tmp_path, tiny_spec):
     bad = make_bad_files(folder / "bad")
     index_dir = tmp_path / "index"
     env = xmr_env()
-    del env["XMR_NO_RANDOM_WARNING"]
 
     first = run_xmr(
         "index", folder, "--index", index_dir, "--model", tiny_spec,

@@ -58,7 +58,7 @@ def library(tmp_path_factory):
 @pytest.mark.slow
 def test_every_planted_group_is_found_and_nothing_else(library):
     engine, planted, root = library
-    groups = engine.duplicates(0.95)
+    groups = engine.duplicates(threshold=0.95)
     found = [{item["path"] for item in g["items"]} for g in groups]
     assert sorted(map(sorted, found)) == sorted(map(sorted, planted))
     assert all(g["count"] == 5 for g in groups)
@@ -68,10 +68,30 @@ def test_every_planted_group_is_found_and_nothing_else(library):
     result = run_xmr("duplicates", "--index", root / "index", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == groups
-    photos_only = engine.duplicates(0.95, [str(root / "photos")])
+    photos_only = engine.duplicates(threshold=0.95, under=[root / "photos"])
     assert photos_only == []  # each photo's variants live in another folder
     result = run_xmr("duplicates", "--index", root / "index", "--under", root / "variants")
     assert result.returncode == 0 and result.stdout.count("group ") == 8
+
+
+@pytest.mark.slow
+def test_duplicates_under_a_folder_reads_only_that_folders_rows(library, monkeypatch):
+    from xmr.retrieval.db import Database, ImageRow
+
+    engine, _, root = library
+    asked = []
+    real = Database.rows_by_ids
+
+    def spy(self, table, ids, session=None):
+        asked.extend(int(i) for i in ids)
+        return real(self, table, ids, session)
+
+    monkeypatch.setattr(Database, "rows_by_ids", spy)
+    groups = engine.duplicates(threshold=0.95, under=[root / "variants"])
+    assert asked and len(asked) == len(list((root / "variants").iterdir()))
+    paths = {row.path for row in real(engine._current().library.db, ImageRow, asked).values()}
+    assert all(path.startswith(str((root / "variants").resolve())) for path in paths)
+    assert len(groups) == 8
 
 
 @pytest.mark.slow

@@ -260,7 +260,8 @@ def test_cli_refuses_an_unknown_executor_before_any_work(cli, tmp_path):
     assert "unknown executor 'spark'; use local, ray" in result.output
     assert not (tmp_path / "index").exists()
     result = cli("index", tmp_path, "--index", tmp_path / "index", "--actors", "2")
-    assert result.exit_code == 1 and "--actors sizes a Ray actor pool" in result.output
+    assert result.exit_code == 1 and "actors sizes a Ray actor pool" in result.output
+    assert "(--actors)" in result.output  # the engine names the setting, the CLI its flag
     (tmp_path / "t.txt").write_text("a caption\n")
     result = cli("add-texts", tmp_path / "t.txt", "--index", tmp_path / "i", "--executor", "dask")
     assert result.exit_code == 1 and "unknown executor 'dask'" in result.output

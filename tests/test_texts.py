@@ -260,3 +260,26 @@ def test_text_shared_by_two_files_survives_its_removal_from_one(encoder, tmp_pat
     b.write_text("only in b\n")
     _add(index_dir, encoder, b)
     assert "a shared caption" not in _texts(index_dir)  # now no file holds it
+
+
+def test_a_karpathy_captions_json_is_a_corpus(tmp_path):
+    """What `xmr make-corpus` (and COCO / Flickr30k's Karpathy splits) write: every caption
+    of every image, its record naming the image."""
+    from xmr.training.corpus import make_corpus
+
+    corpus = make_corpus(tmp_path / "corpus", 3, seed=5)
+    data = json.loads(corpus.captions_path.read_text())
+    records = read_corpus(corpus.captions_path)
+    expected = [s["raw"] for image in data["images"] for s in image["sentences"]]
+    assert [r.text for r in records] == expected and len(expected) > 3
+    first = data["images"][0]
+    assert records[0].record == f"images/{first['filename']} caption 0"
+    assert records[0].meta == {"image": f"images/{first['filename']}", "split": first["split"]}
+    not_karpathy = tmp_path / "list.json"
+    not_karpathy.write_text('[{"text": "a"}]')
+    with pytest.raises(InputError, match="no 'images' list; add-texts reads Karpathy-format"):
+        read_corpus(not_karpathy)
+    no_raw = tmp_path / "noraw.json"
+    no_raw.write_text('{"images": [{"filename": "a.png", "sentences": [{"tokens": []}]}]}')
+    with pytest.raises(InputError, match=r"images\[0\].sentences\[0\] has no 'raw' text"):
+        read_corpus(no_raw)

@@ -3,7 +3,9 @@
 The public Python API is the engine (see docs/python.md):
 
     from xmr import Engine
-    with Engine.open("my-index", models="auto") as engine:
+
+    with Engine("my-index") as engine:
+        engine.index(["photos"])
         hits = engine.search(query="a dog on a beach", k=5).hits
 
 Importing `xmr` is cheap: `Engine` and the error types load on first use, so the CLI's
