@@ -13,7 +13,7 @@ The search fields are engine/request.py's SearchRequest, read the same way from 
 string and a form. Errors are JSON `{"error": "..."}` with 400 / 401 / 404 / 409 / 413 /
 422, never a traceback; an unexpected error is logged once with its traceback and
 answered with a 500 that keeps the connection. Files are served only while they are
-still what was indexed (server/files.py). With a token, everything but a bare /healthz
+still what was indexed (engine/indexed_files.py). With a token, everything but a bare /healthz
 needs `Authorization: Bearer T` (or the cookie the page gets from `/?token=T`). Requests
 run in the server's thread pool; the engine decides what is shared and what is serialised.
 """
@@ -46,9 +46,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from xmr.engine.engine import Engine
 from xmr.engine.request import FIELD_DOCS, BadField, SearchRequest
 from xmr.retrieval.errors import IndexNotFound, ItemNotFound, XmrError
-from xmr.server.files import FileChanged, open_indexed, read_chunks
+from xmr.engine.indexed_files import FileChanged, open_indexed, read_chunks
 from xmr.server.limits import UploadLimit
-from xmr.server.thumbnails import Thumbnails
+from xmr.engine.thumbnails import Thumbnails
 
 TOKEN_COOKIE = "xmr_token"
 

@@ -37,12 +37,6 @@ FACE_CORE = {
     "retrieval.errors": None,  # the typed errors every face translates
     "retrieval.searcher": {"Answer", "Hit"},  # what a search returns
 }
-# To do (the search request type being moved into the engine): the faces still build a
-# SearchFilter themselves. Remove each line here once it is gone from the face.
-FACE_TODO = {
-    "cli.search_cmd -> retrieval.filters",
-    "server.app -> retrieval.filters",
-}
 
 
 def _product_packages() -> list[str]:
@@ -174,7 +168,7 @@ def test_layers_import_only_downward_and_never_benchmarks():
 def test_faces_reach_the_core_only_through_the_engine():
     names = imported_names(_product_packages())
     assert {"cli.main", "server.app"} <= set(names)
-    assert set(face_violations(names)) == FACE_TODO
+    assert face_violations(names) == []
 
 
 def test_a_face_importing_the_database_is_reported(tmp_path):
@@ -188,9 +182,7 @@ def test_a_face_importing_the_database_is_reported(tmp_path):
         output.read_text() + "\n\ndef _rows(d):\n    from xmr.retrieval.db import Database\n"
         "\n    return Database(d)\n"
     )
-    assert set(face_violations(imported_names(packages, tmp_path))) == FACE_TODO | {
-        "cli.output -> retrieval.db"
-    }
+    assert face_violations(imported_names(packages, tmp_path)) == ["cli.output -> retrieval.db"]
     (tmp_path / "server" / "peek.py").write_text(
         "from xmr.retrieval.searcher import Hit, Searcher\nimport xmr.retrieval.errors\n"
     )

@@ -4,7 +4,7 @@
 
 An id's file never changes (a changed file gets a new id), so a kept thumbnail never goes
 stale; one of a deleted image is simply never asked for again. Still, a thumbnail is
-served only while the file is what was indexed (server/files.py), kept or not, and is
+served only while the file is what was indexed (engine/indexed_files.py), kept or not, and is
 made from the descriptor that check opened. On an index folder that cannot be written
 (a read-only mount) thumbnails are made each time instead.
 """
@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 
 from xmr.retrieval.errors import ItemNotFound
 from xmr.retrieval.imageio import DecodeError, check_pixels
-from xmr.server.files import open_indexed
+from xmr.engine.indexed_files import open_indexed
 
 THUMBNAIL_DIR = "thumbnails"
 
