@@ -17,9 +17,9 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from xmr.engine.indexed_files import open_indexed
 from xmr.retrieval.errors import ItemNotFound
 from xmr.retrieval.imageio import DecodeError, check_pixels
-from xmr.engine.indexed_files import open_indexed
 
 THUMBNAIL_DIR = "thumbnails"
 

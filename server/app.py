@@ -44,11 +44,11 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from xmr.engine.engine import Engine
-from xmr.engine.request import FIELD_DOCS, BadField, SearchRequest
-from xmr.retrieval.errors import IndexNotFound, ItemNotFound, XmrError
 from xmr.engine.indexed_files import FileChanged, open_indexed, read_chunks
-from xmr.server.limits import UploadLimit
+from xmr.engine.request import FIELD_DOCS, BadField, SearchRequest
 from xmr.engine.thumbnails import Thumbnails
+from xmr.retrieval.errors import IndexNotFound, ItemNotFound, XmrError
+from xmr.server.limits import UploadLimit
 
 TOKEN_COOKIE = "xmr_token"
 

@@ -47,7 +47,7 @@ def test_what_the_cli_sends_a_server_reads_back_as_the_same_request():
 
 def test_search_takes_a_request_or_keywords_never_positional_options():
     with pytest.raises(TypeError):
-        SearchRequest(QueryInput("x"))  # noqa: the point: keyword-only
+        SearchRequest(QueryInput("x"))  # type: ignore[misc]  # keyword-only, the point
     parameters = inspect.signature(Engine.search).parameters
     assert [p.kind for p in parameters.values()][1:] == [
         inspect.Parameter.POSITIONAL_ONLY,
