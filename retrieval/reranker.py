@@ -340,6 +340,41 @@ class RerankerRuntime:
     def final_scores(self, logits: np.ndarray, stage1: np.ndarray) -> np.ndarray:
         return fused_score(logits, stage1, self.config.stage1_weight)
 
+    # -- the searcher's interface (matching.py) -------------------------------------------
+    family = "native"
+
+    def reads(self, query, collection) -> bool:
+        """The encoder's tokens of both sides: the query's and the store's."""
+        return collection.tokens is not None and query.tokens is not None
+
+    def candidate_inputs(self, library, query, collection, ids):
+        """text->image (tokens (K, N', D) or kept features (K, N', W), None),
+        image->text (tokens (K, L, D), their valid lengths (K,))."""
+        from sqlalchemy import select
+
+        from xmr.retrieval.db import TextRow
+
+        if query.kind == "text":
+            kept = collection.features
+            if kept is not None and kept.serves(self):  # the stem ran at index time
+                return None, kept.read(ids)
+            return collection.tokens.read(ids), None
+        tokens = collection.tokens.read(ids)  # (K, L, D)
+        with library.db.session() as session:
+            lengths = select(TextRow.id, TextRow.n_tokens).where(TextRow.id.in_(ids.tolist()))
+            by_id = {i: n for i, n in session.execute(lengths)}
+        return tokens, np.array([by_id.get(int(i), 1) for i in ids])
+
+    def score(self, query, stage1, inputs):
+        from xmr.retrieval.matching import Scored
+
+        tokens, extra = inputs
+        if query.kind == "text":
+            return Scored(
+                self.rerank_images(query.tokens, query.length, tokens, stage1, features=extra)
+            )
+        return Scored(self.rerank_texts(query.tokens, tokens, extra, stage1))
+
     def rerank_images(self, text_tokens, text_length: int, image_tokens, stage1, features=None):
         """One text (L, D) against K images (K, N, D) -> final scores (K,). `features`
         (K, N', W): the images' image_features kept by the index, used instead of tokens."""
