@@ -55,6 +55,7 @@ def index_images(
     index_type: str | None = None,
     max_memory: str | None = None,
     reporter=None,
+    feature_form: str = "fp16",
 ) -> WriteReport:
     """Every image under `folders`, incrementally (indexer/images.py `index_folders`).
 
@@ -103,7 +104,40 @@ def index_images(
             lambda: folder and _load_reranker(folder, encoder, device),
             folder and folder_fingerprint(folder),
         )
+        notices += _keep_matcher_features(
+            library, reranker, device, feature_form, options, reporter
+        )
     return WriteReport(summary, notices)
+
+
+def _keep_matcher_features(library, reranker, device, form, options, reporter) -> list[str]:
+    """A pretrained matcher's vision tokens for every image (indexer/matcher_pass.py): the
+    one named, or under auto the one the index already keeps."""
+    from xmr.retrieval.matcher_features import MANIFEST_KEY
+    from xmr.retrieval.matcher_names import MatcherSource, matcher_source
+
+    source = matcher_source(reranker)
+    kept = library.manifest.get(MANIFEST_KEY)
+    if source is None and reranker == "auto" and kept and kept.get("source"):
+        source, form = MatcherSource.from_dict(kept["source"]), kept.get("form", form)
+    if source is None:
+        return []
+    from xmr.indexer.matcher_pass import keep_matcher_features
+
+    options = options or _index_options()
+    report = keep_matcher_features(
+        library, source, device, form, reporter, options.batch_size, options.workers,
+        options.max_pixels,
+    )  # fmt: skip
+    if report["unreadable"]:
+        return [f"{report['unreadable']} images could not be read for {source.name}'s features"]
+    return []
+
+
+def _index_options():
+    from xmr.indexer.images import IndexOptions
+
+    return IndexOptions()
 
 
 def _load_reranker(folder: Path, encoder, device: str | None):

@@ -5,6 +5,7 @@
     DIR/images.mvk   (capacity, 2) int64 by id: [id + 1, content key] once the row is whole
 
 Forms (`--feature-form`), for base at 384 px (577 tokens x 768):
+    fp32  (N, V) float32: exactly what the vision tower gave  1.77 MB an image
     fp16  (N, V) float16                                      886 KB an image
     int8  (N, V + 2) int8: each token scaled by its own max   444 KB an image
           |x| / 127, the scale kept as float16 in the last two bytes
@@ -34,7 +35,7 @@ from xmr.retrieval.arraystore import ArrayStore
 FEATURES_FILE = "images.mvf"
 KEYS_FILE = "images.mvk"
 MANIFEST_KEY = "matcher_features"
-FORMS = ("fp16", "int8")
+FORMS = ("fp16", "int8", "fp32")
 
 
 def content_key(content_hash: str | None) -> int:
@@ -47,8 +48,8 @@ def content_key(content_hash: str | None) -> int:
 def record_layout(form: str, shape: tuple[int, int]) -> tuple[tuple[int, int], str]:
     """(record shape, dtype) of one image's tokens (N, V) in `form`."""
     n, v = shape
-    if form == "fp16":
-        return (n, v), "float16"
+    if form in ("fp16", "fp32"):
+        return (n, v), "float16" if form == "fp16" else "float32"
     if form == "int8":
         return (n, v + 2), "int8"
     raise ValueError(f"feature form must be one of {FORMS}, not {form!r}")
@@ -56,8 +57,8 @@ def record_layout(form: str, shape: tuple[int, int]) -> tuple[tuple[int, int], s
 
 def encode(form: str, features: np.ndarray) -> np.ndarray:
     """(B, N, V) float32 -> records of `form`."""
-    if form == "fp16":
-        return features.astype(np.float16)
+    if form in ("fp16", "fp32"):
+        return features.astype(np.float16 if form == "fp16" else np.float32)
     scale = np.abs(features).max(axis=-1, keepdims=True) / 127.0  # (B, N, 1)
     scale = np.maximum(scale, 1e-8).astype(np.float16)
     q = np.clip(np.rint(features / scale.astype(np.float32)), -127, 127).astype(np.int8)
@@ -66,7 +67,7 @@ def encode(form: str, features: np.ndarray) -> np.ndarray:
 
 def decode(form: str, records: np.ndarray) -> np.ndarray:
     """Records of `form` -> (B, N, V) float32."""
-    if form == "fp16":
+    if form in ("fp16", "fp32"):
         return records.astype(np.float32)
     scale = np.ascontiguousarray(records[..., -2:]).view(np.float16).astype(np.float32)
     return records[..., :-2].astype(np.float32) * scale

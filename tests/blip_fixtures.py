@@ -31,17 +31,21 @@ def save_tiny_blip(folder: Path, seed: int = 0, with_enc: bool = True) -> Path:
             vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=64, max_position_embeddings=40, encoder_hidden_size=48,
             bos_token_id=2, sep_token_id=3, pad_token_id=0, eos_token_id=3,
+            initializer_range=0.2,
         ),
         vision_config=dict(
             hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=96,
-            image_size=32, patch_size=8,
+            image_size=32, patch_size=8, initializer_range=0.2,
         ),
         projection_dim=16,
     )  # fmt: skip
     torch.manual_seed(seed)
     model = BlipForImageTextRetrieval(config).eval()
-    with torch.no_grad():  # a head that tells pairs apart more than a fresh init does
+    with torch.no_grad():  # weights that tell pairs apart more than a fresh init does
         model.itm_head.weight.mul_(20)
+        for layer in model.text_encoder.encoder.layer:
+            for p in layer.crossattention.parameters():
+                p.mul_(5)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     BlipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)

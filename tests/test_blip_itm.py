@@ -86,3 +86,81 @@ def test_blip_vocabulary_layout_gives_enc_as_last_word():
 
     assert enc_token_id(BertOnly(), BLIP_VOCAB) == 30523
     assert enc_token_id(BertOnly(), 30522) is None
+
+
+# -- through the engine: kept features, on-demand features, image -> text ------------------
+def index_photos(index_dir, photos_dir, tiny_spec, reranker, form="fp16"):
+    from xmr.engine.writes import index_images
+
+    return index_images(index_dir, [photos_dir], model=tiny_spec, reranker=reranker,
+                        feature_form=form)  # fmt: skip
+
+
+def reference_fused(folder, matcher, text, paths, stage1, weight):
+    """transformers' logits for `text` against each file, fused by hand."""
+    logits = np.array([reference_logits(folder, matcher, [text], p)[0] for p in paths])
+    return logits + weight * np.asarray(stage1)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    write_photos(folder, 12, seed=3)
+    return folder
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["kept", "on-demand"])
+def test_engine_scores_equal_transformers_and_order_by_them(
+    tmp_path, tiny_spec, blip_folder, matcher, photos, kept
+):
+    """Kept as fp32 (the exact form) or computed on demand from the files (first query)."""
+    from xmr.engine.engine import Engine
+
+    reranker = str(blip_folder) if kept else "none"
+    index_photos(tmp_path / "idx", photos, tiny_spec, reranker, form="fp32")
+    engine = Engine(tmp_path / "idx", "cpu", str(blip_folder))
+    engine.reranker().matcher.settings.stage1_weight = 0.1  # random stage 1: little say
+    text = "a blue square on the beach"
+    answer = engine.search(text, "images", k=12, candidates=12)
+    assert answer.reranked and answer.reranker == "tiny-blip"
+    assert answer.as_dict()["reranker"] == "tiny-blip"
+    assert (tmp_path / "idx" / "images.mvf").exists() == kept
+    hits = answer.hits
+    assert len(hits) == 12
+    weight = engine.reranker().matcher.settings.stage1_weight
+    want = reference_fused(
+        blip_folder, matcher, text, [h.path for h in hits], [h.stage1_score for h in hits], weight
+    )
+    np.testing.assert_allclose([h.score for h in hits], want, atol=1e-4)
+    # the fused order is the order of those scores, sorted by hand
+    by_hand = [hits[i].id for i in np.argsort(-want, kind="stable")]
+    assert [h.id for h in hits] == by_hand
+    stage1_order = sorted(hits, key=lambda h: -h.stage1_score)
+    assert [h.id for h in stage1_order] != by_hand  # the re-ranker did reorder
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["kept", "on-demand"])
+def test_image_to_text_scores_equal_transformers(
+    tmp_path, tiny_spec, blip_folder, matcher, photos, kept
+):
+    """The query image's vision tokens: read from the index (fp32) or computed once."""
+    from xmr.engine.engine import Engine
+    from xmr.engine.query_input import QueryInput
+    from xmr.engine.writes import add_text_corpus
+
+    reranker = str(blip_folder) if kept else "none"
+    index_photos(tmp_path / "idx", photos, tiny_spec, reranker, form="fp32")
+    corpus = tmp_path / "captions.txt"
+    corpus.write_text("\n".join(TEXTS + ["a cat on the beach", "red dog", "blue"]) + "\n")
+    add_text_corpus(tmp_path / "idx", corpus, model=tiny_spec)
+    engine = Engine(tmp_path / "idx", "cpu", str(blip_folder))
+    query = sorted(photos.iterdir())[4]
+    answer = engine.search(QueryInput(image_path=query), "texts", k=7, candidates=7)
+    assert answer.reranked and answer.reranker == "tiny-blip"
+    texts = [h.text for h in answer.hits]
+    weight = engine.reranker().matcher.settings.stage1_weight
+    want = reference_logits(blip_folder, matcher, texts, query) + weight * np.array(
+        [h.stage1_score for h in answer.hits]
+    )
+    np.testing.assert_allclose([h.score for h in answer.hits], want, atol=1e-4)
+    assert np.all(np.diff(want) <= 1e-9)  # best first, as sorting by hand gives
