@@ -50,6 +50,7 @@ class Hit:
     source: str | None = None
     meta: dict = field(default_factory=dict)
     duplicates: list[int] | None = None  # ids folded into this hit (search with dedup)
+    reranker: str | None = None  # the re-ranker that scored this hit (None: stage 1's score)
 
     def as_dict(self) -> dict:
         out = {"rank": self.rank, "score": round(self.score, 6), "id": self.id}
@@ -65,6 +66,8 @@ class Hit:
             out["meta"] = self.meta
         if self.duplicates is not None:
             out["duplicates"] = self.duplicates
+        if self.reranker is not None:
+            out["reranker"] = self.reranker
         return out
 
 
@@ -102,10 +105,11 @@ class Answer:
         out = {
             "results": [hit.as_dict() for hit in self.hits],
             "reranked": self.reranked,
-            "reranker": self.reranker,
             "notices": self.notices,
             "timings_ms": self.timings_ms,
         }
+        if self.reranker is not None:
+            out["reranker"] = self.reranker  # which re-ranker ordered the hits
         if self.below_min_score is not None:
             out["below_min_score"] = self.below_min_score
         return out
@@ -337,6 +341,8 @@ class Searcher:
             for hit in hits:
                 if hit.id in ranked.tail:
                     hit.score = hit.stage1_score  # not re-ranked: its stage-1 cosine
+                elif ranked.reranked:
+                    hit.reranker = self.reranker.name
             if dedup is None:
                 break
             hits = self._fold_duplicates(collection, hits, dedup)
