@@ -38,6 +38,7 @@ DEFAULT_STAGE1_WEIGHT = 1.0
 MAX_TEXT_TOKENS = 35  # BLIP's retrieval setting (max_txt_len)
 BLIP_VOCAB = 30524  # bert-base-uncased + [DEC] + [ENC]: BLIP's text vocabulary
 INSTALL_HINT = "pip install 'xmr[blip]' (from a checkout: pip install -e '.[blip]')"
+SETTINGS_FILE = "xmr_matcher.json"  # in a matcher's folder: {"stage1_weight": ...}
 
 
 @dataclass
@@ -46,6 +47,21 @@ class MatcherSettings:
     max_text_tokens: int = MAX_TEXT_TOKENS
     batch: int = 32  # (text, image) pairs per cross-attention pass
     vision_batch: int = 32  # images per vision pass
+
+
+def folder_settings(folder: Path) -> MatcherSettings:
+    """A folder's own settings (a calibrated stage-1 weight), else the defaults."""
+    path = Path(folder) / SETTINGS_FILE
+    if not path.is_file():
+        return MatcherSettings()
+    try:
+        saved = json.loads(path.read_text())
+        return MatcherSettings(**{k: v for k, v in saved.items() if k in _SETTING_NAMES})
+    except (OSError, ValueError, TypeError) as exc:
+        raise InvalidModelSpec(f"{path} is not a matcher settings file ({exc})") from exc
+
+
+_SETTING_NAMES = ("stage1_weight", "max_text_tokens", "batch", "vision_batch")
 
 
 def import_transformers():
@@ -254,6 +270,8 @@ def load_matcher(source: MatcherSource, device: str | None = None,
     fingerprint = (
         folder_fingerprint(Path(where)) if source.kind == "folder" else hub_fingerprint(where)
     )
+    if settings is None and source.kind == "folder":
+        settings = folder_settings(Path(where))
     return BlipMatcher(model, tokenizer, processor, source, fingerprint, device, settings)
 
 

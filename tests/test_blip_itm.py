@@ -164,3 +164,14 @@ def test_image_to_text_scores_equal_transformers(
     )
     np.testing.assert_allclose([h.score for h in answer.hits], want, atol=1e-4)
     assert np.all(np.diff(want) <= 1e-9)  # best first, as sorting by hand gives
+
+
+def test_a_folder_sets_its_stage1_weight(tmp_path):
+    import json
+
+    folder = save_tiny_blip(tmp_path / "calibrated")
+    (folder / "xmr_matcher.json").write_text(json.dumps({"stage1_weight": 2.5}))
+    loaded = load_matcher(matcher_source(str(folder)), "cpu")
+    assert loaded.settings.stage1_weight == 2.5
+    logits, stage1 = np.array([1.0, 0.0]), np.array([0.1, 0.5])
+    np.testing.assert_allclose(loaded.final_scores(logits, stage1), [1.25, 1.25])
