@@ -276,6 +276,10 @@ def load_matcher(source: MatcherSource, device: str | None = None,
 
 
 def _from_pretrained(transformers, where: str):
+    # Its per-load progress bar and config warnings are noise on a search's stderr (a
+    # download's bar is huggingface_hub's own and still shows).
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
     model = transformers.BlipForImageTextRetrieval.from_pretrained(where)
     tokenizer = transformers.AutoTokenizer.from_pretrained(where)
     processor = transformers.BlipImageProcessor.from_pretrained(where)
