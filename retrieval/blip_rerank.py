@@ -86,12 +86,13 @@ class BlipReranker:
             by_id = {i: t for i, t in session.execute(chosen)}
         texts = [by_id.get(int(i), "") for i in ids]
         query_vision, query_key = None, None
-        if query.exclude_ids and isinstance(query.image, str):  # an indexed image
-            image_id = int(query.exclude_ids[0])
+        if query.image_id is not None:  # an indexed image, as it was indexed
+            image_id = int(query.image_id)
             with library.db.session() as session:
                 row = session.get(ImageRow, image_id)
             if row is not None:
-                query_key = (image_id, row.content_hash)
+                if isinstance(query.image, str):  # a file: the search-time cache applies
+                    query_key = (image_id, row.content_hash)
                 if kept is not None:
                     one = np.array([image_id])
                     vision, found = kept.read(one, np.array([content_key(row.content_hash)]))

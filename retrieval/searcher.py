@@ -86,6 +86,7 @@ class Query:
     # its image (an absolute path, or an upload's bytes).
     text: str | None = None
     image: str | bytes | None = None
+    image_id: int | None = None  # the indexed image the query is, content unchanged
 
 
 @dataclass
@@ -232,7 +233,7 @@ class Searcher:
             lead = leads[0]
             return Query(
                 vector, lead.tokens, lead.length, lead.kind, excluded, encode_ms,
-                text=lead.text, image=lead.image,
+                text=lead.text, image=lead.image, image_id=lead.image_id,
             )  # fmt: skip
         if not leads:  # text->text or image->image: never re-ranked, nothing to say
             return Query(vector, None, None, parts[0].kind, excluded, encode_ms)
@@ -276,7 +277,7 @@ class Searcher:
         with self.state:
             vector = images.vectors.read(ids)[0]
             tokens = None if images.tokens is None else images.tokens.read(ids)[0]
-        return Query(vector, tokens, None, "image", (image_id,), image=image)
+        return Query(vector, tokens, None, "image", (image_id,), image=image, image_id=image_id)
 
     def _encoded_image_query(self, pixels, exclude_id: int | None) -> Query:
         started = time.perf_counter()

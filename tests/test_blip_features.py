@@ -261,3 +261,28 @@ def test_auto_policy(tmp_path, tiny_spec, blip_folder):
 
     answer = Engine(tmp_path / "idx", "cpu", "auto").search("a dog", k=2)
     assert answer.reranked and answer.reranker == "tiny-blip"
+
+
+def test_a_query_image_changed_since_indexing_is_read_as_it_is_now(
+    tmp_path, tiny_spec, blip_folder, matcher
+):
+    from xmr.engine.engine import Engine
+    from xmr.engine.query_input import QueryInput
+    from xmr.engine.writes import add_text_corpus
+
+    photos = tmp_path / "photos"
+    paths = write_photos(photos, 3, seed=11)
+    index = tmp_path / "idx"
+    _index(index, photos, tiny_spec, str(blip_folder), form="fp32")
+    corpus = tmp_path / "captions.txt"
+    corpus.write_text("a red dog\na cat on the beach\nblue square\n")
+    add_text_corpus(index, corpus, model=tiny_spec)
+    make_image(paths[0], seed=77, size=(64, 48))  # new content; the kept row is the old one
+    engine = Engine(index, "cpu", str(blip_folder))
+    engine.reranker().matcher.settings.stage1_weight = 0.0
+    answer = engine.search(QueryInput(image_path=paths[0]), "texts", k=3, candidates=3)
+    assert answer.reranked
+    ids, mask = matcher.text_inputs([h.text for h in answer.hits])
+    vision = np.repeat(_vision_of(paths[0], matcher)[None], 3, axis=0)
+    want = matcher.itm_logits(ids, mask, vision)
+    np.testing.assert_allclose([h.score for h in answer.hits], want, atol=1e-4)
