@@ -122,9 +122,12 @@ class BlipReranker:
         todo, pixels, keys, bad = [], [], [], {}
         for row in np.flatnonzero(~inputs.found).tolist():
             path = inputs.paths[row]
+            if path is None:  # deleted by a concurrent writer since stage 1
+                bad[row] = f"image {int(inputs.ids[row])}: no longer indexed"
+                continue
             try:
                 key = cache_key(int(inputs.ids[row]), inputs.hashes[row], os.stat(path))
-            except (OSError, TypeError):
+            except OSError:
                 bad[row] = f"{path}: cannot read file"
                 continue
             cached = cache.get(key)
