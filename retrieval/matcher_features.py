@@ -7,8 +7,8 @@
 Forms (`--feature-form`), for base at 384 px (577 tokens x 768):
     fp32  (N, V) float32: exactly what the vision tower gave  1.77 MB an image
     fp16  (N, V) float16                                      886 KB an image
-    int8  (N, V + 2) int8: each token scaled by its own max   444 KB an image
-          |x| / 127, the scale kept as float16 in the last two bytes
+    int8  (N, V + 4) int8: each token scaled by its own max   445 KB an image
+          |x| / 127, the scale kept as float32 in the last four bytes
 
 Unlike the native re-ranker's features (feature_cache.py), these come from the image file,
 not from the stored encoder tokens, so they are filled by a pass of their own after the
@@ -51,7 +51,7 @@ def record_layout(form: str, shape: tuple[int, int]) -> tuple[tuple[int, int], s
     if form in ("fp16", "fp32"):
         return (n, v), "float16" if form == "fp16" else "float32"
     if form == "int8":
-        return (n, v + 2), "int8"
+        return (n, v + 4), "int8"
     raise ValueError(f"feature form must be one of {FORMS}, not {form!r}")
 
 
@@ -59,18 +59,18 @@ def encode(form: str, features: np.ndarray) -> np.ndarray:
     """(B, N, V) float32 -> records of `form`."""
     if form in ("fp16", "fp32"):
         return features.astype(np.float16 if form == "fp16" else np.float32)
-    scale = np.abs(features).max(axis=-1, keepdims=True) / 127.0  # (B, N, 1)
-    scale = np.maximum(scale, 6.2e-5).astype(np.float16)  # fp16's smallest normal: never 0
-    q = np.clip(np.rint(features / scale.astype(np.float32)), -127, 127).astype(np.int8)
-    return np.concatenate([q, scale.view(np.int8)], axis=-1)  # (B, N, V + 2)
+    scale = np.abs(features).max(axis=-1, keepdims=True).astype(np.float32) / 127.0
+    scale = np.maximum(scale, np.finfo(np.float32).tiny)  # (B, N, 1), never 0
+    q = np.clip(np.rint(features / scale), -127, 127).astype(np.int8)
+    return np.concatenate([q, scale.view(np.int8)], axis=-1)  # (B, N, V + 4)
 
 
 def decode(form: str, records: np.ndarray) -> np.ndarray:
     """Records of `form` -> (B, N, V) float32."""
     if form in ("fp16", "fp32"):
         return records.astype(np.float32)
-    scale = np.ascontiguousarray(records[..., -2:]).view(np.float16).astype(np.float32)
-    return records[..., :-2].astype(np.float32) * scale
+    scale = np.ascontiguousarray(records[..., -4:]).view(np.float32)  # (B, N, 1)
+    return records[..., :-4].astype(np.float32) * scale
 
 
 @dataclass
