@@ -289,3 +289,25 @@ def test_a_query_image_changed_since_indexing_is_read_as_it_is_now(
     vision = np.repeat(_vision_of(paths[0], matcher)[None], 3, axis=0)
     want = matcher.itm_logits(ids, mask, vision)
     np.testing.assert_allclose([h.score for h in answer.hits], want, atol=1e-4)
+
+
+def test_server_answer_names_the_reranker_and_matches_the_cli(tmp_path, tiny_spec, blip_folder):
+    """A real `xmr serve` (auto picks the matcher the index keeps) and `xmr search`."""
+    from urllib.parse import quote
+
+    from conftest import Served
+
+    photos = tmp_path / "photos"
+    write_photos(photos, 5, seed=21)
+    index = tmp_path / "idx"
+    _index(index, photos, tiny_spec, str(blip_folder))
+    found = run_xmr("search", "a red dog", "--index", index, "-k", 5, "--json", "--no-server")
+    assert found.returncode == 0, found.stderr
+    server = Served(index)
+    try:
+        status, answer = server.json("/api/search?q=" + quote("a red dog") + "&k=5")
+    finally:
+        server.stop()
+    assert status == 200
+    assert answer["reranked"] and answer["reranker"] == "tiny-blip"
+    assert answer["results"] == json.loads(found.stdout)  # same order, same scores
