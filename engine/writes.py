@@ -75,6 +75,7 @@ def index_images(
 
     check_index_policy(index_type, max_memory)
     check_reranker_choice(reranker)
+    _check_matcher(reranker)
     folders = [Path(f).expanduser() for f in folders]
     missing = [str(f) for f in folders if not f.exists()]
     if missing:
@@ -108,6 +109,17 @@ def index_images(
             library, reranker, device, feature_form, options, reporter
         )
     return WriteReport(summary, notices)
+
+
+def _check_matcher(reranker: str) -> None:
+    """A named BLIP matcher that cannot load fails before the encoder's pass, not after."""
+    from xmr.retrieval.matcher_names import matcher_source
+
+    source = matcher_source(reranker)
+    if source is not None:
+        from xmr.retrieval.hub_weights import check_available
+
+        check_available(source)
 
 
 def _keep_matcher_features(library, reranker, device, form, options, reporter) -> list[str]:

@@ -117,7 +117,10 @@ class BlipMatcher:
         self.name = source.name
         self.fingerprint = fingerprint
         self.device = device
-        self.settings = settings or MatcherSettings()
+        # a GPU takes K = 128 pairs in one pass
+        self.settings = settings or MatcherSettings(
+            **({"batch": 128, "vision_batch": 64} if str(device).startswith("cuda") else {})
+        )
         config = model.config
         self.enc_token_id = enc_token_id(tokenizer, config.text_config.vocab_size)
         vision = config.vision_config

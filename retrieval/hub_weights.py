@@ -32,6 +32,29 @@ def hub_host() -> tuple[str, int]:
     return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
 
 
+def check_available(source) -> None:
+    """Raise now, before any long work, when the matcher `source` (matcher_names.py)
+    cannot be loaded: transformers missing, or hub files neither cached nor downloadable.
+    Imports neither transformers nor torch."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
+        from xmr.retrieval.blip_itm import INSTALL_HINT
+
+        raise ModelNotAvailable(
+            f"the BLIP re-ranker needs transformers, which is not installed: {INSTALL_HINT}",
+            setting="reranker",
+        )
+    if source.kind == "hub" and not repo_cached(source.ref):
+        if downloads_forbidden():
+            raise ModelNotAvailable(unavailable(source.ref, source.name, f"{OFFLINE_ENV} is set"))
+        host, port = hub_host()
+        if not reachable(host, port):
+            raise ModelNotAvailable(
+                unavailable(source.ref, source.name, f"{host} cannot be reached")
+            )
+
+
 def prepare_repo(repo_id: str, name: str):
     """A context for loading `repo_id` (shown as `name`) with from_pretrained: offline when
     it is cached, online when it may be downloaded; raises ModelNotAvailable otherwise."""

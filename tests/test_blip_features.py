@@ -311,3 +311,15 @@ def test_server_answer_names_the_reranker_and_matches_the_cli(tmp_path, tiny_spe
     assert status == 200
     assert answer["reranked"] and answer["reranker"] == "tiny-blip"
     assert answer["results"] == json.loads(found.stdout)  # same order, same scores
+
+
+def test_index_refuses_an_unloadable_matcher_before_any_work(tmp_path, tiny_spec, monkeypatch):
+    from xmr.retrieval.errors import ModelNotAvailable
+
+    monkeypatch.setenv("XMR_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    photos = tmp_path / "photos"
+    write_photos(photos, 2)
+    with pytest.raises(ModelNotAvailable, match="XMR_OFFLINE"):
+        _index(tmp_path / "idx", photos, tiny_spec, "blip-itm-base-coco")
+    assert not (tmp_path / "idx").exists()  # nothing indexed, no model loaded
