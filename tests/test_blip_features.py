@@ -323,3 +323,25 @@ def test_index_refuses_an_unloadable_matcher_before_any_work(tmp_path, tiny_spec
     with pytest.raises(ModelNotAvailable, match="XMR_OFFLINE"):
         _index(tmp_path / "idx", photos, tiny_spec, "blip-itm-base-coco")
     assert not (tmp_path / "idx").exists()  # nothing indexed, no model loaded
+
+
+def test_a_cached_hub_id_loads_with_no_network(tmp_path, blip_folder, monkeypatch):
+    """A hub repository in huggingface_hub's cache layout loads under XMR_OFFLINE=1."""
+    import shutil
+
+    from xmr.retrieval.blip_itm import load_matcher
+    from xmr.retrieval.matcher_names import matcher_source
+
+    cache = tmp_path / "hub"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / "models--someone--tiny-blip-itm"
+    shutil.copytree(blip_folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("XMR_OFFLINE", "1")
+    source = matcher_source("someone/tiny-blip-itm")
+    assert source.kind == "hub"
+    loaded = load_matcher(source, "cpu")
+    assert loaded.name == "someone/tiny-blip-itm" and loaded.feature_shape == (17, 48)
