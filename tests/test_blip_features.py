@@ -345,3 +345,27 @@ def test_a_cached_hub_id_loads_with_no_network(tmp_path, blip_folder, monkeypatc
     assert source.kind == "hub"
     loaded = load_matcher(source, "cpu")
     assert loaded.name == "someone/tiny-blip-itm" and loaded.feature_shape == (17, 48)
+
+
+def test_check_repair_after_a_lost_database_leaves_no_wrong_row(
+    tmp_path, tiny_spec, blip_folder, matcher
+):
+    """The database is the truth: rebuilt by `xmr check --repair`, its ids are new, and
+    the kept tokens go with the other derived files; `xmr index` keeps them again."""
+    photos = tmp_path / "photos"
+    write_photos(photos, 4, seed=31)
+    index = tmp_path / "idx"
+    _index(index, photos, tiny_spec, str(blip_folder), form="fp32")
+    (index / "xmr.sqlite3").unlink()
+    repaired = run_xmr("check", "--index", index, "--repair", "--model", tiny_spec)
+    assert repaired.returncode == 0, repaired.stderr
+    assert "matcher_features" not in json.loads((index / "manifest.json").read_text())
+    again = run_xmr("index", photos, "--index", index, "--reranker", blip_folder,
+                    "--feature-form", "fp32", "--quiet")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    rows = _rows(index)
+    ids = sorted(rows)
+    features, found = _kept(index, ids, [rows[i][1] for i in ids])
+    assert len(ids) == 4 and found.all()
+    for i, row in zip(ids, features, strict=True):
+        np.testing.assert_allclose(row, _vision_of(rows[i][0], matcher), atol=1e-5)
