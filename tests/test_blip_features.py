@@ -369,3 +369,19 @@ def test_check_repair_after_a_lost_database_leaves_no_wrong_row(
     assert len(ids) == 4 and found.all()
     for i, row in zip(ids, features, strict=True):
         np.testing.assert_allclose(row, _vision_of(rows[i][0], matcher), atol=1e-5)
+
+
+def test_a_candidate_whose_file_is_gone_is_ranked_after_the_rest_with_a_notice(
+    tmp_path, tiny_spec, blip_folder
+):
+    from xmr.engine.engine import Engine
+
+    photos = tmp_path / "photos"
+    paths = write_photos(photos, 4, seed=41)
+    index = tmp_path / "idx"
+    _index(index, photos, tiny_spec, "none")  # on demand: the files are read at search time
+    paths[1].unlink()
+    answer = Engine(index, "cpu", str(blip_folder)).search("a cat", k=4, candidates=4)
+    assert answer.reranked and len(answer.hits) == 4
+    assert answer.hits[-1].path == str(paths[1].resolve())
+    assert any("could not be read for re-ranking" in n for n in answer.notices)
