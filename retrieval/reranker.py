@@ -463,7 +463,21 @@ def load_reranker(folder: Path, encoder=None, device: str | None = None) -> Rera
 
 
 def resolve_reranker(choice: str | None, encoder, device: str | None = None):
-    """None when there is none to use; raises when an explicit folder is unusable."""
+    """xmr's own (native) re-ranker `choice` names; None when there is none to use; raises
+    when an explicit folder is unusable, and for a pretrained matcher (BLIP), which the
+    engine loads (engine/models.py) but the code calling this (xmr bench) cannot run yet:
+    better refused than measured silently as stage 1."""
+    from xmr.retrieval.matcher_names import matcher_source
+
+    source = matcher_source(choice)
+    if source is not None:
+        from xmr.retrieval.errors import InvalidModelSpec
+
+        raise InvalidModelSpec(
+            f"{source.name} is a BLIP re-ranker; it re-ranks searches (xmr search, xmr serve) "
+            "but xmr bench measures xmr's own re-rankers only so far",
+            setting="reranker",
+        )
     folder = reranker_folder(choice, encoder)
     if folder is None:
         return None

@@ -175,3 +175,11 @@ def test_a_folder_sets_its_stage1_weight(tmp_path):
     assert loaded.settings.stage1_weight == 2.5
     logits, stage1 = np.array([1.0, 0.0]), np.array([0.1, 0.5])
     np.testing.assert_allclose(loaded.final_scores(logits, stage1), [1.25, 1.25])
+
+
+def test_native_resolution_refuses_a_blip_name_instead_of_running_stage1_alone():
+    from xmr.retrieval.errors import InvalidModelSpec
+    from xmr.retrieval.reranker import resolve_reranker
+
+    with pytest.raises(InvalidModelSpec, match="xmr bench"):
+        resolve_reranker("blip-itm-base-coco", None, "cpu")
