@@ -30,14 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from xmr.retrieval.errors import InvalidModelSpec, ModelNotAvailable
-from xmr.retrieval.matcher_names import FAMILY, MatcherSource
+from xmr.retrieval.matcher_names import FAMILY, INSTALL_HINT, MatcherSource
 
 # The ITM logit spans about -8..8 on COCO (a sharp two-way head); stage-1 cosines of
 # open_clip span about 0.1..0.4. 1.0 lets stage 1 break near-ties only (see the model card).
 DEFAULT_STAGE1_WEIGHT = 1.0
 MAX_TEXT_TOKENS = 35  # BLIP's retrieval setting (max_txt_len)
 BLIP_VOCAB = 30524  # bert-base-uncased + [DEC] + [ENC]: BLIP's text vocabulary
-INSTALL_HINT = "pip install 'xmr[blip]' (from a checkout: pip install -e '.[blip]')"
 SETTINGS_FILE = "xmr_matcher.json"  # in a matcher's folder: {"stage1_weight": ...}
 
 
@@ -193,7 +192,7 @@ class BlipMatcher:
         return self.itm_logits(ids, mask, image.expand(len(texts), -1, -1))
 
     def final_scores(self, logits: np.ndarray, stage1: np.ndarray) -> np.ndarray:
-        from xmr.retrieval.reranker import fused_score
+        from xmr.retrieval.fusion import fused_score
 
         return fused_score(logits, stage1, self.settings.stage1_weight)
 

@@ -39,7 +39,7 @@ def check_available(source) -> None:
     import importlib.util
 
     if importlib.util.find_spec("transformers") is None:
-        from xmr.retrieval.blip_itm import INSTALL_HINT
+        from xmr.retrieval.matcher_names import INSTALL_HINT
 
         raise ModelNotAvailable(
             f"the BLIP re-ranker needs transformers, which is not installed: {INSTALL_HINT}",

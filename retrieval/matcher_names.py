@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FAMILY = "blip-itm"
+INSTALL_HINT = "pip install 'xmr[blip]' (from a checkout: pip install -e '.[blip]')"
 DEFAULT_MATCHER = "blip-itm-base-coco"
 KNOWN = {
     "blip-itm-base-coco": "Salesforce/blip-itm-base-coco",

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xmr.retrieval.fusion import fused_score  # noqa: F401 (the final score, for both families)
 from xmr.retrieval.reranker_files import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -243,15 +244,6 @@ class Reranker(nn.Module):
         return self.match(text, text_mask, self.encode_images(image))
 
 
-def fused_score(logits, stage1, stage1_weight: float):
-    """The final score of a (query, candidate) pair: the re-ranker's logit plus
-    `stage1_weight` times the stage-1 cosine (BLIP's ITM + ITC). numpy arrays or tensors.
-
-    Search, evaluation and the training loss all rank by this; the training loss uses the
-    encoder's logit scale (itc_weight) as the weight, calibration may pick another."""
-    return logits + stage1_weight * stage1
-
-
 def take_states(states, rows):
     """The image states (from encode_images) of the images at `rows`, in that order."""
     return [tuple(t[rows] for t in state) for state in states]
@@ -463,21 +455,16 @@ def load_reranker(folder: Path, encoder=None, device: str | None = None) -> Rera
 
 
 def resolve_reranker(choice: str | None, encoder, device: str | None = None):
-    """xmr's own (native) re-ranker `choice` names; None when there is none to use; raises
-    when an explicit folder is unusable, and for a pretrained matcher (BLIP), which the
-    engine loads (engine/models.py) but the code calling this (xmr bench) cannot run yet:
-    better refused than measured silently as stage 1."""
+    """The re-ranker `choice` names: xmr's own (a RerankerRuntime), or a pretrained
+    matcher (blip_itm.BlipMatcher, for `xmr bench`); None when there is none to use;
+    raises when an explicit one is unusable."""
     from xmr.retrieval.matcher_names import matcher_source
 
     source = matcher_source(choice)
     if source is not None:
-        from xmr.retrieval.errors import InvalidModelSpec
+        from xmr.retrieval.blip_itm import load_matcher
 
-        raise InvalidModelSpec(
-            f"{source.name} is a BLIP re-ranker; it re-ranks searches (xmr search, xmr serve) "
-            "but xmr bench measures xmr's own re-rankers only so far",
-            setting="reranker",
-        )
+        return load_matcher(source, device)
     folder = reranker_folder(choice, encoder)
     if folder is None:
         return None

@@ -177,9 +177,32 @@ def test_a_folder_sets_its_stage1_weight(tmp_path):
     np.testing.assert_allclose(loaded.final_scores(logits, stage1), [1.25, 1.25])
 
 
-def test_native_resolution_refuses_a_blip_name_instead_of_running_stage1_alone():
-    from xmr.retrieval.errors import InvalidModelSpec
-    from xmr.retrieval.reranker import resolve_reranker
+def test_xmr_bench_measures_blip_and_sweeps_the_stage1_weight(tmp_path, blip_folder, tiny_spec):
+    """A Karpathy-format file through `xmr bench --reranker FOLDER`: stage 1 and 2 rows, the
+    sweep of stage-1 weights, and which won."""
+    import json
 
-    with pytest.raises(InvalidModelSpec, match="xmr bench"):
-        resolve_reranker("blip-itm-base-coco", None, "cpu")
+    from conftest import run_xmr
+
+    photos = write_photos(tmp_path / "images", 6, seed=9)
+    records = [
+        {"filename": p.name, "split": "test", "sentences": [{"raw": TEXTS[i % 4]},
+                                                             {"raw": f"{TEXTS[(i + 1) % 4]} dog"}]}
+        for i, p in enumerate(photos)
+    ]  # fmt: skip
+    data = tmp_path / "dataset_tiny.json"
+    data.write_text(json.dumps({"dataset": "tiny", "images": records}))
+    out = tmp_path / "bench.json"
+    done = run_xmr("bench", data, "--images-root", tmp_path / "images", "--model", tiny_spec,
+                   "--reranker", blip_folder, "--candidates", 4, "--json", out, "--no-cache",
+                   "--quiet")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["reranker"] == "tiny-blip"
+    assert {"exact", "rerank", "rerank_itm"} <= set(result["results"])
+    sweep = result["fusion"]["sweep"]
+    assert [row["stage1_weight"] for row in sweep] == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0]
+    best = max(sweep, key=lambda r: r["t2i_R@1"] + r["i2t_R@1"])
+    won = next(r for r in sweep if r["stage1_weight"] == result["fusion"]["best_stage1_weight"])
+    assert won["t2i_R@1"] + won["i2t_R@1"] == best["t2i_R@1"] + best["i2t_R@1"]
+    assert f"Best on this data: w = {result['fusion']['best_stage1_weight']:g}" in done.stdout
