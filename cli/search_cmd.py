@@ -46,7 +46,7 @@ def search(
         None,
         "--feature-cache",
         help="Size cap of the BLIP vision tokens cached in the index folder at search time "
-        "(e.g. 2G; 0: none) [default: 1G].",
+        "(e.g. 4G; 0: none) [default: 2G].",
     ),
     index: Path = IndexOption,
     device: str = DeviceOption,

@@ -88,7 +88,7 @@ class Engine:
         feature_cache: str | int | None = None,
     ):
         """`feature_cache`: the size cap of the vision tokens a pretrained matcher computes
-        at search time and caches in the index folder ("2G"; 0: none; default 1 GiB)."""
+        at search time and caches in the index folder ("4G"; 0: none; default 2 GiB)."""
         from xmr.retrieval.index_choice import parse_size
 
         self.directory = Path(index).expanduser() if index is not None else default_index_dir()

@@ -4,7 +4,10 @@ An index that keeps no matcher features (matcher_features.py) still re-ranks: th
 candidates' files are decoded and run through the vision tower, and the result is cached
 here so the next query that meets the same image skips the pass:
 
-    DIR/matcher-cache/FINGERPRINT/ID-KEY.npy    (N, V) float16, one file per image
+    DIR/matcher-cache/FINGERPRINT/ID-KEY.npy    (N, V) float32, one file per image
+
+float32, exactly what the vision tower gave: a query scores the same whether its
+candidates' tokens were just computed or read back (1.77 MB a base image).
 
 KEY hashes the file's content hash in the database and its size, mtime and inode as found
 at that moment: a file changed on disk (even before `xmr index` saw it) gets a new key, so
@@ -25,7 +28,7 @@ from xmr.retrieval.errors import XmrError
 from xmr.retrieval.storage import atomic_write
 
 CACHE_DIR = "matcher-cache"
-DEFAULT_CACHE_BYTES = 1 << 30  # 1 GiB: about 1,200 base images in fp16
+DEFAULT_CACHE_BYTES = 2 << 30  # 2 GiB: about 1,200 base images
 
 
 def cache_key(item_id: int, content_hash: str | None, stat: os.stat_result) -> str:
@@ -59,7 +62,7 @@ class FeatureDiskCache:
             self.folder.mkdir(parents=True, exist_ok=True)
             atomic_write(
                 self.folder / f"{key}.npy",
-                lambda out: np.save(out, features.astype(np.float16), allow_pickle=False),
+                lambda out: np.save(out, features.astype(np.float32), allow_pickle=False),
             )
         except (OSError, XmrError):  # read-only or full: the search goes on uncached
             return False

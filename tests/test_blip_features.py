@@ -154,7 +154,7 @@ def test_search_time_cache_is_keyed_by_content_and_capped(
     fresh = next(h for h in again.hits if h.id == hit.id)
     ids, mask = matcher.text_inputs([text])
     want = matcher.itm_logits(ids, mask, _vision_of(target, matcher)[None])[0]
-    assert abs(fresh.score - want) < 5e-3  # the new content's tokens (cached in fp16)
+    assert abs(fresh.score - want) < 1e-4  # the new content's tokens
     assert len(list((index / CACHE_DIR).glob("*/*.npy"))) == 5
     # A cap of two files' worth keeps the cache at or under it.
     one = cached[0].stat().st_size

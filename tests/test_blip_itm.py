@@ -137,6 +137,9 @@ def test_engine_scores_equal_transformers_and_order_by_them(
     assert [h.id for h in hits] == by_hand
     stage1_order = sorted(hits, key=lambda h: -h.stage1_score)
     assert [h.id for h in stage1_order] != by_hand  # the re-ranker did reorder
+    # asked again, from the search-time cache when on demand: the same scores
+    again = engine.search(text, "images", k=12, candidates=12)
+    assert [(h.id, h.score) for h in again.hits] == [(h.id, h.score) for h in hits]
 
 
 @pytest.mark.parametrize("kept", [True, False], ids=["kept", "on-demand"])
