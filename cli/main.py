@@ -79,9 +79,18 @@ def index(
         typer.Option(
             "--reranker",
             help="Keep this re-ranker's image features so text searches skip that work: a "
-            "folder, 'auto' (the model's own) or 'none'.",
+            "folder, 'auto' (the model's own), 'none', or a BLIP model for photos "
+            "(blip-itm-base-coco, blip-itm-large-coco, a Hugging Face id or folder).",
         ),
     ] = "auto",
+    feature_form: Annotated[
+        str,
+        typer.Option(
+            "--feature-form",
+            help="How a BLIP re-ranker's vision tokens are kept: fp16, int8 (half the disk) or "
+            "fp32 (exact, twice the disk).",
+        ),
+    ] = "fp16",
     index_type: IndexType = None,
     max_memory: MaxMemory = None,
     executor: ExecutorChoice = "local",
@@ -111,6 +120,7 @@ def index(
         executor=executor,
         actors=actors,
         reporter=BarReporter(quiet),
+        feature_form=feature_form,
     )
     print_report(report, "images", as_json, quiet)
 
@@ -184,6 +194,17 @@ def info(
     kept = data["reranker_features"]
     if kept:
         typer.echo(f"features: {kept['reranker']} {kept['shape']} (re-ranker image features)")
+    matcher = data.get("matcher_features")
+    if matcher:
+        kept_text = (
+            f"{matcher['matcher']} {matcher['form']} {matcher['shape']}, "
+            if matcher["matcher"]
+            else ""
+        )
+        typer.echo(
+            f"matcher:  {kept_text}kept {human_bytes(matcher['kept_bytes'])}, search-time "
+            f"cache {human_bytes(matcher['cache_bytes'])} (vision tokens)"
+        )
     from xmr.cli.output import describe_index
 
     typer.echo(f"faiss:    {describe_index(data['index'])}")

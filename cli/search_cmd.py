@@ -37,7 +37,16 @@ def search(
     ),
     no_rerank: bool = typer.Option(False, "--no-rerank", help="Stage 1 only (dual encoder)."),
     reranker: str = typer.Option(
-        "auto", "--reranker", help="Re-ranker folder, 'auto' (the model's own) or 'none'."
+        "auto",
+        "--reranker",
+        help="Re-ranker folder, 'auto' (the model's own) or 'none', or a BLIP model for "
+        "photos: blip-itm-base-coco, blip-itm-large-coco, a Hugging Face id or folder.",
+    ),
+    feature_cache: str = typer.Option(
+        None,
+        "--feature-cache",
+        help="Size cap of the BLIP vision tokens cached in the index folder at search time "
+        "(e.g. 4G; 0: none) [default: 2G].",
     ),
     index: Path = IndexOption,
     device: str = DeviceOption,
@@ -117,10 +126,10 @@ def search(
     directory = index_dir(index)
     answer, notices = None, []
     local_paths = any(t.kind == "image" for t in asked.terms() if t.value != str(image))
-    if not (no_server or device or reranker != "auto" or local_paths):
+    if not (no_server or device or reranker != "auto" or local_paths or feature_cache):
         answer = _through_server(directory, request, server_timeout, notices)
     if answer is None:
-        answer = _in_process(directory, request, device, reranker)
+        answer = _in_process(directory, request, device, reranker, feature_cache)
     print_notices(notices + answer["notices"])
     print_answer(answer["results"], as_json, paths_only, print0)
 
@@ -161,8 +170,8 @@ def _read_query_image(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _in_process(directory: Path, request, device, reranker) -> dict:
+def _in_process(directory: Path, request, device, reranker, feature_cache=None) -> dict:
     from xmr.engine.engine import Engine
 
-    engine = Engine(directory, device, "none" if not request.rerank else reranker)
+    engine = Engine(directory, device, "none" if not request.rerank else reranker, feature_cache)
     return engine.search(request).as_dict()

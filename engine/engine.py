@@ -106,11 +106,22 @@ class Engine:
     loaded until the first call that needs it."""
 
     def __init__(
-        self, index: Path | str | None = None, device: str | None = None, reranker: str = "auto"
+        self,
+        index: Path | str | None = None,
+        device: str | None = None,
+        reranker: str = "auto",
+        feature_cache: str | int | None = None,
     ):
+        """`feature_cache`: the size cap of the vision tokens a pretrained matcher computes
+        at search time and caches in the index folder ("4G"; 0: none; default 2 GiB)."""
+        from xmr.retrieval.index_choice import parse_size
+
         self.directory = index_directory(index)
         self.device = device
         self.reranker_choice = reranker
+        self.feature_cache = (
+            0 if str(feature_cache).strip() in ("0", "none") else parse_size(feature_cache)
+        )
         self._state = threading.Lock()
         self._models_thread = ModelThread()
         self._snapshot: _Snapshot | None = None
@@ -278,6 +289,8 @@ class Engine:
         if snapshot.searcher is None:
             folder = snapshot.reranker.folder
             reranker = None if folder is None else self.models.reranker(folder)
+            if snapshot.reranker.matcher is not None:
+                reranker = self._matcher(snapshot)
             snapshot.searcher = Searcher(
                 snapshot.library,
                 QueryEncoder(self.models),
@@ -299,6 +312,22 @@ class Engine:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+    def _matcher(self, snapshot: _Snapshot):
+        """The pretrained matcher the snapshot's choice names; one `auto` picked that cannot
+        load (transformers missing, weights unreachable) leaves stage 1 with a notice."""
+        from dataclasses import replace
+
+        from xmr.retrieval.errors import XmrError
+
+        choice = snapshot.reranker
+        try:
+            return self._models.matcher(choice.matcher, self.feature_cache)
+        except XmrError as exc:
+            if not choice.automatic:
+                raise
+            snapshot.reranker = replace(choice, matcher=None, notice=f"{exc}; stage 1 only")
+            return None
 
     # -- writing (one writer at a time per index; see indexer/) -------------------------
     def index(

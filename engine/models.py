@@ -14,6 +14,8 @@ from pathlib import Path
 
 from xmr.retrieval.errors import InvalidModelSpec
 from xmr.retrieval.library import Library, reranker_config_mismatch
+from xmr.retrieval.matcher_features import MANIFEST_KEY as MATCHER_KEY
+from xmr.retrieval.matcher_names import DEFAULT_MATCHER, KNOWN, MatcherSource, matcher_source
 from xmr.retrieval.modelspec import ModelSpec, parse_model_spec
 from xmr.retrieval.reranker_files import (
     check_reranker_choice,
@@ -41,12 +43,56 @@ class RerankerChoice:
 
     folder: Path | None
     notice: str | None = None
+    matcher: MatcherSource | None = None  # a pretrained matcher instead (matcher_names.py)
+    automatic: bool = False  # picked by auto: a failed load falls back to stage 1
+
+
+def photo_reranker_notice() -> str:
+    return (
+        f"stage 1 only: re-rank photos with --reranker {DEFAULT_MATCHER} (BLIP ITM; needs "
+        "pip install 'xmr[blip]'); `auto` picks it where a GPU is present or the index keeps "
+        f"its features (xmr index --reranker {DEFAULT_MATCHER}), as on a CPU it costs seconds "
+        "a query"
+    )
+
+
+def gpu_present() -> bool:
+    """Whether CUDA can run here, without importing torch when it is not loaded yet."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return bool(torch.cuda.is_available())
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def choose_matcher(choice: str, spec: ModelSpec, library: Library) -> RerankerChoice | None:
+    """A pretrained matcher for `choice`: named, or under auto (no native re-ranker) the one
+    whose features the index keeps, else the default where a GPU is present. A photo index
+    on a CPU gets a notice saying how to turn it on. None: the native policy decides."""
+    source = matcher_source(choice)
+    if source is not None:
+        return RerankerChoice(None, matcher=source)
+    if choice != "auto" or reranker_folder("auto", spec) is not None:
+        return None
+    kept = library.manifest.get(MATCHER_KEY)
+    if kept and kept.get("source"):
+        return RerankerChoice(None, matcher=MatcherSource.from_dict(kept["source"]), automatic=True)
+    if spec.kind != "openclip" or spec.random_weights:
+        return None  # not photos: xmr-tiny's shapes, or a test model
+    if gpu_present():
+        name = DEFAULT_MATCHER
+        return RerankerChoice(None, matcher=MatcherSource("hub", KNOWN[name], name), automatic=True)
+    return RerankerChoice(None, photo_reranker_notice())
 
 
 def choose_reranker(choice: str, spec: ModelSpec, library: Library) -> RerankerChoice:
     """Decided from the re-ranker's config alone (no torch): `auto` falls back to stage 1
     with a notice when the index cannot feed it; an explicit folder is refused instead."""
     check_reranker_choice(choice)
+    matcher = choose_matcher(choice, spec, library)
+    if matcher is not None:
+        return matcher
     folder = reranker_folder(choice, spec)
     if folder is None or library.images.tokens is None:
         return RerankerChoice(None)
@@ -83,12 +129,14 @@ class Models:
         self._text = None  # the text tower alone, until both towers are loaded
         self._full = None
         self._rerankers: dict[Path, object] = {}
+        self._matchers: dict[MatcherSource, object] = {}
 
     @property
     def loaded(self) -> list[str]:
         """What is in memory: "text tower", "both towers", re-ranker names."""
         towers = ["both towers"] if self._full else ["text tower"] if self._text else []
-        return towers + [r.name for r in self._rerankers.values()]
+        loaded = list(self._rerankers.values()) + list(self._matchers.values())
+        return towers + [r.name for r in loaded]
 
     def text_encoder(self):
         with self._lock:
@@ -118,6 +166,19 @@ class Models:
 
                 self._rerankers[folder] = load_reranker(folder, None, self.device)
             return self._rerankers[folder]
+
+    def matcher(self, source: MatcherSource, cache_bytes: int | None = None):
+        """A pretrained matcher (blip_rerank.BlipReranker), loaded once per source."""
+        with self._lock:
+            if source not in self._matchers:
+                from xmr.retrieval.blip_itm import load_matcher
+                from xmr.retrieval.blip_rerank import BlipReranker
+                from xmr.retrieval.matcher_cache import DEFAULT_CACHE_BYTES
+
+                matcher = load_matcher(source, self.device)
+                cap = DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes
+                self._matchers[source] = BlipReranker(matcher, cap)
+            return self._matchers[source]
 
 
 class QueryEncoder:

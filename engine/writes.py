@@ -92,6 +92,7 @@ def index_images(
     executor: str = "local",
     actors: int | None = None,
     reporter: Reporter | None = None,
+    feature_form: str = "fp16",
 ) -> WriteReport[IndexSummary]:
     """Every image under `folders`, incrementally (indexer/images.py `index_folders`).
 
@@ -123,6 +124,7 @@ def index_images(
     )
     check_index_policy(index_type, max_memory)
     check_reranker_choice(reranker)
+    _check_matcher(reranker)
     roots = [Path(f).expanduser() for f in folders]
     missing = [str(f) for f in roots if not f.exists()]
     if missing:
@@ -152,7 +154,51 @@ def index_images(
             lambda: folder and _load_reranker(folder, encoder, device),
             folder_fingerprint(folder) if folder else None,
         )
+        notices += _keep_matcher_features(
+            library, reranker, device, feature_form, options, reporter
+        )
     return WriteReport(summary, notices)
+
+
+def _check_matcher(reranker: str) -> None:
+    """A named BLIP matcher that cannot load fails before the encoder's pass, not after."""
+    from xmr.retrieval.matcher_names import matcher_source
+
+    source = matcher_source(reranker)
+    if source is not None:
+        from xmr.retrieval.hub_weights import check_available
+
+        check_available(source)
+
+
+def _keep_matcher_features(library, reranker, device, form, options, reporter) -> list[str]:
+    """A pretrained matcher's vision tokens for every image (indexer/matcher_pass.py): the
+    one named, or under auto the one the index already keeps."""
+    from xmr.retrieval.matcher_features import MANIFEST_KEY
+    from xmr.retrieval.matcher_names import MatcherSource, matcher_source
+
+    source = matcher_source(reranker)
+    kept = library.manifest.get(MANIFEST_KEY)
+    if source is None and reranker == "auto" and kept and kept.get("source"):
+        source, form = MatcherSource.from_dict(kept["source"]), kept.get("form", form)
+    if source is None:
+        return []
+    from xmr.indexer.matcher_pass import keep_matcher_features
+
+    options = options or _index_options()
+    report = keep_matcher_features(
+        library, source, device, form, reporter, options.batch_size, options.workers,
+        options.max_pixels,
+    )  # fmt: skip
+    if report["unreadable"]:
+        return [f"{report['unreadable']} images could not be read for {source.name}'s features"]
+    return []
+
+
+def _index_options():
+    from xmr.indexer.images import IndexOptions
+
+    return IndexOptions()
 
 
 def _load_reranker(folder: Path, encoder: object, device: str | None) -> object:

@@ -37,15 +37,18 @@ def run_benchmark(
 ) -> dict:
     """-> the JSON-ready result (schema in the README / `xmr bench --help`)."""
     options = options or BenchOptions()
+    # a pretrained matcher (BLIP ITM) reads the image files itself, not the encoder's tokens
+    blip = getattr(reranker, "family", "native") == "blip-itm"
+    native = reranker if not blip else None
     embeddings, cached = embed_dataset_cached(
         encoder,
         dataset,
         options.cache_dir,
         batch_size=options.batch_size,
         workers=options.workers,
-        with_tokens=reranker is not None,
+        with_tokens=native is not None,
         # the image tokens of the vision block the re-ranker was trained on
-        token_layer=None if reranker is None else reranker.config.image_token_layer,
+        token_layer=None if native is None else native.config.image_token_layer,
         progress=progress,
     )
     t2i = np.asarray(dataset.text_to_image)
@@ -64,7 +67,25 @@ def run_benchmark(
     compositional = {}
     if dataset.negatives is not None:
         compositional["exact"] = negative_accuracy(encoder, dataset, embeddings)
-    if reranker is not None:
+    fusion = None
+    if blip:
+        from xmr.evaluation.blip_eval import blip_stages
+
+        stage_ranks, sweep, best, rerank_ms = blip_stages(
+            reranker, dataset, scores, options.candidates
+        )
+        ranks.update(stage_ranks)
+        timings["rerank_ms_per_query"] = round(rerank_ms, 3)
+        fusion = {
+            "stage1_weight": reranker.settings.stage1_weight,
+            "sweep": sweep,  # R@1 both ways at each stage-1 weight
+            "best_stage1_weight": best,
+        }
+    elif reranker is not None:
+        fusion = {
+            "stage1_weight": reranker.config.stage1_weight,
+            "itc_weight": reranker.config.itc_weight,
+        }
         stage_ranks, accuracies, rerank_ms = _rerank_stages(
             reranker, encoder, dataset, embeddings, scores, options.candidates
         )
@@ -94,12 +115,7 @@ def run_benchmark(
         "candidates": options.candidates if reranker is not None else None,
         "index_type": options.index_type,
         # final score = logit + stage1_weight * stage-1 cosine (itc_weight: the encoder's scale)
-        "fusion": None
-        if reranker is None
-        else {
-            "stage1_weight": reranker.config.stage1_weight,
-            "itc_weight": reranker.config.itc_weight,
-        },
+        "fusion": fusion,
         "results": results,
         "compositional": compositional,
         "curves": curves,

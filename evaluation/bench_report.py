@@ -33,11 +33,29 @@ def markdown_report(result: dict) -> str:
             values = [row["t2i"][k] for k in ks] + [row["i2t"][k] for k in ks]
             lines.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
     fusion = result.get("fusion")
-    if fusion:
+    if fusion and "itc_weight" in fusion:
         lines += [
             "",
             f"Re-ranker final score: logit + {fusion['stage1_weight']:.2f} x stage-1 cosine "
             f"(ITM+ITC row: {fusion['itc_weight']:.2f}, the encoder's logit scale).",
+        ]
+    elif fusion:  # a pretrained matcher: the stage-1 weights tried, and which won
+        lines += [
+            "",
+            f"Final score: ITM logit + w x stage-1 cosine, w = {fusion['stage1_weight']:.2f}. "
+            "R@1 by w:",
+            "",
+            "| w | t2i R@1 | i2t R@1 |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {row['stage1_weight']:g} | {row['t2i_R@1']:.1f} | {row['i2t_R@1']:.1f} |"
+            for row in fusion["sweep"]
+        ]
+        lines += [
+            "",
+            f"Best on this data: w = {fusion['best_stage1_weight']:g} (a matcher folder takes "
+            'it as {"stage1_weight": W} in xmr_matcher.json).',
         ]
     if result.get("compositional"):
         kinds = sorted({k for stage in result["compositional"].values() for k in stage})

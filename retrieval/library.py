@@ -8,6 +8,9 @@
     DIR/images.faiss(.json)  FAISS index over the vectors            (vector_index.py)
     DIR/images.rrf           (capacity, N', W) float16 re-ranker image features by id
                              (optional, see feature_cache.py)
+    DIR/images.mvf, .mvk     a pretrained matcher's vision tokens by id, and whose they
+                             are (optional, see matcher_features.py)
+    DIR/matcher-cache/       vision tokens computed at search time (matcher_cache.py)
     DIR/texts.*              the same for the text corpus
 
 Opening an index with a different encoder is refused: vectors of two models do not
@@ -62,6 +65,8 @@ from xmr.retrieval.manifest import (
     manifest_problem,
     read_manifest_file,
 )
+from xmr.retrieval.matcher_features import MANIFEST_KEY as MATCHER_KEY
+from xmr.retrieval.matcher_features import KeptFeatures
 from xmr.retrieval.storage import (
     atomic_write_bytes,
     disk_error,
@@ -75,7 +80,7 @@ from xmr.retrieval.vector_index import Sharding, StoredVectors, VectorIndex
 LOCK_FILE = "write.lock"
 COLLECTIONS = ("images", "texts")
 # Files derived from the database (or re-encodable): dropped when the database is rebuilt.
-DERIVED_SUFFIXES = (".vec", ".tok", ".rrf", ".faiss", ".faiss.json")
+DERIVED_SUFFIXES = (".vec", ".tok", ".rrf", ".mvf", ".mvk", ".faiss", ".faiss.json")
 
 
 def stored_model_spec(directory: Path) -> str | None:
@@ -122,6 +127,9 @@ class Collection:
     features: FeatureCache | None = None  # images: the re-ranker's image features
     # Called when images are written without the features' re-ranker: drops the cache.
     drop_features: Callable[[], None] | None = None
+    # images: a pretrained matcher's vision tokens (matcher_features.py); rows may lag the
+    # ids, so they are not among `stores()` (whose length vouches for an id's records)
+    kept: KeptFeatures | None = None
 
     def write(
         self,
@@ -193,6 +201,9 @@ class Library:
             self.directory, manifest.get(MANIFEST_KEY), writable
         )
         self.images.drop_features = self.drop_features_file
+        self.images.kept = KeptFeatures.from_manifest(
+            self.directory, manifest.get(MATCHER_KEY), writable
+        )
         self.texts = self._collection(
             "texts", TextRow, dim, manifest.get("text_tokens"), generation
         )
@@ -297,8 +308,10 @@ class Library:
                 manifest = _new_manifest(directory, encoder, keep_tokens, token_pool, token_layer)
                 db = db or Database(directory, writable=True)
                 _write_manifest(directory, db, manifest)
-            elif db.created and manifest.pop(MANIFEST_KEY, None) is not None:
-                _write_manifest(directory, db, manifest)  # its features file went with the rest
+            elif db.created and (
+                (manifest.pop(MANIFEST_KEY, None), manifest.pop(MATCHER_KEY, None)) != (None, None)
+            ):
+                _write_manifest(directory, db, manifest)  # its features files went with the rest
             library = cls(directory, manifest, True, db, lock, notices)
         except BaseException as exc:
             if db is not None:
@@ -479,6 +492,23 @@ class Library:
         features = self.images.features
         return features is None or features.fingerprint != fingerprint
 
+    def set_kept_matcher(self, kept: KeptFeatures | None) -> None:
+        """Record which matcher's vision tokens the index keeps (None: none; the files go)."""
+        from xmr.retrieval.matcher_features import remove_files
+
+        self._require_writable()
+        if kept is None:
+            self.manifest.pop(MATCHER_KEY, None)
+        else:
+            self.manifest[MATCHER_KEY] = kept.manifest_entry()
+        self._write_manifest()  # readers first
+        old = self.images.kept
+        if old is not None and old is not kept:
+            old.close()
+            if kept is None:
+                remove_files(self.directory)
+        self.images.kept = kept
+
     def drop_features_file(self) -> None:
         self._require_writable()
         self.manifest.pop(MANIFEST_KEY, None)
@@ -603,7 +633,8 @@ class Library:
                 "before": before,
                 "after": collection.index.describe(),
                 "reason": reason,
-                "store_bytes_freed": sum(store.release(ids) for store in collection.stores()),
+                "store_bytes_freed": sum(store.release(ids) for store in collection.stores())
+                + (collection.kept.release(ids) if collection.kept is not None else 0),
                 "seconds": round(time.monotonic() - started, 2),
             }
         return report
@@ -644,6 +675,8 @@ class Library:
             for collection in (self.images, self.texts):
                 for store in collection.stores():
                     store.close()
+                if collection.kept is not None:
+                    collection.kept.close()
             self.db.close()
             if self._lock is not None:
                 self._lock.release()
@@ -678,8 +711,8 @@ class Library:
 def token_mismatch(library: Library, reranker) -> str | None:
     """Why `reranker` cannot read the index's stored image tokens, with the fix, or None
     when it can (reranker_config_mismatch)."""
-    if reranker is None:
-        return None
+    if reranker is None or getattr(reranker, "family", "native") != "native":
+        return None  # a matcher with its own vision tower reads no stored tokens
     config = {k: getattr(reranker.config, k) for k in ("image_pool", "image_token_layer")}
     return reranker_config_mismatch(library, config, reranker.name)
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xmr.retrieval.fusion import fused_score  # noqa: F401 (the final score, for both families)
 from xmr.retrieval.reranker_files import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -243,15 +244,6 @@ class Reranker(nn.Module):
         return self.match(text, text_mask, self.encode_images(image))
 
 
-def fused_score(logits, stage1, stage1_weight: float):
-    """The final score of a (query, candidate) pair: the re-ranker's logit plus
-    `stage1_weight` times the stage-1 cosine (BLIP's ITM + ITC). numpy arrays or tensors.
-
-    Search, evaluation and the training loss all rank by this; the training loss uses the
-    encoder's logit scale (itc_weight) as the weight, calibration may pick another."""
-    return logits + stage1_weight * stage1
-
-
 def take_states(states, rows):
     """The image states (from encode_images) of the images at `rows`, in that order."""
     return [tuple(t[rows] for t in state) for state in states]
@@ -339,6 +331,41 @@ class RerankerRuntime:
 
     def final_scores(self, logits: np.ndarray, stage1: np.ndarray) -> np.ndarray:
         return fused_score(logits, stage1, self.config.stage1_weight)
+
+    # -- the searcher's interface (matching.py) -------------------------------------------
+    family = "native"
+
+    def reads(self, query, collection) -> bool:
+        """The encoder's tokens of both sides: the query's and the store's."""
+        return collection.tokens is not None and query.tokens is not None
+
+    def candidate_inputs(self, library, query, collection, ids):
+        """text->image (tokens (K, N', D) or kept features (K, N', W), None),
+        image->text (tokens (K, L, D), their valid lengths (K,))."""
+        from sqlalchemy import select
+
+        from xmr.retrieval.db import TextRow
+
+        if query.kind == "text":
+            kept = collection.features
+            if kept is not None and kept.serves(self):  # the stem ran at index time
+                return None, kept.read(ids)
+            return collection.tokens.read(ids), None
+        tokens = collection.tokens.read(ids)  # (K, L, D)
+        with library.db.session() as session:
+            lengths = select(TextRow.id, TextRow.n_tokens).where(TextRow.id.in_(ids.tolist()))
+            by_id = {i: n for i, n in session.execute(lengths)}
+        return tokens, np.array([by_id.get(int(i), 1) for i in ids])
+
+    def score(self, query, stage1, inputs):
+        from xmr.retrieval.matching import Scored
+
+        tokens, extra = inputs
+        if query.kind == "text":
+            return Scored(
+                self.rerank_images(query.tokens, query.length, tokens, stage1, features=extra)
+            )
+        return Scored(self.rerank_texts(query.tokens, tokens, extra, stage1))
 
     def rerank_images(self, text_tokens, text_length: int, image_tokens, stage1, features=None):
         """One text (L, D) against K images (K, N, D) -> final scores (K,). `features`
@@ -428,7 +455,16 @@ def load_reranker(folder: Path, encoder=None, device: str | None = None) -> Rera
 
 
 def resolve_reranker(choice: str | None, encoder, device: str | None = None):
-    """None when there is none to use; raises when an explicit folder is unusable."""
+    """The re-ranker `choice` names: xmr's own (a RerankerRuntime), or a pretrained
+    matcher (blip_itm.BlipMatcher, for `xmr bench`); None when there is none to use;
+    raises when an explicit one is unusable."""
+    from xmr.retrieval.matcher_names import matcher_source
+
+    source = matcher_source(choice)
+    if source is not None:
+        from xmr.retrieval.blip_itm import load_matcher
+
+        return load_matcher(source, device)
     folder = reranker_folder(choice, encoder)
     if folder is None:
         return None

@@ -88,11 +88,16 @@ def check_reranker_choice(choice: str) -> Path | None:
     does not exist, before a command does any work."""
     if choice in (None, "", "none", "auto"):
         return None
+    from xmr.retrieval.matcher_names import KNOWN, matcher_source
+
+    if matcher_source(choice) is not None:  # a pretrained matcher (matcher_names.py)
+        return None
     folder = Path(choice).expanduser()
     if not folder.is_dir():
         raise InvalidModelSpec(
             f"re-ranker folder {choice} does not exist; give the folder that "
-            f"`xmr train-reranker` wrote, 'auto' or 'none'",
+            f"`xmr train-reranker` wrote, a BLIP model ({', '.join(KNOWN)}, a Hugging Face "
+            "id or a folder in its layout), 'auto' or 'none'",
             setting="reranker",
         )
     return folder

@@ -50,6 +50,7 @@ class Hit:
     source: str | None = None
     meta: dict = field(default_factory=dict)
     duplicates: list[int] | None = None  # ids folded into this hit (search with dedup)
+    reranker: str | None = None  # the re-ranker that scored this hit (None: stage 1's score)
 
     def as_dict(self) -> dict:
         out = {"rank": self.rank, "score": round(self.score, 6), "id": self.id}
@@ -65,6 +66,8 @@ class Hit:
             out["meta"] = self.meta
         if self.duplicates is not None:
             out["duplicates"] = self.duplicates
+        if self.reranker is not None:
+            out["reranker"] = self.reranker
         return out
 
 
@@ -79,6 +82,11 @@ class Query:
     exclude_ids: tuple[int, ...] = ()  # indexed images that are the query (never answers)
     encode_ms: float = 0.0  # time spent in the encoder (0 for a stored vector)
     rerank_note: str | None = None  # why a re-ranker cannot read this query, if so
+    # What a matcher with its own towers reads (blip_rerank.py): the query's words, or
+    # its image (an absolute path, or an upload's bytes).
+    text: str | None = None
+    image: str | bytes | None = None
+    image_id: int | None = None  # the indexed image the query is, content unchanged
 
 
 @dataclass
@@ -91,6 +99,7 @@ class Answer:
     timings_ms: dict[str, float] = field(default_factory=dict)
     # With a minimum score: how many of the results asked for scored below it.
     below_min_score: int | None = None
+    reranker: str | None = None  # the re-ranker that ordered the hits (None: stage 1)
 
     def as_dict(self) -> dict:
         """The HTTP API's answer; `xmr search` prints from the same dict."""
@@ -100,6 +109,8 @@ class Answer:
             "notices": self.notices,
             "timings_ms": self.timings_ms,
         }
+        if self.reranker is not None:
+            out["reranker"] = self.reranker  # which re-ranker ordered the hits
         if self.below_min_score is not None:
             out["below_min_score"] = self.below_min_score
         return out
@@ -139,7 +150,8 @@ class Searcher:
         started = time.perf_counter()
         encoded = self.compute(self.encoder.encode_texts, [text])
         tokens = None if encoded.tokens is None else encoded.tokens[0]
-        return Query(encoded.vectors[0], tokens, int(encoded.lengths[0]), "text", (), _ms(started))
+        length = int(encoded.lengths[0])
+        return Query(encoded.vectors[0], tokens, length, "text", (), _ms(started), text=text)
 
     def image_query(self, path: Path) -> Query:
         """Reuse the stored vector of an indexed, unchanged image; otherwise encode the file.
@@ -185,12 +197,14 @@ class Searcher:
         """The stored vector of the indexed image `row` while `unchanged` and its records
         are intact; else `source` (a path or bytes) decoded and encoded, `row` left out."""
         if unchanged and self.library.records_intact(self.library.images, row.id):
-            return self._stored_query(row.id)
+            return self._stored_query(row.id, source if isinstance(source, bytes) else row.path)
         try:
             pixels, *_ = decode_image(source, self.encoder.preprocess)
         except DecodeError as exc:
             raise InputError(f"cannot use {name} as a query: {exc}") from exc
-        return self._encoded_image_query(pixels, None if row is None else row.id)
+        query = self._encoded_image_query(pixels, None if row is None else row.id)
+        query.image = source
+        return query
 
     def item_query(self, image_id: int) -> Query:
         """An indexed image by id ("more like this"): its stored vector, itself left out."""
@@ -203,7 +217,7 @@ class Searcher:
                 f"the stored vector of image {image_id} was lost; indexing its folder again "
                 "restores it"
             )
-        return self._stored_query(row.id)
+        return self._stored_query(row.id, row.path)
 
     def expression_query(self, terms: list[Term], target: str, upload=None) -> Query:
         """A query of several terms (query_language.py): text, image file, indexed image
@@ -224,7 +238,10 @@ class Searcher:
         encode_ms = _ms(started)
         if len(leads) == 1:
             lead = leads[0]
-            return Query(vector, lead.tokens, lead.length, lead.kind, excluded, encode_ms)
+            return Query(
+                vector, lead.tokens, lead.length, lead.kind, excluded, encode_ms,
+                text=lead.text, image=lead.image, image_id=lead.image_id,
+            )  # fmt: skip
         if not leads:  # text->text or image->image: never re-ranked, nothing to say
             return Query(vector, None, None, parts[0].kind, excluded, encode_ms)
         note = (
@@ -244,7 +261,9 @@ class Searcher:
             if term.kind == "text":
                 tokens = None if encoded.tokens is None else encoded.tokens[n_text]
                 length = int(encoded.lengths[n_text])
-                queries.append(Query(encoded.vectors[n_text], tokens, length, "text"))
+                queries.append(
+                    Query(encoded.vectors[n_text], tokens, length, "text", text=term.value)
+                )
                 n_text += 1
             else:
                 queries.append(self._term_query(term, upload))
@@ -259,13 +278,13 @@ class Searcher:
             return self.item_query(int(term.value))
         return self.upload_query(*upload)
 
-    def _stored_query(self, image_id: int) -> Query:
+    def _stored_query(self, image_id: int, image: str | bytes | None = None) -> Query:
         images = self.library.images
         ids = np.array([image_id])
         with self.state:
             vector = images.vectors.read(ids)[0]
             tokens = None if images.tokens is None else images.tokens.read(ids)[0]
-        return Query(vector, tokens, None, "image", (image_id,))
+        return Query(vector, tokens, None, "image", (image_id,), image=image, image_id=image_id)
 
     def _encoded_image_query(self, pixels, exclude_id: int | None) -> Query:
         started = time.perf_counter()
@@ -330,6 +349,8 @@ class Searcher:
             for hit in hits:
                 if hit.id in ranked.tail:
                     hit.score = hit.stage1_score  # not re-ranked: its stage-1 cosine
+                elif ranked.reranked:
+                    hit.reranker = self.reranker.name
             if dedup is None:
                 break
             hits = self._fold_duplicates(collection, hits, dedup)
@@ -358,7 +379,8 @@ class Searcher:
             "rerank": round(ranked.rerank_ms, 2),
             "total": round(query.encode_ms + _ms(started), 2),
         }
-        return Answer(hits, ranked.reranked, notices, timings, below)
+        name = self.reranker.name if ranked.reranked else None
+        return Answer(hits, ranked.reranked, notices, timings, below, name)
 
     def _rank(self, query, collection, want, candidates, use_reranker, exclude, allowed, floor):
         """Stage 1 for `want` results (deeper when re-ranking), then stage 2 over at most
@@ -375,13 +397,17 @@ class Searcher:
                 below = int((~above[:want]).sum())  # of the results it would have given
                 ids, stage1 = ids[above], stage1[above]
             head = min(len(ids), MAX_RERANK_DEPTH) if use_reranker else 0
-            inputs = self._rerank_inputs(query, collection, ids[:head]) if head else None
+            inputs = None
+            if head:  # copies, read under the lock (matching.py)
+                inputs = self.reranker.candidate_inputs(self.library, query, collection, ids[:head])
             empty = collection.index.live_count == 0
         ranked = _Ranked(ids, stage1, stage1, _ms(started), below_min_score=below, empty=empty)
         if inputs is None:
             return ranked
         rerank_started = time.perf_counter()
-        logits = self.compute(self._rerank, query, ids[:head], stage1[:head], *inputs)  # (K',)
+        scored = self.compute(self.reranker.score, query, stage1[:head], inputs)
+        logits = scored.final  # (K',)
+        ranked.notices += scored.notices
         # Past the re-ranked head, stage-1 order: ranked after every re-ranked item.
         tail = stage1[head:] - stage1[head:].max(initial=0) + logits.min(initial=0) - 1
         ranked.final = np.concatenate([logits, tail])
@@ -427,36 +453,10 @@ class Searcher:
         return [hits[i] for i in kept]
 
     def _reranks(self, query: Query, target: str, collection: Collection) -> bool:
-        """The re-ranker matches texts with images: it serves text->image and image->text."""
+        """The re-ranker matches texts with images: it serves text->image and image->text,
+        where it can read the query and the collection (matching.py)."""
         cross_modal = (query.kind == "text") == (target == "images")
-        return (
-            cross_modal
-            and self.reranker is not None
-            and collection.tokens is not None
-            and query.tokens is not None
-        )
-
-    def _rerank_inputs(self, query: Query, collection: Collection, ids):
-        """What stage 2 reads for these candidates, copied out of the stores:
-        text->image (tokens (K, N', D) or kept features (K, N', W), None),
-        image->text (tokens (K, L, D), their valid lengths (K,))."""
-        if query.kind == "text":
-            kept = collection.features
-            if kept is not None and kept.serves(self.reranker):  # the stem ran at index time
-                return None, kept.read(ids)
-            return collection.tokens.read(ids), None
-        tokens = collection.tokens.read(ids)  # (K, L, D)
-        with self.library.db.session() as session:
-            lengths = select(TextRow.id, TextRow.n_tokens).where(TextRow.id.in_(ids.tolist()))
-            by_id = {i: n for i, n in session.execute(lengths)}
-        return tokens, np.array([by_id.get(int(i), 1) for i in ids])
-
-    def _rerank(self, query: Query, ids, stage1, tokens, extra) -> np.ndarray:
-        if query.kind == "text":
-            return self.reranker.rerank_images(
-                query.tokens, query.length, tokens, stage1, features=extra
-            )
-        return self.reranker.rerank_texts(query.tokens, tokens, extra, stage1)
+        return cross_modal and self.reranker is not None and self.reranker.reads(query, collection)
 
     def _hits(self, collection: Collection, ids, final, stage1) -> list[Hit]:
         table = collection.table

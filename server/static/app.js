@@ -105,7 +105,7 @@ function render(answer, s, roundTrip) {
   }
   const t = answer.timings_ms;
   $("timings").textContent =
-    `${results.length} results · ${answer.reranked ? "re-ranked" : "stage 1 only"} · encode ${t.encode} ms · ` +
+    `${results.length} results · ${answer.reranked ? "re-ranked by " + (answer.reranker || "the re-ranker") : "stage 1 only"} · encode ${t.encode} ms · ` +
     `stage 1 ${t.stage1} ms · re-rank ${t.rerank} ms · engine ${t.total} ms · round trip ${Math.round(roundTrip)} ms`;
 }
 

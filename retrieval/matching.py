@@ -1,0 +1,46 @@
+"""What the searcher asks of a re-ranker, whichever family it is.
+
+Two families implement it:
+  native    (reranker.py RerankerRuntime): reads the dual encoder's token features from the
+            token store; an index may keep its image-stem output (feature_cache.py).
+  blip-itm  (blip_rerank.py BlipReranker): a pretrained matcher with its own vision tower;
+            reads the query's text or image itself and the candidates' vision tokens,
+            kept at index time (matcher_features.py) or computed on demand from the files
+            and cached (matcher_cache.py).
+
+The searcher (searcher.py) calls three things, in this order:
+  reads(query, collection)   can this re-ranker score this query against this collection?
+  candidate_inputs(library, query, collection, ids)
+                             what stage 2 needs of the K candidates, copied out of the
+                             index's stores and database (short: under the index's lock)
+  score(query, stage1, inputs) -> Scored
+                             the final scores (K,) through reranker.fused_score (on the
+                             model thread), and notices about candidates it could not read
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass
+class Scored:
+    final: np.ndarray  # (K,) final scores, the re-ranker's logit + weight * stage-1 cosine
+    notices: list[str] = field(default_factory=list)
+
+
+class Matcher(Protocol):
+    family: str  # "native" | "blip-itm"
+    name: str  # how answers name it
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    def reads(self, query, collection) -> bool: ...
+
+    def candidate_inputs(self, library, query, collection, ids: np.ndarray): ...
+
+    def score(self, query, stage1: np.ndarray, inputs) -> Scored: ...
