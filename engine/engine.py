@@ -349,6 +349,7 @@ class Engine:
         executor: str = "local",
         actors: int | None = None,
         reporter: Reporter | None = None,
+        feature_form: str = "fp16",
     ) -> WriteReport[IndexSummary]:
         """Bring the index in line with image folders: new, changed, moved and deleted
         files (engine/writes.py `index_images` says what each setting does)."""
@@ -371,6 +372,7 @@ class Engine:
             executor=executor,
             actors=actors,
             reporter=reporter,
+            feature_form=feature_form,
         )
 
     def add_texts(

@@ -455,3 +455,9 @@ def multipart(fields: dict, file_field: str, filename: str, data: bytes):
     )
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def besides_random_weights(notices: list[str]) -> list[str]:
+    """The notices other than the random-weights one that every answer and write of the
+    tiny test models carries (tests/test_engine.py asserts that one on its own)."""
+    return [n for n in notices if "has random weights" not in n]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from blip_fixtures import save_tiny_blip, write_photos
 from PIL import Image
 
-from tests.blip_fixtures import save_tiny_blip, write_photos
 from xmr.retrieval.blip_itm import load_matcher
 from xmr.retrieval.matcher_names import matcher_source
 
@@ -121,7 +121,7 @@ def test_engine_scores_equal_transformers_and_order_by_them(
     engine = Engine(tmp_path / "idx", "cpu", str(blip_folder))
     engine.reranker().matcher.settings.stage1_weight = 0.1  # random stage 1: little say
     text = "a blue square on the beach"
-    answer = engine.search(text, "images", k=12, candidates=12)
+    answer = engine.search(text, target="images", k=12, candidates=12)
     assert answer.reranked and answer.reranker == "tiny-blip"
     assert answer.as_dict()["reranker"] == "tiny-blip"
     assert (tmp_path / "idx" / "images.mvf").exists() == kept
@@ -138,7 +138,7 @@ def test_engine_scores_equal_transformers_and_order_by_them(
     stage1_order = sorted(hits, key=lambda h: -h.stage1_score)
     assert [h.id for h in stage1_order] != by_hand  # the re-ranker did reorder
     # asked again, from the search-time cache when on demand: the same scores
-    again = engine.search(text, "images", k=12, candidates=12)
+    again = engine.search(text, target="images", k=12, candidates=12)
     assert [(h.id, h.score) for h in again.hits] == [(h.id, h.score) for h in hits]
 
 
@@ -158,7 +158,7 @@ def test_image_to_text_scores_equal_transformers(
     add_text_corpus(tmp_path / "idx", corpus, model=tiny_spec)
     engine = Engine(tmp_path / "idx", "cpu", str(blip_folder))
     query = sorted(photos.iterdir())[4]
-    answer = engine.search(QueryInput(image_path=query), "texts", k=7, candidates=7)
+    answer = engine.search(QueryInput(image_path=query), target="texts", k=7, candidates=7)
     assert answer.reranked and answer.reranker == "tiny-blip"
     texts = [h.text for h in answer.hits]
     weight = engine.reranker().matcher.settings.stage1_weight

@@ -7,7 +7,13 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import index_with, indexed_paths, make_images, random_reranker
+from conftest import (
+    besides_random_weights,
+    index_with,
+    indexed_paths,
+    make_images,
+    random_reranker,
+)
 
 from xmr.engine.engine import Engine
 from xmr.engine.query_input import QueryInput
@@ -73,26 +79,20 @@ def test_the_engine_follows_writers_without_reopening_by_hand(encoder, photo_ind
     assert [h.id for h in engine.search("a query", k=5).hits] == before
 
 
-def _besides_random_weights(notices: list[str]) -> list[str]:
-    """The notices other than the random-weights one every answer of the tiny test model
-    carries (asserted on its own below)."""
-    return [n for n in notices if "has random weights" not in n]
-
-
 def test_notices_say_what_an_answer_cannot_show(encoder, tmp_path, photo_index):
     empty = tmp_path / "empty"
     (tmp_path / "nothing").mkdir()
     index_with(empty, encoder, [tmp_path / "nothing"])
     answer = Engine(empty).search("a dog")
     assert answer.hits == []
-    assert _besides_random_weights(answer.notices) == ["the index holds no images yet"]
+    assert besides_random_weights(answer.notices) == ["the index holds no images yet"]
     folder, index_dir = photo_index
     engine = Engine(index_dir)
     answer = engine.search("a dog", ext="gif")
     assert answer.hits == []
-    assert _besides_random_weights(answer.notices) == ["no images match the filter"]
+    assert besides_random_weights(answer.notices) == ["no images match the filter"]
     answer = engine.search("a dog", target="texts")
-    assert _besides_random_weights(answer.notices) == ["the index holds no texts yet"]
+    assert besides_random_weights(answer.notices) == ["the index holds no texts yet"]
     notices = engine.search("a dog").notices
     assert notices == [
         f"{engine.models.spec.canonical} has random weights; its results mean nothing (use it "
@@ -114,7 +114,7 @@ def test_rerank_depth_is_capped_with_a_notice(encoder, photo_index, tmp_path, mo
     engine = Engine(index_dir, reranker=str(tmp_path / "rr"))
     answer = engine.search("a red square", k=9)
     assert answer.reranked and len(answer.hits) == 9
-    assert _besides_random_weights(answer.notices) == [
+    assert besides_random_weights(answer.notices) == [
         "re-ranked the top 4 of 12 candidates; results past rank 4 are in stage-1 order"
     ]
     head, tail = answer.hits[:4], answer.hits[4:]
