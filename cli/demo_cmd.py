@@ -49,7 +49,9 @@ def demo(
         if q.correct:
             typer.echo("     (✓ = a correct answer: the scene the caption was written for)")
         typer.echo("")
+    assert result.bench is not None  # run_demo always measures recall
     typer.echo(markdown_report(result.bench))
+
     typer.echo(
         f'Try it yourself:\n  xmr search "{result.try_query}" '
         f"--index {workdir / 'index'}\n  xmr search --image "

@@ -144,6 +144,7 @@ class Engine:
         where = SearchFilter.parse(under)
         if where.active:
             ids = where.allowed_ids(library.db, "images")
+            assert ids is not None  # an active filter always yields ids
         else:
             ids = np.asarray(library.db.ids(ImageRow), dtype=np.int64)
         with self._state:
@@ -157,7 +158,7 @@ class Engine:
         )
         groups = [ids[g] for g in duplicate_groups(vectors, threshold, check)]
         wanted = [int(i) for g in groups for i in g]
-        rows = {}
+        rows: dict[int, ImageRow] = {}
         with library.db.session() as session:
             for start in range(0, len(wanted), 500):  # SQLite caps bound parameters
                 chunk = select(ImageRow).where(ImageRow.id.in_(wanted[start : start + 500]))
@@ -181,7 +182,7 @@ class Engine:
         with library.db.session() as session:
             images = session.scalar(select(func.count()).where(ImageRow.state == "indexed"))
             short = select(TextRow.text).where(func.length(TextRow.text) <= MAX_EXAMPLE_CHARS)
-            texts = session.scalar(select(func.count()).select_from(TextRow))
+            texts = session.scalar(select(func.count()).select_from(TextRow)) or 0
             step = max(1, texts // n)
             picked = list(session.scalars(short.where(TextRow.id % step == 0).limit(n)))
             if len(picked) < n:  # too few short ones at the spaced ids: take any short ones
@@ -218,6 +219,7 @@ class Engine:
     def models(self) -> Models:
         if self._models is None:
             self._current()
+        assert self._models is not None  # set by _open, whenever a snapshot is made
         return self._models
 
     def warm_up(self, image_tower: bool = True) -> list[str]:
@@ -262,6 +264,7 @@ class Engine:
 
     def _searcher(self, snapshot: _Snapshot) -> Searcher:
         if snapshot.searcher is None:
+            assert self._models is not None  # set by _open, which made the snapshot
             folder = snapshot.reranker.folder
             reranker = None if folder is None else self._models.reranker(folder)
             snapshot.searcher = Searcher(
@@ -300,7 +303,7 @@ def _duplicate_item(row) -> dict:
 def _stamp(directory: Path) -> tuple:
     """(mtime, size) of the files a writer replaces when it saves: a new manifest (kept
     features, policy) or FAISS file means the open index must be read again."""
-    stamp = []
+    stamp: list[tuple[int, int] | None] = []
     for name in _INDEX_FILES:
         try:
             stat = (Path(directory) / name).stat()

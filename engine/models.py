@@ -12,6 +12,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xmr.retrieval.errors import InvalidModelSpec
 from xmr.retrieval.library import Library, reranker_config_mismatch
@@ -23,6 +24,11 @@ from xmr.retrieval.reranker_files import (
     reranker_name,
 )
 from xmr.retrieval.token_pooling import pooled_count
+
+if TYPE_CHECKING:
+    from xmr.retrieval.encoder import Encoder, TextEncoder
+    from xmr.retrieval.reranker import RerankerRuntime
+
 
 QUIET_RANDOM_ENV = "XMR_NO_RANDOM_WARNING"  # set by the test suite, where every model is random
 
@@ -83,9 +89,9 @@ class Models:
         self.spec = parse_model_spec(spec) if isinstance(spec, str) else spec
         self.device = device
         self._lock = threading.Lock()
-        self._text = None  # the text tower alone, until both towers are loaded
-        self._full = None
-        self._rerankers: dict[Path, object] = {}
+        self._text: TextEncoder | None = None  # the text tower alone, until both are loaded
+        self._full: Encoder | None = None
+        self._rerankers: dict[Path, RerankerRuntime] = {}
 
     @property
     def loaded(self) -> list[str]:

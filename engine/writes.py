@@ -9,16 +9,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from xmr.engine.models import random_weights_notice
 from xmr.retrieval.errors import InputError
 from xmr.retrieval.library import Library, reranker_config_mismatch
 from xmr.retrieval.modelspec import DEFAULT_MODEL
 
+if TYPE_CHECKING:
+    from xmr.indexer.report import IndexSummary
+    from xmr.retrieval.check import CheckReport
+
+Summary = TypeVar("Summary")
+
 
 @dataclass
-class WriteReport:
-    summary: object  # indexer.report.IndexSummary, or compact's {collection: report} dict
+class WriteReport(Generic[Summary]):
+    summary: Summary  # IndexSummary; CheckReport; compact's {"collections", "sizes"} dict
     notices: list[str] = field(default_factory=list)
 
 
@@ -55,7 +62,7 @@ def index_images(
     index_type: str | None = None,
     max_memory: str | None = None,
     reporter=None,
-) -> WriteReport:
+) -> WriteReport[IndexSummary]:
     """Every image under `folders`, incrementally (indexer/images.py `index_folders`).
 
     `reranker` (a folder, auto: the model's own, none) names the re-ranker whose image
@@ -101,7 +108,7 @@ def index_images(
             options or IndexOptions(),
             reporter,
             lambda: folder and _load_reranker(folder, encoder, device),
-            folder and folder_fingerprint(folder),
+            folder_fingerprint(folder) if folder else None,
         )
     return WriteReport(summary, notices)
 
@@ -122,7 +129,7 @@ def add_text_corpus(
     batch_size: int = 256,
     executor=None,
     reporter=None,
-) -> WriteReport:
+) -> WriteReport[IndexSummary]:
     """A text corpus, deduplicated; re-runs embed only what changed (indexer/texts.py).
     `executor`: where the encoding runs (indexer/executor.py; default: this process)."""
     from xmr.indexer.executor import LOCAL
@@ -147,7 +154,7 @@ def compact_index(
     shards: int = 1,
     executor=None,
     reporter=None,
-) -> WriteReport:
+) -> WriteReport[dict]:
     """Rebuild the FAISS indexes from the stored vectors (Library.compact); nothing is
     re-encoded. IVF types may be filled in `shards` shards, run by `executor`
     (indexer/executor.py; default: this process). The summary also carries the files'
@@ -170,7 +177,7 @@ def check_or_repair(
     model: str | None = None,
     device: str | None = None,
     reporter=None,
-) -> WriteReport:
+) -> WriteReport[CheckReport]:
     """Verify every file of an index (retrieval/check.py); with `repair`, fix what can be
     re-derived or re-encoded first (indexer/repair.py). The summary is the check's report;
     `model` only matters when the manifest is lost with no copy to restore."""

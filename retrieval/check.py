@@ -37,7 +37,8 @@ class Finding:
     repaired: bool | None = None  # set by a repair: gone afterwards?
 
     def as_dict(self) -> dict:
-        out = {"file": self.file, "kind": self.kind, "problem": self.problem}
+        out: dict = {"file": self.file, "kind": self.kind, "problem": self.problem}
+
         out["repair"] = self.repair
         if self.ids:
             out["items"] = len(self.ids)

@@ -346,7 +346,9 @@ class Database:
         if session is None:
             with self.session() as s:
                 return self.generation(s)
-        return int(session.get(Meta, "generation").value)
+        meta = session.get(Meta, "generation")
+        assert meta is not None  # written when the database is created
+        return int(meta.value)
 
     @staticmethod
     def bump_generation(session: Session) -> None:
@@ -356,7 +358,7 @@ class Database:
 
     def ids(
         self,
-        table: type[Base],
+        table: type[ImageRow | TextRow],
         session: Session | None = None,
         start: int = 0,
         stop: int | None = None,
@@ -373,13 +375,13 @@ class Database:
                 return list(s.scalars(query))
         return list(session.scalars(query))
 
-    def last_id(self, table: type[Base]) -> int:
+    def last_id(self, table: type[ImageRow | TextRow]) -> int:
         """The highest of `ids(table)`; -1 when there is none."""
         with self.session() as session:
             found = session.scalar(self._live(select(func.max(table.id)), table))
         return -1 if found is None else int(found)
 
-    def _live(self, query, table: type[Base]):
+    def _live(self, query, table: type[ImageRow | TextRow]):
         if table is ImageRow:
             query = query.where(ImageRow.state == "indexed")
         if self.has_damaged_table:

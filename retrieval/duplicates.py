@@ -129,7 +129,9 @@ def thumbnail_print(path) -> np.ndarray | None:
             image = ImageOps.exif_transpose(image).convert("RGB")
             w, h = image.size
             small = image.resize(
-                (side, side), Image.BILINEAR, box=(0.05 * w, 0.05 * h, 0.95 * w, 0.95 * h)
+                (side, side),
+                Image.Resampling.BILINEAR,
+                box=(0.05 * w, 0.05 * h, 0.95 * w, 0.95 * h),
             )
     except (OSError, ValueError, Image.DecompressionBombError):
         return None

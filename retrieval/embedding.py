@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from xmr.retrieval.imageio import DEFAULT_MAX_PIXELS, DecodedImage, decode_batches, default_workers
 
@@ -73,7 +74,7 @@ def encode_batch(encoder, batch: ImageBatch, token_layer: int | None = None) -> 
         import torch
 
         started = time.perf_counter()
-        pixels = torch.stack([d.pixels for d in decoded])  # (G, 3, H, W)
+        pixels = torch.stack([cast("torch.Tensor", d.pixels) for d in decoded])  # (G, 3, H, W)
         batch.encoded = encoder.encode_images(pixels, token_layer)
         batch.encode_seconds += time.perf_counter() - started
     for image in batch.images:

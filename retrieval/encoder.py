@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,6 +70,8 @@ class TextEncoder:
     `tower` is either a whole CLIP (whose text tower lives inline), a CustomTextCLIP's
     `text` module, or a standalone TextTransformer built with `output_tokens=True`.
     """
+
+    load_seconds: float  # set by load_encoder / load_text_encoder
 
     def __init__(self, spec: ModelSpec, tower, tokenizer, device: str):
         import torch
@@ -199,7 +202,7 @@ def _project(x, projection):
 
 def _text_shapes(text, context_length: int) -> tuple[int, tuple[int, int] | None]:
     """(D, token shape) read off the text tower's modules: no forward pass needed."""
-    projection = getattr(text, "text_projection", None)
+    projection: Any = getattr(text, "text_projection", None)
     if hasattr(projection, "out_features"):
         dim = int(projection.out_features)
     elif projection is not None:
@@ -296,13 +299,14 @@ def _text_tower_source(open_clip, spec: ModelSpec):
     if spec.kind in ("shipped", "folder"):
         data = json.loads((Path(spec.name) / HUB_CONFIG_FILE).read_text())
         model_cfg = data.get("model_cfg", data)
-        weights = spec.pretrained or str(Path(spec.name) / HUB_WEIGHTS_FILE)
+        weights: str | None = spec.pretrained or str(Path(spec.name) / HUB_WEIGHTS_FILE)
         tokenizer_ref = f"local-dir:{spec.name}"
     elif spec.kind == "config":
         name, _ = _register_config(open_clip, Path(spec.name))
         model_cfg, weights, tokenizer_ref = open_clip.get_model_config(name), spec.pretrained, name
     else:
         model_cfg = open_clip.get_model_config(spec.name)
+        assert spec.pretrained is not None  # an openclip spec always names its weights
         weights, tokenizer_ref = spec.pretrained, spec.name
         if model_cfg is not None and not Path(weights).is_file():
             tag = open_clip.get_pretrained_cfg(spec.name, spec.pretrained)
@@ -386,6 +390,7 @@ def _build(open_clip, spec: ModelSpec):
                 f"Unknown model '{name}'. Available: {', '.join(open_clip.list_models())}"
             )
     pretrained = spec.pretrained
+    assert pretrained is not None  # config and openclip specs always name their weights
     if (
         spec.kind == "openclip"
         and pretrained not in (RANDOM_WEIGHTS,)

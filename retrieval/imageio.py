@@ -11,6 +11,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -38,7 +39,7 @@ def decode_image(path: str | bytes, preprocess, max_pixels: int = DEFAULT_MAX_PI
         in_memory = isinstance(path, bytes | bytearray)
         if (len(path) if in_memory else os.path.getsize(path)) == 0:
             raise DecodeError("empty file (0 bytes)")
-        with Image.open(io.BytesIO(path) if in_memory else path) as image:
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes | bytearray) else path) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise DecodeError(
@@ -158,9 +159,10 @@ def decode_batches(paths: list[str], preprocess, batch_size: int, workers: int, 
 
     Decoding runs ahead of the consumer (prefetch), so it overlaps with encoding.
     """
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Dataset
 
-    dataset = _DecodeDataset(paths, preprocess, max_pixels)
+    # A map-style dataset by protocol (len, getitem): subclassing would import torch here.
+    dataset = cast("Dataset[DecodedImage]", _DecodeDataset(paths, preprocess, max_pixels))
     workers = workers if len(paths) > batch_size else 0  # a pool costs more than tiny jobs
     loader = DataLoader(
         dataset,

@@ -71,7 +71,9 @@ def choose_index_type(n_items: int, dim: int, max_memory_bytes: int | None = Non
     budget = max_memory_bytes
     fits = budget is None or memory_estimate("flat", n_items, dim) <= budget
     if not fits and n_items >= PQ_MIN_TRAIN:
+        assert budget is not None  # only a budget makes the vectors not fit
         pq_m = _pq_m_within(budget, n_items, dim)
+
         return IndexChoice(
             "ivfpq",
             {"nlist": nlist_for(n_items), "pq_m": pq_m},

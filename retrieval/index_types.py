@@ -289,6 +289,7 @@ def tune_search_params(
             if factor == 1 and len(factors) == 1:
                 found = deep[:, :k]
             else:
+                assert read_vectors is not None  # more than one factor only with it
                 _, found = refine_exact(queries, deep[:, : k * factor], read_vectors, k)
             recall = overlap_recall(found, truth)
             candidate = {**knobs, "recall_at_10": round(recall, 4)}
@@ -312,6 +313,7 @@ class TunedIndex:
     vectors: np.ndarray | None = None  # (N, D): exact re-scoring for ivfpq
 
     def _read(self, ids: np.ndarray) -> np.ndarray:
+        assert self.vectors is not None  # `search` reads through here only when kept
         return self.vectors[ids]
 
     def faiss_params(self, selector=None):
@@ -404,9 +406,11 @@ def build_tuned(
 
     knobs = exhaustive_params(index_type, params, n)
     if tuning:
+        assert queries is not None and truth is not None  # both made above when tuning
         started = time.perf_counter()
 
         def search(q, depth, trial):
+
             return index.search(q, depth, params=faiss_params(index_type, trial))[1]
 
         exact = truth.result()[1]  # (Q, 10)

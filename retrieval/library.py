@@ -39,6 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from types import EllipsisType
+from typing import NoReturn
 
 import numpy as np
 
@@ -112,7 +114,8 @@ class Collection:
     """One modality of an index: its table, vectors, tokens and FAISS index."""
 
     name: str  # "images" | "texts"
-    table: type
+    table: type[ImageRow | TextRow]
+
     vectors: ArrayStore
     tokens: ArrayStore | None
     index: VectorIndex
@@ -141,6 +144,7 @@ class Collection:
             if self.features is not None and features is not None:
                 self.features.store.write(ids, features)
             elif self.features is not None and self.features.featurize is None:
+                assert self.drop_features is not None  # set wherever features are kept
                 self.drop_features()  # a row left unwritten would be read as zeros
             elif self.features is not None:
                 self.features.write(ids, tokens)
@@ -155,7 +159,7 @@ class Collection:
 
     def stores(self) -> list[ArrayStore]:
         """The id-addressed files of this collection."""
-        stores = [self.vectors, self.tokens, self.features and self.features.store]
+        stores = [self.vectors, self.tokens, None if self.features is None else self.features.store]
         return [s for s in stores if s is not None]
 
     def flush(self) -> None:
@@ -296,7 +300,7 @@ class Library:
                 manifest = _new_manifest(directory, encoder, keep_tokens, token_pool, token_layer)
                 db = db or Database(directory, writable=True)
                 _write_manifest(directory, db, manifest)
-            elif db.created and manifest.pop(MANIFEST_KEY, None) is not None:
+            elif db is not None and db.created and manifest.pop(MANIFEST_KEY, None) is not None:
                 _write_manifest(directory, db, manifest)  # its features file went with the rest
             library = cls(directory, manifest, True, db, lock, notices)
         except BaseException as exc:
@@ -488,7 +492,9 @@ class Library:
         (self.directory / FEATURES_FILE).unlink(missing_ok=True)
 
     # -- index policy --------------------------------------------------------------------
-    def set_policy(self, index_type: str | None = None, max_memory: int | None = ...) -> None:
+    def set_policy(
+        self, index_type: str | None = None, max_memory: int | None | EllipsisType = ...
+    ) -> None:
         """Record a new index policy in the manifest (applied by the next save).
 
         `max_memory=...` keeps the stored budget; None removes it.
@@ -727,7 +733,7 @@ def _shape(shape) -> list[int] | None:
 
 
 def _describe(identity: dict) -> str:
-    name = identity.get("name")
+    name = str(identity.get("name"))
     pretrained = identity.get("pretrained")
     return name if pretrained is None else f"{name}:{pretrained}"
 
@@ -836,7 +842,7 @@ def _translated(exc: BaseException, directory: Path) -> BaseException:
     return exc if error is None else error
 
 
-def _raise_translated(exc: BaseException, directory: Path):
+def _raise_translated(exc: BaseException, directory: Path) -> NoReturn:
     translated = _translated(exc, directory)
     if translated is exc:
         raise exc

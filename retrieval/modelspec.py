@@ -50,7 +50,7 @@ class ModelSpec:
     def identity(self) -> dict:
         """What makes two encoders produce the same vectors; stored in an index's manifest."""
         name = Path(self.name).name if self.kind == "shipped" else self.name
-        ident = {"kind": self.kind, "name": name, "pretrained": self.pretrained}
+        ident: dict = {"kind": self.kind, "name": name, "pretrained": self.pretrained}
         for key, value in (("config", self.name), ("pretrained", self.pretrained)):
             if value and Path(value).is_file():
                 # A local file is identified by content size too, so a replaced checkpoint
@@ -79,8 +79,10 @@ def parse_model_spec(spec: str) -> ModelSpec:
         raise InvalidModelSpec(
             "empty model name; use NAME[:PRETRAINED], e.g. " + DEFAULT_MODEL, setting="model"
         )
+    pretrained: str | None
     name, _, pretrained = spec.partition(":")
     pretrained = pretrained.strip() or None
+
     if pretrained and pretrained.lower() == RANDOM_WEIGHTS:
         pretrained = RANDOM_WEIGHTS
     elif pretrained and _looks_like_path(pretrained):

@@ -18,6 +18,7 @@ import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -76,7 +77,7 @@ class Attention(nn.Module):
         self.kv = nn.Linear(width, 2 * width)
         self.out = nn.Linear(width, width)
 
-    def project_kv(self, context):
+    def project_kv(self, context) -> tuple[torch.Tensor, torch.Tensor]:
         """context (B, Lk, W) -> keys, values (B, h, Lk, W/h); cacheable per image."""
         b, lk, w = context.shape
         k, v = self.kv(context).view(b, lk, 2, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
@@ -208,7 +209,8 @@ class Reranker(nn.Module):
         block (keys, values), each (B, h, N', W/h), then (alignment keys (B, N', W),) when
         token_alignment is on. Every state is indexed by image along dim 0 (take_states)."""
         img = self.image_features(image) if features is None else features
-        states = [block.image_kv(img) for block in self.blocks]
+        states = [cast(CrossBlock, block).image_kv(img) for block in self.blocks]
+
         if self.config.token_alignment:
             states.append((self.align_key(self.align_ln_image(img)),))  # (B, N', W)
         return states

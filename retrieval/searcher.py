@@ -19,6 +19,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
@@ -52,7 +53,7 @@ class Hit:
     duplicates: list[int] | None = None  # ids folded into this hit (search with dedup)
 
     def as_dict(self) -> dict:
-        out = {"rank": self.rank, "score": round(self.score, 6), "id": self.id}
+        out: dict = {"rank": self.rank, "score": round(self.score, 6), "id": self.id}
         out["stage1_score"] = round(self.stage1_score, 6)
         out["kind"] = self.kind
         if self.kind == "image":
@@ -235,6 +236,7 @@ class Searcher:
         queries, n_text = [], 0
         for term in terms:
             if term.kind == "text":
+                assert encoded is not None  # encoded above, with every text term
                 tokens = None if encoded.tokens is None else encoded.tokens[n_text]
                 length = int(encoded.lengths[n_text])
                 queries.append(Query(encoded.vectors[n_text], tokens, length, "text"))
@@ -303,6 +305,7 @@ class Searcher:
         collection = self.library.images if target == "images" else self.library.texts
         if where is not None and where.active:
             matching = where.allowed_ids(self.library.db, target)
+            assert matching is not None  # an active filter always yields ids
             allowed_ids = (
                 matching if allowed_ids is None else np.intersect1d(matching, list(allowed_ids))
             )
@@ -433,6 +436,7 @@ class Searcher:
         """What stage 2 reads for these candidates, copied out of the stores:
         text->image (tokens (K, N', D) or kept features (K, N', W), None),
         image->text (tokens (K, L, D), their valid lengths (K,))."""
+        assert collection.tokens is not None  # stage 2 runs only where _reranks saw tokens
         if query.kind == "text":
             kept = collection.features
             if kept is not None and kept.serves(self.reranker):  # the stem ran at index time
@@ -452,12 +456,13 @@ class Searcher:
         return self.reranker.rerank_texts(query.tokens, tokens, extra, stage1)
 
     def _hits(self, collection: Collection, ids, final, stage1) -> list[Hit]:
-        table = collection.table
+        table: Any = collection.table  # ImageRow | TextRow; select() would type rows as Base
+
         with self.library.db.session() as session:
             rows = {
                 r.id: r for r in session.scalars(select(table).where(table.id.in_(ids.tolist())))
             }
-        hits = []
+        hits: list[Hit] = []
         for item_id, score, s1 in zip(ids, final, stage1, strict=True):
             row = rows.get(int(item_id))
             if row is None:  # deleted by a concurrent writer since FAISS was loaded

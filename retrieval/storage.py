@@ -102,7 +102,7 @@ class _Writer:
         self.buffer.clear()
 
 
-def atomic_write(path: Path, produce: Callable[[_Writer], None], mode: int | None = None) -> int:
+def atomic_write(path: Path, produce: Callable[[_Writer], object], mode: int | None = None) -> int:
     """Replace `path` with what `produce(writer)` writes; returns the bytes written.
 
     All or nothing: on any error the old file is untouched and no temporary is left.
