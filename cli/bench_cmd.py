@@ -5,43 +5,64 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from xmr.cli.errors import handle_errors
-from xmr.cli.options import DeviceOption, QuietOption
+from xmr.cli.options import Device, Quiet
+
+DEFAULT_CACHE = Path.home() / ".cache" / "xmr" / "bench"
 
 
 @handle_errors
 def bench(
-    data: Path = typer.Argument(
-        ...,
-        help="Karpathy JSON (COCO/Flickr30k/xmr make-corpus) or "
-        "LAVIS/CLIP_benchmark annotation list.",
-    ),
-    images_root: Path = typer.Option(None, "--images-root", help="Folder image paths are under."),
-    model: str = typer.Option("xmr-tiny", "--model", "-m", help="Encoder NAME[:PRETRAINED]."),
-    reranker: str = typer.Option(
-        "auto", "--reranker", help="Re-ranker folder, 'auto' (the model's own) or 'none'."
-    ),
-    split: str = typer.Option("test", "--split", help="Karpathy split; 'all' for every image."),
-    candidates: int = typer.Option(
-        128, "--candidates", "-K", min=1, help="Stage-1 depth for re-ranking."
-    ),
-    index_type: str = typer.Option("flat", "--index-type", help="flat, hnsw, ivf, ivfpq, auto."),
-    limit: int = typer.Option(
-        None, "--limit", min=1, help="Only the first N images, N >= 1 (quick runs) [default: all]."
-    ),
-    cache: Path = typer.Option(
-        Path.home() / ".cache" / "xmr" / "bench", "--cache", help="Embedding cache folder."
-    ),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Always re-encode."),
-    json_out: Path = typer.Option(None, "--json", help="Write the result JSON here."),
-    report: Path = typer.Option(None, "--report", help="Write a markdown table here."),
-    plot: Path = typer.Option(None, "--plot", help="Write a PNG of recall@k curves here."),
-    device: str = DeviceOption,
-    quiet: bool = QuietOption,
-):
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="Karpathy JSON (COCO/Flickr30k/xmr make-corpus) or "
+            "LAVIS/CLIP_benchmark annotation list.",
+        ),
+    ],
+    images_root: Annotated[
+        Path | None, typer.Option("--images-root", help="Folder image paths are under.")
+    ] = None,
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Encoder NAME[:PRETRAINED].")
+    ] = "xmr-tiny",
+    reranker: Annotated[
+        str,
+        typer.Option("--reranker", help="Re-ranker folder, 'auto' (the model's own) or 'none'."),
+    ] = "auto",
+    split: Annotated[
+        str, typer.Option("--split", help="Karpathy split; 'all' for every image.")
+    ] = "test",
+    candidates: Annotated[
+        int, typer.Option("--candidates", "-K", min=1, help="Stage-1 depth for re-ranking.")
+    ] = 128,
+    index_type: Annotated[
+        str, typer.Option("--index-type", help="flat, hnsw, ivf, ivfpq, auto.")
+    ] = "flat",
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit", min=1, help="Only the first N images, N >= 1 (quick runs) [default: all]."
+        ),
+    ] = None,
+    cache: Annotated[Path, typer.Option("--cache", help="Embedding cache folder.")] = DEFAULT_CACHE,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Always re-encode.")] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the result JSON here.")
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write a markdown table here.")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write a PNG of recall@k curves here.")
+    ] = None,
+    device: Device = None,
+    quiet: Quiet = False,
+) -> None:
     """Recall@1/5/10 both ways (CLIP-paper definition), per stage, plus hard negatives."""
     from xmr.evaluation.bench import BenchOptions, run_benchmark
     from xmr.evaluation.bench_report import markdown_report, plot_curves

@@ -2,35 +2,37 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from xmr.cli.errors import handle_errors
 from xmr.cli.options import (
-    DeviceOption,
-    IndexOption,
-    JsonReportOption,
-    ModelOption,
-    QuietOption,
+    Device,
+    Index,
+    JsonReport,
+    Model,
+    Quiet,
     index_dir,
 )
 
 
 @handle_errors
 def check(
-    index: Path = IndexOption,
-    repair: bool = typer.Option(
-        False,
-        "--repair",
-        help="Fix what is found: rebuild FAISS, re-encode lost vectors and tokens, restore "
-        "the manifest, move a damaged database aside and rebuild from the image folders.",
-    ),
-    model: str = ModelOption,
-    device: str = DeviceOption,
-    as_json: bool = JsonReportOption,
-    quiet: bool = QuietOption,
-):
+    index: Index = None,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Fix what is found: rebuild FAISS, re-encode lost vectors and tokens, restore "
+            "the manifest, move a damaged database aside and rebuild from the image folders.",
+        ),
+    ] = False,
+    model: Model = None,
+    device: Device = None,
+    as_json: JsonReport = False,
+    quiet: Quiet = False,
+) -> None:
     """Verify an index: SQLite integrity, the manifest's schema, every store against its
     ids and every vector's norm, FAISS against the database. Exit status 1 while problems
     remain. --model only matters when the manifest is lost with no copy to restore."""

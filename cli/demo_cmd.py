@@ -6,27 +6,35 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from xmr.cli.errors import handle_errors
-from xmr.cli.options import QuietOption
+from xmr.cli.options import Quiet
 
 
 @handle_errors
 def demo(
-    workdir: Path = typer.Option(
-        None,
-        "--dir",
-        help="Where to put the corpus and index "
-        "[default: a new temporary folder, kept afterwards].",
-    ),
-    images: int = typer.Option(300, "--images", "-n", min=20, help="Scenes to generate."),
-    candidates: int = typer.Option(
-        16, "--candidates", "-K", min=1, help="Stage-1 depth re-ranked in the recall table."
-    ),
-    quiet: bool = QuietOption,
-):
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir",
+            help="Where to put the corpus and index "
+            "[default: a new temporary folder, kept afterwards].",
+        ),
+    ] = None,
+    images: Annotated[
+        int, typer.Option("--images", "-n", min=20, help="Scenes to generate.")
+    ] = 300,
+    candidates: Annotated[
+        int,
+        typer.Option(
+            "--candidates", "-K", min=1, help="Stage-1 depth re-ranked in the recall table."
+        ),
+    ] = 16,
+    quiet: Quiet = False,
+) -> None:
     """Generate a corpus, index it with xmr-tiny, run queries, print recall@k (offline)."""
     from xmr.cli.progress import BarReporter
     from xmr.engine.demo import run_demo

@@ -4,37 +4,43 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from xmr.cli.errors import handle_errors
-from xmr.cli.options import IndexOption, index_dir
+from xmr.cli.options import Index, index_dir
 
 
 @handle_errors
 def duplicates(
-    threshold: float = typer.Option(
-        0.95,
-        "--threshold",
-        "-T",
-        min=0.0,
-        max=1.0,
-        help="Cosine at or above which two "
-        "images are one picture (copies, re-encodes, resizes, small crops).",
-    ),
-    under: list[Path] = typer.Option(
-        [], "--under", help="Only images at or below this folder (repeatable)."
-    ),
-    index: Path = IndexOption,
-    as_json: bool = typer.Option(
-        False, "--json", help="A list of groups, each {count, items: [{id, path, ...}]}."
-    ),
-):
+    threshold: Annotated[
+        float,
+        typer.Option(
+            "--threshold",
+            "-T",
+            min=0.0,
+            max=1.0,
+            help="Cosine at or above which two "
+            "images are one picture (copies, re-encodes, resizes, small crops).",
+        ),
+    ] = 0.95,
+    under: Annotated[
+        list[Path] | None,
+        typer.Option("--under", help="Only images at or below this folder (repeatable)."),
+    ] = None,
+    index: Index = None,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="A list of groups, each {count, items: [{id, path, ...}]}."),
+    ] = False,
+) -> None:
     """Groups of near-duplicate images across the index, biggest groups first."""
     from xmr.cli.output import human_bytes
     from xmr.engine.engine import Engine
 
-    groups = Engine(index_dir(index)).duplicates(threshold, [str(p) for p in under])
+    groups = Engine(index_dir(index)).duplicates(threshold, [str(p) for p in under or ()])
+
     if as_json:
         typer.echo(json.dumps(groups, ensure_ascii=False, indent=2))
         return

@@ -4,35 +4,39 @@ the `--executor` option of `xmr index` / `xmr add-texts`."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from xmr.cli.errors import handle_errors
 from xmr.cli.options import (
-    IndexOption,
-    IndexTypeOption,
-    JsonReportOption,
-    MaxMemoryOption,
-    QuietOption,
+    Index,
+    IndexType,
+    JsonReport,
+    MaxMemory,
+    Quiet,
     index_dir,
 )
 
-ExecutorOption = typer.Option(
-    "local",
-    "--executor",
-    help="Where decoding and encoding run: local (this process), ray (a local Ray "
-    "started for this run) or ray:ADDRESS (a running cluster, e.g. ray:auto). This "
-    "process still decides what to embed and writes the index. Ray: pip install 'xmr[ray]'.",
-)
+Executor = Annotated[
+    str,
+    typer.Option(
+        "--executor",
+        help="Where decoding and encoding run: local (this process), ray (a local Ray "
+        "started for this run) or ray:ADDRESS (a running cluster, e.g. ray:auto). This "
+        "process still decides what to embed and writes the index. Ray: pip install 'xmr[ray]'.",
+    ),
+]
 
-ActorsOption = typer.Option(
-    None,
-    "--actors",
-    min=1,
-    help="Ray: encoder actors [default: one per GPU of the cluster, else one per CPU].",
-    show_default=False,
-)
+Actors = Annotated[
+    int | None,
+    typer.Option(
+        "--actors",
+        min=1,
+        help="Ray: encoder actors [default: one per GPU of the cluster, else one per CPU].",
+        show_default=False,
+    ),
+]
 
 
 def executor_from_option(text: str, actors: int | None = None):
@@ -50,22 +54,25 @@ def executor_from_option(text: str, actors: int | None = None):
 
 @handle_errors
 def compact(
-    index: Path = IndexOption,
-    index_type: str = IndexTypeOption,
-    max_memory: str = MaxMemoryOption,
-    shards: int = typer.Option(
-        1,
-        "--shards",
-        min=1,
-        help="Build an IVF index (ivf, ivfpq) in N shards: train once on a sample, fill "
-        "the shards in parallel (--executor ray: Ray tasks), merge.",
-    ),
-    executor: str = typer.Option(
-        "local", "--executor", help="Where shards are filled: local, ray or ray:ADDRESS."
-    ),
-    as_json: bool = JsonReportOption,
-    quiet: bool = QuietOption,
-):
+    index: Index = None,
+    index_type: IndexType = None,
+    max_memory: MaxMemory = None,
+    shards: Annotated[
+        int,
+        typer.Option(
+            "--shards",
+            min=1,
+            help="Build an IVF index (ivf, ivfpq) in N shards: train once on a sample, fill "
+            "the shards in parallel (--executor ray: Ray tasks), merge.",
+        ),
+    ] = 1,
+    executor: Annotated[
+        str,
+        typer.Option("--executor", help="Where shards are filled: local, ray or ray:ADDRESS."),
+    ] = "local",
+    as_json: JsonReport = False,
+    quiet: Quiet = False,
+) -> None:
     """Rebuild the FAISS indexes from the stored vectors: drop tombstones, re-train and
     re-tune, or switch type (--index-type hnsw); free the disk space of deleted items'
     vectors and tokens. Nothing is re-encoded. `--index-type ivfpq --shards N

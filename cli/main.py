@@ -7,19 +7,20 @@ argument errors answer at once.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from xmr.cli.errors import handle_errors
-from xmr.cli.index_cmds import ActorsOption, ExecutorOption, executor_from_option
+from xmr.cli.index_cmds import Actors, Executor, executor_from_option
 from xmr.cli.options import (
-    DeviceOption,
-    IndexOption,
-    IndexTypeOption,
-    JsonReportOption,
-    MaxMemoryOption,
-    ModelOption,
-    QuietOption,
+    Device,
+    Index,
+    IndexType,
+    JsonReport,
+    MaxMemory,
+    Model,
+    Quiet,
     index_dir,
 )
 
@@ -38,45 +39,56 @@ app = typer.Typer(
 @app.command()
 @handle_errors
 def index(
-    folders: list[Path] = typer.Argument(..., help="Folders (or files) of images to index."),
-    index: Path = IndexOption,
-    model: str = ModelOption,
-    device: str = DeviceOption,
-    exclude: list[str] = typer.Option(
-        [], "--exclude", "-x", help="Glob to leave out (repeatable)."
-    ),
-    hidden: bool = typer.Option(False, "--hidden", help="Include hidden files and folders."),
-    batch_size: int = typer.Option(64, "--batch-size", min=1),
-    workers: int = typer.Option(
-        None, "--workers", min=0, help="Decoding processes [default: cores]."
-    ),
-    commit_every: int = typer.Option(
-        256, "--commit-every", min=1, help="Images per commit: the most a kill can lose."
-    ),
-    max_pixels: int = typer.Option(None, "--max-pixels", help="Decompression-bomb guard."),
-    no_tokens: bool = typer.Option(
-        False, "--no-tokens", help="Do not keep token features (no re-ranking; less disk)."
-    ),
-    token_pool: int = typer.Option(
-        None,
-        "--token-pool",
-        min=1,
-        help="Store image patch tokens k x k pooled: k^2 less disk; needs a re-ranker "
-        "trained with --image-pool k. Fixed at the index's creation [default: 1].",
-    ),
-    reranker: str = typer.Option(
-        "auto",
-        "--reranker",
-        help="Keep this re-ranker's image features so text searches skip that work: a "
-        "folder, 'auto' (the model's own) or 'none'.",
-    ),
-    index_type: str = IndexTypeOption,
-    max_memory: str = MaxMemoryOption,
-    executor: str = ExecutorOption,
-    actors: int = ActorsOption,
-    as_json: bool = JsonReportOption,
-    quiet: bool = QuietOption,
-):
+    folders: Annotated[list[Path], typer.Argument(help="Folders (or files) of images to index.")],
+    index: Index = None,
+    model: Model = None,
+    device: Device = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", "-x", help="Glob to leave out (repeatable)."),
+    ] = None,
+    hidden: Annotated[
+        bool, typer.Option("--hidden", help="Include hidden files and folders.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=0, help="Decoding processes [default: cores].")
+    ] = None,
+    commit_every: Annotated[
+        int,
+        typer.Option("--commit-every", min=1, help="Images per commit: the most a kill can lose."),
+    ] = 256,
+    max_pixels: Annotated[
+        int | None, typer.Option("--max-pixels", help="Decompression-bomb guard.")
+    ] = None,
+    no_tokens: Annotated[
+        bool,
+        typer.Option("--no-tokens", help="Do not keep token features (no re-ranking; less disk)."),
+    ] = False,
+    token_pool: Annotated[
+        int | None,
+        typer.Option(
+            "--token-pool",
+            min=1,
+            help="Store image patch tokens k x k pooled: k^2 less disk; needs a re-ranker "
+            "trained with --image-pool k. Fixed at the index's creation [default: 1].",
+        ),
+    ] = None,
+    reranker: Annotated[
+        str,
+        typer.Option(
+            "--reranker",
+            help="Keep this re-ranker's image features so text searches skip that work: a "
+            "folder, 'auto' (the model's own) or 'none'.",
+        ),
+    ] = "auto",
+    index_type: IndexType = None,
+    max_memory: MaxMemory = None,
+    executor: Executor = "local",
+    actors: Actors = None,
+    as_json: JsonReport = False,
+    quiet: Quiet = False,
+) -> None:
     """Index every image under FOLDERS, incrementally (new, changed, moved, deleted)."""
     from xmr.cli.output import print_report
     from xmr.cli.progress import BarReporter
@@ -86,7 +98,7 @@ def index(
 
     run_on = executor_from_option(executor, actors)  # a bad value fails before any work
     options = IndexOptions(
-        exclude=tuple(exclude),
+        exclude=tuple(exclude or ()),
         include_hidden=hidden,
         batch_size=batch_size,
         workers=default_workers() if workers is None else workers,
@@ -113,19 +125,20 @@ def index(
 @app.command("add-texts")
 @handle_errors
 def add_texts(
-    file: Path = typer.Argument(..., help=".txt (one per line), .jsonl or .csv corpus."),
-    index: Path = IndexOption,
-    model: str = ModelOption,
-    device: str = DeviceOption,
-    text_field: str = typer.Option(
-        None, "--text-field", help="JSONL key / CSV column [default: text, caption, ...]."
-    ),
-    batch_size: int = typer.Option(256, "--batch-size", min=1),
-    executor: str = ExecutorOption,
-    actors: int = ActorsOption,
-    as_json: bool = JsonReportOption,
-    quiet: bool = QuietOption,
-):
+    file: Annotated[Path, typer.Argument(help=".txt (one per line), .jsonl or .csv corpus.")],
+    index: Index = None,
+    model: Model = None,
+    device: Device = None,
+    text_field: Annotated[
+        str | None,
+        typer.Option("--text-field", help="JSONL key / CSV column [default: text, caption, ...]."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
+    executor: Executor = "local",
+    actors: Actors = None,
+    as_json: JsonReport = False,
+    quiet: Quiet = False,
+) -> None:
     """Add a text corpus to the index (deduplicated; re-runs embed only what changed)."""
     from xmr.cli.output import print_report
     from xmr.cli.progress import BarReporter
@@ -148,9 +161,9 @@ def add_texts(
 @app.command()
 @handle_errors
 def info(
-    index: Path = IndexOption,
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-):
+    index: Index = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
     """What an index holds: counts, model, sizes on disk."""
 
     from xmr.cli.output import human_bytes, json_text, print_notices

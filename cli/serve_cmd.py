@@ -2,31 +2,36 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from xmr.cli.errors import handle_errors
-from xmr.cli.options import DeviceOption, IndexOption, index_dir
+from xmr.cli.options import Device, Index, index_dir
 
 
 @handle_errors
 def serve(
-    index: Path = IndexOption,
-    host: str = typer.Option(
-        "127.0.0.1", "--host", help="Address to listen on; anything but loopback needs --token."
-    ),
-    port: int = typer.Option(8765, "--port", min=0, max=65535, help="0 picks a free port."),
-    device: str = DeviceOption,
-    token: str = typer.Option(
-        None,
-        "--token",
-        envvar="XMR_TOKEN",
-        help="Require 'Authorization: Bearer TOKEN' on every /api call (the page: open "
-        "/?token=TOKEN once).",
-        show_default=False,
-    ),
-):
+    index: Index = None,
+    host: Annotated[
+        str,
+        typer.Option("--host", help="Address to listen on; anything but loopback needs --token."),
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="0 picks a free port.")
+    ] = 8765,
+    device: Device = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="XMR_TOKEN",
+            help="Require 'Authorization: Bearer TOKEN' on every /api call (the page: open "
+            "/?token=TOKEN once).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
     """Serve the index: an HTTP API (/api/search, /docs) and a web page at /.
 
     `xmr search` on the same index asks this server while it runs (no model loading).
