@@ -13,8 +13,15 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from xmr.engine.writes import WriteReport
+    from xmr.indexer.report import IndexSummary
+
 
 _SURROGATES = re.compile("[\udc80-\udcff]")
 
@@ -40,7 +47,7 @@ def install_escaping() -> None:
             stream.reconfigure(errors="xmr-escape")
 
 
-def json_text(data) -> str:
+def json_text(data: object) -> str:
     """JSON with non-ASCII kept readable and surrogate escapes written as \\udcNN."""
     text = json.dumps(data, ensure_ascii=False, indent=2)
     return _SURROGATES.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
@@ -77,20 +84,20 @@ def print_answer(
         typer.echo(f"{hit['rank']:>3}  {hit['score']:7.4f}  {target}{more}")
 
 
-def print_notices(notices) -> None:
+def print_notices(notices: Iterable[str]) -> None:
     """What the engine wants a person to know, one `note:` line each, on stderr."""
     for notice in notices:
         typer.echo(f"note: {notice}", err=True)
 
 
-def print_report(report, what: str, as_json: bool, quiet: bool) -> None:
+def print_report(report: WriteReport[IndexSummary], what: str, as_json: bool, quiet: bool) -> None:
     """A writing operation's notices (stderr) and summary (stderr, or JSON on stdout)."""
     print_notices(report.notices)
     if as_json or not quiet:
         print_summary(report.summary, what, as_json)
 
 
-def print_summary(summary, what: str, as_json: bool) -> None:
+def print_summary(summary: IndexSummary, what: str, as_json: bool) -> None:
     print_notices(summary.notices)
     if as_json:
         typer.echo(json_text(summary.as_dict()))

@@ -7,8 +7,14 @@ captions with `xmr-tiny`, run a few queries of each kind, and measure recall@k.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from xmr.indexer.report import Reporter
+
 
 DEMO_SEED = 7  # xmr-tiny trains on seed 0 and is evaluated on seed 1234; the demo uses neither
 DEMO_MODEL = "xmr-tiny"
@@ -34,8 +40,13 @@ class DemoResult:
 
 
 def run_demo(
-    workdir: Path, n_images: int = 300, candidates: int = 16, reporter=None, progress=None
+    workdir: Path,
+    n_images: int = 300,
+    candidates: int = 16,
+    reporter: Reporter | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> DemoResult:
+
     from xmr.engine.engine import Engine
     from xmr.engine.query_input import QueryInput
     from xmr.evaluation.bench import BenchOptions, run_benchmark

@@ -20,7 +20,9 @@ answering, so a query never sees a half-written batch and never a deleted item.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from xmr.engine import writes
 from xmr.engine.models import (
@@ -129,7 +131,7 @@ class Engine:
         with self._state:
             return index_info(snapshot.library)
 
-    def duplicates(self, threshold: float = 0.95, under=()) -> list[dict]:
+    def duplicates(self, threshold: float = 0.95, under: Sequence[str | Path] = ()) -> list[dict]:
         """Groups of near-duplicate images (cosine >= threshold) across the index, or under
         some folders, largest first; each item with what a person needs to pick one."""
         import numpy as np
@@ -277,14 +279,15 @@ class Engine:
         return snapshot.searcher
 
     # -- writing (one writer at a time per index; see indexer/) -------------------------
-    def index(self, folders, **options) -> writes.WriteReport:
+    def index(self, folders: Sequence[str | Path], **options: Any) -> writes.WriteReport:
         """Bring the index in line with image folders (engine/writes.py `index_images`)."""
         return writes.index_images(self.directory, folders, device=self.device, **options)
 
-    def add_texts(self, file: Path, **options) -> writes.WriteReport:
+    def add_texts(self, file: Path, **options: Any) -> writes.WriteReport:
         return writes.add_text_corpus(self.directory, file, device=self.device, **options)
 
-    def compact(self, **options) -> writes.WriteReport:
+    def compact(self, **options: Any) -> writes.WriteReport:
+
         return writes.compact_index(self.directory, **options)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +27,8 @@ from xmr.retrieval.reranker_files import (
 from xmr.retrieval.token_pooling import pooled_count
 
 if TYPE_CHECKING:
+    import torch
+
     from xmr.retrieval.encoder import Encoder, TextEncoder
     from xmr.retrieval.reranker import RerankerRuntime
 
@@ -135,10 +138,10 @@ class QueryEncoder:
     def __init__(self, models: Models):
         self.models = models
 
-    def encode_texts(self, texts):
+    def encode_texts(self, texts: Sequence[str]):
         return self.models.text_encoder().encode_texts(texts)
 
-    def encode_images(self, pixels, token_layer=None):
+    def encode_images(self, pixels: torch.Tensor, token_layer: int | None = None):
         return self.models.encoder().encode_images(pixels, token_layer)
 
     @property

@@ -7,6 +7,7 @@ asked for, else the default) and returns its summary with notices for the caller
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -17,7 +18,9 @@ from xmr.retrieval.library import Library, reranker_config_mismatch
 from xmr.retrieval.modelspec import DEFAULT_MODEL
 
 if TYPE_CHECKING:
-    from xmr.indexer.report import IndexSummary
+    from xmr.indexer.executor import Executor
+    from xmr.indexer.images import IndexOptions
+    from xmr.indexer.report import IndexSummary, Reporter
     from xmr.retrieval.check import CheckReport
 
 Summary = TypeVar("Summary")
@@ -51,17 +54,17 @@ def check_index_policy(index_type: str | None, max_memory: str | None) -> None:
 
 def index_images(
     directory: Path,
-    folders,
+    folders: Sequence[str | Path],
     *,
     model: str | None = None,
     device: str | None = None,
-    options=None,
+    options: IndexOptions | None = None,
     keep_tokens: bool = True,
     token_pool: int | None = None,
     reranker: str = "auto",
     index_type: str | None = None,
     max_memory: str | None = None,
-    reporter=None,
+    reporter: Reporter | None = None,
 ) -> WriteReport[IndexSummary]:
     """Every image under `folders`, incrementally (indexer/images.py `index_folders`).
 
@@ -81,8 +84,8 @@ def index_images(
 
     check_index_policy(index_type, max_memory)
     check_reranker_choice(reranker)
-    folders = [Path(f).expanduser() for f in folders]
-    missing = [str(f) for f in folders if not f.exists()]
+    roots = [Path(f).expanduser() for f in folders]
+    missing = [str(f) for f in roots if not f.exists()]
     if missing:
         raise InputError(f"{', '.join(missing)} does not exist; give a folder of images")
     encoder = LazyEncoder(model_for_index(directory, model), device)
@@ -104,7 +107,7 @@ def index_images(
         summary = index_folders(
             library,
             encoder,
-            folders,
+            roots,
             options or IndexOptions(),
             reporter,
             lambda: folder and _load_reranker(folder, encoder, device),
@@ -127,8 +130,8 @@ def add_text_corpus(
     device: str | None = None,
     text_field: str | None = None,
     batch_size: int = 256,
-    executor=None,
-    reporter=None,
+    executor: Executor | None = None,
+    reporter: Reporter | None = None,
 ) -> WriteReport[IndexSummary]:
     """A text corpus, deduplicated; re-runs embed only what changed (indexer/texts.py).
     `executor`: where the encoding runs (indexer/executor.py; default: this process)."""
@@ -152,8 +155,8 @@ def compact_index(
     index_type: str | None = None,
     max_memory: str | None = None,
     shards: int = 1,
-    executor=None,
-    reporter=None,
+    executor: Executor | None = None,
+    reporter: Reporter | None = None,
 ) -> WriteReport[dict]:
     """Rebuild the FAISS indexes from the stored vectors (Library.compact); nothing is
     re-encoded. IVF types may be filled in `shards` shards, run by `executor`
@@ -176,7 +179,7 @@ def check_or_repair(
     repair: bool = False,
     model: str | None = None,
     device: str | None = None,
-    reporter=None,
+    reporter: Reporter | None = None,
 ) -> WriteReport[CheckReport]:
     """Verify every file of an index (retrieval/check.py); with `repair`, fix what can be
     re-derived or re-encoded first (indexer/repair.py). The summary is the check's report;

@@ -21,7 +21,7 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
@@ -42,7 +42,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import QueuePool
@@ -88,10 +88,10 @@ class FsPath(TypeDecorator):
     impl = Text
     cache_ok = True
 
-    def process_bind_param(self, value, dialect):
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
         return None if value is None else escape_path(value)
 
-    def process_result_value(self, value, dialect):
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
         return None if value is None else unescape_path(value)
 
 
@@ -414,12 +414,12 @@ class Database:
         return list(session.scalars(query))
 
     @staticmethod
-    def mark_damaged(session: Session, collection: str, ids) -> None:
+    def mark_damaged(session: Session, collection: str, ids: Iterable[int]) -> None:
         known = set(session.scalars(select(Damaged.id).where(Damaged.collection == collection)))
         session.add_all(Damaged(collection=collection, id=int(i)) for i in ids if i not in known)
 
     @staticmethod
-    def clear_damaged(session: Session, collection: str, ids) -> None:
+    def clear_damaged(session: Session, collection: str, ids: Iterable[int]) -> None:
         ids = [int(i) for i in ids]
         for start in range(0, len(ids), 500):  # SQLite caps bound parameters per statement
             chunk = ids[start : start + 500]

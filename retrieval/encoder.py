@@ -19,11 +19,11 @@ import hashlib
 import json
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,14 @@ from xmr.retrieval.modelspec import (
     parse_model_spec,
 )
 from xmr.retrieval.weights import prepare_weights, unavailable_message
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from xmr.retrieval.imageio import Preprocess
+
+    Tokenizer = Callable[[list[str]], torch.Tensor]  # texts -> (B, context) token ids
 
 RANDOM_WEIGHTS_SEED = 0  # `:none` weights are seeded so every process builds the same model
 
@@ -73,7 +81,7 @@ class TextEncoder:
 
     load_seconds: float  # set by load_encoder / load_text_encoder
 
-    def __init__(self, spec: ModelSpec, tower, tokenizer, device: str):
+    def __init__(self, spec: ModelSpec, tower: nn.Module, tokenizer: Tokenizer, device: str):
         import torch
 
         self.spec = spec
@@ -119,12 +127,19 @@ class TextEncoder:
 class Encoder(TextEncoder):
     """Both towers of an open_clip model in eval mode, its preprocessing and tokenizer."""
 
-    def __init__(self, spec: ModelSpec, model, preprocess, tokenizer, device: str):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        model: nn.Module,
+        preprocess: Preprocess,
+        tokenizer: Tokenizer,
+        device: str,
+    ):
         text = model if hasattr(model, "token_embedding") else getattr(model, "text", model)
         if text is not model and getattr(text, "text_projection", None) is not None:
             text.output_tokens = True  # once, at load: the tower now returns its tokens too
         super().__init__(spec, text, tokenizer, device)
-        self.model = model
+        self.model: Any = model  # an open_clip CLIP (untyped): its towers are read by name
         self.preprocess = preprocess  # PIL.Image -> (3, H, W) float tensor
         self.image_token_shape = _image_token_shape(model.visual, self.dim)
 
@@ -133,7 +148,7 @@ class Encoder(TextEncoder):
         size = getattr(self.model.visual, "image_size", 224)
         return (size, size) if isinstance(size, int) else tuple(size)
 
-    def encode_images(self, pixels, token_layer: int | None = None) -> Encoded:
+    def encode_images(self, pixels: torch.Tensor, token_layer: int | None = None) -> Encoded:
         """pixels: (B, 3, H, W) float tensor from `preprocess`. The tokens are the output of
         vision block `token_layer` (0-based; None: the last) through the final norm and
         projection: earlier blocks keep more of each patch's own content, and a re-ranker

@@ -19,6 +19,7 @@ are compared in this machine's local time.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -43,7 +44,7 @@ class SearchFilter:
     @classmethod
     def parse(
         cls,
-        under=(),
+        under: Iterable[str | Path] | None = (),
         after: str | None = None,
         before: str | None = None,
         ext: str | None = None,

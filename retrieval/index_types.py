@@ -39,6 +39,7 @@ from xmr.retrieval.index_choice import (
     nlist_for,
     pq_subquantizers,
 )
+from xmr.retrieval.progress import Progress
 
 TARGET_RECALL = 0.95
 # Tuning aims this much above the target: 1,000 tuning queries measure recall to about
@@ -121,7 +122,9 @@ def train_sample_size(index_type: str, params: dict, n_items: int) -> int:
     return min(n_items, wanted)
 
 
-def faiss_params(index_type: str, search_params: dict, selector=None, boost: int = 1):
+def faiss_params(
+    index_type: str, search_params: dict, selector: faiss.IDSelector | None = None, boost: int = 1
+):
     """SearchParameters for one search; `boost` widens the search (shortfall retries)."""
     if index_type == "hnsw":
         ef = int(search_params.get("efSearch", 64)) * boost
@@ -316,10 +319,10 @@ class TunedIndex:
         assert self.vectors is not None  # `search` reads through here only when kept
         return self.vectors[ids]
 
-    def faiss_params(self, selector=None):
+    def faiss_params(self, selector: faiss.IDSelector | None = None):
         return faiss_params(self.type, self.search_params, selector)
 
-    def search(self, queries: np.ndarray, k: int, selector=None):
+    def search(self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None = None):
         """queries (Q, D) -> scores (Q, k), ids (Q, k) (row positions, -1 padded)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         factor = int(self.search_params.get("k_factor", 1))
@@ -352,7 +355,7 @@ def build_tuned(
     read_vectors: ReadVectors,
     target_recall: float = TARGET_RECALL,
     tune: bool = True,
-    reporter=None,
+    reporter: Progress | None = None,
     chunk: int = 65_536,
     shards: int = 1,
     map_shards: MapShards | None = None,
@@ -448,7 +451,15 @@ def trained_index(
     return index
 
 
-def add_chunks(index, ids, read_vectors, queries=None, truth=None, chunk=65_536, reporter=None):
+def add_chunks(
+    index: faiss.Index,
+    ids: np.ndarray,
+    read_vectors: ReadVectors,
+    queries: np.ndarray | None = None,
+    truth: RunningTopK | None = None,
+    chunk: int = 65_536,
+    reporter: Progress | None = None,
+) -> None:
     """Add `ids`' vectors `chunk` at a time; `truth` (RunningTopK) gathers the exact
     top-k of `queries` over the same vectors on the way."""
     for start in range(0, len(ids), chunk):
@@ -461,7 +472,13 @@ def add_chunks(index, ids, read_vectors, queries=None, truth=None, chunk=65_536,
             reporter.advance(len(part))
 
 
-def fill_shard(trained, ids, read_vectors, queries=None, chunk=65_536):
+def fill_shard(
+    trained: np.ndarray,
+    ids: np.ndarray,
+    read_vectors: ReadVectors,
+    queries: np.ndarray | None = None,
+    chunk: int = 65_536,
+):
     """One shard of a sharded build (runs wherever `map_shards` sends it): the trained
     index (serialised) filled with `ids`. -> (serialised shard, (scores, ids) of the
     exact top-10 of `queries` within the shard, or None)."""

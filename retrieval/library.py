@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import EllipsisType
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
@@ -64,6 +64,7 @@ from xmr.retrieval.manifest import (
     manifest_problem,
     read_manifest_file,
 )
+from xmr.retrieval.progress import Progress
 from xmr.retrieval.storage import (
     atomic_write_bytes,
     disk_error,
@@ -71,7 +72,12 @@ from xmr.retrieval.storage import (
     move_aside,
     remove_temporaries,
 )
-from xmr.retrieval.vector_index import Sharding, StoredVectors, VectorIndex
+from xmr.retrieval.vector_index import Ids, Sharding, StoredVectors, VectorIndex
+
+if TYPE_CHECKING:
+    from xmr.retrieval.encoder import Encoder, LazyEncoder
+    from xmr.retrieval.index_types import MapShards
+    from xmr.retrieval.reranker import RerankerRuntime
 
 LOCK_FILE = "write.lock"
 COLLECTIONS = ("images", "texts")
@@ -249,7 +255,7 @@ class Library:
     def open_or_create(
         cls,
         directory: Path,
-        encoder,
+        encoder: Encoder | LazyEncoder,
         keep_tokens: bool = True,
         index_type: str | None = None,
         max_memory: str | int | None = None,
@@ -432,7 +438,9 @@ class Library:
         return item_id not in self.db.damaged_ids(collection.name)
 
     # -- the re-ranker's image features (feature_cache.py) -------------------------------
-    def keep_reranker_features(self, reranker, reporter=None) -> None:
+    def keep_reranker_features(
+        self, reranker: RerankerRuntime | None, reporter: Progress | None = None
+    ) -> None:
         """From now on keep `reranker`'s image features for every image (None: keep none).
 
         Fills them for the images already indexed when the index has none for this
@@ -542,7 +550,7 @@ class Library:
             if self.writable and (added or removed or collection.index.generation != generation):
                 collection.index.save(collection.faiss_path, generation)
 
-    def save(self, reporter=None) -> None:
+    def save(self, reporter: Progress | None = None) -> None:
         """Flush stores, apply the index policy, and write FAISS files that reflect the
         current database generation. `reporter` hears of long rebuilds."""
         generation = self.db.generation()
@@ -579,9 +587,9 @@ class Library:
         self,
         index_type: str | None = None,
         max_memory: str | int | None = None,
-        reporter=None,
+        reporter: Progress | None = None,
         shards: int = 1,
-        map_shards=None,
+        map_shards: MapShards | None = None,
     ) -> dict[str, dict]:
         """Rebuild both FAISS indexes from the vector store and the database.
 
@@ -614,7 +622,10 @@ class Library:
         return report
 
     def rebuild_index(
-        self, collection: Collection, reporter=None, sharding: Sharding | None = None
+        self,
+        collection: Collection,
+        reporter: Progress | None = None,
+        sharding: Sharding | None = None,
     ) -> tuple[np.ndarray, str]:
         """Build `collection`'s FAISS index afresh from the vector store and the database,
         of the type the policy picks (IVF types filled as `sharding` says), and save it;
@@ -631,7 +642,7 @@ class Library:
         collection.index.save(collection.faiss_path, generation)
         return ids, choice.reason
 
-    def mark_damaged(self, collection: Collection, ids) -> None:
+    def mark_damaged(self, collection: Collection, ids: Ids) -> None:
         """Record that `ids` lost their stored records: hidden from searches (and dropped
         from FAISS) until re-encoded."""
         self._require_writable()
@@ -680,7 +691,7 @@ class Library:
         }
 
 
-def token_mismatch(library: Library, reranker) -> str | None:
+def token_mismatch(library: Library, reranker: RerankerRuntime | None) -> str | None:
     """Why `reranker` cannot read the index's stored image tokens, with the fix, or None
     when it can (reranker_config_mismatch)."""
     if reranker is None:

@@ -17,9 +17,10 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from sqlalchemy import select
@@ -33,10 +34,30 @@ from xmr.retrieval.filters import SearchFilter
 from xmr.retrieval.imageio import DecodeError, decode_image
 from xmr.retrieval.library import Collection, Library, token_mismatch
 from xmr.retrieval.query_language import Term, combine
+from xmr.retrieval.vector_index import Ids
+
+if TYPE_CHECKING:
+    import torch
+
+    from xmr.retrieval.encoder import Encoded
+    from xmr.retrieval.imageio import Preprocess
+    from xmr.retrieval.reranker import RerankerRuntime
 
 DEFAULT_CANDIDATES = 128  # stage-1 depth for re-ranking: ALBEF/BLIP's Flickr30k setting
 MAX_RERANK_DEPTH = 1024  # beyond this, stage 2 costs seconds and gigabytes for no gain
 TARGETS = ("images", "texts")
+Upload = tuple[bytes | None, str, str | None]  # an uploaded image's bytes, name, path hint
+
+
+class QueryEncoding(Protocol):
+    """What a Searcher asks of its encoder (engine.models.QueryEncoder, or an Encoder)."""
+
+    def encode_texts(self, texts: Sequence[str]) -> Encoded: ...
+
+    def encode_images(self, pixels: torch.Tensor, token_layer: int | None = None) -> Encoded: ...
+
+    @property
+    def preprocess(self) -> Preprocess: ...
 
 
 @dataclass
@@ -123,7 +144,14 @@ class _Ranked:
 
 
 class Searcher:
-    def __init__(self, library: Library, encoder, reranker=None, state=None, compute=None):
+    def __init__(
+        self,
+        library: Library,
+        encoder: QueryEncoding,
+        reranker: RerankerRuntime | None = None,
+        state: contextlib.AbstractContextManager[Any] | None = None,
+        compute: Callable[..., Any] | None = None,
+    ):
         self.library = library
         self.encoder = encoder
         self.reranker = reranker
@@ -199,7 +227,9 @@ class Searcher:
             )
         return self._stored_query(row.id)
 
-    def expression_query(self, terms: list[Term], target: str, upload=None) -> Query:
+    def expression_query(
+        self, terms: list[Term], target: str, upload: Upload | None = None
+    ) -> Query:
         """A query of several terms (query_language.py): text, image file, indexed image
         ("like") and uploaded image terms, summed with their weights. One term alone is
         that term's own query. The re-ranker reads one query: with a composite, the single
@@ -273,7 +303,7 @@ class Searcher:
         return Query(encoded.vectors[0], tokens, None, "image", exclude, _ms(started))
 
     # -- searching -----------------------------------------------------------------------
-    def search(self, query: Query, target: str, **options) -> list[Hit]:
+    def search(self, query: Query, target: str, **options: Any) -> list[Hit]:
         """Top-k items of `target` ("images" | "texts") for `query`, best first; the
         options are `answer`'s."""
         return self.answer(query, target, **options).hits
@@ -285,7 +315,7 @@ class Searcher:
         k: int = 10,
         candidates: int | None = None,
         rerank: bool = True,
-        allowed_ids=None,
+        allowed_ids: Ids | None = None,
         where: SearchFilter | None = None,
         min_score: float | None = None,
         dedup: float | None = None,
@@ -449,7 +479,10 @@ class Searcher:
         return tokens, np.array([by_id.get(int(i), 1) for i in ids])
 
     def _rerank(self, query: Query, ids, stage1, tokens, extra) -> np.ndarray:
+        assert self.reranker is not None and query.tokens is not None  # _reranks saw both
         if query.kind == "text":
+            assert query.length is not None  # a text query knows its length
+
             return self.reranker.rerank_images(
                 query.tokens, query.length, tokens, stage1, features=extra
             )

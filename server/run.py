@@ -6,6 +6,7 @@ import ipaddress
 import os
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from xmr.retrieval.errors import DiskFull, InputError, ReadOnlyIndex
@@ -56,7 +57,7 @@ def serve(
     port: int = 8765,
     device: str | None = None,
     token: str | None = None,
-    on_ready=None,
+    on_ready: Callable[[str, list[str], list[str]], None] | None = None,
 ) -> None:
     """Serve until interrupted. `on_ready(url, loaded, notices)` is called once the models
     are warm and the port is open; the server is announced in the index folder for

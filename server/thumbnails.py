@@ -12,17 +12,22 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps
 
 from xmr.retrieval.errors import ItemNotFound
+
+if TYPE_CHECKING:
+    from xmr.engine.engine import Engine
+
 
 THUMBNAIL_DIR = "thumbnails"
 MAX_SOURCE_PIXELS = 178_956_970  # the indexer's decompression-bomb limit
 
 
 class Thumbnails:
-    def __init__(self, engine):
+    def __init__(self, engine: Engine):
         self.engine = engine
         self.folder = Path(engine.directory) / THUMBNAIL_DIR
 
