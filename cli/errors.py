@@ -5,15 +5,20 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 import typer
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
-def handle_errors(command):
+
+def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
     """Wrap a typer command: XmrError -> `Error: ...` + exit 1; Ctrl-C -> exit 130."""
 
     @functools.wraps(command)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         from xmr.retrieval.errors import XmrError
 
         _quiet_libraries()

@@ -7,6 +7,7 @@ captions with `xmr-tiny`, run a few queries of each kind, and measure recall@k.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,6 +54,7 @@ def run_demo(
     reporter: Reporter | None = None,
     progress: Progress | None = None,
 ) -> DemoResult:
+
     from xmr.engine.engine import Engine
     from xmr.engine.query_input import QueryInput
     from xmr.evaluation.bench import BenchOptions, run_benchmark

@@ -287,6 +287,7 @@ class Engine:
 
     def _searcher(self, snapshot: _Snapshot) -> Searcher:
         if snapshot.searcher is None:
+            assert self._models is not None  # set by _open, which made the snapshot
             folder = snapshot.reranker.folder
             reranker = None if folder is None else self.models.reranker(folder)
             if snapshot.reranker.matcher is not None:

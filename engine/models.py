@@ -9,8 +9,10 @@ serialised here, so two first requests never build a model twice.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xmr.retrieval.errors import InvalidModelSpec
 from xmr.retrieval.library import Library, reranker_config_mismatch
@@ -187,10 +189,10 @@ class QueryEncoder:
     def __init__(self, models: Models):
         self.models = models
 
-    def encode_texts(self, texts):
+    def encode_texts(self, texts: Sequence[str]):
         return self.models.text_encoder().encode_texts(texts)
 
-    def encode_images(self, pixels, token_layer=None):
+    def encode_images(self, pixels: torch.Tensor, token_layer: int | None = None):
         return self.models.encoder().encode_images(pixels, token_layer)
 
     @property

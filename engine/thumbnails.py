@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps
 
@@ -21,11 +22,15 @@ from xmr.engine.indexed_files import open_indexed
 from xmr.retrieval.errors import ItemNotFound
 from xmr.retrieval.imageio import DecodeError, check_pixels
 
+if TYPE_CHECKING:
+    from xmr.engine.engine import Engine
+
+
 THUMBNAIL_DIR = "thumbnails"
 
 
 class Thumbnails:
-    def __init__(self, engine):
+    def __init__(self, engine: Engine):
         self.engine = engine
         self.folder = Path(engine.directory) / THUMBNAIL_DIR
 

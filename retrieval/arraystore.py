@@ -18,6 +18,7 @@ import ctypes
 import functools
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -61,7 +62,7 @@ class ArrayStore:
         if capacity == 0:
             return None
         if self._map is None or self._map.shape[0] != capacity:
-            mode = "r+" if self.writable else "r"
+            mode: Literal["r+", "r"] = "r+" if self.writable else "r"
             self._map = np.memmap(
                 self.path, dtype=self.dtype, mode=mode, shape=(capacity, *self.record_shape)
             )
@@ -86,6 +87,8 @@ class ArrayStore:
         if records.shape[1:] != self.record_shape:
             raise ValueError(f"record shape {records.shape[1:]} != store's {self.record_shape}")
         mapped = self._mapped(int(ids.max()) + 1)
+        assert mapped is not None  # capacity for at least one record
+
         low, high = int(ids.min()), int(ids.max()) + 1
         size = self.record_bytes
         allocate(self._file(), low * size, (high - low) * size, self.path)

@@ -33,7 +33,9 @@ THUMB = 32  # side of the compared thumbnail
 SHIFT = 2  # thumbnail pixels each way (about 6% of the side): small crops still align
 
 
-def duplicate_groups(vectors: np.ndarray, threshold: float, confirm=None) -> list[np.ndarray]:
+def duplicate_groups(
+    vectors: np.ndarray, threshold: float, confirm: Callable[[int, int], bool] | None = None
+) -> list[np.ndarray]:
     """(N, D) unit vectors -> groups of row positions whose members are linked by cosine
     >= threshold (and by `confirm(i, j)`, when given: the pixel check), largest first
     (ties: by first row), each sorted; singletons left out."""
@@ -119,7 +121,7 @@ class PixelCheck:
         return self._prints[key]
 
 
-def thumbnail_print(path) -> np.ndarray | None:
+def thumbnail_print(path: str | Path) -> np.ndarray | None:
     """The central 90% of the image, upright, as a (THUMB + 2 SHIFT)^2 x 3 float array;
     None when the file cannot be read (it is then nobody's duplicate)."""
     from PIL import Image, ImageOps
@@ -134,7 +136,9 @@ def thumbnail_print(path) -> np.ndarray | None:
             image = ImageOps.exif_transpose(image).convert("RGB")
             w, h = image.size
             small = image.resize(
-                (side, side), Image.BILINEAR, box=(0.05 * w, 0.05 * h, 0.95 * w, 0.95 * h)
+                (side, side),
+                Image.Resampling.BILINEAR,
+                box=(0.05 * w, 0.05 * h, 0.95 * w, 0.95 * h),
             )
     except (OSError, ValueError, Image.DecompressionBombError):
         return None

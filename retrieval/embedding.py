@@ -16,8 +16,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
-from xmr.retrieval.imageio import DEFAULT_MAX_PIXELS, DecodedImage, decode_batches, default_workers
+from xmr.retrieval.imageio import (
+    DEFAULT_MAX_PIXELS,
+    DecodedImage,
+    Preprocess,
+    decode_batches,
+    default_workers,
+)
+
+if TYPE_CHECKING:
+    from xmr.retrieval.encoder import Encoded, Encoder, LazyEncoder, TextEncoder
 
 
 @dataclass
@@ -36,7 +46,7 @@ class ImageBatch:
 
 def decode_images(
     paths: Sequence[str],
-    preprocess,
+    preprocess: Preprocess,
     batch_size: int = 64,
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -51,7 +61,7 @@ def decode_images(
 
 def embed_images(
     paths: Sequence[str],
-    encoder,
+    encoder: Encoder | LazyEncoder,
     token_layer: int | None = None,
     batch_size: int = 64,
     workers: int | None = None,
@@ -66,14 +76,16 @@ def embed_images(
         yield encode_batch(encoder, batch, token_layer)
 
 
-def encode_batch(encoder, batch: ImageBatch, token_layer: int | None = None) -> ImageBatch:
+def encode_batch(
+    encoder: Encoder | LazyEncoder, batch: ImageBatch, token_layer: int | None = None
+) -> ImageBatch:
     """Encode the decoded images of `batch` in one call; frees their pixels."""
     decoded = batch.decoded
     if decoded:
         import torch
 
         started = time.perf_counter()
-        pixels = torch.stack([d.pixels for d in decoded])  # (G, 3, H, W)
+        pixels = torch.stack([cast("torch.Tensor", d.pixels) for d in decoded])  # (G, 3, H, W)
         batch.encoded = encoder.encode_images(pixels, token_layer)
         batch.encode_seconds += time.perf_counter() - started
     for image in batch.images:
@@ -81,7 +93,9 @@ def encode_batch(encoder, batch: ImageBatch, token_layer: int | None = None) -> 
     return batch
 
 
-def text_batches(encoder, texts: Sequence[str], batch_size: int = 256) -> Iterator:
+def text_batches(
+    encoder: TextEncoder | LazyEncoder, texts: Sequence[str], batch_size: int = 256
+) -> Iterator[Encoded]:
     """Encode texts `batch_size` at a time -> Encoded per batch (vectors, tokens, lengths)."""
     for start in range(0, len(texts), batch_size):
         yield encoder.encode_texts(list(texts[start : start + batch_size]))

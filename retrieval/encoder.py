@@ -19,10 +19,11 @@ import hashlib
 import json
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +36,14 @@ from xmr.retrieval.modelspec import (
     parse_model_spec,
 )
 from xmr.retrieval.weights import prepare_weights, unavailable_message
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from xmr.retrieval.imageio import Preprocess
+
+    Tokenizer = Callable[[list[str]], torch.Tensor]  # texts -> (B, context) token ids
 
 RANDOM_WEIGHTS_SEED = 0  # `:none` weights are seeded so every process builds the same model
 
@@ -70,7 +79,9 @@ class TextEncoder:
     `text` module, or a standalone TextTransformer built with `output_tokens=True`.
     """
 
-    def __init__(self, spec: ModelSpec, tower, tokenizer, device: str):
+    load_seconds: float  # set by load_encoder / load_text_encoder
+
+    def __init__(self, spec: ModelSpec, tower: nn.Module, tokenizer: Tokenizer, device: str):
         import torch
 
         self.spec = spec
@@ -116,12 +127,19 @@ class TextEncoder:
 class Encoder(TextEncoder):
     """Both towers of an open_clip model in eval mode, its preprocessing and tokenizer."""
 
-    def __init__(self, spec: ModelSpec, model, preprocess, tokenizer, device: str):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        model: nn.Module,
+        preprocess: Preprocess,
+        tokenizer: Tokenizer,
+        device: str,
+    ):
         text = model if hasattr(model, "token_embedding") else getattr(model, "text", model)
         if text is not model and getattr(text, "text_projection", None) is not None:
             text.output_tokens = True  # once, at load: the tower now returns its tokens too
         super().__init__(spec, text, tokenizer, device)
-        self.model = model
+        self.model: Any = model  # an open_clip CLIP (untyped): its towers are read by name
         self.preprocess = preprocess  # PIL.Image -> (3, H, W) float tensor
         self.image_token_shape = _image_token_shape(model.visual, self.dim)
 
@@ -130,7 +148,7 @@ class Encoder(TextEncoder):
         size = getattr(self.model.visual, "image_size", 224)
         return (size, size) if isinstance(size, int) else tuple(size)
 
-    def encode_images(self, pixels, token_layer: int | None = None) -> Encoded:
+    def encode_images(self, pixels: torch.Tensor, token_layer: int | None = None) -> Encoded:
         """pixels: (B, 3, H, W) float tensor from `preprocess`. The tokens are the output of
         vision block `token_layer` (0-based; None: the last) through the final norm and
         projection: earlier blocks keep more of each patch's own content, and a re-ranker
@@ -199,7 +217,7 @@ def _project(x, projection):
 
 def _text_shapes(text, context_length: int) -> tuple[int, tuple[int, int] | None]:
     """(D, token shape) read off the text tower's modules: no forward pass needed."""
-    projection = getattr(text, "text_projection", None)
+    projection: Any = getattr(text, "text_projection", None)
     if hasattr(projection, "out_features"):
         dim = int(projection.out_features)
     elif projection is not None:
@@ -296,13 +314,14 @@ def _text_tower_source(open_clip, spec: ModelSpec):
     if spec.kind in ("shipped", "folder"):
         data = json.loads((Path(spec.name) / HUB_CONFIG_FILE).read_text())
         model_cfg = data.get("model_cfg", data)
-        weights = spec.pretrained or str(Path(spec.name) / HUB_WEIGHTS_FILE)
+        weights: str | None = spec.pretrained or str(Path(spec.name) / HUB_WEIGHTS_FILE)
         tokenizer_ref = f"local-dir:{spec.name}"
     elif spec.kind == "config":
         name, _ = _register_config(open_clip, Path(spec.name))
         model_cfg, weights, tokenizer_ref = open_clip.get_model_config(name), spec.pretrained, name
     else:
         model_cfg = open_clip.get_model_config(spec.name)
+        assert spec.pretrained is not None  # an openclip spec always names its weights
         weights, tokenizer_ref = spec.pretrained, spec.name
         if model_cfg is not None and not Path(weights).is_file():
             tag = open_clip.get_pretrained_cfg(spec.name, spec.pretrained)
@@ -386,6 +405,7 @@ def _build(open_clip, spec: ModelSpec):
                 f"Unknown model '{name}'. Available: {', '.join(open_clip.list_models())}"
             )
     pretrained = spec.pretrained
+    assert pretrained is not None  # config and openclip specs always name their weights
     if (
         spec.kind == "openclip"
         and pretrained not in (RANDOM_WEIGHTS,)

@@ -25,10 +25,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from xmr.retrieval.arraystore import ArrayStore
+
+if TYPE_CHECKING:
+    from xmr.retrieval.reranker import RerankerRuntime
+
 
 FEATURES_FILE = "images.rrf"
 MANIFEST_KEY = "reranker_features"
@@ -59,7 +64,7 @@ class FeatureCache:
             "shape": list(self.store.record_shape),
         }
 
-    def serves(self, reranker) -> bool:
+    def serves(self, reranker: RerankerRuntime | None) -> bool:
         """True when `reranker`'s image features are the ones kept here."""
         return reranker is not None and reranker.fingerprint == self.fingerprint
 

@@ -25,6 +25,7 @@ standard library; the database parts are imported when a filter runs.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -54,7 +55,7 @@ class SearchFilter:
     @classmethod
     def parse(
         cls,
-        under=(),
+        under: Iterable[str | Path] | None = (),
         after: str | None = None,
         before: str | None = None,
         ext: str | None = None,

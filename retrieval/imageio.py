@@ -10,6 +10,7 @@ import io
 import os
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING, cast
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -26,6 +27,7 @@ MAX_RESIZED_PIXELS = 16_777_216  # 4096 x 4096: 64:1 at a 448 px model input fit
 EXIF_DATETIME_ORIGINAL = 0x9003
 EXIF_DATETIME = 0x0132
 EXIF_IFD = 0x8769
+Preprocess = Callable[[Image.Image], "torch.Tensor"]  # an RGB image -> (3, H, W) floats
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is skipped, not half-embedded
 
@@ -34,7 +36,7 @@ class DecodeError(Exception):
     """A file that cannot be turned into an image; the message is the reason."""
 
 
-def decode_image(path: str | bytes, preprocess, max_pixels: int = DEFAULT_MAX_PIXELS):
+def decode_image(path: str | bytes, preprocess: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS):
     """A file's path, or its bytes (an upload) -> (pixels (3, H, W), width, height, format,
     taken_at); raises DecodeError."""
     try:
@@ -159,14 +161,17 @@ def _single_thread_worker(_worker_id: int) -> None:
     torch.set_num_threads(1)  # workers share the cores with the encoder
 
 
-def decode_batches(paths: list[str], preprocess, batch_size: int, workers: int, max_pixels: int):
+def decode_batches(
+    paths: list[str], preprocess: Preprocess, batch_size: int, workers: int, max_pixels: int
+):
     """Yield lists of DecodedImage, `batch_size` at a time, decoded `workers`-parallel.
 
     Decoding runs ahead of the consumer (prefetch), so it overlaps with encoding.
     """
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Dataset
 
-    dataset = _DecodeDataset(paths, preprocess, max_pixels)
+    # A map-style dataset by protocol (len, getitem): subclassing would import torch here.
+    dataset = cast("Dataset[DecodedImage]", _DecodeDataset(paths, preprocess, max_pixels))
     workers = workers if len(paths) > batch_size else 0  # a pool costs more than tiny jobs
     loader = DataLoader(
         dataset,

@@ -72,6 +72,7 @@ def choose_index_type(n_items: int, dim: int, max_memory_bytes: int | None = Non
     fits = budget is None or memory_estimate("flat", n_items, dim) <= budget
     if budget is not None and not fits and n_items >= PQ_MIN_TRAIN:
         pq_m = _pq_m_within(budget, n_items, dim)
+
         return IndexChoice(
             "ivfpq",
             {"nlist": nlist_for(n_items), "pq_m": pq_m},

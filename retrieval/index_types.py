@@ -39,6 +39,7 @@ from xmr.retrieval.index_choice import (
     nlist_for,
     pq_subquantizers,
 )
+from xmr.retrieval.progress import Progress
 
 TARGET_RECALL = 0.95
 # Tuning aims this much above the target: 1,000 tuning queries measure recall to about
@@ -121,7 +122,9 @@ def train_sample_size(index_type: str, params: dict, n_items: int) -> int:
     return min(n_items, wanted)
 
 
-def faiss_params(index_type: str, search_params: dict, selector=None, boost: int = 1):
+def faiss_params(
+    index_type: str, search_params: dict, selector: faiss.IDSelector | None = None, boost: int = 1
+):
     """SearchParameters for one search; `boost` widens the search (shortfall retries)."""
     if index_type == "hnsw":
         ef = int(search_params.get("efSearch", 64)) * boost
@@ -289,6 +292,7 @@ def tune_search_params(
             if factor == 1 and len(factors) == 1:
                 found = deep[:, :k]
             else:
+                assert read_vectors is not None  # more than one factor only with it
                 _, found = refine_exact(queries, deep[:, : k * factor], read_vectors, k)
             recall = overlap_recall(found, truth)
             candidate = {**knobs, "recall_at_10": round(recall, 4)}
@@ -312,12 +316,13 @@ class TunedIndex:
     vectors: np.ndarray | None = None  # (N, D): exact re-scoring for ivfpq
 
     def _read(self, ids: np.ndarray) -> np.ndarray:
+        assert self.vectors is not None  # `search` reads through here only when kept
         return self.vectors[ids]
 
-    def faiss_params(self, selector=None):
+    def faiss_params(self, selector: faiss.IDSelector | None = None):
         return faiss_params(self.type, self.search_params, selector)
 
-    def search(self, queries: np.ndarray, k: int, selector=None):
+    def search(self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None = None):
         """queries (Q, D) -> scores (Q, k), ids (Q, k) (row positions, -1 padded)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         factor = int(self.search_params.get("k_factor", 1))
@@ -350,7 +355,7 @@ def build_tuned(
     read_vectors: ReadVectors,
     target_recall: float = TARGET_RECALL,
     tune: bool = True,
-    reporter=None,
+    reporter: Progress | None = None,
     chunk: int = 65_536,
     shards: int = 1,
     map_shards: MapShards | None = None,
@@ -404,9 +409,11 @@ def build_tuned(
 
     knobs = exhaustive_params(index_type, params, n)
     if tuning:
+        assert queries is not None and truth is not None  # both made above when tuning
         started = time.perf_counter()
 
         def search(q, depth, trial):
+
             return index.search(q, depth, params=faiss_params(index_type, trial))[1]
 
         exact = truth.result()[1]  # (Q, 10)
@@ -444,7 +451,15 @@ def trained_index(
     return index
 
 
-def add_chunks(index, ids, read_vectors, queries=None, truth=None, chunk=65_536, reporter=None):
+def add_chunks(
+    index: faiss.Index,
+    ids: np.ndarray,
+    read_vectors: ReadVectors,
+    queries: np.ndarray | None = None,
+    truth: RunningTopK | None = None,
+    chunk: int = 65_536,
+    reporter: Progress | None = None,
+) -> None:
     """Add `ids`' vectors `chunk` at a time; `truth` (RunningTopK) gathers the exact
     top-k of `queries` over the same vectors on the way."""
     for start in range(0, len(ids), chunk):
@@ -457,7 +472,13 @@ def add_chunks(index, ids, read_vectors, queries=None, truth=None, chunk=65_536,
             reporter.advance(len(part))
 
 
-def fill_shard(trained, ids, read_vectors, queries=None, chunk=65_536):
+def fill_shard(
+    trained: np.ndarray,
+    ids: np.ndarray,
+    read_vectors: ReadVectors,
+    queries: np.ndarray | None = None,
+    chunk: int = 65_536,
+):
     """One shard of a sharded build (runs wherever `map_shards` sends it): the trained
     index (serialised) filled with `ids`. -> (serialised shard, (scores, ids) of the
     exact top-10 of `queries` within the shard, or None)."""

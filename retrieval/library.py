@@ -42,6 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from types import EllipsisType
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
@@ -75,7 +77,12 @@ from xmr.retrieval.storage import (
     prepare_writes,
     remove_temporaries,
 )
-from xmr.retrieval.vector_index import Sharding, StoredVectors, VectorIndex
+from xmr.retrieval.vector_index import Ids, Sharding, StoredVectors, VectorIndex
+
+if TYPE_CHECKING:
+    from xmr.retrieval.encoder import Encoder, LazyEncoder
+    from xmr.retrieval.index_types import MapShards
+    from xmr.retrieval.reranker import RerankerRuntime
 
 LOCK_FILE = "write.lock"
 COLLECTIONS = ("images", "texts")
@@ -118,7 +125,8 @@ class Collection:
     """One modality of an index: its table, vectors, tokens and FAISS index."""
 
     name: str  # "images" | "texts"
-    table: type
+    table: type[ImageRow | TextRow]
+
     vectors: ArrayStore
     tokens: ArrayStore | None
     index: VectorIndex
@@ -150,6 +158,7 @@ class Collection:
             if self.features is not None and features is not None:
                 self.features.store.write(ids, features)
             elif self.features is not None and self.features.featurize is None:
+                assert self.drop_features is not None  # set wherever features are kept
                 self.drop_features()  # a row left unwritten would be read as zeros
             elif self.features is not None:
                 self.features.write(ids, tokens)
@@ -164,7 +173,7 @@ class Collection:
 
     def stores(self) -> list[ArrayStore]:
         """The id-addressed files of this collection."""
-        stores = [self.vectors, self.tokens, self.features and self.features.store]
+        stores = [self.vectors, self.tokens, None if self.features is None else self.features.store]
         return [s for s in stores if s is not None]
 
     def flush(self) -> None:
@@ -257,7 +266,7 @@ class Library:
     def open_or_create(
         cls,
         directory: Path,
-        encoder,
+        encoder: Encoder | LazyEncoder,
         keep_tokens: bool = True,
         index_type: str | None = None,
         max_memory: str | int | None = None,
@@ -442,7 +451,9 @@ class Library:
         return item_id not in self.db.damaged_ids(collection.name)
 
     # -- the re-ranker's image features (feature_cache.py) -------------------------------
-    def keep_reranker_features(self, reranker, reporter=None) -> None:
+    def keep_reranker_features(
+        self, reranker: RerankerRuntime | None, reporter: Progress | None = None
+    ) -> None:
         """From now on keep `reranker`'s image features for every image (None: keep none).
 
         Fills them for the images already indexed when the index has none for this
@@ -519,7 +530,9 @@ class Library:
         (self.directory / FEATURES_FILE).unlink(missing_ok=True)
 
     # -- index policy --------------------------------------------------------------------
-    def set_policy(self, index_type: str | None = None, max_memory: int | None = ...) -> None:
+    def set_policy(
+        self, index_type: str | None = None, max_memory: int | None | EllipsisType = ...
+    ) -> None:
         """Record a new index policy in the manifest (applied by the next save).
 
         `max_memory=...` keeps the stored budget; None removes it.
@@ -567,7 +580,7 @@ class Library:
             if self.writable and (added or removed or collection.index.generation != generation):
                 collection.index.save(collection.faiss_path, generation)
 
-    def save(self, reporter=None) -> None:
+    def save(self, reporter: Progress | None = None) -> None:
         """Flush stores, apply the index policy, and write FAISS files that reflect the
         current database generation. `reporter` hears of long rebuilds."""
         generation = self.db.generation()
@@ -604,9 +617,9 @@ class Library:
         self,
         index_type: str | None = None,
         max_memory: str | int | None = None,
-        reporter=None,
+        reporter: Progress | None = None,
         shards: int = 1,
-        map_shards=None,
+        map_shards: MapShards | None = None,
     ) -> dict[str, dict]:
         """Rebuild both FAISS indexes from the vector store and the database.
 
@@ -640,7 +653,10 @@ class Library:
         return report
 
     def rebuild_index(
-        self, collection: Collection, reporter=None, sharding: Sharding | None = None
+        self,
+        collection: Collection,
+        reporter: Progress | None = None,
+        sharding: Sharding | None = None,
     ) -> tuple[np.ndarray, str]:
         """Build `collection`'s FAISS index afresh from the vector store and the database,
         of the type the policy picks (IVF types filled as `sharding` says), and save it;
@@ -657,7 +673,7 @@ class Library:
         collection.index.save(collection.faiss_path, generation)
         return ids, choice.reason
 
-    def mark_damaged(self, collection: Collection, ids) -> None:
+    def mark_damaged(self, collection: Collection, ids: Ids) -> None:
         """Record that `ids` lost their stored records: hidden from searches (and dropped
         from FAISS) until re-encoded."""
         self._require_writable()
@@ -708,7 +724,7 @@ class Library:
         }
 
 
-def token_mismatch(library: Library, reranker) -> str | None:
+def token_mismatch(library: Library, reranker: RerankerRuntime | None) -> str | None:
     """Why `reranker` cannot read the index's stored image tokens, with the fix, or None
     when it can (reranker_config_mismatch)."""
     if reranker is None or getattr(reranker, "family", "native") != "native":
@@ -761,7 +777,7 @@ def _shape(shape) -> list[int] | None:
 
 
 def _describe(identity: dict) -> str:
-    name = identity.get("name")
+    name = str(identity.get("name"))
     pretrained = identity.get("pretrained")
     return name if pretrained is None else f"{name}:{pretrained}"
 
@@ -870,7 +886,7 @@ def _translated(exc: BaseException, directory: Path) -> BaseException:
     return exc if error is None else error
 
 
-def _raise_translated(exc: BaseException, directory: Path):
+def _raise_translated(exc: BaseException, directory: Path) -> NoReturn:
     translated = _translated(exc, directory)
     if translated is exc:
         raise exc

@@ -16,7 +16,7 @@ MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 
 
-def manifest_problem(data) -> str | None:
+def manifest_problem(data: object) -> str | None:
     """What is wrong with a parsed manifest, or None when it has the shape xmr needs."""
     if not isinstance(data, dict):
         return f"it holds a JSON {type(data).__name__}, not an object"

@@ -79,8 +79,10 @@ def parse_model_spec(spec: str) -> ModelSpec:
         raise InvalidModelSpec(
             "empty model name; use NAME[:PRETRAINED], e.g. " + DEFAULT_MODEL, setting="model"
         )
+    pretrained: str | None
     name, _, pretrained = spec.partition(":")
     pretrained = pretrained.strip() or None
+
     if pretrained and pretrained.lower() == RANDOM_WEIGHTS:
         pretrained = RANDOM_WEIGHTS
     elif pretrained and _looks_like_path(pretrained):

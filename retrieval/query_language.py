@@ -22,10 +22,16 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xmr.retrieval.errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 _OPERATOR = re.compile(r"(?:^|(?<=\s))([+-])(?=\s|$)")
@@ -102,7 +108,7 @@ def _kind(text: str, local_files: bool) -> str:
     return "text"
 
 
-def combine(vectors, weights):
+def combine(vectors: np.ndarray, weights: Sequence[float]) -> np.ndarray:
     """(T, D) unit vectors and T signed weights -> the (D,) unit query vector; raises
     InputError when the terms cancel out."""
     import numpy as np

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import numpy as np
 import torch
@@ -34,6 +36,12 @@ from xmr.retrieval.reranker_files import (
     reranker_name,
 )
 from xmr.retrieval.token_pooling import pool_patch_tokens, pooled_count
+
+if TYPE_CHECKING:
+    from xmr.retrieval.encoder import Encoder, LazyEncoder
+
+Scores = TypeVar("Scores", np.ndarray, torch.Tensor)  # fused_score takes either
+
 
 IMAGE_STEMS = ("attention", "conv")
 
@@ -77,13 +85,19 @@ class Attention(nn.Module):
         self.kv = nn.Linear(width, 2 * width)
         self.out = nn.Linear(width, width)
 
-    def project_kv(self, context):
+    def project_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """context (B, Lk, W) -> keys, values (B, h, Lk, W/h); cacheable per image."""
         b, lk, w = context.shape
         k, v = self.kv(context).view(b, lk, 2, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
         return k, v
 
-    def attend(self, x, k, v, context_mask=None):
+    def attend(
+        self,
+        x: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         # x (B, Lq, W); k, v (B, h, Lk, W/h); context_mask (B, Lk) bool: True = attend
         b, lq, w = x.shape
         q = self.q(x).view(b, lq, self.heads, w // self.heads).transpose(1, 2)  # (B, h, Lq, W/h)
@@ -91,7 +105,9 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, Lq, W/h)
         return self.out(y.transpose(1, 2).reshape(b, lq, w))
 
-    def forward(self, x, context, context_mask=None):
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self.attend(x, *self.project_kv(context), context_mask)
 
 
@@ -109,7 +125,7 @@ class SelfBlock(nn.Module):
         self.ln1, self.attn = nn.LayerNorm(width), Attention(width, heads)
         self.ln2, self.mlp = nn.LayerNorm(width), MLP(width, ratio)
 
-    def forward(self, x, mask=None):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.ln1(x)
         x = x + self.attn(h, h, mask)
         return x + self.mlp(self.ln2(x))
@@ -125,12 +141,14 @@ class CrossBlock(nn.Module):
         self.ln_image = nn.LayerNorm(width)
         self.ln3, self.mlp = nn.LayerNorm(width), MLP(width, ratio)
 
-    def image_kv(self, image):
+    def image_kv(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The image side of cross-attention: depends on the image only, so it is computed
         once per image and shared by every text it is matched with."""
         return self.cross_attn.project_kv(self.ln_image(image))
 
-    def forward(self, text, text_mask, image_kv):
+    def forward(
+        self, text: torch.Tensor, text_mask: torch.Tensor, image_kv: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
         h = self.ln1(text)
         text = text + self.self_attn(h, h, text_mask)  # (B, 1+L, W)
         text = text + self.cross_attn.attend(self.ln2(text), *image_kv)
@@ -147,7 +165,7 @@ class ConvBlock(nn.Module):
         self.mix = nn.Conv2d(width, width, 1)
         self.ln2, self.mlp = nn.LayerNorm(width), MLP(width, ratio)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, w = x.shape  # (B, N, W), N a square grid
         side = int(round(n**0.5))
         grid = self.ln1(x).transpose(1, 2).reshape(b, w, side, side)  # (B, W, S, S)
@@ -193,7 +211,7 @@ class Reranker(nn.Module):
             # 1, not 0 like the head: at 0 the query and key projections get no gradient.
             self.align_scale = nn.Parameter(torch.tensor(1.0))
 
-    def image_features(self, image) -> torch.Tensor:
+    def image_features(self, image: torch.Tensor) -> torch.Tensor:
         """image (B, N, D) tokens -> (B, N', W): the image stem's output, the costly part of
         the image side that depends on the image alone (an index can keep it, see
         feature_cache.py, so text->image search skips it)."""
@@ -204,17 +222,29 @@ class Reranker(nn.Module):
             img = block(img)
         return img
 
-    def encode_images(self, image=None, features=None) -> list[tuple[torch.Tensor, ...]]:
+    def encode_images(
+        self, image: torch.Tensor | None = None, features: torch.Tensor | None = None
+    ) -> list[tuple[torch.Tensor, ...]]:
         """image (B, N, D), or its image_features (B, N', W) -> image states: per cross
         block (keys, values), each (B, h, N', W/h), then (alignment keys (B, N', W),) when
         token_alignment is on. Every state is indexed by image along dim 0 (take_states)."""
-        img = self.image_features(image) if features is None else features
-        states = [block.image_kv(img) for block in self.blocks]
+        img = features
+        if img is None:
+            assert image is not None  # image tokens or their features
+            img = self.image_features(image)
+        states: list[tuple[torch.Tensor, ...]]
+        states = [cast(CrossBlock, block).image_kv(img) for block in self.blocks]
+
         if self.config.token_alignment:
             states.append((self.align_key(self.align_ln_image(img)),))  # (B, N', W)
         return states
 
-    def match(self, text, text_mask, image_kv) -> torch.Tensor:
+    def match(
+        self,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
+        image_kv: Sequence[tuple[torch.Tensor, ...]],
+    ) -> torch.Tensor:
         """text (B, L, D), text_mask (B, L) bool, image states from encode_images -> (B,)."""
         b, length, _ = text.shape
         x = self.text_in(text) + self.text_pos[:, 1 : 1 + length]  # (B, L, W)
@@ -227,7 +257,9 @@ class Reranker(nn.Module):
             logits = logits + self.align(x[:, 1:], text_mask, image_kv[-1][0])
         return logits
 
-    def align(self, words, text_mask, keys) -> torch.Tensor:
+    def align(
+        self, words: torch.Tensor, text_mask: torch.Tensor, keys: torch.Tensor
+    ) -> torch.Tensor:
         """Token-wise late interaction (as in FILIP/ColBERT), on the re-ranker's own states.
 
         words (B, L, W) text states after the cross blocks; keys (B, N', W) per patch.
@@ -239,7 +271,9 @@ class Reranker(nn.Module):
         gate = self.align_gate(words).squeeze(-1).masked_fill(~text_mask, float("-inf"))
         return self.align_scale * (gate.softmax(-1) * sims.amax(-1)).sum(-1)  # (B,)
 
-    def forward(self, text, text_mask, image):
+    def forward(
+        self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor
+    ) -> torch.Tensor:
         """text (B, L, D), text_mask (B, L) bool, image (B, N, D) -> logits (B,)."""
         return self.match(text, text_mask, self.encode_images(image))
 
@@ -281,7 +315,7 @@ class RerankerRuntime:
         return pooled_count(c.image_tokens, c.image_pool), c.width
 
     @torch.inference_mode()
-    def image_features(self, image_tokens, batch: int = 256) -> np.ndarray:
+    def image_features(self, image_tokens: np.ndarray, batch: int = 256) -> np.ndarray:
         """(M, N, D) tokens -> (M, N', W) float16 image_features, for an index to keep."""
         parts = []
         for start in range(0, len(image_tokens), batch):
@@ -292,10 +326,16 @@ class RerankerRuntime:
         return np.concatenate(parts) if parts else np.zeros((0, *self.feature_shape), np.float16)
 
     @torch.inference_mode()
-    def image_states(self, image_tokens=None, batch: int = 256, features=None):
+    def image_states(
+        self,
+        image_tokens: np.ndarray | None = None,
+        batch: int = 256,
+        features: np.ndarray | None = None,
+    ) -> list[tuple[torch.Tensor, ...]]:
         """(M, N, D) numpy tokens, or their (M, N', W) image_features -> image states (see
         Reranker.encode_images) of M images, once."""
         given = image_tokens if features is None else features
+        assert given is not None  # image tokens or their features
         parts = []
         for start in range(0, len(given), batch):
             chunk = torch.as_tensor(given[start : start + batch], device=self.device).float()
@@ -310,7 +350,14 @@ class RerankerRuntime:
         ]
 
     @torch.inference_mode()
-    def score_pairs(self, text_tokens, text_lengths, states, image_index, batch: int = 512):
+    def score_pairs(
+        self,
+        text_tokens: np.ndarray,
+        text_lengths: np.ndarray,
+        states: Sequence[tuple[torch.Tensor, ...]],
+        image_index: np.ndarray,
+        batch: int = 512,
+    ) -> np.ndarray:
         """Logits of P pairs: text_tokens (P, L, D), text_lengths (P,), image_index (P,) into
         `states` (from image_states). Texts are trimmed to the batch's longest real length."""
         out = []
@@ -376,7 +423,13 @@ class RerankerRuntime:
         logits = self.score_pairs(text, np.full(k, text_length), states, np.arange(k))
         return self.final_scores(logits, stage1)
 
-    def rerank_texts(self, image_tokens, text_tokens, text_lengths, stage1):
+    def rerank_texts(
+        self,
+        image_tokens: np.ndarray,
+        text_tokens: np.ndarray,
+        text_lengths: np.ndarray,
+        stage1: np.ndarray,
+    ) -> np.ndarray:
         """One image (N, D) against K texts (K, L, D) -> final scores (K,)."""
         states = self.image_states(image_tokens[None])  # computed once, shared by K texts
         logits = self.score_pairs(
@@ -424,7 +477,9 @@ def save_reranker(model: Reranker, folder: Path, dtype: torch.dtype | None = Non
     (folder / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=2))
 
 
-def load_reranker(folder: Path, encoder=None, device: str | None = None) -> RerankerRuntime:
+def load_reranker(
+    folder: Path, encoder: Encoder | LazyEncoder | None = None, device: str | None = None
+) -> RerankerRuntime:
     from safetensors.torch import load_file
 
     from xmr.retrieval.errors import InvalidModelSpec
@@ -435,12 +490,13 @@ def load_reranker(folder: Path, encoder=None, device: str | None = None) -> Rera
         state = load_file(str(folder / WEIGHTS_FILE))
     except (OSError, TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise InvalidModelSpec(f"{folder} is not an xmr re-ranker ({exc})") from exc
-    if encoder is not None and getattr(encoder, "image_token_shape", None) is not None:
+    shape = getattr(encoder, "image_token_shape", None)  # None: no encoder, or no image tower
+    if encoder is not None and shape is not None:
         expected = (config.image_tokens, config.token_dim)
-        if tuple(encoder.image_token_shape) != expected:
+        if tuple(shape) != expected:
             raise InvalidModelSpec(
                 f"re-ranker {folder} reads tokens of shape {expected}, but the encoder "
-                f"{encoder.spec.canonical} gives {tuple(encoder.image_token_shape)}"
+                f"{encoder.spec.canonical} gives {tuple(shape)}"
             )
     model = Reranker(config)
     model.load_state_dict(state)

@@ -7,21 +7,29 @@ Loading the model itself is reranker.py's job (`resolve_reranker`, `load_reranke
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xmr.retrieval.errors import InvalidModelSpec
+from xmr.retrieval.modelspec import ModelSpec
+
+if TYPE_CHECKING:
+    from xmr.retrieval.encoder import LazyEncoder, TextEncoder
+
 
 RERANKER_SUBDIR = "reranker"  # a model folder may carry its re-ranker here
 CONFIG_FILE = "reranker_config.json"  # what `xmr train-reranker --out` writes
 WEIGHTS_FILE = "reranker.safetensors"
 
 
-def reranker_folder(choice: str | None, model) -> Path | None:
+def reranker_folder(
+    choice: str | None, model: ModelSpec | TextEncoder | LazyEncoder
+) -> Path | None:
     """The folder `choice` names (auto: the model's own), without loading anything.
     `model`: an encoder or its ModelSpec."""
     if choice in (None, "", "none"):
         return None
     if choice == "auto":
-        spec = getattr(model, "spec", model)
+        spec = model if isinstance(model, ModelSpec) else model.spec
         folder = Path(spec.name) / RERANKER_SUBDIR
         if spec.kind not in ("shipped", "folder") or not folder.is_dir():
             return None

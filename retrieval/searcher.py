@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from sqlalchemy import select
@@ -32,10 +34,30 @@ from xmr.retrieval.filters import SearchFilter
 from xmr.retrieval.imageio import DecodeError, decode_image
 from xmr.retrieval.library import Collection, Library, token_mismatch
 from xmr.retrieval.query_language import Term, combine
+from xmr.retrieval.vector_index import Ids
+
+if TYPE_CHECKING:
+    import torch
+
+    from xmr.retrieval.encoder import Encoded
+    from xmr.retrieval.imageio import Preprocess
+    from xmr.retrieval.reranker import RerankerRuntime
 
 DEFAULT_CANDIDATES = 128  # stage-1 depth for re-ranking: ALBEF/BLIP's Flickr30k setting
 MAX_RERANK_DEPTH = 1024  # beyond this, stage 2 costs seconds and gigabytes for no gain
 TARGETS = ("images", "texts")
+Upload = tuple[bytes | None, str, str | None]  # an uploaded image's bytes, name, path hint
+
+
+class QueryEncoding(Protocol):
+    """What a Searcher asks of its encoder (engine.models.QueryEncoder, or an Encoder)."""
+
+    def encode_texts(self, texts: Sequence[str]) -> Encoded: ...
+
+    def encode_images(self, pixels: torch.Tensor, token_layer: int | None = None) -> Encoded: ...
+
+    @property
+    def preprocess(self) -> Preprocess: ...
 
 
 @dataclass
@@ -53,7 +75,7 @@ class Hit:
     reranker: str | None = None  # the re-ranker that scored this hit (None: stage 1's score)
 
     def as_dict(self) -> dict:
-        out = {"rank": self.rank, "score": round(self.score, 6), "id": self.id}
+        out: dict = {"rank": self.rank, "score": round(self.score, 6), "id": self.id}
         out["stage1_score"] = round(self.stage1_score, 6)
         out["kind"] = self.kind
         if self.kind == "image":
@@ -133,7 +155,14 @@ class _Ranked:
 
 
 class Searcher:
-    def __init__(self, library: Library, encoder, reranker=None, state=None, compute=None):
+    def __init__(
+        self,
+        library: Library,
+        encoder: QueryEncoding,
+        reranker: RerankerRuntime | None = None,
+        state: contextlib.AbstractContextManager[Any] | None = None,
+        compute: Callable[..., Any] | None = None,
+    ):
         self.library = library
         self.encoder = encoder
         self.reranker = reranker
@@ -219,7 +248,9 @@ class Searcher:
             )
         return self._stored_query(row.id, row.path)
 
-    def expression_query(self, terms: list[Term], target: str, upload=None) -> Query:
+    def expression_query(
+        self, terms: list[Term], target: str, upload: Upload | None = None
+    ) -> Query:
         """A query of several terms (query_language.py): text, image file, indexed image
         ("like") and uploaded image terms, summed with their weights. One term alone is
         that term's own query. The re-ranker reads one query: with a composite, the single
@@ -259,6 +290,7 @@ class Searcher:
         queries, n_text = [], 0
         for term in terms:
             if term.kind == "text":
+                assert encoded is not None  # encoded above, with every text term
                 tokens = None if encoded.tokens is None else encoded.tokens[n_text]
                 length = int(encoded.lengths[n_text])
                 queries.append(
@@ -297,7 +329,7 @@ class Searcher:
         return Query(encoded.vectors[0], tokens, None, "image", exclude, _ms(started))
 
     # -- searching -----------------------------------------------------------------------
-    def search(self, query: Query, target: str, **options) -> list[Hit]:
+    def search(self, query: Query, target: str, **options: Any) -> list[Hit]:
         """Top-k items of `target` ("images" | "texts") for `query`, best first; the
         options are `answer`'s."""
         return self.answer(query, target, **options).hits
@@ -309,7 +341,7 @@ class Searcher:
         k: int = 10,
         candidates: int | None = None,
         rerank: bool = True,
-        allowed_ids=None,
+        allowed_ids: Ids | None = None,
         where: SearchFilter | None = None,
         min_score: float | None = None,
         dedup: float | None = None,
@@ -329,6 +361,7 @@ class Searcher:
         collection = self.library.images if target == "images" else self.library.texts
         if where is not None and where.active:
             matching = where.allowed_ids(self.library.db, target)
+            assert matching is not None  # an active filter always yields ids
             allowed_ids = (
                 matching if allowed_ids is None else np.intersect1d(matching, list(allowed_ids))
             )
@@ -459,12 +492,13 @@ class Searcher:
         return cross_modal and self.reranker is not None and self.reranker.reads(query, collection)
 
     def _hits(self, collection: Collection, ids, final, stage1) -> list[Hit]:
-        table = collection.table
+        table: Any = collection.table  # ImageRow | TextRow; select() would type rows as Base
+
         with self.library.db.session() as session:
             rows = {
                 r.id: r for r in session.scalars(select(table).where(table.id.in_(ids.tolist())))
             }
-        hits = []
+        hits: list[Hit] = []
         for item_id, score, s1 in zip(ids, final, stage1, strict=True):
             row = rows.get(int(item_id))
             if row is None:  # deleted by a concurrent writer since FAISS was loaded

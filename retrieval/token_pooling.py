@@ -6,7 +6,12 @@ re-ranker trained on pooled tokens pools the full grid the same way.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 def pooled_count(n_tokens: int, k: int) -> int:
@@ -16,7 +21,7 @@ def pooled_count(n_tokens: int, k: int) -> int:
     return cells * cells
 
 
-def pool_patch_tokens(tokens, k: int):
+def pool_patch_tokens(tokens: torch.Tensor, k: int) -> torch.Tensor:
     """(B, N, D) tokens of a square patch grid -> (B, ceil(S/k)^2, D), k x k averages.
 
     Cuts the re-ranker's image-side work and the token store by about k^2; an odd grid

@@ -29,7 +29,7 @@ whenever k items pass it:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +52,7 @@ from xmr.retrieval.index_types import (
     tune_search_params,
     tuning_sample,
 )
+from xmr.retrieval.progress import Progress
 from xmr.retrieval.storage import atomic_write, atomic_write_bytes
 
 IVF_TYPES = ("ivf", "ivfpq")
@@ -88,6 +89,7 @@ class StoredVectors:
 EXACT_FILTER_MAX = 20_000  # rule 1 above: ~40 MB of 512-d vectors, a few ms of BLAS
 CHUNK = 65_536  # vectors read from the store at a time when (re)building
 TUNE_K = 10
+Ids = np.ndarray | Collection[int]  # any collection of ids: an array, list, set
 
 
 class VectorIndex:
@@ -97,7 +99,7 @@ class VectorIndex:
         kind: str | None = None,
         params: dict | None = None,
         search_params: dict | None = None,
-        tombstones=(),
+        tombstones: Ids = (),
         generation: int = -1,
         built_n: int = 0,
         read_vectors: ReadVectors | None = None,
@@ -198,7 +200,7 @@ class VectorIndex:
         ids: np.ndarray,
         read_vectors: ReadVectors,
         target_recall: float = TARGET_RECALL,
-        reporter=None,
+        reporter: Progress | None = None,
         sharding: Sharding | None = None,
     ) -> VectorIndex:
         """A fresh index of `choice.type` over `ids`, vectors streamed from the store and
@@ -318,7 +320,7 @@ class VectorIndex:
             )
             self._stored = None
 
-    def remove(self, ids) -> None:
+    def remove(self, ids: Ids) -> None:
         """Delete ids: for real (flat, IVF) or as tombstones (HNSW cannot remove)."""
         ids = np.unique(_id_array(ids))
         if not len(ids):
@@ -330,7 +332,7 @@ class VectorIndex:
             self.index.remove_ids(faiss.IDSelectorBatch(ids))
             self._stored = None
 
-    def hide(self, ids) -> None:
+    def hide(self, ids: Ids) -> None:
         """Keep `ids` out of every search from now on, in memory only (a reader's view of
         ids whose stored records are damaged: it cannot remove them from the file)."""
         ids = _id_array(ids)
@@ -365,7 +367,11 @@ class VectorIndex:
 
     # -- searching -----------------------------------------------------------------------
     def search(
-        self, queries: np.ndarray, k: int, exclude_ids=None, allowed_ids=None
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude_ids: Ids | None = None,
+        allowed_ids: Ids | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """queries: (Q, D) -> scores (Q, k) float32, ids (Q, k) int64 (-1 where fewer match).
 
@@ -428,7 +434,7 @@ class VectorIndex:
         return self.index.search(queries, k, params=params)
 
 
-def _id_array(ids) -> np.ndarray:
+def _id_array(ids: Ids) -> np.ndarray:
     """Any collection of ids (array, list, set) -> (N,) int64."""
     if isinstance(ids, np.ndarray):
         return ids.astype(np.int64, copy=False).ravel()

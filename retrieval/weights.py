@@ -21,6 +21,7 @@ import sys
 import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from xmr.retrieval.errors import ModelNotAvailable
@@ -47,7 +48,7 @@ def _registry():
     # entry makes that import fail fast inside its try/except, and is removed again after.
     blocked = "safetensors.torch" not in sys.modules
     if blocked:
-        sys.modules["safetensors.torch"] = None
+        sys.modules["safetensors.torch"] = None  # type: ignore[assignment]  # import then fails
     try:
         return importlib.import_module(f"{_LIGHT_PACKAGE}.pretrained")
     finally:
@@ -124,14 +125,15 @@ def downloads_forbidden() -> bool:
 def prepare_weights(spec: ModelSpec) -> None:
     """Make loading `spec` use only the disk when its weights are there, or fail at once
     when they are not and cannot be downloaded (raises ModelNotAvailable)."""
-    local = spec.kind != "openclip" or spec.random_weights or Path(spec.pretrained).is_file()
-    cached = None if local else tag_weights_cached(spec.name, spec.pretrained)
+    pretrained = spec.pretrained or ""  # always set for an openclip spec, the one kind read
+    local = spec.kind != "openclip" or spec.random_weights or Path(pretrained).is_file()
+    cached = None if local else tag_weights_cached(spec.name, pretrained)
     if local or cached is not False:
         _hub_offline()  # on disk (or an unknown tag, which open_clip refuses by name)
         return
     if downloads_forbidden():
         raise ModelNotAvailable(unavailable_message(spec, None, f"{OFFLINE_ENV} is set"))
-    where = tag_host(spec.name, spec.pretrained)
+    where = tag_host(spec.name, pretrained)
     if where is not None and not reachable(*where):
         _hub_offline()
         raise ModelNotAvailable(unavailable_message(spec, None, f"{where[0]} cannot be reached"))
@@ -140,7 +142,8 @@ def prepare_weights(spec: ModelSpec) -> None:
 def _hub_offline() -> None:
     """huggingface_hub reads HF_HUB_OFFLINE at import and consults its constant afterwards."""
     os.environ["HF_HUB_OFFLINE"] = "1"
-    constants = sys.modules.get("huggingface_hub.constants")
+    constants: Any = sys.modules.get("huggingface_hub.constants")
+
     if constants is not None:
         constants.HF_HUB_OFFLINE = True
 

@@ -57,7 +57,7 @@ class AsciiJSONResponse(JSONResponse):
     """JSON in ASCII: a file name that is not UTF-8 travels as its surrogate escapes
     (\\udcff), which a client's JSON parser turns back into the same name."""
 
-    def render(self, content) -> bytes:
+    def render(self, content: Any) -> bytes:
         return json.dumps(content, ensure_ascii=True, allow_nan=False).encode("ascii")
 
 

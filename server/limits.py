@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp
 
 
 class UploadTooLarge(HTTPException):
@@ -24,7 +25,7 @@ class UploadLimit:
     # read and dropped so that it sees the 413; past it, the connection is simply closed.
     DRAIN = 256 * 1024 * 1024
 
-    def __init__(self, app, limit: int):
+    def __init__(self, app: ASGIApp, limit: int):
         self.app = app
         self.limit = limit
 
