@@ -124,7 +124,8 @@ def search(
         dedup=dedup,
     )
     directory = index_dir(index)
-    answer, notices = None, []
+    answer: dict | None = None
+    notices: list[str] = []
     local_paths = any(t.kind == "image" for t in asked.terms() if t.value != str(image))
     if not (no_server or device or reranker != "auto" or local_paths or feature_cache):
         answer = _through_server(directory, request, server_timeout, notices)

@@ -7,7 +7,6 @@ captions with `xmr-tiny`, run a few queries of each kind, and measure recall@k.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING

@@ -138,7 +138,8 @@ class Engine:
                 raise TypeError("give a SearchRequest or options, not both")
             request = query
         else:
-            request = SearchRequest(query=query, **options)  # bounds checked before loading
+            asked = QueryInput(text=query) if isinstance(query, str) else query
+            request = SearchRequest(query=asked, **options)  # bounds checked before loading
         query = request.query
         terms = query.terms()
         snapshot = self._current()
@@ -322,8 +323,9 @@ class Engine:
         from xmr.retrieval.errors import XmrError
 
         choice = snapshot.reranker
+        assert choice.matcher is not None  # called only when the choice names a matcher
         try:
-            return self._models.matcher(choice.matcher, self.feature_cache)
+            return self.models.matcher(choice.matcher, self.feature_cache)
         except XmrError as exc:
             if not choice.automatic:
                 raise

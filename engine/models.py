@@ -27,6 +27,14 @@ from xmr.retrieval.reranker_files import (
 )
 from xmr.retrieval.token_pooling import pooled_count
 
+if TYPE_CHECKING:
+    from xmr.retrieval.blip_rerank import BlipReranker
+    from xmr.retrieval.encoder import Encoder, TextEncoder
+    from xmr.retrieval.reranker import RerankerRuntime
+
+if TYPE_CHECKING:
+    import torch
+
 
 def random_weights_notice(spec: ModelSpec) -> list[str]:
     """The warning every answer from a random-weights model carries."""
@@ -128,17 +136,17 @@ class Models:
         self.spec = parse_model_spec(spec) if isinstance(spec, str) else spec
         self.device = device
         self._lock = threading.Lock()
-        self._text = None  # the text tower alone, until both towers are loaded
-        self._full = None
-        self._rerankers: dict[Path, object] = {}
-        self._matchers: dict[MatcherSource, object] = {}
+        self._text: TextEncoder | None = None  # the text tower alone, until both are loaded
+        self._full: Encoder | None = None
+        self._rerankers: dict[Path, RerankerRuntime] = {}
+        self._matchers: dict[MatcherSource, BlipReranker] = {}
 
     @property
     def loaded(self) -> list[str]:
         """What is in memory: "text tower", "both towers", re-ranker names."""
         towers = ["both towers"] if self._full else ["text tower"] if self._text else []
-        loaded = list(self._rerankers.values()) + list(self._matchers.values())
-        return towers + [r.name for r in loaded]
+        names = [r.name for r in self._rerankers.values()]
+        return towers + names + [m.name for m in self._matchers.values()]
 
     def text_encoder(self):
         with self._lock:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from xmr.engine.query_input import MAX_ID, QueryInput
 from xmr.retrieval.errors import InputError
@@ -78,7 +79,7 @@ class SearchRequest:
         asked = QueryInput(
             _one(get, "q"), like=like, add=tuple(get("add")), sub=tuple(get("sub")), **query
         )
-        options = {}
+        options: dict[str, Any] = {}
         for name, parse in _PARSERS.items():
             value = _one(get, name)
             if value is not None and value != "":

@@ -23,6 +23,8 @@ from xmr.retrieval.modelspec import DEFAULT_MODEL
 if TYPE_CHECKING:
     from xmr.engine.progress import IndexSummary
     from xmr.retrieval.check import CheckReport
+    from xmr.retrieval.encoder import Encoder, LazyEncoder
+    from xmr.retrieval.reranker import RerankerRuntime
 
 Summary = TypeVar("Summary")
 
@@ -201,7 +203,9 @@ def _index_options():
     return IndexOptions()
 
 
-def _load_reranker(folder: Path, encoder: object, device: str | None) -> object:
+def _load_reranker(
+    folder: Path, encoder: Encoder | LazyEncoder | None, device: str | None
+) -> RerankerRuntime:
     from xmr.retrieval.reranker import load_reranker  # imports torch: only when images need it
 
     return load_reranker(folder, encoder, device)

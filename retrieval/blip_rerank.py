@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import select
 
 from xmr.retrieval.db import ImageRow, TextRow
 from xmr.retrieval.imageio import DecodeError, decode_image
@@ -40,7 +39,7 @@ class _Texts:
 
     texts: list[str]
     query_vision: np.ndarray | None  # (N, V)
-    query_key: tuple | None  # (id, content hash) of an indexed query image
+    query_key: tuple[int, str | None] | None  # (id, content hash) of an indexed query image
     index_dir: object
 
 
@@ -68,12 +67,9 @@ class BlipReranker:
         kept = getattr(library.images, "kept", None)
         kept = kept if kept is not None and kept.serves(self) else None
         if collection.name == "images":
-            with library.db.session() as session:
-                chosen = select(ImageRow.id, ImageRow.path, ImageRow.content_hash)
-                rows = {i: (p, h) for i, p, h in session.execute(
-                    chosen.where(ImageRow.id.in_(ids.tolist())))}  # fmt: skip
-            paths = [rows.get(int(i), (None, None))[0] for i in ids]
-            hashes = [rows.get(int(i), (None, None))[1] for i in ids]
+            rows = library.db.rows_by_ids(ImageRow, ids.tolist())
+            paths = [rows[int(i)].path if int(i) in rows else None for i in ids]
+            hashes = [rows[int(i)].content_hash if int(i) in rows else None for i in ids]
             keys = np.array([content_key(h) for h in hashes], dtype=np.int64)
             if kept is not None:
                 vision, found = kept.read(ids, keys)
@@ -81,15 +77,12 @@ class BlipReranker:
                 vision = np.zeros((len(ids), *self.feature_shape), np.float32)
                 found = np.zeros(len(ids), dtype=bool)
             return _Images(ids, paths, hashes, vision, found, library.directory)
-        with library.db.session() as session:
-            chosen = select(TextRow.id, TextRow.text).where(TextRow.id.in_(ids.tolist()))
-            by_id = {i: t for i, t in session.execute(chosen)}
-        texts = [by_id.get(int(i), "") for i in ids]
+        by_id = library.db.rows_by_ids(TextRow, ids.tolist())
+        texts = [by_id[int(i)].text if int(i) in by_id else "" for i in ids]
         query_vision, query_key = None, None
         if query.image_id is not None:  # an indexed image, as it was indexed
             image_id = int(query.image_id)
-            with library.db.session() as session:
-                row = session.get(ImageRow, image_id)
+            row = library.db.image_row(image_id)
             if row is not None:
                 if isinstance(query.image, str):  # a file: the search-time cache applies
                     query_key = (image_id, row.content_hash)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 import os
 import stat
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, cast
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import torch
 
 # PIL's own decompression-bomb threshold (Image.MAX_IMAGE_PIXELS, about 9.5k x 9.5k),
 # checked here on each file's header before decoding: PIL only warns at this size, and
@@ -43,9 +47,10 @@ def decode_image(path: str | bytes, preprocess: Preprocess, max_pixels: int = DE
         in_memory = isinstance(path, bytes | bytearray)
         if (len(path) if in_memory else os.path.getsize(path)) == 0:
             raise DecodeError("empty file (0 bytes)")
-        with Image.open(io.BytesIO(path) if in_memory else path) as image:
-            check_pixels(*image.size, max_pixels)  # the header's claim, before decoding
-            _check_resized(*image.size, preprocess)
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes | bytearray) else path) as image:
+            width, height = image.size
+            check_pixels(width, height, max_pixels)  # the header's claim, before decoding
+            _check_resized(width, height, preprocess)
             fmt = image.format
             taken_at = _exif_datetime(image)
             image.load()

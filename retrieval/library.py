@@ -69,6 +69,7 @@ from xmr.retrieval.manifest import (
 )
 from xmr.retrieval.matcher_features import MANIFEST_KEY as MATCHER_KEY
 from xmr.retrieval.matcher_features import KeptFeatures
+from xmr.retrieval.progress import Progress
 from xmr.retrieval.storage import (
     atomic_write_bytes,
     disk_error,
@@ -82,6 +83,7 @@ from xmr.retrieval.vector_index import Ids, Sharding, StoredVectors, VectorIndex
 if TYPE_CHECKING:
     from xmr.retrieval.encoder import Encoder, LazyEncoder
     from xmr.retrieval.index_types import MapShards
+    from xmr.retrieval.matching import Matcher
     from xmr.retrieval.reranker import RerankerRuntime
 
 LOCK_FILE = "write.lock"
@@ -317,8 +319,13 @@ class Library:
                 manifest = _new_manifest(directory, encoder, keep_tokens, token_pool, token_layer)
                 db = db or Database(directory, writable=True)
                 _write_manifest(directory, db, manifest)
-            elif db.created and (
-                (manifest.pop(MANIFEST_KEY, None), manifest.pop(MATCHER_KEY, None)) != (None, None)
+            elif (
+                db is not None
+                and db.created
+                and (
+                    (manifest.pop(MANIFEST_KEY, None), manifest.pop(MATCHER_KEY, None))
+                    != (None, None)
+                )
             ):
                 _write_manifest(directory, db, manifest)  # its features files went with the rest
             library = cls(directory, manifest, True, db, lock, notices)
@@ -724,12 +731,13 @@ class Library:
         }
 
 
-def token_mismatch(library: Library, reranker: RerankerRuntime | None) -> str | None:
+def token_mismatch(library: Library, reranker: Matcher | RerankerRuntime | None) -> str | None:
     """Why `reranker` cannot read the index's stored image tokens, with the fix, or None
     when it can (reranker_config_mismatch)."""
     if reranker is None or getattr(reranker, "family", "native") != "native":
         return None  # a matcher with its own vision tower reads no stored tokens
-    config = {k: getattr(reranker.config, k) for k in ("image_pool", "image_token_layer")}
+    reranker_config = getattr(reranker, "config")  # noqa: B009 (native: a RerankerRuntime)
+    config = {k: getattr(reranker_config, k) for k in ("image_pool", "image_token_layer")}
     return reranker_config_mismatch(library, config, reranker.name)
 
 
@@ -955,7 +963,7 @@ def _die_with_parent(parents: set[int]) -> None:
         os._exit(1)
 
 
-_fork_hook = []  # registered once, by the first writer of this process
+_fork_hook: list[bool] = []  # registered once, by the first writer of this process
 
 
 def _prepare_writer() -> None:

@@ -92,7 +92,8 @@ class KeptFeatures:
     def from_manifest(cls, directory: Path, entry: dict | None, writable: bool = False):
         if not entry or not (Path(directory) / FEATURES_FILE).exists():
             return None
-        shape = tuple(int(s) for s in entry["shape"])
+        rows, width = (int(s) for s in entry["shape"])
+        shape = (rows, width)
         return cls(Path(directory), entry["fingerprint"], entry.get("matcher", ""),
                    entry.get("source") or {}, entry["form"], shape, writable)  # fmt: skip
 

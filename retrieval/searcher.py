@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from xmr.retrieval.encoder import Encoded
     from xmr.retrieval.imageio import Preprocess
-    from xmr.retrieval.reranker import RerankerRuntime
+    from xmr.retrieval.matching import Matcher
 
 DEFAULT_CANDIDATES = 128  # stage-1 depth for re-ranking: ALBEF/BLIP's Flickr30k setting
 MAX_RERANK_DEPTH = 1024  # beyond this, stage 2 costs seconds and gigabytes for no gain
@@ -159,7 +159,7 @@ class Searcher:
         self,
         library: Library,
         encoder: QueryEncoding,
-        reranker: RerankerRuntime | None = None,
+        reranker: Matcher | None = None,
         state: contextlib.AbstractContextManager[Any] | None = None,
         compute: Callable[..., Any] | None = None,
     ):
@@ -382,7 +382,7 @@ class Searcher:
             for hit in hits:
                 if hit.id in ranked.tail:
                     hit.score = hit.stage1_score  # not re-ranked: its stage-1 cosine
-                elif ranked.reranked:
+                elif ranked.reranked and self.reranker is not None:
                     hit.reranker = self.reranker.name
             if dedup is None:
                 break
@@ -412,7 +412,7 @@ class Searcher:
             "rerank": round(ranked.rerank_ms, 2),
             "total": round(query.encode_ms + _ms(started), 2),
         }
-        name = self.reranker.name if ranked.reranked else None
+        name = self.reranker.name if ranked.reranked and self.reranker is not None else None
         return Answer(hits, ranked.reranked, notices, timings, below, name)
 
     def _rank(self, query, collection, want, candidates, use_reranker, exclude, allowed, floor):
@@ -429,16 +429,17 @@ class Searcher:
                 above = stage1 >= floor
                 below = int((~above[:want]).sum())  # of the results it would have given
                 ids, stage1 = ids[above], stage1[above]
-            head = min(len(ids), MAX_RERANK_DEPTH) if use_reranker else 0
+            reranker = self.reranker if use_reranker else None
+            head = min(len(ids), MAX_RERANK_DEPTH) if reranker is not None else 0
             inputs = None
-            if head:  # copies, read under the lock (matching.py)
-                inputs = self.reranker.candidate_inputs(self.library, query, collection, ids[:head])
+            if reranker is not None and head:  # copies, read under the lock (matching.py)
+                inputs = reranker.candidate_inputs(self.library, query, collection, ids[:head])
             empty = collection.index.live_count == 0
         ranked = _Ranked(ids, stage1, stage1, _ms(started), below_min_score=below, empty=empty)
-        if inputs is None:
+        if reranker is None or inputs is None:
             return ranked
         rerank_started = time.perf_counter()
-        scored = self.compute(self.reranker.score, query, stage1[:head], inputs)
+        scored = self.compute(reranker.score, query, stage1[:head], inputs)
         logits = scored.final  # (K',)
         ranked.notices += scored.notices
         # Past the re-ranked head, stage-1 order: ranked after every re-ranked item.

@@ -27,6 +27,7 @@ import mimetypes
 import os
 from importlib import resources
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Query, Request

@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import socket
-from collections.abc import Callable
 from pathlib import Path
 
 from xmr.retrieval.errors import DiskFull, InputError, ReadOnlyIndex
