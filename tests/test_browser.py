@@ -74,7 +74,11 @@ def test_search_view_and_more_like_this_in_chromium(page_server, tmp_path):
 
         page.fill("#q", "a small red square")
         page.press("#q", "Enter")
-        page.wait_for_function("document.querySelectorAll('.tile img.loaded').length >= 8")
+        # The first eight tiles (not any eight: on a busy machine later ones may finish first).
+        page.wait_for_function(
+            "Array.from(document.querySelectorAll('.tile img')).slice(0, 8)"
+            ".filter(i => i.classList.contains('loaded')).length === 8"
+        )
         widths = page.eval_on_selector_all(
             ".tile img", "imgs => imgs.slice(0, 8).map(i => i.naturalWidth)"
         )
