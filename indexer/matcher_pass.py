@@ -13,10 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
 
 from xmr.indexer.report import Reporter
-from xmr.retrieval.db import ImageRow
 from xmr.retrieval.imageio import DEFAULT_MAX_PIXELS, decode_batches, default_workers
 from xmr.retrieval.library import Library
 from xmr.retrieval.matcher_features import FORMS, KeptFeatures, content_key, remove_files
@@ -65,9 +63,7 @@ def keep_matcher_features(
             library.directory, matcher.fingerprint, name, entry, form, shape, writable=True
         )
         library.set_kept_matcher(kept)
-    with library.db.session() as session:
-        chosen = select(ImageRow.id, ImageRow.path, ImageRow.content_hash)
-        rows = list(session.execute(chosen.where(ImageRow.state == "indexed")))
+    rows = library.db.indexed_images()
     ids = np.array([r[0] for r in rows], dtype=np.int64)
     keys = np.array([content_key(r[2]) for r in rows], dtype=np.int64)
     todo = np.flatnonzero(~kept.present(ids, keys)) if len(ids) else np.zeros(0, np.int64)

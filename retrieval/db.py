@@ -426,6 +426,30 @@ class Database:
         with self.session() as session:
             return session.get(ImageRow, int(image_id))
 
+    def indexed_image_at(self, path: str) -> ImageRow | None:
+        """The indexed image whose file is `path`, if any."""
+        query = select(ImageRow).where(ImageRow.state == "indexed", ImageRow.path == path)
+        with self.session() as session:
+            return session.scalars(query).first()
+
+    def indexed_image_with_hash(self, digest: str) -> ImageRow | None:
+        """The first indexed image (lowest id) whose content hashes to `digest`."""
+        query = (
+            select(ImageRow)
+            .where(ImageRow.state == "indexed", ImageRow.content_hash == digest)
+            .order_by(ImageRow.id)
+        )
+        with self.session() as session:
+            return session.scalars(query).first()
+
+    def indexed_images(self) -> list[tuple[int, str, str | None]]:
+        """(id, path, content hash) of every indexed image, by id."""
+        query = select(ImageRow.id, ImageRow.path, ImageRow.content_hash).where(
+            ImageRow.state == "indexed"
+        )
+        with self.session() as session:
+            return [(int(i), p, h) for i, p, h in session.execute(query.order_by(ImageRow.id))]
+
     @staticmethod
     def image_rows_under(session: Session, roots: Iterable[Path | str]) -> list[ImageRow]:
         """Rows of the files at or below any of `roots` (absolute, resolved paths)."""

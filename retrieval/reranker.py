@@ -389,7 +389,6 @@ class RerankerRuntime:
     def candidate_inputs(self, library, query, collection, ids):
         """text->image (tokens (K, N', D) or kept features (K, N', W), None),
         image->text (tokens (K, L, D), their valid lengths (K,))."""
-        from sqlalchemy import select
 
         from xmr.retrieval.db import TextRow
 
@@ -399,10 +398,8 @@ class RerankerRuntime:
                 return None, kept.read(ids)
             return collection.tokens.read(ids), None
         tokens = collection.tokens.read(ids)  # (K, L, D)
-        with library.db.session() as session:
-            lengths = select(TextRow.id, TextRow.n_tokens).where(TextRow.id.in_(ids.tolist()))
-            by_id = {i: n for i, n in session.execute(lengths)}
-        return tokens, np.array([by_id.get(int(i), 1) for i in ids])
+        rows = library.db.rows_by_ids(TextRow, ids.tolist())
+        return tokens, np.array([rows[int(i)].n_tokens if int(i) in rows else 1 for i in ids])
 
     def score(self, query, stage1, inputs):
         from xmr.retrieval.matching import Scored

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from sqlalchemy import select
 
 from xmr.retrieval.content_hash import content_hash, content_hash_bytes
 from xmr.retrieval.db import ImageRow, TextRow
@@ -214,13 +213,9 @@ class Searcher:
 
     def _indexed_row(self, path: str | None, digest: str | None):
         """The indexed image at `path`, or the first (lowest id) with content `digest`."""
-        with self.library.db.session() as session:
-            rows = select(ImageRow).where(ImageRow.state == "indexed")
-            if path is not None:
-                return session.scalars(rows.where(ImageRow.path == path)).first()
-            return session.scalars(
-                rows.where(ImageRow.content_hash == digest).order_by(ImageRow.id)
-            ).first()
+        if path is not None:
+            return self.library.db.indexed_image_at(path)
+        return None if digest is None else self.library.db.indexed_image_with_hash(digest)
 
     def _stored_or_encoded(self, row, unchanged: bool, source, name) -> Query:
         """The stored vector of the indexed image `row` while `unchanged` and its records
@@ -237,8 +232,7 @@ class Searcher:
 
     def item_query(self, image_id: int) -> Query:
         """An indexed image by id ("more like this"): its stored vector, itself left out."""
-        with self.library.db.session() as session:
-            row = session.get(ImageRow, int(image_id))
+        row = self.library.db.image_row(int(image_id))
         if row is None or row.state != "indexed":
             raise ItemNotFound(f"no indexed image has id {image_id}")
         if not self.library.records_intact(self.library.images, row.id):
@@ -466,11 +460,8 @@ class Searcher:
             vectors = collection.vectors.read(ids)  # (n, D)
         same_picture = None
         if collection.table is ImageRow:
-            with self.library.db.session() as session:
-                query = select(ImageRow.id, ImageRow.content_hash)
-                hashes = {
-                    i: h for i, h in session.execute(query.where(ImageRow.id.in_(ids.tolist())))
-                }
+            rows = self.library.db.rows_by_ids(ImageRow, ids.tolist())
+            hashes = {i: row.content_hash for i, row in rows.items()}
             same_picture = PixelCheck({h.id: h.path for h in hits}, hashes)
         kept: list[int] = []  # positions in hits
         for i, hit in enumerate(hits):
@@ -493,12 +484,8 @@ class Searcher:
         return cross_modal and self.reranker is not None and self.reranker.reads(query, collection)
 
     def _hits(self, collection: Collection, ids, final, stage1) -> list[Hit]:
-        table: Any = collection.table  # ImageRow | TextRow; select() would type rows as Base
-
-        with self.library.db.session() as session:
-            rows = {
-                r.id: r for r in session.scalars(select(table).where(table.id.in_(ids.tolist())))
-            }
+        table: Any = collection.table  # ImageRow | TextRow
+        rows = self.library.db.rows_by_ids(table, ids.tolist())
         hits: list[Hit] = []
         for item_id, score, s1 in zip(ids, final, stage1, strict=True):
             row = rows.get(int(item_id))
