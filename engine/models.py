@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xmr.retrieval.errors import InvalidModelSpec
-from xmr.retrieval.library import Library, reranker_config_mismatch
+from xmr.retrieval.library import Library
 from xmr.retrieval.matcher_features import MANIFEST_KEY as MATCHER_KEY
 from xmr.retrieval.matcher_names import DEFAULT_MATCHER, KNOWN, MatcherSource, matcher_source
 from xmr.retrieval.modelspec import ModelSpec, parse_model_spec
+from xmr.retrieval.reranker_compat import reranker_config_mismatch
 from xmr.retrieval.reranker_files import (
     check_reranker_choice,
     folder_config,

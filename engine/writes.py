@@ -17,8 +17,9 @@ from xmr.engine.models import random_weights_notice
 from xmr.engine.progress import Reporter
 from xmr.indexer.executor import Executor
 from xmr.retrieval.errors import InputError
-from xmr.retrieval.library import Library, reranker_config_mismatch
+from xmr.retrieval.library import Library
 from xmr.retrieval.modelspec import DEFAULT_MODEL
+from xmr.retrieval.reranker_compat import reranker_config_mismatch
 
 if TYPE_CHECKING:
     from xmr.engine.progress import IndexSummary

@@ -34,23 +34,18 @@ deeper (integrity_check, every vector's norm) for `xmr check`.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from types import EllipsisType
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from xmr.retrieval.arraystore import ArrayStore
-from xmr.retrieval.db import DB_FILE, Database, ImageRow, TextRow, database_error
+from xmr.retrieval.db import DB_FILE, Database, ImageRow, TextRow
 from xmr.retrieval.errors import (
-    DatabaseDamaged,
     EncoderMismatch,
     IndexNotFound,
     InputError,
@@ -61,35 +56,37 @@ from xmr.retrieval.feature_cache import FEATURES_FILE, MANIFEST_KEY, FeatureCach
 from xmr.retrieval.index_choice import IndexPolicy, check_index_type, parse_size, plan_upkeep
 from xmr.retrieval.locations import INDEX_ENV
 from xmr.retrieval.manifest import (
-    FORMAT_VERSION,
     MANIFEST_FILE,
-    manifest_bytes,
+    describe_identity,
+    load_manifest,
     manifest_problem,
+    new_manifest,
     read_manifest_file,
+    write_manifest,
 )
 from xmr.retrieval.matcher_features import MANIFEST_KEY as MATCHER_KEY
 from xmr.retrieval.matcher_features import KeptFeatures
 from xmr.retrieval.progress import Progress
+from xmr.retrieval.recovery import (
+    open_or_rebuild_database,
+    raise_translated,
+    remove_derived,
+    translated_error,
+)
+from xmr.retrieval.reranker_compat import token_mismatch
 from xmr.retrieval.storage import (
-    atomic_write_bytes,
-    disk_error,
-    disk_errors,
     move_aside,
-    prepare_writes,
     remove_temporaries,
 )
 from xmr.retrieval.vector_index import Ids, Sharding, StoredVectors, VectorIndex
+from xmr.retrieval.write_lock import WriteLock
 
 if TYPE_CHECKING:
     from xmr.retrieval.encoder import Encoder, LazyEncoder
     from xmr.retrieval.index_types import MapShards
-    from xmr.retrieval.matching import Matcher
     from xmr.retrieval.reranker import RerankerRuntime
 
-LOCK_FILE = "write.lock"
 COLLECTIONS = ("images", "texts")
-# Files derived from the database (or re-encodable): dropped when the database is rebuilt.
-DERIVED_SUFFIXES = (".vec", ".tok", ".rrf", ".mvf", ".mvk", ".faiss", ".faiss.json")
 
 
 def stored_model_spec(directory: Path) -> str | None:
@@ -255,14 +252,14 @@ class Library:
             if writable:
                 remove_temporaries(directory)
             db = Database(directory, writable)
-            manifest, notices = _load_manifest(directory, db, writable)
+            manifest, notices = load_manifest(directory, db, writable)
             return cls(directory, manifest, writable, db, lock, notices)
         except BaseException as exc:
             if db is not None:
                 db.close()
             if lock is not None:
                 lock.release()
-            _raise_translated(exc, directory)
+            raise_translated(exc, directory)
 
     @classmethod
     def open_or_create(
@@ -299,9 +296,9 @@ class Library:
             notices: list[str] = []
             manifest = None
             if existed:
-                db = _open_or_rebuild_database(directory, verify, notices)
+                db = open_or_rebuild_database(directory, verify, notices)
                 try:
-                    manifest, found = _load_manifest(directory, db, writable=True)
+                    manifest, found = load_manifest(directory, db, writable=True)
                     notices += found
                 except ManifestDamaged as exc:
                     if db.holds_rows():
@@ -312,13 +309,13 @@ class Library:
                             f"{exc}; wrote a new one for model {encoder.spec.canonical} and "
                             "re-encoding every item"
                         )
-                    _remove_derived(directory)
+                    remove_derived(directory)
                     if (directory / MANIFEST_FILE).exists():
                         move_aside(directory / MANIFEST_FILE)
             if manifest is None:  # the model loads here, with the lock already held
-                manifest = _new_manifest(directory, encoder, keep_tokens, token_pool, token_layer)
+                manifest = new_manifest(directory, encoder, keep_tokens, token_pool, token_layer)
                 db = db or Database(directory, writable=True)
-                _write_manifest(directory, db, manifest)
+                write_manifest(directory, db, manifest)
             elif (
                 db is not None
                 and db.created
@@ -327,13 +324,13 @@ class Library:
                     != (None, None)
                 )
             ):
-                _write_manifest(directory, db, manifest)  # its features files went with the rest
+                write_manifest(directory, db, manifest)  # its features files went with the rest
             library = cls(directory, manifest, True, db, lock, notices)
         except BaseException as exc:
             if db is not None:
                 db.close()
             lock.release()
-            _raise_translated(exc, directory)
+            raise_translated(exc, directory)
         try:
             library.check_encoder(encoder.spec.identity())  # no model load needed
             if token_pool not in (None, library.token_pool):
@@ -371,7 +368,7 @@ class Library:
         if {k: v for k, v in stored.items() if k != "dim"} != comparable:
             raise EncoderMismatch(
                 f"index {self.directory} was built with model '{self.encoder_spec}', not "
-                f"'{_describe(identity)}'; use another index folder, or the model "
+                f"'{describe_identity(identity)}'; use another index folder, or the model "
                 f"{self.encoder_spec}",
                 setting="model",
             )
@@ -566,7 +563,7 @@ class Library:
 
     def _write_manifest(self) -> None:
         self._require_writable()
-        _write_manifest(self.directory, self.db, self.manifest)
+        write_manifest(self.directory, self.db, self.manifest)
 
     def _require_writable(self) -> None:
         if not self.writable:
@@ -717,10 +714,10 @@ class Library:
             self.close()
         except BaseException as close_error:
             if exc is None:
-                _raise_translated(close_error, self.directory)
+                raise_translated(close_error, self.directory)
             # else: the first error is the one to report
-        if exc is not None and _translated(exc, self.directory) is not exc:
-            _raise_translated(exc, self.directory)
+        if exc is not None and translated_error(exc, self.directory) is not exc:
+            raise_translated(exc, self.directory)
 
     # -- reporting -----------------------------------------------------------------------
     def disk_usage(self) -> dict[str, int]:
@@ -729,44 +726,6 @@ class Library:
             for p in sorted(self.directory.iterdir())
             if p.is_file() and not p.name.endswith((".lock", ".tmp"))
         }
-
-
-def token_mismatch(library: Library, reranker: Matcher | RerankerRuntime | None) -> str | None:
-    """Why `reranker` cannot read the index's stored image tokens, with the fix, or None
-    when it can (reranker_config_mismatch)."""
-    if reranker is None or getattr(reranker, "family", "native") != "native":
-        return None  # a matcher with its own vision tower reads no stored tokens
-    reranker_config = getattr(reranker, "config")  # noqa: B009 (native: a RerankerRuntime)
-    config = {k: getattr(reranker_config, k) for k in ("image_pool", "image_token_layer")}
-    return reranker_config_mismatch(library, config, reranker.name)
-
-
-def reranker_config_mismatch(library: Library, config: dict, name: str) -> str | None:
-    """The same question from a re-ranker's config alone (no torch): the stored tokens are
-    pooled k x k for another grid (its learned positions fit one grid only), or come from
-    another vision block than the one it was trained on."""
-    if library.images.tokens is None:
-        return None
-    pool, layer = library.token_pool, library.token_layer
-    wanted_pool = int(config.get("image_pool") or 1)
-    wanted_layer = config.get("image_token_layer")
-    if pool > 1 and wanted_pool != pool:
-        return (
-            f"index {library.directory} stores image tokens pooled {pool}x{pool}, but "
-            f"re-ranker {name} reads them pooled {wanted_pool}x{wanted_pool}; use one trained "
-            f"on {pool}x{pool} pooled image tokens, or re-index without a token pool"
-        )
-    if wanted_layer != layer:
-        return (
-            f"index {library.directory} stores image tokens of {_block(layer)}, but re-ranker "
-            f"{name} reads {_block(wanted_layer)}; re-index into a new index folder with this "
-            "re-ranker"
-        )
-    return None
-
-
-def _block(layer: int | None) -> str:
-    return "the last vision block" if layer is None else f"vision block {layer}"
 
 
 def _policy_change(index_type: str | None, max_memory: str | int | None) -> dict:
@@ -778,198 +737,3 @@ def _policy_change(index_type: str | None, max_memory: str | int | None) -> dict
         none = isinstance(max_memory, str) and max_memory.strip().lower() in ("none", "0", "")
         change["max_memory"] = None if none else parse_size(max_memory)
     return change
-
-
-def _shape(shape) -> list[int] | None:
-    return None if shape is None else [int(s) for s in shape]
-
-
-def _describe(identity: dict) -> str:
-    name = str(identity.get("name"))
-    pretrained = identity.get("pretrained")
-    return name if pretrained is None else f"{name}:{pretrained}"
-
-
-def _write_manifest(directory: Path, db: Database, manifest: dict) -> None:
-    """The file first (what readers trust), then the database's copy of it."""
-    atomic_write_bytes(directory / MANIFEST_FILE, manifest_bytes(manifest))
-    db.store_manifest(manifest)
-
-
-def _new_manifest(directory, encoder, keep_tokens, token_pool, token_layer) -> dict:
-    token_pool = token_pool or 1
-    if token_layer == "auto":
-        from xmr.retrieval.reranker_files import folder_token_layer, reranker_folder
-
-        token_layer = folder_token_layer(reranker_folder("auto", encoder))
-    image_tokens = encoder.image_token_shape if keep_tokens else None
-    if image_tokens is not None and token_pool > 1:
-        from xmr.retrieval.token_pooling import pooled_count
-
-        image_tokens = (pooled_count(image_tokens[0], token_pool), image_tokens[1])
-    return {
-        "format": FORMAT_VERSION,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "encoder": {"spec": encoder.spec.canonical, "identity": encoder.identity()},
-        "dim": encoder.dim,
-        "image_tokens": _shape(image_tokens),
-        "image_token_pool": token_pool,
-        "image_token_layer": token_layer,
-        "text_tokens": _shape(encoder.text_token_shape) if keep_tokens else None,
-        "index": IndexPolicy().as_dict(),
-    }
-
-
-def _load_manifest(directory: Path, db: Database, writable: bool) -> tuple[dict, list[str]]:
-    """(manifest, notices): the file when sound, else the database's copy of it (a writer
-    also puts the copy back in place of the damaged file, which it keeps aside)."""
-    try:
-        manifest = read_manifest_file(directory)
-    except ManifestDamaged as exc:
-        copy = db.stored_manifest()
-        if copy is None or manifest_problem(copy) is not None:
-            raise ManifestDamaged(
-                f"{exc}, and the database holds no copy of it; rebuild it with `xmr index "
-                "FOLDERS` and the model the index was built with",
-                setting="model",
-            ) from exc
-        if not writable:
-            return copy, [f"{exc}; using the database's copy (`xmr check --repair` restores it)"]
-        path = directory / MANIFEST_FILE
-        kept = f"; the damaged file is kept as {move_aside(path).name}" if path.exists() else ""
-        atomic_write_bytes(path, manifest_bytes(copy))
-        return copy, [f"{exc}; restored it from the database's copy{kept}"]
-    if writable:
-        db.store_manifest(manifest)  # indexes from before the copy existed get one now
-    return manifest, []
-
-
-def _open_or_rebuild_database(directory: Path, verify: str, notices: list[str]) -> Database:
-    """The writer's database; a damaged one is moved aside (never deleted) and replaced by
-    an empty one, and so is a missing or emptied one of an existing index: the caller
-    re-indexes. The files derived from the old one go with it (their ids meant its rows)."""
-    try:
-        db = Database(directory, writable=True, verify=verify)
-    except DatabaseDamaged as exc:
-        path = directory / DB_FILE
-        moved = move_aside(path)
-        for suffix in ("-wal", "-shm"):  # the WAL belongs to the file it was moved with
-            side = directory / (DB_FILE + suffix)
-            if side.exists():
-                os.replace(side, moved.with_name(moved.name + suffix))
-        notices.append(
-            f"{path} was damaged ({_reason(exc)}); moved it to {moved.name} and rebuilding "
-            "the index from the image files (texts: run `xmr add-texts` again)"
-        )
-        db = Database(directory, writable=True)
-        _remove_derived(directory)
-        return db
-    if db.created:
-        notices.append(
-            f"{db.path} was missing or empty; rebuilding the index from the image files "
-            "(texts: run `xmr add-texts` again)"
-        )
-        _remove_derived(directory)
-    return db
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc)
-    return text[text.find("(") + 1 : text.find(")")] if "(" in text else text
-
-
-def _remove_derived(directory: Path) -> None:
-    for path in directory.iterdir():
-        if path.is_file() and path.name.endswith(DERIVED_SUFFIXES):
-            path.unlink()
-
-
-def _translated(exc: BaseException, directory: Path) -> BaseException:
-    """The one-line XmrError for a disk or database failure, else `exc` itself."""
-    if isinstance(exc, XmrError):
-        return exc
-    error = database_error(exc, directory / DB_FILE)
-    if error is None and isinstance(exc, OSError):
-        error = disk_error(exc, exc.filename or directory)
-    return exc if error is None else error
-
-
-def _raise_translated(exc: BaseException, directory: Path) -> NoReturn:
-    translated = _translated(exc, directory)
-    if translated is exc:
-        raise exc
-    raise translated from exc
-
-
-class WriteLock:
-    """An exclusive flock on DIR/write.lock: one writing process per index at a time.
-
-    A child forked while it is held (a decode worker) closes its inherited copy at once
-    and is killed when the writer dies (PR_SET_PDEATHSIG): a writer killed with -9 frees
-    the lock when it dies, and leaves no orphaned workers behind."""
-
-    _held: weakref.WeakSet[WriteLock] = weakref.WeakSet()
-
-    def __init__(self, fd: int):
-        self.fd: int | None = fd
-        self.owner = os.getpid()
-
-    @classmethod
-    def acquire(cls, directory: Path) -> WriteLock:
-        _prepare_writer()
-        with disk_errors(directory):  # one line naming the folder
-            directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(fd)
-            raise XmrError(
-                f"another xmr process is writing to {directory}; wait for it to finish"
-            ) from exc
-        lock = cls(fd)
-        cls._held.add(lock)
-        return lock
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def _after_fork_in_child() -> None:
-    owners = set()
-    for lock in list(WriteLock._held):
-        if lock.fd is not None:
-            owners.add(lock.owner)
-            try:
-                os.close(lock.fd)  # the flock stays the parent's alone
-            except OSError:
-                pass
-            lock.fd = None
-    if owners:
-        _die_with_parent(owners)
-
-
-def _die_with_parent(parents: set[int]) -> None:
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL (Linux; elsewhere no prctl)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() not in parents:  # the writer died before the line above
-        os._exit(1)
-
-
-_fork_hook: list[bool] = []  # registered once, by the first writer of this process
-
-
-def _prepare_writer() -> None:
-    """What a process needs before it first writes an index (not done at import: a
-    reader never pays for it): the fork hook above and storage's umask and fault hook."""
-    prepare_writes()
-    if not _fork_hook:
-        os.register_at_fork(after_in_child=_after_fork_in_child)
-        _fork_hook.append(True)

@@ -8,9 +8,16 @@ the copy; the file wins whenever it is sound, being the last thing a writer writ
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xmr.retrieval.errors import ManifestDamaged
+from xmr.retrieval.index_choice import IndexPolicy
+from xmr.retrieval.storage import atomic_write_bytes, move_aside
+
+if TYPE_CHECKING:
+    from xmr.retrieval.db import Database
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
@@ -97,3 +104,68 @@ def _optional_features(value) -> bool:
         and isinstance(value.get("shape"), list)
         and all(_is_int(v) and v > 0 for v in value["shape"])
     )
+
+
+# -- the manifest of an index: made, written with its database copy, read with fallback --
+def describe_identity(identity: dict) -> str:
+    name = str(identity.get("name"))
+    pretrained = identity.get("pretrained")
+    return name if pretrained is None else f"{name}:{pretrained}"
+
+
+def _shape(shape) -> list[int] | None:
+    return None if shape is None else [int(s) for s in shape]
+
+
+def write_manifest(directory: Path, db: Database, manifest: dict) -> None:
+    """The file first (what readers trust), then the database's copy of it."""
+    atomic_write_bytes(directory / MANIFEST_FILE, manifest_bytes(manifest))
+    db.store_manifest(manifest)
+
+
+def new_manifest(directory, encoder, keep_tokens, token_pool, token_layer) -> dict:
+    token_pool = token_pool or 1
+    if token_layer == "auto":
+        from xmr.retrieval.reranker_files import folder_token_layer, reranker_folder
+
+        token_layer = folder_token_layer(reranker_folder("auto", encoder))
+    image_tokens = encoder.image_token_shape if keep_tokens else None
+    if image_tokens is not None and token_pool > 1:
+        from xmr.retrieval.token_pooling import pooled_count
+
+        image_tokens = (pooled_count(image_tokens[0], token_pool), image_tokens[1])
+    return {
+        "format": FORMAT_VERSION,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "encoder": {"spec": encoder.spec.canonical, "identity": encoder.identity()},
+        "dim": encoder.dim,
+        "image_tokens": _shape(image_tokens),
+        "image_token_pool": token_pool,
+        "image_token_layer": token_layer,
+        "text_tokens": _shape(encoder.text_token_shape) if keep_tokens else None,
+        "index": IndexPolicy().as_dict(),
+    }
+
+
+def load_manifest(directory: Path, db: Database, writable: bool) -> tuple[dict, list[str]]:
+    """(manifest, notices): the file when sound, else the database's copy of it (a writer
+    also puts the copy back in place of the damaged file, which it keeps aside)."""
+    try:
+        manifest = read_manifest_file(directory)
+    except ManifestDamaged as exc:
+        copy = db.stored_manifest()
+        if copy is None or manifest_problem(copy) is not None:
+            raise ManifestDamaged(
+                f"{exc}, and the database holds no copy of it; rebuild it with `xmr index "
+                "FOLDERS` and the model the index was built with",
+                setting="model",
+            ) from exc
+        if not writable:
+            return copy, [f"{exc}; using the database's copy (`xmr check --repair` restores it)"]
+        path = directory / MANIFEST_FILE
+        kept = f"; the damaged file is kept as {move_aside(path).name}" if path.exists() else ""
+        atomic_write_bytes(path, manifest_bytes(copy))
+        return copy, [f"{exc}; restored it from the database's copy{kept}"]
+    if writable:
+        db.store_manifest(manifest)  # indexes from before the copy existed get one now
+    return manifest, []

@@ -31,8 +31,9 @@ from xmr.retrieval.errors import InputError, InvalidModelSpec, ItemNotFound
 from xmr.retrieval.files import require_regular_file
 from xmr.retrieval.filters import SearchFilter
 from xmr.retrieval.imageio import DecodeError, decode_image
-from xmr.retrieval.library import Collection, Library, token_mismatch
+from xmr.retrieval.library import Collection, Library
 from xmr.retrieval.query_language import Term, combine
+from xmr.retrieval.reranker_compat import token_mismatch
 from xmr.retrieval.vector_index import Ids
 
 if TYPE_CHECKING:

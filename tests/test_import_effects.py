@@ -38,7 +38,7 @@ imported = calls[:]
 
 from pathlib import Path
 from xmr.retrieval.errors import XmrError
-from xmr.retrieval.library import WriteLock
+from xmr.retrieval.write_lock import WriteLock
 try:
     first = WriteLock.acquire(Path(sys.argv[1]) / "a")
     first.release()
