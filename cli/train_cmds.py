@@ -219,7 +219,7 @@ def train_reranker(
         "config:blip-tiny / config:FILE.json for random weights.",
     ),
     lr: float = typer.Option(
-        None, "--lr", help="Default: native 5e-4; blip-itm 2e-5 from weights, 5e-4 from a config."
+        None, "--lr", help="Default: native 5e-4; blip-itm 2e-5 from weights, 1e-3 from a config."
     ),
     device: str = DeviceOption,
     threads: int = ThreadsOption,

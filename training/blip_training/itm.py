@@ -40,7 +40,23 @@ def itm_logits(model, input_ids, lengths, states, rows):
     return model.itm_head(hidden[:, 0, :])  # (P, 2)
 
 
-def step_loss(model, batch, edits, data, rank_weight: float):
+def itc_loss(model, states, input_ids, lengths, temperature: float):
+    """BLIP's image-text contrastive loss over a batch of B matching (image, caption) pairs:
+    states (B, 1 + patches, Dv) of the images, ids (B, L) of one caption each."""
+    import torch
+    import torch.nn.functional as F
+
+    longest = int(lengths.max())
+    mask = (torch.arange(longest, device=input_ids.device)[None, :] < lengths[:, None]).long()
+    text = model.text_encoder(input_ids=input_ids[:, :longest], attention_mask=mask)
+    text = F.normalize(model.text_proj(text.last_hidden_state[:, 0, :]), dim=-1)  # (B, E)
+    image = F.normalize(model.vision_proj(states[:, 0, :]), dim=-1)  # (B, E)
+    sims = image @ text.T / temperature  # (B, B), matches on the diagonal
+    target = torch.arange(len(sims), device=sims.device)
+    return 0.5 * (F.cross_entropy(sims, target) + F.cross_entropy(sims.T, target))
+
+
+def step_loss(model, batch, edits, data, config):
     """One batch's loss and pair count.
 
     Pairs, built from B images (mining.Batch):
@@ -50,7 +66,8 @@ def step_loss(model, batch, edits, data, rank_weight: float):
       image b    x its H hard captions       no match
       image b    x its caption edited        no match  (when an edit applies)
     Loss: ITM cross-entropy over every pair (BLIP's), plus `rank_weight` times a listwise
-    cross-entropy of the match logit over each query's candidates, true one first.
+    cross-entropy of the match logit over each query's candidates, true one first, plus
+    `itc_weight` times the contrastive loss of the batch's true pairs.
     `edits`: (input_ids (E, L), lengths (E,), batch row of each).
     -> (loss, number of pairs)"""
     import torch
@@ -93,7 +110,11 @@ def step_loss(model, batch, edits, data, rank_weight: float):
         i2t[torch.as_tensor(edit_rows, device=device), 1 + h] = match[-e:]
     target = torch.zeros(b, dtype=torch.long, device=device)
     rank = 0.5 * (F.cross_entropy(t2i, target) + F.cross_entropy(i2t, target))
-    return loss + rank_weight * rank, len(text_rows)
+    loss = loss + config.rank_weight * rank
+    if config.itc_weight:
+        itc = itc_loss(model, states[:b], ids[:b], lengths[:b], config.itc_temperature)
+        loss = loss + config.itc_weight * itc.float()
+    return loss, len(text_rows)
 
 
 def _pad_cat(a, b):

@@ -64,7 +64,7 @@ def train_blip_reranker(
         processor = BlipImageProcessor.from_pretrained(str(out))
         pretrained, source = payload["state"]["pretrained"], "checkpoint"
     model.to(device)
-    lr = config.lr if config.lr is not None else (2e-5 if pretrained else 5e-4)
+    lr = config.lr if config.lr is not None else (2e-5 if pretrained else 1e-3)
 
     encoder = load_encoder(config.model, device)
     data = split_tensors(train, tokenizer, processor, encoder, config.max_text_tokens, preparing)
@@ -132,7 +132,7 @@ def _run_steps(config, model, tokenizer, optimizer, schedule, state, data, val, 
             else (torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, dtype=torch.long), [])
         )
         with autocast(device):  # bf16 on CUDA, full precision on the CPU
-            loss, n_pairs = step_loss(model, batch, edits, data, config.rank_weight)
+            loss, n_pairs = step_loss(model, batch, edits, data, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

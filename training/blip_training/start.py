@@ -145,7 +145,9 @@ def _from_config(name: str, captions) -> Start:
         sep_token_id=tokenizer.sep_token_id,
         eos_token_id=tokenizer.sep_token_id,
     )
-    vision = dict(raw.get("vision_config", {}))
+    # BlipVisionConfig's default initializer_range is 1e-10, fine under pretrained weights
+    # but a dead tower from scratch (every vision output ~1e-7): BERT's 0.02 unless given.
+    vision = {"initializer_range": 0.02, **raw.get("vision_config", {})}
     if text.get("encoder_hidden_size", vision.get("hidden_size")) != vision.get("hidden_size"):
         raise InputError(
             f"--init-from config:{name}: text_config.encoder_hidden_size must equal "
