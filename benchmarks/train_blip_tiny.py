@@ -8,7 +8,7 @@ The matcher is loaded the way the engine's scorer loads it (from_pretrained on t
 the command wrote) and scored with transformers' model (training/blip_training/evaluate).
 Bounded: --max-minutes caps training; evaluation is (captions + images) x K pairs, twice.
 
-    python benchmarks/train_blip_tiny.py [--images 5000] [--steps 400] [--max-minutes 15]
+    python benchmarks/train_blip_tiny.py [--images 3000] [--steps 300] [--max-minutes 30]
 
 Writes benchmarks/results/blip_tiny_train.{json,md}.
 """
@@ -115,10 +115,10 @@ def markdown(result: dict) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--images", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--max-minutes", type=float, default=15.0)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--max-minutes", type=float, default=30.0)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--candidates", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)

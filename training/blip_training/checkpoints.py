@@ -47,8 +47,8 @@ def model_from_checkpoint(payload: dict):
 def restore(payload: dict, optimizer, schedule, state) -> None:
     optimizer.load_state_dict(payload["optimizer"])
     schedule.load_state_dict(payload["schedule"])
-    state.step = payload["state"]["step"]
-    state.history = payload["state"]["history"]
+    saved = payload["state"]
+    state.step, state.history, state.losses = saved["step"], saved["history"], saved["losses"]
 
 
 def save_processing(out: Path, tokenizer, processor) -> None:
