@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 # Small enough to take a hundred optimizer steps in seconds on one core: 32 px images in
 # 8 px patches (17 vision tokens), width 64, two layers each side.
@@ -86,8 +87,6 @@ def _hard_pair_accuracy(model, split, image_source=None) -> float:
     """How often a caption's match logit with its own image beats the logit with its
     stage-1 hardest other image. image_source: the image whose vision tokens stand in for
     each image id (the shuffled control)."""
-    import torch
-
     from xmr.training.blip_training.itm import MATCH, itm_logits, vision_states
 
     t2i = np.asarray(split.dataset.text_to_image)
@@ -117,7 +116,6 @@ def test_training_lifts_true_pairs_over_hard_negatives(trained_blip, corpus, bli
     """The loss falls, and after training a caption's own image outscores its stage-1
     look-alike more often than before; with the images' features shuffled between ids
     the same model shows no such lift."""
-    import torch
     from transformers import AutoTokenizer, BlipForImageTextRetrieval, BlipImageProcessor
 
     from xmr.retrieval.encoder import load_encoder
@@ -152,7 +150,6 @@ def test_training_lifts_true_pairs_over_hard_negatives(trained_blip, corpus, bli
 def test_folder_reloads_the_trained_model(trained_blip):
     """from_pretrained on the folder gives the logits of the weights training ended with
     (its last checkpoint), and the train log says what was done and how ITM reads text."""
-    import torch
     from transformers import BlipForImageTextRetrieval, BlipProcessor
 
     from xmr.training.blip_training import checkpoints
@@ -205,8 +202,6 @@ def test_a_stopped_run_resumes(trained_blip, corpus, blip_config, tmp_path):
 def test_split_pass_equals_transformers_forward(corpus, blip_config):
     """The trainer's ITM pass (vision once per image, then the text with cross-attention)
     is transformers' forward(..., use_itm_head=True) on the tokenizer's ids as given."""
-    import torch
-
     from xmr.training.blip_training.data import ProcessorPixels, tokenize
     from xmr.training.blip_training.itm import itm_logits, vision_states
 
@@ -232,8 +227,6 @@ def test_split_pass_equals_transformers_forward(corpus, blip_config):
 def test_config_start_has_a_live_vision_tower(corpus, blip_config):
     """BlipVisionConfig's default init (1e-10) makes every image look the same; a config
     start must not."""
-    import torch
-
     from xmr.training.blip_training.data import ProcessorPixels
 
     start, train = _start(corpus, blip_config)
@@ -296,3 +289,14 @@ def test_cli_refuses_native_options_with_blip(cli, corpus, tmp_path):
     assert "--width, --image-stem" in result.output and "native" in result.output
     result = cli("train-reranker", corpus.captions_path, "--out", tmp_path / "m", "--family", "x")
     assert result.exit_code == 1 and "native or blip-itm" in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without")
+def test_cli_cuda_without_a_gpu_fails_before_any_work(cli, corpus, tmp_path):
+    out = tmp_path / "m"
+    result = cli(
+        "train-reranker", corpus.captions_path, "--out", out, "--family", "blip-itm",
+        "--init-from", "config:blip-tiny", "--device", "cuda",
+    )  # fmt: skip
+    assert result.exit_code == 1 and "no CUDA GPU" in result.output
+    assert "Traceback" not in result.output and not out.exists()

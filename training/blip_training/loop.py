@@ -28,17 +28,17 @@ def train_blip_reranker(
     import torch
 
     from xmr.evaluation.datasets import load_dataset
-    from xmr.retrieval.encoder import load_encoder
+    from xmr.retrieval.encoder import load_encoder, select_device
     from xmr.retrieval.errors import InputError
     from xmr.training.blip_training.data import split_tensors
     from xmr.training.blip_training.start import load_start
     from xmr.training.runs import seed_everything, warmup_cosine
 
     check_config(config)
+    device = select_device(config.device)  # a missing GPU is an error before any work
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
 
