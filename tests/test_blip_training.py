@@ -180,6 +180,7 @@ def test_folder_reloads_the_trained_model(trained_blip):
     log = json.loads((out / "train_log.json").read_text())
     assert log["step"] == STEPS and len(log["losses"]) == STEPS
     assert log["itm_first_token"].startswith("[CLS]")
+    assert log["init_from"].startswith("config:") and log["lr"] == 1e-3
     assert log["fusion"]["chosen"]["candidates"] == 16
 
 

@@ -57,6 +57,7 @@ class BlipTrainState:
     history: list[dict] = field(default_factory=list)  # validation rows
     losses: list[float] = field(default_factory=list)  # every step's loss
     pretrained: bool = False  # started from pretrained weights (sets the default lr)
+    source: str = ""  # what --init-from loaded
     fusion: dict | None = None  # the validation-chosen stage-1 weight and its R@1s
 
 

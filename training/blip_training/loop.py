@@ -31,7 +31,6 @@ def train_blip_reranker(
     from xmr.retrieval.encoder import load_encoder, select_device
     from xmr.retrieval.errors import InputError
     from xmr.training.blip_training.data import split_tensors
-    from xmr.training.blip_training.start import load_start
     from xmr.training.runs import seed_everything, warmup_cosine
 
     check_config(config)
@@ -50,21 +49,10 @@ def train_blip_reranker(
             f"--batch-size {config.batch_size} is more than the {train.n_images} training "
             f"images of {config.data}: use a smaller --batch-size"
         )
-    payload = ckpt.load_checkpoint(out, "cpu") if ckpt.resumable(out) else None
-    if payload is None:
-        start = load_start(config.init_from or DEFAULT_INIT, train.captions)
-        model, tokenizer, processor = start.model, start.tokenizer, start.processor
-        ckpt.save_processing(out, tokenizer, processor)
-        pretrained, source = start.pretrained, start.source
-    else:  # resume: the folder's own vocabulary and pixels, the checkpoint's weights
-        from transformers import AutoTokenizer, BlipImageProcessor
-
-        model = ckpt.model_from_checkpoint(payload)
-        tokenizer = AutoTokenizer.from_pretrained(str(out))
-        processor = BlipImageProcessor.from_pretrained(str(out))
-        pretrained, source = payload["state"]["pretrained"], "checkpoint"
+    start, payload = _start_or_resume(config, out, train.captions)
+    model, tokenizer, processor = start.model, start.tokenizer, start.processor
     model.to(device)
-    lr = config.lr if config.lr is not None else (2e-5 if pretrained else 1e-3)
+    lr = config.lr if config.lr is not None else (2e-5 if start.pretrained else 1e-3)
 
     encoder = load_encoder(config.model, device)
     data = split_tensors(train, tokenizer, processor, encoder, config.max_text_tokens, preparing)
@@ -77,10 +65,10 @@ def train_blip_reranker(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(config.warmup_steps, config.steps)
     )
-    state = BlipTrainState(pretrained=pretrained)
+    state = BlipTrainState(pretrained=start.pretrained, source=start.source)
     if payload is not None:
         ckpt.restore(payload, optimizer, schedule, state)
-    meta = {"init_from": source, "lr": lr, "device": device}
+    meta = {"lr": lr, "device": device}
     meta["itm_first_token"] = ITM_CONVENTION
     _run_steps(config, model, tokenizer, optimizer, schedule, state, data, val, device,
                meta, progress, validated)  # fmt: skip
@@ -91,6 +79,30 @@ def train_blip_reranker(
     ckpt.save_folder(out, model.float())
     _write_log(config, state, meta)
     return state
+
+
+def _start_or_resume(config, out: Path, captions):
+    """(start, checkpoint payload or None): OUT's checkpoint when there is one (its weights,
+    the folder's own tokenizer and processor), else --init-from, whose tokenizer and
+    processor are written into OUT at once so a resumed run reads the same ones."""
+    from xmr.training.blip_training.start import Start, load_start
+
+    if not ckpt.resumable(out):
+        start = load_start(config.init_from or DEFAULT_INIT, captions)
+        ckpt.save_processing(out, start.tokenizer, start.processor)
+        return start, None
+    from transformers import AutoTokenizer, BlipImageProcessor
+
+    payload = ckpt.load_checkpoint(out, "cpu")
+    saved = payload["state"]
+    start = Start(
+        ckpt.model_from_checkpoint(payload),
+        AutoTokenizer.from_pretrained(str(out)),
+        BlipImageProcessor.from_pretrained(str(out)),
+        saved["source"],
+        saved["pretrained"],
+    )
+    return start, payload
 
 
 def _validation_split(config, tokenizer, processor, encoder):
@@ -204,5 +216,7 @@ def _calibrate(model, val, config, device, state) -> dict:
 def _write_log(config, state, meta) -> None:
     from xmr.training.train_log import write_train_log
 
-    write_train_log(config.out, config, state.history, step=state.step, losses=state.losses,
-                    **meta)  # fmt: skip
+    write_train_log(
+        config.out, config, state.history,
+        init_from=state.source, step=state.step, losses=state.losses, **meta,
+    )  # fmt: skip
