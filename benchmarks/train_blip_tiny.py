@@ -10,6 +10,9 @@ Bounded: --max-minutes caps training; evaluation is (captions + images) x K pair
 
     python benchmarks/train_blip_tiny.py [--images 3000] [--steps 300] [--max-minutes 30]
 
+Run again on the same --work with more --steps and the command resumes the matcher there
+(its checkpoint); the training time reported is the sum of the sessions.
+
 Writes benchmarks/results/blip_tiny_train.{json,md}.
 """
 
@@ -91,7 +94,8 @@ def markdown(result: dict) -> list[str]:
         result["command"],
         "```",
         "",
-        f"Training: {result['train_seconds'] / 60:.1f} min wall ({result['steps_done']} steps) "
+        f"Training: {result['train_seconds'] / 60:.1f} min wall in "
+        f"{len(result['train_sessions_seconds'])} session(s) ({result['steps_done']} steps) "
         f"on {result['machine']}. Matcher: `{result['init_from']}` "
         f"({result['parameters'] / 1e6:.2f} M parameters), random start.",
         "",
@@ -137,7 +141,12 @@ def main() -> int:
         "--max-minutes", str(args.max_minutes), "--batch-size", str(args.batch_size),
         "--threads", str(args.threads),
     ]  # fmt: skip
-    train_seconds = run(command)
+    # A run with more --steps resumes the matcher already in WORK: count every session.
+    sessions_file = args.work / "train_sessions.json"
+    sessions = json.loads(sessions_file.read_text()) if sessions_file.exists() else []
+    sessions.append(round(run(command), 1))
+    sessions_file.write_text(json.dumps(sessions))
+    train_seconds = sum(sessions)
     log_file = json.loads((out / "train_log.json").read_text())
     weight = log_file["fusion"]["chosen"]["stage1_weight"]
     result = {
@@ -145,6 +154,7 @@ def main() -> int:
         "seed": args.seed,
         "command": " ".join(["xmr", *command[1:]]).replace(str(args.work), "WORK"),
         "train_seconds": round(train_seconds, 1),
+        "train_sessions_seconds": sessions,
         "steps_done": log_file["step"],
         "init_from": "config:blip-tiny",
         "machine": f"{args.threads} CPU threads (shared cores)",
