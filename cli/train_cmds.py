@@ -49,10 +49,15 @@ def _bar(total: int, desc: str, quiet: bool):
 def _config(cls, options: dict):
     """A trainer's config from a command's parameters (`locals()` at its start): each one
     named like a field of the dataclass `cls`, paths as strings; the rest (quiet) are the
-    command's own. A command parameter is named after the field it sets for this."""
+    command's own. A command parameter is named after the field it sets for this; one left
+    at None takes the field's own default."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(
-        **{k: str(v) if isinstance(v, Path) else v for k, v in options.items() if k in names}
+        **{
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in options.items()
+            if k in names and v is not None
+        }
     )
 
 
@@ -165,7 +170,6 @@ def train_reranker(
         None, "--max-minutes", min=0.1, help="Stop after this much training (a time budget)."
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=2, help="Queries per step."),
-    lr: float = typer.Option(5e-4, "--lr"),
     width: int = typer.Option(64, "--width"),
     layers: int = typer.Option(2, "--layers"),
     heads: int = typer.Option(4, "--heads", min=1, help="Attention heads (divide --width)."),
@@ -201,16 +205,34 @@ def train_reranker(
         True, "--calibrate/--no-calibrate", help="Pick the stage-1 weight on validation."
     ),
     seed: int = typer.Option(0, "--seed"),
-    init_from: Path = typer.Option(
+    family: str = typer.Option(
+        "native",
+        "--family",
+        help="native: xmr's re-ranker over the encoder's tokens; blip-itm: BLIP ITM "
+        "(transformers), written as a Hugging Face folder for --reranker FOLDER.",
+    ),
+    init_from: str = typer.Option(
         None,
         "--init-from",
-        help="Start from this saved re-ranker (same options) instead of random weights.",
+        help="native: a saved re-ranker (same options). blip-itm: blip-itm-base-coco (the "
+        "default), another checkpoint name, an HF id, a Hugging Face folder, or "
+        "config:blip-tiny / config:FILE.json for random weights.",
+    ),
+    lr: float = typer.Option(
+        None, "--lr", help="Default: native 5e-4; blip-itm 2e-5 from weights, 1e-3 from a config."
     ),
     device: str = DeviceOption,
     threads: int = ThreadsOption,
     quiet: bool = QuietOption,
 ):
     """Train the cross-attention re-ranker (ITM with hard negatives); resumes from OUT."""
+    if family == "blip-itm":
+        _refuse_native_options(locals())
+        return _train_blip(locals())
+    if family != "native":
+        from xmr.retrieval.errors import InputError
+
+        raise InputError(f"--family {family}: use native or blip-itm")
     from xmr.training.reranker_training import RerankerTrainConfig
     from xmr.training.reranker_training import train_reranker as run_train
 
@@ -227,3 +249,43 @@ def train_reranker(
             err=True,
         )
     typer.echo(str(out))
+
+
+# Options of the native re-ranker's architecture and loss, which a BLIP run has no use for.
+_NATIVE_ONLY = (
+    "width", "layers", "heads", "image_layers", "image_pool", "image_token_layer",
+    "image_stem", "token_alignment", "edit_pairs", "edit_kinds",
+)  # fmt: skip
+
+
+def _refuse_native_options(options: dict) -> None:
+    """An option of the native architecture given with --family blip-itm is a mistake to
+    name, not to ignore."""
+    import inspect
+
+    from xmr.retrieval.errors import InputError
+
+    params = inspect.signature(train_reranker).parameters
+    given = [n for n in _NATIVE_ONLY if options[n] != params[n].default.default]
+    if given:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise InputError(f"{flags}: native re-ranker options; --family blip-itm has its own model")
+
+
+def _train_blip(options: dict) -> None:
+    from xmr.training.blip_training import BlipTrainConfig, train_blip_reranker
+
+    config = _config(BlipTrainConfig, options)
+    quiet = options["quiet"]
+    report = _TrainingReport(quiet, "training BLIP ITM", "pairs", "pairs_s", _reranker_row)
+    state = train_blip_reranker(config, report.progress, report.preparing, report.validated)
+    report.close()
+    if state.fusion and not quiet:
+        f = state.fusion
+        typer.echo(
+            f"final score = ITM logit[:, 1] + {f['stage1_weight']:g} x stage-1 cosine (chosen "
+            f"on validation, top {f['candidates']}: t2i R@1 {f['t2i_R@1']:.2f} vs stage 1 "
+            f"{f['stage1_t2i_R@1']:.2f}, i2t R@1 {f['i2t_R@1']:.2f} vs {f['stage1_i2t_R@1']:.2f})",
+            err=True,
+        )
+    typer.echo(str(options["out"]))
