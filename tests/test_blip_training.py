@@ -224,6 +224,20 @@ def test_split_pass_equals_transformers_forward(corpus, blip_config):
         ).itm_score
     torch.testing.assert_close(split, whole, atol=1e-5, rtol=0)
 
+    # With a first token for the ITM pass (BLIP's [ENC] on hub checkpoints), the pass is
+    # the forward of ids whose first token is that one, and it scores differently.
+    enc = start.tokenizer.sep_token_id  # any other id stands in for [ENC] here
+    swapped = ids.clone()
+    swapped[:, 0] = enc
+    with torch.no_grad():
+        split_enc = itm_logits(model, ids, lengths, vision_states(model, pixels), rows, enc)
+        whole_enc = model(
+            input_ids=swapped, attention_mask=mask, pixel_values=pixels[rows], use_itm_head=True
+        ).itm_score
+    torch.testing.assert_close(split_enc, whole_enc, atol=1e-5, rtol=0)
+    assert not torch.allclose(split_enc, split, atol=1e-4)
+    assert (ids[:, 0] == start.tokenizer.cls_token_id).all()  # the caller's ids untouched
+
 
 def test_config_start_has_a_live_vision_tower(corpus, blip_config):
     """BlipVisionConfig's default init (1e-10) makes every image look the same; a config

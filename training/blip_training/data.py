@@ -17,6 +17,7 @@ class SplitTensors:
     lengths: object  # (T,) int64 tensor: tokens before the padding
     image_vectors: np.ndarray  # (N, D) float32 stage-1 vectors (unit length)
     text_vectors: np.ndarray  # (T, D) float32
+    itm_first_token: int | None = None  # BLIP's [ENC] for the ITM pass (None: keep [CLS])
 
     @property
     def stage1(self) -> np.ndarray:
@@ -40,7 +41,7 @@ class ProcessorPixels:
 
 def tokenize(tokenizer, texts, max_tokens: int):
     """-> (input_ids (T, L) int64, lengths (T,) int64), padded to the longest (<= max_tokens).
-    The ids are the tokenizer's as given: [CLS] first, the token the ITM head reads."""
+    The ids are the tokenizer's as given, [CLS] first (the ITM pass swaps in [ENC])."""
     encoded = tokenizer(
         list(texts), padding="longest", truncation=True, max_length=max_tokens,
         return_tensors="pt",

@@ -44,7 +44,9 @@ def match_logits(model, split, k: int, image_source=None, device: str = "cpu"):
             for a in range(0, len(texts), PAIR_CHUNK):
                 t = torch.as_tensor(texts[a : a + PAIR_CHUNK], device=device)
                 i = torch.as_tensor(images[a : a + PAIR_CHUNK], device=device)
-                pair = itm_logits(model, split.input_ids[t], split.lengths[t], states, i)
+                pair = itm_logits(
+                    model, split.input_ids[t], split.lengths[t], states, i, split.itm_first_token
+                )
                 logits.append(pair[:, MATCH].float().cpu().numpy())
             return np.concatenate(logits)
 

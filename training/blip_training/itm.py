@@ -5,9 +5,11 @@ split in two, so that a batch runs the vision tower once per image, not once per
   vision_states   pixels (I, 3, S, S) -> vision tokens (I, 1 + patches, Dv)
   itm_logits      text ids (P, L) cross-attending to the tokens of each pair's image
                   -> itm_head on the first token -> (P, 2), index 1 = match
-The first token is whatever the tokenizer put there ([CLS]): transformers' convention,
-which its forward and so the scorer use (the original BLIP swapped in an [ENC] token).
-tests/test_blip_training.py checks the split pass against forward.
+The ITM pass reads the first token the way the scorer does (retrieval/blip_itm.py
+`enc_token_id`): BLIP's [ENC] where the model has one (the hub checkpoints), else the
+tokenizer's [CLS] (a model built from a config with its own vocabulary). The contrastive
+pass keeps [CLS], as BLIP's does. tests/test_blip_training.py checks the split pass
+against transformers' forward.
 """
 
 from __future__ import annotations
@@ -22,12 +24,16 @@ def vision_states(model, pixels):
     return model.vision_model(pixel_values=pixels).last_hidden_state
 
 
-def itm_logits(model, input_ids, lengths, states, rows):
-    """Logits (P, 2) of pairs (input_ids[p], states[rows[p]]); ids (P, L), lengths (P,)."""
+def itm_logits(model, input_ids, lengths, states, rows, first_token: int | None = None):
+    """Logits (P, 2) of pairs (input_ids[p], states[rows[p]]); ids (P, L), lengths (P,).
+    `first_token`: the id put in place of [CLS] for the ITM pass (None: keep [CLS])."""
     import torch
 
     longest = int(lengths.max())
     ids = input_ids[:, :longest]
+    if first_token is not None:
+        ids = ids.clone()
+        ids[:, 0] = first_token
     mask = (torch.arange(longest, device=ids.device)[None, :] < lengths[:, None]).long()
     image = states[rows]  # (P, 1 + patches, Dv)
     image_mask = torch.ones(image.shape[:2], dtype=torch.long, device=image.device)
@@ -95,7 +101,9 @@ def step_loss(model, batch, edits, data, config):
     )
     image_rows = np.concatenate([t2i_images.ravel(), np.repeat(np.arange(b), h), edit_rows])
     image_rows = torch.as_tensor(image_rows, device=device)
-    logits = itm_logits(model, ids[text_rows], lengths[text_rows], states, image_rows)
+    logits = itm_logits(
+        model, ids[text_rows], lengths[text_rows], states, image_rows, data.itm_first_token
+    )
     logits = logits.float()  # (P, 2)
     labels = torch.zeros(len(text_rows), dtype=torch.long, device=device)
     labels[torch.arange(b, device=device) * (1 + h + r)] = 1

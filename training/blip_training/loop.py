@@ -16,8 +16,6 @@ from xmr.training.blip_training.config import (
     check_config,
 )
 
-ITM_CONVENTION = "[CLS] first: the tokenizer's ids as given, transformers' forward"
-
 
 def train_blip_reranker(
     config: BlipTrainConfig, progress=None, preparing=None, validated=None
@@ -28,6 +26,7 @@ def train_blip_reranker(
     import torch
 
     from xmr.evaluation.datasets import load_dataset
+    from xmr.retrieval.blip_itm import enc_token_id
     from xmr.retrieval.encoder import load_encoder, select_device
     from xmr.retrieval.errors import InputError
     from xmr.training.blip_training.data import split_tensors
@@ -60,6 +59,11 @@ def train_blip_reranker(
         t.to(device) for t in (data.pixels, data.input_ids, data.lengths)
     )
     val = _validation_split(config, tokenizer, processor, encoder)
+    # The ITM pass reads the first token as the scorer will (retrieval/blip_itm.py).
+    first = enc_token_id(tokenizer, model.config.text_config.vocab_size)
+    for split in (data, val):
+        if split is not None:
+            split.itm_first_token = first
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -69,7 +73,7 @@ def train_blip_reranker(
     if payload is not None:
         ckpt.restore(payload, optimizer, schedule, state)
     meta = {"lr": lr, "device": device}
-    meta["itm_first_token"] = ITM_CONVENTION
+    meta["itm_first_token"] = "[CLS]" if first is None else f"[ENC] (id {first})"
     _run_steps(config, model, tokenizer, optimizer, schedule, state, data, val, device,
                meta, progress, validated)  # fmt: skip
 
