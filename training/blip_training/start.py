@@ -22,16 +22,8 @@ from pathlib import Path
 
 from xmr.retrieval.errors import InputError, ModelNotAvailable
 
-NAMED = {
-    "blip-itm-base-coco": "Salesforce/blip-itm-base-coco",
-    "blip-itm-large-coco": "Salesforce/blip-itm-large-coco",
-    "blip-itm-base-flickr": "Salesforce/blip-itm-base-flickr",
-    "blip-itm-large-flickr": "Salesforce/blip-itm-large-flickr",
-}
 CONFIG_PREFIX = "config:"
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # training/configs
-HUB_HOST = ("huggingface.co", 443)
-HUB_FILES = ["*.json", "*.safetensors", "*.txt"]  # config, weights, tokenizer, processor
 
 
 @dataclass
@@ -52,67 +44,37 @@ def load_start(init_from: str, captions) -> Start:
     `captions` (the training captions) make the vocabulary of a config start."""
     if init_from.startswith(CONFIG_PREFIX):
         return _from_config(init_from[len(CONFIG_PREFIX) :], captions)
+    from xmr.retrieval.matcher_names import KNOWN, matcher_source
+
     folder = Path(init_from).expanduser()
     if folder.is_dir():
-        return _from_folder(folder, str(folder))
-    repo = NAMED.get(init_from, init_from)
-    if init_from in NAMED or _looks_like_repo(init_from):
-        return _from_folder(hub_folder(repo), repo)
+        return _from_folder(str(folder), str(folder))
+    source = matcher_source(init_from)  # the names `--reranker` takes, one rule for both
+    if source is not None and source.kind == "hub":
+        from xmr.retrieval.hub_weights import prepare_repo
+
+        try:
+            with prepare_repo(source.ref, source.name):  # cached, or downloaded if allowed
+                return _from_folder(source.ref, source.ref)
+        except ModelNotAvailable as exc:
+            raise ModelNotAvailable(
+                f"{exc}; or train from random weights with --init-from config:blip-tiny"
+            ) from exc
     raise InputError(
         f"--init-from {init_from}: not a folder, a checkpoint name or a Hugging Face id. "
-        f"Use one of {', '.join(NAMED)}, OWNER/NAME, a folder in Hugging Face layout, or "
+        f"Use one of {', '.join(KNOWN)}, OWNER/NAME, a folder in Hugging Face layout, or "
         f"config:NAME with NAME one of {', '.join(shipped_configs())} (or config:FILE.json)"
     )
 
 
-def _looks_like_repo(text: str) -> bool:
-    parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
-
-
-def hub_folder(repo: str) -> Path:
-    """The local snapshot of a hub repository: cached, else downloaded when allowed and
-    reachable; ModelNotAvailable at once otherwise."""
-    from xmr.retrieval.weights import OFFLINE_ENV, downloads_forbidden, reachable
-
-    cached = _cached_snapshot(repo)
-    if cached is not None:
-        return cached
-    why = None
-    if downloads_forbidden():
-        why = f"{OFFLINE_ENV} is set"
-    elif not reachable(*HUB_HOST):
-        why = f"{HUB_HOST[0]} cannot be reached"
-    if why is None:
-        from huggingface_hub import snapshot_download
-
-        try:
-            return Path(snapshot_download(repo, allow_patterns=HUB_FILES))
-        except Exception as exc:  # a missing repository, a dropped connection
-            why = f"the download failed: {str(exc).splitlines()[0] if str(exc) else exc!r}"
-    raise ModelNotAvailable(
-        f"cannot load BLIP weights {repo} (not on this machine and {why}). Pass a local "
-        f"folder in Hugging Face layout, run once on a machine with network (the weights are "
-        f"then cached), or train from random weights with --init-from config:blip-tiny"
-    )
-
-
-def _cached_snapshot(repo: str) -> Path | None:
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo, allow_patterns=HUB_FILES, local_files_only=True))
-    except Exception:  # not cached (LocalEntryNotFoundError), or a half-written cache entry
-        return None
-
-
-def _from_folder(folder: Path, source: str) -> Start:
+def _from_folder(folder: str, source: str) -> Start:
+    """From a folder in Hugging Face layout, or a hub repository id."""
     from transformers import AutoTokenizer, BlipForImageTextRetrieval, BlipImageProcessor
 
     try:
-        model = BlipForImageTextRetrieval.from_pretrained(str(folder))
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        processor = BlipImageProcessor.from_pretrained(str(folder))
+        model = BlipForImageTextRetrieval.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        processor = BlipImageProcessor.from_pretrained(folder)
     except (OSError, ValueError) as exc:
         raise InputError(
             f"--init-from {source}: not a BLIP ITM checkpoint in Hugging Face layout "
