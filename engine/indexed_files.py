@@ -16,8 +16,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import TYPE_CHECKING
 
 from xmr.retrieval.errors import ItemNotFound, XmrError
+
+if TYPE_CHECKING:
+    from xmr.engine.engine import IndexedFile
 
 CHUNK = 256 * 1024
 
@@ -26,7 +30,7 @@ class FileChanged(XmrError):
     """The file at an indexed path is no longer the one that was indexed (HTTP 409)."""
 
 
-def open_indexed(record) -> tuple[int, os.stat_result]:
+def open_indexed(record: IndexedFile) -> tuple[int, os.stat_result]:
     """A read-only descriptor of `record`'s file (an engine IndexedFile) and its stat;
     raises ItemNotFound (gone) or FileChanged (anything else than what was indexed)."""
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)

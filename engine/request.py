@@ -72,7 +72,7 @@ class SearchRequest:
 
     # -- the strings of an HTTP request ----------------------------------------------------
     @classmethod
-    def from_fields(cls, get: Callable[[str], list[str]], **query) -> SearchRequest:
+    def from_fields(cls, get: Callable[[str], list[str]], **query: Any) -> SearchRequest:
         """From a client's fields: `get(name)` -> every value sent under that name (query
         string or form). `query` holds what a route adds to the QueryInput (an upload)."""
         like = tuple(_int("like", v) for v in get("like"))

@@ -26,11 +26,18 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from xmr.retrieval.errors import InvalidModelSpec, ModelNotAvailable
 from xmr.retrieval.matcher_names import FAMILY, INSTALL_HINT, MatcherSource
+
+if TYPE_CHECKING:
+    import torch
+
+# transformers' model, tokenizer and processor are typed Any: it is an optional extra, read
+# as untyped ([tool.mypy] in pyproject.toml), and the tests pass stand-ins for them.
 
 # The ITM logit spans about -8..8 on COCO (a sharp two-way head); stage-1 cosines of
 # open_clip span about 0.1..0.4. 1.0 lets stage 1 break near-ties only (see the model card).
@@ -75,7 +82,7 @@ def import_transformers():
     return transformers
 
 
-def enc_token_id(tokenizer, vocab_size: int) -> int | None:
+def enc_token_id(tokenizer: Any, vocab_size: int) -> int | None:
     """The id of BLIP's [ENC] token, or None for a model that has none (then [CLS] stays).
 
     The tokenizer's own [ENC] when it has one; else BLIP's layout, where [ENC] is the last
@@ -92,7 +99,7 @@ def enc_token_id(tokenizer, vocab_size: int) -> int | None:
 class BlipPreprocess:
     """PIL image -> (3, S, S) float tensor, as the model's image processor prepares it."""
 
-    def __init__(self, processor):
+    def __init__(self, processor: Any):
         self.processor = processor
 
     def __call__(self, image):
@@ -104,8 +111,9 @@ class BlipMatcher:
 
     family = FAMILY
 
-    def __init__(self, model, tokenizer, processor, source: MatcherSource, fingerprint: str,
-                 device: str = "cpu", settings: MatcherSettings | None = None):  # fmt: skip
+    def __init__(self, model: Any, tokenizer: Any, processor: Any, source: MatcherSource,
+                 fingerprint: str, device: str = "cpu",
+                 settings: MatcherSettings | None = None):  # fmt: skip
         import torch
 
         self.torch = torch
@@ -128,7 +136,7 @@ class BlipMatcher:
         self.feature_shape = ((vision.image_size // vision.patch_size) ** 2 + 1, vision.hidden_size)
 
     # -- the image side: once per image -------------------------------------------------
-    def vision_features(self, pixels) -> np.ndarray:
+    def vision_features(self, pixels: torch.Tensor | np.ndarray) -> np.ndarray:
         """pixels (B, 3, S, S) -> vision tokens (B, N, V) float32 numpy."""
         torch = self.torch
         parts = []
@@ -155,7 +163,12 @@ class BlipMatcher:
             ids[:, 0] = self.enc_token_id  # BLIP's ITM convention (module docstring)
         return ids, encoded["attention_mask"]
 
-    def itm_logits(self, input_ids, attention_mask, vision) -> np.ndarray:
+    def itm_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        vision: torch.Tensor | np.ndarray,
+    ) -> np.ndarray:
         """input_ids, attention_mask (P, L) and vision tokens (P, N, V) -> match logits (P,)."""
         torch = self.torch
         out = []
@@ -178,13 +191,13 @@ class BlipMatcher:
                 out.append(logits[:, 1].float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
-    def match_images(self, text: str, vision) -> np.ndarray:
+    def match_images(self, text: str, vision: np.ndarray) -> np.ndarray:
         """One text against K images' vision tokens (K, N, V) -> ITM logits (K,)."""
         ids, mask = self.text_inputs([text])
         k = len(vision)
         return self.itm_logits(ids.expand(k, -1), mask.expand(k, -1), vision)
 
-    def match_texts(self, vision, texts: list[str]) -> np.ndarray:
+    def match_texts(self, vision: np.ndarray, texts: list[str]) -> np.ndarray:
         """One image's vision tokens (N, V) against K texts -> ITM logits (K,); the image
         side is one array shared by all K (a broadcast view, not K copies)."""
         ids, mask = self.text_inputs(texts)

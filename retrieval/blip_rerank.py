@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -19,6 +20,11 @@ from xmr.retrieval.imageio import DecodeError, decode_image
 from xmr.retrieval.matcher_cache import DEFAULT_CACHE_BYTES, FeatureDiskCache, cache_key
 from xmr.retrieval.matcher_features import content_key
 from xmr.retrieval.matching import Scored
+
+if TYPE_CHECKING:
+    from xmr.retrieval.blip_itm import BlipMatcher
+    from xmr.retrieval.library import Collection, Library
+    from xmr.retrieval.searcher import Query
 
 
 @dataclass
@@ -46,7 +52,7 @@ class _Texts:
 class BlipReranker:
     family = "blip-itm"
 
-    def __init__(self, matcher, cache_bytes: int = DEFAULT_CACHE_BYTES):
+    def __init__(self, matcher: BlipMatcher, cache_bytes: int = DEFAULT_CACHE_BYTES):
         self.matcher = matcher  # blip_itm.BlipMatcher
         self.name = matcher.name
         self.fingerprint = matcher.fingerprint
@@ -56,13 +62,15 @@ class BlipReranker:
     def feature_shape(self) -> tuple[int, int]:
         return self.matcher.feature_shape
 
-    def reads(self, query, collection) -> bool:
+    def reads(self, query: Query, collection: Collection) -> bool:
         if collection.name == "images":
             return query.kind == "text" and bool(query.text)
         return query.kind == "image" and query.image is not None
 
     # -- under the index's lock: copies of what the stores and the database hold ----------
-    def candidate_inputs(self, library, query, collection, ids):
+    def candidate_inputs(
+        self, library: Library, query: Query, collection: Collection, ids: np.ndarray
+    ) -> _Images | _Texts:
         ids = np.asarray(ids, dtype=np.int64)
         kept = getattr(library.images, "kept", None)
         kept = kept if kept is not None and kept.serves(self) else None
@@ -93,10 +101,12 @@ class BlipReranker:
         return _Texts(texts, query_vision, query_key, library.directory)
 
     # -- on the model thread --------------------------------------------------------------
-    def score(self, query, stage1, inputs) -> Scored:
+    def score(self, query: Query, stage1: np.ndarray, inputs: _Images | _Texts) -> Scored:
+        vision: np.ndarray | None  # the candidates' (K, N, V), or the query image's (N, V)
         if isinstance(inputs, _Images):
             vision, bad = self._complete(inputs)
-            logits = self.matcher.match_images(query.text, vision)  # (K,)
+            # reads() let only a text query with words reach here
+            logits = self.matcher.match_images(cast(str, query.text), vision)  # (K,)
             return _fused(self.matcher, logits, stage1, bad)
         vision = inputs.query_vision
         if vision is None:

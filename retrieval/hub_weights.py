@@ -8,10 +8,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from xmr.retrieval.errors import ModelNotAvailable
 from xmr.retrieval.weights import OFFLINE_ENV, _hub_offline, downloads_forbidden, reachable
+
+if TYPE_CHECKING:
+    from xmr.retrieval.matcher_names import MatcherSource
 
 # A model's weights, in the names save_pretrained / the hub use.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -32,7 +36,7 @@ def hub_host() -> tuple[str, int]:
     return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
 
 
-def check_available(source) -> None:
+def check_available(source: MatcherSource) -> None:
     """Raise now, before any long work, when the matcher `source` (matcher_names.py)
     cannot be loaded: transformers missing, or hub files neither cached nor downloadable.
     Imports neither transformers nor torch."""

@@ -18,6 +18,7 @@ from xmr.retrieval.storage import atomic_write_bytes, move_aside
 
 if TYPE_CHECKING:
     from xmr.retrieval.db import Database
+    from xmr.retrieval.encoder import Encoder, LazyEncoder
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
@@ -123,7 +124,13 @@ def write_manifest(directory: Path, db: Database, manifest: dict) -> None:
     db.store_manifest(manifest)
 
 
-def new_manifest(directory, encoder, keep_tokens, token_pool, token_layer) -> dict:
+def new_manifest(
+    directory: Path,
+    encoder: Encoder | LazyEncoder,
+    keep_tokens: bool,
+    token_pool: int | None,
+    token_layer: int | str | None,
+) -> dict:
     token_pool = token_pool or 1
     if token_layer == "auto":
         from xmr.retrieval.reranker_files import folder_token_layer, reranker_folder

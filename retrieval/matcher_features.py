@@ -27,10 +27,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from xmr.retrieval.arraystore import ArrayStore
+
+if TYPE_CHECKING:
+    from xmr.retrieval.matching import Matcher
 
 FEATURES_FILE = "images.mvf"
 KEYS_FILE = "images.mvk"
@@ -106,7 +110,7 @@ class KeptFeatures:
             "shape": list(self.shape),
         }
 
-    def serves(self, matcher) -> bool:
+    def serves(self, matcher: Matcher | None) -> bool:
         return matcher is not None and matcher.fingerprint == self.fingerprint
 
     def present(self, ids: np.ndarray, keys: np.ndarray) -> np.ndarray:

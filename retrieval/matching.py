@@ -21,7 +21,7 @@ The searcher (searcher.py) calls three things, in this order:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -39,8 +39,14 @@ class Matcher(Protocol):
     @property
     def fingerprint(self) -> str: ...
 
-    def reads(self, query, collection) -> bool: ...
+    # query (searcher.Query), collection (library.Collection) and library (library.Library)
+    # are Any: searcher.py imports this module, and tests/test_layering.py counts imports
+    # under TYPE_CHECKING too, so naming them here would close an import circle. inputs:
+    # whatever the family's own candidate_inputs returned.
+    def reads(self, query: Any, collection: Any) -> bool: ...
 
-    def candidate_inputs(self, library, query, collection, ids: np.ndarray): ...
+    def candidate_inputs(
+        self, library: Any, query: Any, collection: Any, ids: np.ndarray
+    ) -> Any: ...
 
-    def score(self, query, stage1: np.ndarray, inputs) -> Scored: ...
+    def score(self, query: Any, stage1: np.ndarray, inputs: Any) -> Scored: ...

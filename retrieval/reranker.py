@@ -19,7 +19,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from xmr.retrieval.token_pooling import pool_patch_tokens, pooled_count
 
 if TYPE_CHECKING:
     from xmr.retrieval.encoder import Encoder, LazyEncoder
+    from xmr.retrieval.matching import Scored
 
 Scores = TypeVar("Scores", np.ndarray, torch.Tensor)  # fused_score takes either
 
@@ -278,7 +279,9 @@ class Reranker(nn.Module):
         return self.match(text, text_mask, self.encode_images(image))
 
 
-def take_states(states, rows):
+def take_states(
+    states: Sequence[tuple[torch.Tensor, ...]], rows: torch.Tensor
+) -> list[tuple[torch.Tensor, ...]]:
     """The image states (from encode_images) of the images at `rows`, in that order."""
     return [tuple(t[rows] for t in state) for state in states]
 
@@ -382,11 +385,16 @@ class RerankerRuntime:
     # -- the searcher's interface (matching.py) -------------------------------------------
     family = "native"
 
-    def reads(self, query, collection) -> bool:
+    # query (searcher.Query), collection and library (library.Collection, Library) are Any:
+    # library.py imports this module (under TYPE_CHECKING, which tests/test_layering.py
+    # counts), and searcher.py imports library.py, so naming them would close a circle.
+    def reads(self, query: Any, collection: Any) -> bool:
         """The encoder's tokens of both sides: the query's and the store's."""
         return collection.tokens is not None and query.tokens is not None
 
-    def candidate_inputs(self, library, query, collection, ids):
+    def candidate_inputs(
+        self, library: Any, query: Any, collection: Any, ids: np.ndarray
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """text->image (tokens (K, N', D) or kept features (K, N', W), None),
         image->text (tokens (K, L, D), their valid lengths (K,))."""
 
@@ -401,7 +409,9 @@ class RerankerRuntime:
         rows = library.db.rows_by_ids(TextRow, ids.tolist())
         return tokens, np.array([rows[int(i)].n_tokens if int(i) in rows else 1 for i in ids])
 
-    def score(self, query, stage1, inputs):
+    # inputs: candidate_inputs' pair, whose None follows query.kind (text: tokens or kept
+    # features; image: tokens and lengths, both set), which its type cannot say: Any.
+    def score(self, query: Any, stage1: np.ndarray, inputs: tuple[Any, Any]) -> Scored:
         from xmr.retrieval.matching import Scored
 
         tokens, extra = inputs
@@ -411,7 +421,14 @@ class RerankerRuntime:
             )
         return Scored(self.rerank_texts(query.tokens, tokens, extra, stage1))
 
-    def rerank_images(self, text_tokens, text_length: int, image_tokens, stage1, features=None):
+    def rerank_images(
+        self,
+        text_tokens: np.ndarray,
+        text_length: int,
+        image_tokens: np.ndarray | None,
+        stage1: np.ndarray,
+        features: np.ndarray | None = None,
+    ) -> np.ndarray:
         """One text (L, D) against K images (K, N, D) -> final scores (K,). `features`
         (K, N', W): the images' image_features kept by the index, used instead of tokens."""
         k = len(stage1)
@@ -507,7 +524,7 @@ def load_reranker(
     )
 
 
-def resolve_reranker(choice: str | None, encoder, device: str | None = None):
+def resolve_reranker(choice: str | None, encoder: Encoder | LazyEncoder, device: str | None = None):
     """The re-ranker `choice` names: xmr's own (a RerankerRuntime), or a pretrained
     matcher (blip_itm.BlipMatcher, for `xmr bench`); None when there is none to use;
     raises when an explicit one is unusable."""

@@ -43,6 +43,7 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 
 from xmr.engine.engine import Engine
 from xmr.engine.indexed_files import FileChanged, open_indexed, read_chunks
@@ -185,7 +186,7 @@ class CatchUnexpected:
     and answered with a JSON 500. Letting it reach the server instead would log it twice
     and close the client's keep-alive connection."""
 
-    def __init__(self, app):
+    def __init__(self, app: ASGIApp):
         self.app = app
 
     async def __call__(self, scope, receive, send):

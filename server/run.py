@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from xmr.retrieval.errors import DiskFull, InputError, ReadOnlyIndex
@@ -65,7 +66,7 @@ def serve(
     port: int = 8765,
     device: str | None = None,
     token: str | None = None,
-    on_ready=None,
+    on_ready: Callable[[str, list[str], list[str]], None] | None = None,
     log_level: str = "info",
 ) -> None:
     """Serve until interrupted. `on_ready(url, loaded, notices)` is called once the models
