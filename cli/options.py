@@ -33,6 +33,7 @@ IndexDir = Annotated[Path | None, typer.Option("--index", **_INDEX)]
 ModelName = Annotated[str | None, typer.Option("--model", "-m", **_MODEL)]
 Device = Annotated[str | None, typer.Option("--device", **_DEVICE)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", **_QUIET)]
+Threads = Annotated[int | None, typer.Option("--threads", **_THREADS)]
 JsonReport = Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
 IndexType = Annotated[
     str | None,
@@ -52,13 +53,6 @@ MaxMemory = Annotated[
         show_default=False,
     ),
 ]
-
-# Defaults for the commands that still declare options as `name: T = typer.Option(...)`.
-IndexOption = typer.Option(None, "--index", **_INDEX)
-ModelOption = typer.Option(None, "--model", "-m", **_MODEL)
-DeviceOption = typer.Option(None, "--device", **_DEVICE)
-QuietOption = typer.Option(False, "--quiet", "-q", **_QUIET)
-ThreadsOption = typer.Option(None, "--threads", **_THREADS)
 
 
 def index_dir(index: Path | None) -> Path:

@@ -5,90 +5,121 @@ print exactly the same."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from xmr.cli.errors import handle_errors
-from xmr.cli.options import DeviceOption, IndexOption, index_dir
+from xmr.cli.options import Device, IndexDir, index_dir
 
 DEDUP_DEFAULT = 0.95  # `--dedup` alone: cosine at which two results are one picture
 
 
 @handle_errors
 def search(
-    query: str = typer.Argument(
-        None,
-        help="Text, or an expression: 'beach + 2:sunset - people', './ref.jpg + at night'.",
-    ),
-    image: Path = typer.Option(None, "--image", "-i", help="Query by this image."),
-    like: list[int] = typer.Option(
-        [], "--like", help="Query by an indexed image's id, no decoding (repeatable)."
-    ),
-    add: list[str] = typer.Option([], "--add", help="Add this term, taken whole (repeatable)."),
-    sub: list[str] = typer.Option(
-        [], "--sub", help="Subtract this term, taken whole (repeatable)."
-    ),
-    texts: bool = typer.Option(
-        False, "--texts", "-t", help="Search the text corpus instead of images."
-    ),
-    k: int = typer.Option(10, "-k", "--top", min=1, help="How many results."),
-    candidates: int = typer.Option(
-        None, "--candidates", "-K", min=1, help="Stage-1 depth re-ranked [default: 128]."
-    ),
-    no_rerank: bool = typer.Option(False, "--no-rerank", help="Stage 1 only (dual encoder)."),
-    reranker: str = typer.Option(
-        "auto",
-        "--reranker",
-        help="Re-ranker folder, 'auto' (the model's own) or 'none', or a BLIP model for "
-        "photos: blip-itm-base-coco, blip-itm-large-coco, a Hugging Face id or folder.",
-    ),
-    feature_cache: str = typer.Option(
-        None,
-        "--feature-cache",
-        help="Size cap of the BLIP vision tokens cached in the index folder at search time "
-        "(e.g. 4G; 0: none) [default: 2G].",
-    ),
-    index: Path = IndexOption,
-    device: str = DeviceOption,
-    as_json: bool = typer.Option(
-        False, "--json", help="JSON array with rank, score, id, stage1_score, path/text."
-    ),
-    paths_only: bool = typer.Option(
-        False, "--paths", "-p", help="Only paths (or texts), one a line."
-    ),
-    under: list[Path] = typer.Option(
-        [], "--under", help="Only files at or below this folder (repeatable; texts: corpus files)."
-    ),
-    after: str = typer.Option(
-        None, "--after", help="Only images taken (EXIF) or modified on or after YYYY-MM-DD."
-    ),
-    before: str = typer.Option(
-        None, "--before", help="Only images taken (EXIF) or modified before YYYY-MM-DD."
-    ),
-    ext: str = typer.Option(None, "--ext", help="Only these extensions, e.g. jpg,png."),
-    min_score: float = typer.Option(
-        None, "--min-score", help="Leave out results whose stage-1 cosine is below this."
-    ),
-    dedup: float = typer.Option(
-        None,
-        "--dedup",
-        min=0.0,
-        max=1.0,
-        help=f"Fold near-duplicates (cosine >= T) into the best-ranked; T defaults to "
-        f"{DEDUP_DEFAULT}.",
-    ),
-    print0: bool = typer.Option(
-        False, "--print0", "-0", help="Only paths, each ended by NUL (for xargs -0)."
-    ),
-    no_server: bool = typer.Option(
-        False, "--no-server", help="Search in this process even when `xmr serve` runs."
-    ),
-    server_timeout: float = typer.Option(
-        30.0,
-        "--server-timeout",
-        min=0.1,
-        help="Seconds to wait for a running `xmr serve`; then search in this process.",
-    ),
+    query: Annotated[
+        str | None,
+        typer.Argument(
+            help="Text, or an expression: 'beach + 2:sunset - people', './ref.jpg + at night'."
+        ),
+    ] = None,
+    image: Annotated[
+        Path | None, typer.Option("--image", "-i", help="Query by this image.")
+    ] = None,
+    like: Annotated[
+        list[int] | None,
+        typer.Option("--like", help="Query by an indexed image's id, no decoding (repeatable)."),
+    ] = None,
+    add: Annotated[
+        list[str] | None, typer.Option("--add", help="Add this term, taken whole (repeatable).")
+    ] = None,
+    sub: Annotated[
+        list[str] | None,
+        typer.Option("--sub", help="Subtract this term, taken whole (repeatable)."),
+    ] = None,
+    texts: Annotated[
+        bool, typer.Option("--texts", "-t", help="Search the text corpus instead of images.")
+    ] = False,
+    k: Annotated[int, typer.Option("-k", "--top", min=1, help="How many results.")] = 10,
+    candidates: Annotated[
+        int | None,
+        typer.Option("--candidates", "-K", min=1, help="Stage-1 depth re-ranked [default: 128]."),
+    ] = None,
+    no_rerank: Annotated[
+        bool, typer.Option("--no-rerank", help="Stage 1 only (dual encoder).")
+    ] = False,
+    reranker: Annotated[
+        str,
+        typer.Option(
+            "--reranker",
+            help="Re-ranker folder, 'auto' (the model's own) or 'none', or a BLIP model for "
+            "photos: blip-itm-base-coco, blip-itm-large-coco, a Hugging Face id or folder.",
+        ),
+    ] = "auto",
+    feature_cache: Annotated[
+        str | None,
+        typer.Option(
+            "--feature-cache",
+            help="Size cap of the BLIP vision tokens cached in the index folder at search time "
+            "(e.g. 4G; 0: none) [default: 2G].",
+        ),
+    ] = None,
+    index: IndexDir = None,
+    device: Device = None,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="JSON array with rank, score, id, stage1_score, path/text."),
+    ] = False,
+    paths_only: Annotated[
+        bool, typer.Option("--paths", "-p", help="Only paths (or texts), one a line.")
+    ] = False,
+    under: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--under", help="Only files at or below this folder (repeatable; texts: corpus files)."
+        ),
+    ] = None,
+    after: Annotated[
+        str | None,
+        typer.Option(
+            "--after", help="Only images taken (EXIF) or modified on or after YYYY-MM-DD."
+        ),
+    ] = None,
+    before: Annotated[
+        str | None,
+        typer.Option("--before", help="Only images taken (EXIF) or modified before YYYY-MM-DD."),
+    ] = None,
+    ext: Annotated[
+        str | None, typer.Option("--ext", help="Only these extensions, e.g. jpg,png.")
+    ] = None,
+    min_score: Annotated[
+        float | None,
+        typer.Option("--min-score", help="Leave out results whose stage-1 cosine is below this."),
+    ] = None,
+    dedup: Annotated[
+        float | None,
+        typer.Option(
+            "--dedup",
+            min=0.0,
+            max=1.0,
+            help=f"Fold near-duplicates (cosine >= T) into the best-ranked; T defaults to "
+            f"{DEDUP_DEFAULT}.",
+        ),
+    ] = None,
+    print0: Annotated[
+        bool, typer.Option("--print0", "-0", help="Only paths, each ended by NUL (for xargs -0).")
+    ] = False,
+    no_server: Annotated[
+        bool, typer.Option("--no-server", help="Search in this process even when `xmr serve` runs.")
+    ] = False,
+    server_timeout: Annotated[
+        float,
+        typer.Option(
+            "--server-timeout",
+            min=0.1,
+            help="Seconds to wait for a running `xmr serve`; then search in this process.",
+        ),
+    ] = 30.0,
 ):
     """Search: text->image (default), image->image (--image), image->text (--image --texts).
 
@@ -99,6 +130,7 @@ def search(
     goes there (warm models, milliseconds); --no-server, --device, another --reranker or
     an image path inside QUERY keep it in this process.
     """
+    like, add, sub, under = like or [], add or [], sub or [], under or []
     if query is None and image is None and not (like or add or sub):
         raise typer.BadParameter("give a text QUERY, --image PATH or --like ID")
     from xmr.cli.output import print_answer, print_notices

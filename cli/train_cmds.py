@@ -6,11 +6,12 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from xmr.cli.errors import handle_errors
-from xmr.cli.options import DeviceOption, QuietOption, ThreadsOption
+from xmr.cli.options import Device, Quiet, Threads
 
 
 def _encoder_row(row: dict) -> str:
@@ -106,10 +107,10 @@ class _TrainingReport:
 
 @handle_errors
 def make_corpus(
-    out: Path = typer.Argument(..., help="Folder to write images/ and captions.json into."),
-    images: int = typer.Option(10000, "--images", "-n", min=10, help="How many scenes."),
-    seed: int = typer.Option(0, "--seed", help="Same seed, same corpus."),
-    quiet: bool = QuietOption,
+    out: Annotated[Path, typer.Argument(help="Folder to write images/ and captions.json into.")],
+    images: Annotated[int, typer.Option("--images", "-n", min=10, help="How many scenes.")] = 10000,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same corpus.")] = 0,
+    quiet: Quiet = False,
 ):
     """Generate a compositional shapes corpus (Karpathy format, with ARO-style negatives)."""
     from xmr.training.corpus import make_corpus as run_make_corpus
@@ -128,25 +129,29 @@ def make_corpus(
 
 @handle_errors
 def train_encoder(
-    data: Path = typer.Argument(
-        ..., help="Karpathy-format JSON (xmr make-corpus, COCO, Flickr30k)."
-    ),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (open_clip artefact)."),
-    model: str = typer.Option(
-        ..., "--model", "-m", help="NAME[:PRETRAINED] to train or fine-tune."
-    ),
-    images_root: Path = typer.Option(
-        None, "--images-root", help="Folder the image paths are under."
-    ),
-    epochs: int = typer.Option(10, "--epochs", min=1),
-    batch_size: int = typer.Option(256, "--batch-size", min=2),
-    lr: float = typer.Option(1e-3, "--lr"),
-    warmup_steps: int = typer.Option(50, "--warmup"),
-    max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many steps."),
-    seed: int = typer.Option(0, "--seed"),
-    name: str = typer.Option("xmr-encoder", "--name", help="Name of the config in the artefact."),
-    threads: int = ThreadsOption,
-    quiet: bool = QuietOption,
+    data: Annotated[
+        Path, typer.Argument(help="Karpathy-format JSON (xmr make-corpus, COCO, Flickr30k).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (open_clip artefact).")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="NAME[:PRETRAINED] to train or fine-tune.")
+    ],
+    images_root: Annotated[
+        Path | None, typer.Option("--images-root", help="Folder the image paths are under.")
+    ] = None,
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = 256,
+    lr: Annotated[float, typer.Option("--lr")] = 1e-3,
+    warmup_steps: Annotated[int, typer.Option("--warmup")] = 50,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Stop after this many steps.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    name: Annotated[
+        str, typer.Option("--name", help="Name of the config in the artefact.")
+    ] = "xmr-encoder",
+    threads: Threads = None,
+    quiet: Quiet = False,
 ):
     """Contrastive training (open_clip ClipLoss); resumes from OUT/checkpoints/last.pt."""
     from xmr.training.encoder_training import EncoderTrainConfig
@@ -161,69 +166,99 @@ def train_encoder(
 
 @handle_errors
 def train_reranker(
-    data: Path = typer.Argument(..., help="Karpathy-format JSON with a train (and val) split."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the re-ranker."),
-    model: str = typer.Option("xmr-tiny", "--model", "-m", help="The frozen encoder it reads."),
-    images_root: Path = typer.Option(None, "--images-root"),
-    steps: int = typer.Option(1500, "--steps", min=1),
-    max_minutes: float = typer.Option(
-        None, "--max-minutes", min=0.1, help="Stop after this much training (a time budget)."
-    ),
-    batch_size: int = typer.Option(32, "--batch-size", min=2, help="Queries per step."),
-    width: int = typer.Option(64, "--width"),
-    layers: int = typer.Option(2, "--layers"),
-    heads: int = typer.Option(4, "--heads", min=1, help="Attention heads (divide --width)."),
-    image_layers: int = typer.Option(0, "--image-layers", min=0, help="Patch self-attention."),
-    image_pool: int = typer.Option(2, "--image-pool", min=1, help="k x k patch pooling."),
-    image_token_layer: int = typer.Option(
-        None,
-        "--image-token-layer",
-        min=0,
-        help="Vision block (0-based) whose output the image tokens are; default the last.",
-    ),
-    image_stem: str = typer.Option(
-        "attention", "--image-stem", help="Image blocks: attention | conv (3x3, local)."
-    ),
-    token_alignment: bool = typer.Option(
-        False, "--token-alignment/--no-token-alignment", help="Add each word's best patch."
-    ),
-    edit_pairs: int = typer.Option(
-        0, "--edit-pairs", min=0, help="Caption-vs-edit pairs per step (direct binding signal)."
-    ),
-    edit_kinds: str = typer.Option(
-        "attribute", "--edit-kinds", help="Edits those pairs use: attribute,relation,object."
-    ),
-    hard_negatives: int = typer.Option(
-        2, "--hard-negatives", min=1, help="Stage-1 look-alikes per query and step."
-    ),
-    gallery: int = typer.Option(
-        1000, "--gallery", min=2, help="Images per hard-negative gallery (~ what stage 2 sees)."
-    ),
-    max_train_images: int = typer.Option(None, "--max-train-images"),
-    val_every: int = typer.Option(500, "--val-every"),
-    calibrate_fusion: bool = typer.Option(
-        True, "--calibrate/--no-calibrate", help="Pick the stage-1 weight on validation."
-    ),
-    seed: int = typer.Option(0, "--seed"),
-    family: str = typer.Option(
-        "native",
-        "--family",
-        help="native: xmr's re-ranker over the encoder's tokens; blip-itm: BLIP ITM "
-        "(transformers), written as a Hugging Face folder for --reranker FOLDER.",
-    ),
-    init_from: str = typer.Option(
-        None,
-        "--init-from",
-        help="native: a saved re-ranker (same options). blip-itm: blip-itm-base-coco (the "
-        "default), another checkpoint name, an HF id, a Hugging Face folder, or "
-        "config:blip-tiny / config:FILE.json for random weights.",
-    ),
-    lr: float = typer.Option(
-        None, "--lr", help="Default: native 5e-4; blip-itm 2e-5 from weights, 1e-3 from a config."
-    ),
-    device: str = DeviceOption,
-    threads: int = ThreadsOption,
-    quiet: bool = QuietOption,
+    data: Annotated[
+        Path, typer.Argument(help="Karpathy-format JSON with a train (and val) split.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the re-ranker.")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="The frozen encoder it reads.")
+    ] = "xmr-tiny",
+    images_root: Annotated[Path | None, typer.Option("--images-root")] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1)] = 1500,
+    max_minutes: Annotated[
+        float | None,
+        typer.Option(
+            "--max-minutes", min=0.1, help="Stop after this much training (a time budget)."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Queries per step.")] = 32,
+    width: Annotated[int, typer.Option("--width")] = 64,
+    layers: Annotated[int, typer.Option("--layers")] = 2,
+    heads: Annotated[
+        int, typer.Option("--heads", min=1, help="Attention heads (divide --width).")
+    ] = 4,
+    image_layers: Annotated[
+        int, typer.Option("--image-layers", min=0, help="Patch self-attention.")
+    ] = 0,
+    image_pool: Annotated[
+        int, typer.Option("--image-pool", min=1, help="k x k patch pooling.")
+    ] = 2,
+    image_token_layer: Annotated[
+        int | None,
+        typer.Option(
+            "--image-token-layer",
+            min=0,
+            help="Vision block (0-based) whose output the image tokens are; default the last.",
+        ),
+    ] = None,
+    image_stem: Annotated[
+        str, typer.Option("--image-stem", help="Image blocks: attention | conv (3x3, local).")
+    ] = "attention",
+    token_alignment: Annotated[
+        bool,
+        typer.Option("--token-alignment/--no-token-alignment", help="Add each word's best patch."),
+    ] = False,
+    edit_pairs: Annotated[
+        int,
+        typer.Option(
+            "--edit-pairs", min=0, help="Caption-vs-edit pairs per step (direct binding signal)."
+        ),
+    ] = 0,
+    edit_kinds: Annotated[
+        str, typer.Option("--edit-kinds", help="Edits those pairs use: attribute,relation,object.")
+    ] = "attribute",
+    hard_negatives: Annotated[
+        int, typer.Option("--hard-negatives", min=1, help="Stage-1 look-alikes per query and step.")
+    ] = 2,
+    gallery: Annotated[
+        int,
+        typer.Option(
+            "--gallery", min=2, help="Images per hard-negative gallery (~ what stage 2 sees)."
+        ),
+    ] = 1000,
+    max_train_images: Annotated[int | None, typer.Option("--max-train-images")] = None,
+    val_every: Annotated[int, typer.Option("--val-every")] = 500,
+    calibrate_fusion: Annotated[
+        bool,
+        typer.Option("--calibrate/--no-calibrate", help="Pick the stage-1 weight on validation."),
+    ] = True,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    family: Annotated[
+        str,
+        typer.Option(
+            "--family",
+            help="native: xmr's re-ranker over the encoder's tokens; blip-itm: BLIP ITM "
+            "(transformers), written as a Hugging Face folder for --reranker FOLDER.",
+        ),
+    ] = "native",
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            "--init-from",
+            help="native: a saved re-ranker (same options). blip-itm: blip-itm-base-coco (the "
+            "default), another checkpoint name, an HF id, a Hugging Face folder, or "
+            "config:blip-tiny / config:FILE.json for random weights.",
+        ),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            "--lr", help="Default: native 5e-4; blip-itm 2e-5 from weights, 1e-3 from a config."
+        ),
+    ] = None,
+    device: Device = None,
+    threads: Threads = None,
+    quiet: Quiet = False,
 ):
     """Train the cross-attention re-ranker (ITM with hard negatives); resumes from OUT."""
     if family == "blip-itm":
@@ -266,7 +301,7 @@ def _refuse_native_options(options: dict) -> None:
     from xmr.retrieval.errors import InputError
 
     params = inspect.signature(train_reranker).parameters
-    given = [n for n in _NATIVE_ONLY if options[n] != params[n].default.default]
+    given = [n for n in _NATIVE_ONLY if options[n] != params[n].default]
     if given:
         flags = ", ".join("--" + n.replace("_", "-") for n in given)
         raise InputError(f"{flags}: native re-ranker options; --family blip-itm has its own model")

@@ -27,7 +27,7 @@ import mimetypes
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Query, Request
@@ -102,10 +102,11 @@ def create_app(
 
     @app.get("/api/duplicates")
     def duplicates(
-        threshold: float = Query(0.95, gt=0, le=1), under: list[str] = Query([])
+        threshold: Annotated[float, Query(gt=0, le=1)] = 0.95,
+        under: Annotated[list[str] | None, Query()] = None,
     ) -> dict:
         """Groups of near-duplicate images, biggest first (what `xmr duplicates` lists)."""
-        return {"groups": engine.duplicates(threshold=threshold, under=under)}
+        return {"groups": engine.duplicates(threshold=threshold, under=under or [])}
 
     @app.get("/api/examples")
     def examples() -> dict:
@@ -158,7 +159,7 @@ def create_app(
         return StreamingResponse(read_chunks(fd, info.st_size), media_type=kind, headers=headers)
 
     @app.get("/api/images/{image_id}/thumbnail")
-    def thumbnail(image_id: int, size: int = Query(256, ge=16, le=1024)):
+    def thumbnail(image_id: int, size: Annotated[int, Query(ge=16, le=1024)] = 256):
         data = thumbnails.jpeg(image_id, size)
         return Response(
             data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"}
