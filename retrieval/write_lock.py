@@ -13,7 +13,7 @@ import os
 import weakref
 from pathlib import Path
 
-from xmr.retrieval.errors import XmrError
+from xmr.retrieval.errors import InputError, XmrError
 from xmr.retrieval.storage import disk_errors, prepare_writes
 
 LOCK_FILE = "write.lock"
@@ -36,7 +36,14 @@ class WriteLock:
     def acquire(cls, directory: Path) -> WriteLock:
         _prepare_writer()
         with disk_errors(directory):  # one line naming the folder
-            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):  # it, or a folder above it, a file
+                raise InputError(
+                    f"{directory} is not a folder (it or a folder above it is a file); give "
+                    "the index a folder of its own",
+                    setting="index",
+                ) from None
             fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -177,6 +177,19 @@ def test_a_fifo_or_a_folder_is_named_for_what_it_is(tmp_path, cli, tiny_spec):
         assert f"{role} {args[-1]} {kind}, not a file" in line, line
 
 
+def test_an_index_path_that_is_a_file_is_one_line_and_loses_nothing(tmp_path, cli, tiny_spec):
+    make_images(tmp_path / "photos", 2)
+    (tmp_path / "afile").write_text("mine")
+    (tmp_path / "captions.txt").write_text("a red square\n")
+    for index in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        for args in (("index", tmp_path / "photos"), ("add-texts", tmp_path / "captions.txt")):
+            result = cli(*args, "--index", index, "--model", tiny_spec)
+            assert result.exit_code == 1, result.output
+            line = error_line(result)
+            assert f"{index} is not a folder" in line and "(--index)" in line, line
+    assert (tmp_path / "afile").read_text() == "mine"  # the file is left as it was
+
+
 # -- text corpora ------------------------------------------------------------------------
 def test_control_characters_are_removed_and_huge_lines_cut_with_a_notice(tmp_path, cli, tiny_spec):
     from xmr.indexer.texts import MAX_TEXT_CHARS
