@@ -128,7 +128,7 @@ class Engine:
         self._models: Models | None = None
 
     # -- reading -------------------------------------------------------------------------
-    def search(self, query: SearchRequest | QueryInput | str, /, **options: Any) -> Answer:
+    def search(self, query: SearchRequest | QueryInput | str, **options: Any) -> Answer:
         """The top-k items for a request, with notices and timings (ms): either a
         SearchRequest, or a query and the request's other fields by name
         (`engine.search("a dog", k=5, dedup=0.9)`); see Searcher.answer for

@@ -50,8 +50,8 @@ def test_search_takes_a_request_or_keywords_never_positional_options():
         SearchRequest(QueryInput("x"))  # type: ignore[misc]  # keyword-only, the point
     parameters = inspect.signature(Engine.search).parameters
     assert [p.kind for p in parameters.values()][1:] == [
-        inspect.Parameter.POSITIONAL_ONLY,
-        inspect.Parameter.VAR_KEYWORD,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,  # the query, by position or as query=
+        inspect.Parameter.VAR_KEYWORD,  # everything else by name only
     ]
     with pytest.raises(TypeError):
         SearchRequest(query="x", min_scor=0.5)  # a misspelt option is an error too
