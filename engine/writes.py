@@ -23,6 +23,7 @@ from xmr.retrieval.reranker_compat import reranker_config_mismatch
 
 if TYPE_CHECKING:
     from xmr.engine.progress import IndexSummary
+    from xmr.indexer.images import IndexOptions
     from xmr.retrieval.check import CheckReport
     from xmr.retrieval.encoder import Encoder, LazyEncoder
     from xmr.retrieval.reranker import RerankerRuntime
@@ -174,7 +175,14 @@ def _check_matcher(reranker: str) -> None:
         check_available(source)
 
 
-def _keep_matcher_features(library, reranker, device, form, options, reporter) -> list[str]:
+def _keep_matcher_features(
+    library: Library,
+    reranker: str,
+    device: str | None,
+    form: str,
+    options: IndexOptions,
+    reporter: Reporter | None,
+) -> list[str]:
     """A pretrained matcher's vision tokens for every image (indexer/matcher_pass.py): the
     one named, or under auto the one the index already keeps."""
     from xmr.retrieval.matcher_features import MANIFEST_KEY
@@ -188,7 +196,6 @@ def _keep_matcher_features(library, reranker, device, form, options, reporter) -
         return []
     from xmr.indexer.matcher_pass import keep_matcher_features
 
-    options = options or _index_options()
     report = keep_matcher_features(
         library, source, device, form, reporter, options.batch_size, options.workers,
         options.max_pixels,
@@ -196,12 +203,6 @@ def _keep_matcher_features(library, reranker, device, form, options, reporter) -
     if report["unreadable"]:
         return [f"{report['unreadable']} images could not be read for {source.name}'s features"]
     return []
-
-
-def _index_options():
-    from xmr.indexer.images import IndexOptions
-
-    return IndexOptions()
 
 
 def _load_reranker(
