@@ -50,6 +50,13 @@ def index(
     hidden: Annotated[
         bool, typer.Option("--hidden", help="Include hidden files and folders.")
     ] = False,
+    follow_links: Annotated[
+        bool,
+        typer.Option(
+            "--follow-links",
+            help="Enter symlinked folders too (never twice, never /proc, /sys or /dev).",
+        ),
+    ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     workers: Annotated[
         int | None, typer.Option("--workers", min=0, help="Decoding processes [default: cores].")
@@ -108,6 +115,7 @@ def index(
         model=model,
         exclude=exclude or (),
         include_hidden=hidden,
+        follow_links=follow_links,
         batch_size=batch_size,
         workers=workers,
         commit_every=commit_every,

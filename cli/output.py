@@ -117,6 +117,12 @@ def print_summary(summary: IndexSummary, what: str, as_json: bool) -> None:
             parts.append(f"{value} {label}")
     rate = f", {summary.items_per_second:.1f} {what}/s encoded" if summary.encoded else ""
     typer.echo(f"{what}: " + ", ".join(parts) + f" in {summary.seconds:.1f}s{rate}", err=True)
+    if summary.links_not_followed:
+        typer.echo(
+            f"{summary.links_not_followed} symlinked folders not followed "
+            "(--follow-links enters them)",
+            err=True,
+        )
 
 
 def describe_index(index: dict) -> str:

@@ -84,6 +84,7 @@ def index_images(
     device: str | None = None,
     exclude: Sequence[str] = (),
     include_hidden: bool = False,
+    follow_links: bool = False,
     batch_size: int = 64,
     workers: int | None = None,
     commit_every: int = 256,
@@ -120,6 +121,7 @@ def index_images(
     options = IndexOptions(
         exclude=tuple(exclude),
         include_hidden=include_hidden,
+        follow_links=follow_links,
         batch_size=batch_size,
         workers=default_workers() if workers is None else workers,
         commit_every=commit_every,

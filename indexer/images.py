@@ -28,7 +28,7 @@ import numpy as np
 
 from xmr.indexer.executor import LOCAL, Executor
 from xmr.indexer.report import IndexSummary, Reporter
-from xmr.indexer.scan import ScannedFile, scan_file, scan_folders
+from xmr.indexer.scan import ScannedFile, WalkCounts, scan_file, scan_folders
 from xmr.indexer.texts import reencode_damaged_texts
 from xmr.retrieval.content_hash import content_hash
 from xmr.retrieval.db import Database, ImageRow
@@ -40,6 +40,7 @@ from xmr.retrieval.library import Library
 class IndexOptions:
     exclude: tuple[str, ...] = ()
     include_hidden: bool = False
+    follow_links: bool = False  # enter symlinked folders (never in a loop, never /proc)
     batch_size: int = 64
     workers: int = field(default_factory=default_workers)
     commit_every: int = 256  # images per transaction: what a kill can cost at most
@@ -81,11 +82,22 @@ def index_folders(
         summary.skipped.append((path, reason))
         reporter.skip(path, reason)
 
+    walked = WalkCounts()
     scanned = {
         f.path: f
-        for f in scan_folders(roots, options.exclude, options.include_hidden, on_skip=unreadable)
+        for f in scan_folders(
+            roots,
+            options.exclude,
+            options.include_hidden,
+            follow_links=options.follow_links,
+            on_skip=unreadable,
+            counts=walked,
+        )
     }
-    summary.notices = list(library.notices)
+    summary.links_not_followed = walked.links_not_followed
+    summary.notices = list(library.notices) + [
+        f"{path}: a pseudo file system, not entered" for path in walked.pseudo_skipped
+    ]
     with library.db.session() as session:
         known = {row.path: row for row in Database.image_rows_under(session, roots)}
         pending, twins = _plan(session, library, scanned, known, summary, reporter)

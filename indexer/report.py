@@ -37,6 +37,7 @@ class IndexSummary:
     repaired: int = 0  # items whose lost records were re-encoded
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), this run
     skipped_before: int = 0  # unchanged files that failed in an earlier run
+    links_not_followed: int = 0  # symlinked folders the walk left out (no --follow-links)
     encoded: int = 0  # items that went through the encoder
     seconds: float = 0.0
     encode_seconds: float = 0.0  # time inside the encoder alone
@@ -60,6 +61,7 @@ class IndexSummary:
             "repaired": self.repaired,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "skipped_before": self.skipped_before,
+            "links_not_followed": self.links_not_followed,
             "encoded": self.encoded,
             "seconds": round(self.seconds, 3),
             "encode_seconds": round(self.encode_seconds, 3),

@@ -226,6 +226,29 @@ def test_index_flags_reach_the_scanner(cli, tiny_spec, tmp_path):
     assert (summary["new"], summary["removed"], summary["unchanged"]) == (2, 1, 1)
 
 
+def test_follow_links_and_pseudo_file_systems_through_the_cli(tiny_spec, tmp_path):
+    folder = tmp_path / "photos"
+    make_image(folder / "a.png", seed=1)
+    make_image(tmp_path / "elsewhere" / "b.png", seed=2)
+    (folder / "album").symlink_to(tmp_path / "elsewhere")
+    index_dir = tmp_path / "index"
+    args = ("index", "--index", index_dir, "--model", tiny_spec, "--workers", "0")
+    result = run_xmr(*args, folder)
+    assert result.returncode == 0, result.stderr
+    assert "1 symlinked folders not followed (--follow-links enters them)" in result.stderr
+    result = run_xmr(*args, folder, "--follow-links", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["new"], summary["links_not_followed"]) == (1, 0)
+    assert sorted(indexed_paths(index_dir)) == [str(folder / "a.png"), str(folder / "album/b.png")]
+
+    result = run_xmr(*args, "/proc", timeout=60)
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and len(errors) == 1, result.stderr
+    assert "/proc is a proc pseudo file system" in errors[0]
+    assert len(indexed_paths(index_dir)) == 2  # nothing lost
+
+
 def test_no_tokens_index_still_searches(cli, tiny_spec, tmp_path):
     folder = tmp_path / "photos"
     make_images(folder, 3)

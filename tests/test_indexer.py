@@ -439,8 +439,41 @@ def test_symlink_loops_neither_hang_nor_duplicate(encoder, tmp_path):
     (folder / "sub" / "loop").symlink_to(folder)  # photos/sub/loop -> photos
     (folder / "self").symlink_to(".")  # photos/self -> photos
     (folder / "link.png").symlink_to(images[0])  # a second name for one file
-    summary = index_with(tmp_path / "index", encoder, [folder])
+    summary = index_with(tmp_path / "index", encoder, [folder], follow_links=True)
     paths = _consistent(tmp_path / "index")
     assert summary.new == 3 and len(paths) == 3
     real = sorted(os.path.realpath(p) for p in paths)
     assert real == sorted(str(p) for p in images)
+
+
+def test_symlinked_folders_are_entered_only_when_asked(encoder, tmp_path):
+    folder = tmp_path / "photos"
+    own = make_images(folder, 2)
+    elsewhere = make_images(tmp_path / "elsewhere", 3, start_seed=7)
+    (folder / "album").symlink_to(tmp_path / "elsewhere")
+    summary = index_with(tmp_path / "index", encoder, [folder])
+    assert sorted(_consistent(tmp_path / "index")) == sorted(map(str, own))
+    assert summary.links_not_followed == 1 and summary.new == 2
+
+    summary = index_with(tmp_path / "index", encoder, [folder], follow_links=True)
+    assert summary.new == 3 and summary.links_not_followed == 0
+    linked = sorted(str(folder / "album" / p.name) for p in elsewhere)
+    assert sorted(_consistent(tmp_path / "index")) == sorted([*map(str, own), *linked])
+
+
+def test_pseudo_file_systems_are_never_entered(encoder, tmp_path):
+    from xmr.indexer.scan import scan_folders
+    from xmr.retrieval.errors import InputError
+
+    with pytest.raises(InputError, match="proc pseudo file system"):
+        list(scan_folders([Path("/proc")]))
+    folder = tmp_path / "photos"
+    own = make_images(folder, 2)
+    (folder / "proc").symlink_to("/proc/self")  # cwd, root and fd lead back everywhere
+    (folder / "sys").symlink_to("/sys")
+    summary = index_with(tmp_path / "index", encoder, [folder], follow_links=True)
+    assert sorted(_consistent(tmp_path / "index")) == sorted(map(str, own))
+    entered = [n for n in summary.notices if "pseudo file system" in n]
+    assert sorted(entered) == sorted(
+        f"{folder / name}: a pseudo file system, not entered" for name in ("proc", "sys")
+    )
