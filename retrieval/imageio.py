@@ -28,6 +28,11 @@ DEFAULT_MAX_PIXELS = 89_478_485
 # the aspect ratio (64:1 leaves every real panorama in).
 MAX_ASPECT_RATIO = 64
 MAX_RESIZED_PIXELS = 16_777_216  # 4096 x 4096: 64:1 at a 448 px model input fits
+# Each scan of a progressive JPEG is another pass over every coefficient, so a small file
+# repeating one scan thousands of times decodes for minutes within the pixel limit. Real
+# encoders write about 10 (libjpeg's progressive script) and rarely more than 20.
+MAX_JPEG_SCANS = 64
+JPEG_START_OF_SCAN = b"\xff\xda"  # cannot occur inside entropy-coded data (0xFF is stuffed)
 EXIF_DATETIME_ORIGINAL = 0x9003
 EXIF_DATETIME = 0x0132
 EXIF_IFD = 0x8769
@@ -51,6 +56,9 @@ def decode_image(path: str | bytes, preprocess: Preprocess, max_pixels: int = DE
             width, height = image.size
             check_pixels(width, height, max_pixels)  # the header's claim, before decoding
             _check_resized(width, height, preprocess)
+            if image.format == "JPEG":
+                in_bytes = isinstance(path, bytes | bytearray)
+                check_jpeg_scans(bytes(path) if in_bytes else _read(path))
             fmt = image.format
             taken_at = _exif_datetime(image)
             image.load()
@@ -79,6 +87,22 @@ def check_pixels(width: int, height: int, max_pixels: int = DEFAULT_MAX_PIXELS) 
             f"{width}x{height} = {width * height:,} pixels exceeds the limit of "
             f"{max_pixels:,}; raise the pixel limit to index it"
         )
+
+
+def check_jpeg_scans(data: bytes) -> None:
+    """Raise DecodeError for a JPEG with more scans than a real encoder writes: with the
+    pixel limit this bounds the decoding work of any file."""
+    scans = data.count(JPEG_START_OF_SCAN)
+    if scans > MAX_JPEG_SCANS:
+        raise DecodeError(
+            f"JPEG with {scans:,} scans (real ones have about 10; the limit is "
+            f"{MAX_JPEG_SCANS}): each scan is another full decoding pass"
+        )
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as file:
+        return file.read()
 
 
 def _check_resized(width: int, height: int, preprocess) -> None:

@@ -8,6 +8,7 @@ in a subprocess.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sqlite3
@@ -165,6 +166,7 @@ def make_bad_files(folder: Path) -> dict[str, str]:
     (folder / "whole.jpg").unlink()
     (folder / "half.jpg").write_bytes(jpg[: len(jpg) // 2])
     make_image(folder / "bomb.png", seed=72, size=(200, 200))  # 40,000 px > --max-pixels
+    (folder / "scans.jpg").write_bytes(jpeg_scan_bomb())
     return {
         "empty.jpg": "empty file",
         "notes.jpg": "not an image",
@@ -172,7 +174,18 @@ def make_bad_files(folder: Path) -> dict[str, str]:
         "half.png": "corrupt or truncated",
         "half.jpg": "corrupt or truncated",
         "bomb.png": "exceeds the limit",
+        "scans.jpg": "2,010 scans",
     }
+
+
+def jpeg_scan_bomb(repeats: int = 2000) -> bytes:
+    """A small progressive JPEG whose last scan is repeated `repeats` times: every copy is
+    another full decoding pass (a few KB here; minutes of work at tens of megapixels)."""
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (40, 120, 200)).save(out, "JPEG", progressive=True)
+    data = out.getvalue()
+    last_scan, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    return data[:end] + data[last_scan:end] * repeats + data[end:]
 
 
 MAX_PIXELS = 10_000  # above every good test image (48x40, 96x96), below the bomb
