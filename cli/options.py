@@ -55,6 +55,24 @@ MaxMemory = Annotated[
 ]
 
 
+SearchReranker = Annotated[
+    str,
+    typer.Option(
+        "--reranker",
+        help="Re-ranker folder, 'auto' (the model's own) or 'none', or a BLIP model for "
+        "photos: blip-itm-base-coco, blip-itm-large-coco, a Hugging Face id or folder.",
+    ),
+]
+FeatureCache = Annotated[
+    str | None,
+    typer.Option(
+        "--feature-cache",
+        help="Size cap of the BLIP vision tokens cached in the index folder at search time "
+        "(e.g. 4G; 0: none) [default: 2G].",
+    ),
+]
+
+
 def index_dir(index: Path | None) -> Path:
     """--index, else $XMR_INDEX, else the per-user default (no heavy imports)."""
     from xmr.engine.paths import index_directory

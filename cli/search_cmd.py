@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from xmr.cli.errors import handle_errors
-from xmr.cli.options import Device, IndexDir, index_dir
+from xmr.cli.options import Device, FeatureCache, IndexDir, SearchReranker, index_dir
 
 DEDUP_DEFAULT = 0.95  # `--dedup` alone: cosine at which two results are one picture
 
@@ -48,22 +48,8 @@ def search(
     no_rerank: Annotated[
         bool, typer.Option("--no-rerank", help="Stage 1 only (dual encoder).")
     ] = False,
-    reranker: Annotated[
-        str,
-        typer.Option(
-            "--reranker",
-            help="Re-ranker folder, 'auto' (the model's own) or 'none', or a BLIP model for "
-            "photos: blip-itm-base-coco, blip-itm-large-coco, a Hugging Face id or folder.",
-        ),
-    ] = "auto",
-    feature_cache: Annotated[
-        str | None,
-        typer.Option(
-            "--feature-cache",
-            help="Size cap of the BLIP vision tokens cached in the index folder at search time "
-            "(e.g. 4G; 0: none) [default: 2G].",
-        ),
-    ] = None,
+    reranker: SearchReranker = "auto",
+    feature_cache: FeatureCache = None,
     index: IndexDir = None,
     device: Device = None,
     as_json: Annotated[
@@ -127,8 +113,9 @@ def search(
     terms, '2:' weighs one, a path is an image), and --image, --like, --add, --sub add
     terms. Filters (--under, --after, --before, --ext) act inside the search: k results
     come back whenever k items match. When `xmr serve` runs on this index, the query
-    goes there (warm models, milliseconds); --no-server, --device, another --reranker or
-    an image path inside QUERY keep it in this process.
+    goes there (warm models, milliseconds) and is re-ranked the server's way;
+    --no-server, --device, a --reranker the server does not run or an image path inside
+    QUERY keep it in this process.
     """
     like, add, sub, under = like or [], add or [], sub or [], under or []
     if query is None and image is None and not (like or add or sub):
@@ -159,22 +146,25 @@ def search(
     answer: dict | None = None
     notices: list[str] = []
     local_paths = any(t.kind == "image" for t in asked.terms() if t.value != str(image))
-    if not (no_server or device or reranker != "auto" or local_paths or feature_cache):
-        answer = _through_server(directory, request, server_timeout, notices)
+    if not (no_server or device or local_paths or feature_cache):
+        answer = _through_server(directory, request, reranker, server_timeout, notices)
     if answer is None:
         answer = _in_process(directory, request, device, reranker, feature_cache)
     print_notices(notices + answer["notices"])
     print_answer(answer["results"], as_json, paths_only, print0)
 
 
-def _through_server(directory: Path, request, timeout: float, notices: list) -> dict | None:
-    """The running server's answer, or None when no server serves this index or it does
-    not answer in time (then `notices` says so)."""
+def _through_server(
+    directory: Path, request, reranker: str, timeout: float, notices: list
+) -> dict | None:
+    """The running server's answer, or None when no server serves this index, it runs
+    another re-ranker than the one asked for (`auto` takes the server's), or it does not
+    answer in time (then `notices` says so)."""
     from xmr.engine import running
     from xmr.retrieval.errors import InputError
 
     server = running.find(directory)
-    if server is None:
+    if server is None or reranker not in ("auto", server.reranker):
         return None
     fields = request.as_fields()
     image = request.query.image_path

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from xmr.cli.errors import handle_errors
-from xmr.cli.options import Device, IndexDir, index_dir
+from xmr.cli.options import Device, FeatureCache, IndexDir, SearchReranker, index_dir
 
 
 @handle_errors
@@ -39,11 +39,14 @@ def serve(
             "problems (critical, error, warning, info, debug).",
         ),
     ] = "info",
+    reranker: SearchReranker = "auto",
+    feature_cache: FeatureCache = None,
 ):
     """Serve the index: an HTTP API (/api/search, /docs) and a web page at /.
 
-    `xmr search` on the same index asks this server while it runs (no model loading).
-    One server per index: a second `xmr serve` on it refuses, naming the first.
+    `xmr search` on the same index asks this server while it runs (no model loading),
+    unless it asks for another --reranker. One server per index: a second `xmr serve` on
+    it refuses, naming the first.
     """
     from xmr.server.run import serve as run_server
 
@@ -56,4 +59,14 @@ def serve(
         )
         typer.echo("press Ctrl-C to stop", err=True)
 
-    run_server(index_dir(index), host, port, device, token, on_ready=ready, log_level=log_level)
+    run_server(
+        index_dir(index),
+        host,
+        port,
+        device,
+        token,
+        on_ready=ready,
+        log_level=log_level,
+        reranker=reranker,
+        feature_cache=feature_cache,
+    )

@@ -3,7 +3,7 @@ index can ask it instead of loading models (a warm query instead of a cold start
 
     DIR/server.lock   held (flock) by the one server of this index while it runs
     DIR/server.json   {"url": "http://127.0.0.1:8765", "pid": 1234, "token": null,
-                       "index": "/abs/path/DIR"}
+                       "index": "/abs/path/DIR", "reranker": "auto"}
 
 A server claims the index before it loads anything: the lock is taken without waiting,
 so a second `xmr serve` on the same index refuses at once, naming the first; the kernel
@@ -44,6 +44,7 @@ class RunningServer:
     url: str
     pid: int
     token: str | None = None
+    reranker: str = "auto"  # what the server re-ranks with (`xmr serve --reranker`)
 
 
 class Claim:
@@ -105,7 +106,13 @@ def record(directory: Path, server: RunningServer) -> Path:
     directory = Path(directory).absolute()
     path = directory / SERVER_FILE
     data = json.dumps(
-        {"url": server.url, "pid": server.pid, "token": server.token, "index": str(directory)}
+        {
+            "url": server.url,
+            "pid": server.pid,
+            "token": server.token,
+            "index": str(directory),
+            "reranker": server.reranker,
+        }
     )
     atomic_write_bytes(path, data.encode(), mode=0o600)  # DiskFull, ReadOnlyIndex
     return path
@@ -145,7 +152,8 @@ def _auth(server: RunningServer) -> dict:
 def _read(path: Path) -> RunningServer | None:
     try:
         data = json.loads(path.read_text())
-        return RunningServer(str(data["url"]), int(data["pid"]), data.get("token"))
+        reranker = str(data.get("reranker") or "auto")
+        return RunningServer(str(data["url"]), int(data["pid"]), data.get("token"), reranker)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

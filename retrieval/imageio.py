@@ -57,8 +57,7 @@ def decode_image(path: str | bytes, preprocess: Preprocess, max_pixels: int = DE
             check_pixels(width, height, max_pixels)  # the header's claim, before decoding
             _check_resized(width, height, preprocess)
             if image.format == "JPEG":
-                in_bytes = isinstance(path, bytes | bytearray)
-                check_jpeg_scans(bytes(path) if in_bytes else _read(path))
+                check_jpeg_scans(_read(path) if isinstance(path, str) else bytes(path))
             fmt = image.format
             taken_at = _exif_datetime(image)
             image.load()

@@ -68,6 +68,8 @@ def serve(
     token: str | None = None,
     on_ready: Callable[[str, list[str], list[str]], None] | None = None,
     log_level: str = "info",
+    reranker: str = "auto",
+    feature_cache: str | None = None,
 ) -> None:
     """Serve until interrupted. `on_ready(url, loaded, notices)` is called once the models
     are warm and the port is open; the server is announced in the index folder for
@@ -84,17 +86,19 @@ def serve(
     is_index = (directory / "manifest.json").exists()
     claim = running.claim(directory) if is_index else None
     try:
-        _serve_claimed(directory, host, port, device, token, on_ready, log_level, claim)
+        from xmr.engine.engine import Engine
+
+        engine = Engine(directory, device, reranker, feature_cache)
+        _serve_claimed(directory, engine, host, port, token, on_ready, log_level, claim)
     finally:
         if claim is not None:
             claim.release()
 
 
-def _serve_claimed(directory, host, port, device, token, on_ready, log_level, claim) -> None:
+def _serve_claimed(directory, engine, host, port, token, on_ready, log_level, claim) -> None:
     import uvicorn
 
     from xmr.engine import running
-    from xmr.engine.engine import Engine
     from xmr.server.app import create_app
 
     other = None if claim is not None else running.find(directory)
@@ -105,7 +109,6 @@ def _serve_claimed(directory, host, port, device, token, on_ready, log_level, cl
         )
     _log_to_stderr(log_level)
     _few_malloc_arenas()
-    engine = Engine(directory, device)
     engine.info()  # a missing or unreadable index fails here, before the port opens
     loaded = engine.warm_up()
     app = create_app(engine, token)
@@ -129,7 +132,7 @@ def _serve_claimed(directory, host, port, device, token, on_ready, log_level, cl
         h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
     )
     server = uvicorn.Server(config)
-    announced = running.RunningServer(url, os.getpid(), token)
+    announced = running.RunningServer(url, os.getpid(), token, engine.reranker_choice)
     # uvicorn shuts down gracefully on SIGINT / SIGTERM, then raises the signal again with
     # the handlers it found: these end the run quietly, so the record is removed.
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}

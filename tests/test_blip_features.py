@@ -129,6 +129,59 @@ def test_a_killed_pass_leaves_missing_rows_that_the_next_run_fills(
     assert found.all()
 
 
+def _keys_written(index_dir) -> int:
+    from xmr.retrieval.matcher_features import KEYS_FILE
+
+    try:
+        keys = np.fromfile(index_dir / KEYS_FILE, dtype=np.int64).reshape(-1, 2)
+    except (OSError, ValueError):
+        return 0
+    return int((keys[:, 0] != 0).sum())
+
+
+def test_a_real_sigkill_in_the_feature_pass_loses_no_row_and_serves_no_wrong_one(
+    tmp_path, tiny_spec, blip_folder, matcher
+):
+    import subprocess
+
+    from conftest import XMR, xmr_env
+    from faults import sigkill_when
+
+    photos = tmp_path / "photos"
+    write_photos(photos, 192, seed=4)  # six batches of the pass: room to land in the middle
+    index = tmp_path / "idx"
+    args = ["index", photos, "--index", index, "--model", tiny_spec, "--workers", "0"]
+    proc = subprocess.Popen(
+        [str(XMR), *map(str, args), "--reranker", str(blip_folder), "--quiet"],
+        env=xmr_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    sigkill_when(proc, lambda: _keys_written(index) > 0, "a batch of kept features")
+    written = _keys_written(index)
+    assert 0 < written < 192  # killed in the middle of the pass
+
+    rows = _rows(index)
+    ids = sorted(rows)
+    features, found = _kept(index, ids, [rows[i][1] for i in ids])
+    assert 0 < found.sum() < len(ids)
+    for i, row, present in zip(ids, features, found, strict=True):
+        if present:  # a row that is served is its own file's tokens, whole
+            np.testing.assert_allclose(row, _vision_of(rows[i][0], matcher), atol=2e-2)
+
+    result = run_xmr(*args, "--reranker", str(blip_folder), "--json")
+    assert result.returncode == 0, result.stderr
+    rows = _rows(index)
+    ids = sorted(rows)
+    assert len(ids) == 192
+    features, found = _kept(index, ids, [rows[i][1] for i in ids])
+    assert found.all()
+    for i in ids[:: len(ids) // 8]:  # a sample, read back after the resumed pass
+        np.testing.assert_allclose(
+            features[ids.index(i)], _vision_of(rows[i][0], matcher), atol=2e-2
+        )
+
+
 def test_search_time_cache_is_keyed_by_content_and_capped(
     tmp_path, tiny_spec, blip_folder, matcher
 ):
@@ -310,6 +363,44 @@ def test_server_answer_names_the_reranker_and_matches_the_cli(tmp_path, tiny_spe
     assert status == 200
     assert answer["reranked"] and answer["reranker"] == "tiny-blip"
     assert answer["results"] == json.loads(found.stdout)  # same order, same scores
+
+
+def test_serve_reranker_is_used_by_the_server_and_by_searches_sent_to_it(
+    tmp_path, tiny_spec, blip_folder
+):
+    """`xmr serve --reranker M` re-ranks with M; `xmr search` (auto) goes to it and gets
+    M's answer; a search asking for another re-ranker stays in its own process."""
+    from urllib.parse import quote
+
+    from conftest import Served
+
+    photos = tmp_path / "photos"
+    write_photos(photos, 5, seed=23)
+    index = tmp_path / "idx"
+    _index(index, photos, tiny_spec, "none")  # keeps no matcher features: on demand
+    in_process = run_xmr(
+        "search", "a red dog", "--index", index, "-k", 5, "--json", "--no-server",
+        "--reranker", str(blip_folder),
+    )  # fmt: skip
+    assert in_process.returncode == 0, in_process.stderr
+    server = Served(index, "--reranker", blip_folder)
+    try:
+        assert json.loads((index / "server.json").read_text())["reranker"] == str(blip_folder)
+        status, answer = server.json("/api/search?q=" + quote("a red dog") + "&k=5")
+        assert status == 200 and answer["reranked"] and answer["reranker"] == "tiny-blip"
+        asked = server.stderr().count("/api/search")
+        sent = run_xmr("search", "a red dog", "--index", index, "-k", 5, "--json")
+        assert sent.returncode == 0, sent.stderr
+        assert server.stderr().count("/api/search") == asked + 1  # answered by the server
+        stage1 = run_xmr(
+            "search", "a red dog", "--index", index, "-k", 5, "--json", "--reranker", "none"
+        )
+        assert stage1.returncode == 0, stage1.stderr
+        assert server.stderr().count("/api/search") == asked + 1  # not sent: another choice
+    finally:
+        server.stop()
+    assert answer["results"] == json.loads(sent.stdout) == json.loads(in_process.stdout)
+    assert json.loads(stage1.stdout) != answer["results"]
 
 
 def test_index_refuses_an_unloadable_matcher_before_any_work(tmp_path, tiny_spec, monkeypatch):
