@@ -9,7 +9,7 @@ const $ = (id) => document.getElementById(id);
 const FIELDS = ["q", "like", "target", "k", "rerank", "under", "after", "before", "ext", "min_score", "dedup", "order", "view", "threshold"];
 const FILTERS = ["under", "after", "before", "ext"];
 const THUMB = 384;
-let config = { k: 40, duplicate_threshold: 0.95, examples: [] }; // replaced by /api/config
+let config = { examples: [] }; // the server's defaults, from /api/config before the first search
 let upload = null; // File chosen or dropped: an image query
 let likeId = null; // "more like this": an indexed image's id as the query
 let shown = []; // the image hits on the page, in order: the viewer walks through these
@@ -31,7 +31,7 @@ function stateFromControls() {
   if (q) s.q = q;
   if (!upload && likeId && (!q || /^[+-]\s/.test(q))) s.like = likeId;
   if (!$("rerank").checked) s.rerank = "false";
-  if ($("dedup").checked) s.dedup = String(config.duplicate_threshold);
+  if ($("dedup").checked) s.dedup = String(config.duplicate_threshold || "");
   for (const f of FILTERS) if ($(f).value.trim()) s[f] = $(f).value.trim();
   if ($("k").value && $("k").value !== String(config.k)) s.k = $("k").value;
   if (Number($("min_score").value) > 0) s.min_score = $("min_score").value;
@@ -46,7 +46,7 @@ function showState(s) {
   $("rerank").checked = s.rerank !== "false";
   $("dedup").checked = Boolean(s.dedup);
   for (const f of FILTERS) $(f).value = s[f] || "";
-  $("k").value = s.k || String(config.k);
+  $("k").value = s.k || config.k || "";
   $("min_score").value = s.min_score || "0";
   $("order").value = ["newest", "oldest"].includes(s.order) ? s.order : "relevance";
   showMinScore();
@@ -74,7 +74,8 @@ async function search(s, { push = true } = {}) {
 
 function apiParams(s, offset) {
   const params = new URLSearchParams();
-  params.set("k", s.k || String(config.k));
+  const k = s.k || config.k; // without a config the server's own default
+  if (k) params.set("k", String(k));
   params.set("target", s.target || "images");
   params.set("rerank", s.rerank === "false" ? "false" : "true");
   for (const f of [...FILTERS, "dedup", "min_score", "order"]) if (s[f]) params.set(f, s[f]);
@@ -367,7 +368,7 @@ function moreLikeThis() {
 let dupGroups = [];
 
 async function showDuplicates(s, push) {
-  const threshold = s.threshold || String(config.duplicate_threshold);
+  const threshold = s.threshold || String(config.duplicate_threshold || "");
   if (push) history.pushState(s, "", urlFor({ view: "duplicates", under: s.under, threshold: s.threshold }));
   $("welcome").hidden = true;
   $("result-controls").hidden = true;
@@ -377,7 +378,8 @@ async function showDuplicates(s, push) {
   $("timings").textContent = "";
   $("duplicate-groups").replaceChildren();
   setStatus("Looking for near-duplicates…");
-  const params = new URLSearchParams({ threshold });
+  const params = new URLSearchParams();
+  if (threshold) params.set("threshold", threshold);
   if (s.under) params.set("under", s.under);
   const started = performance.now();
   const response = await fetch("/api/duplicates?" + params);
