@@ -16,6 +16,7 @@ let shown = []; // the image hits on the page, in order: the viewer walks throug
 let current = -1; // index into `shown` of the hit in the viewer
 let paging = null; // {state, next offset, ids shown} of the results on the page
 let busy = 0; // requests in flight, newest wins
+const names = new Map(); // id -> file name of every image shown: "more like" names its query
 
 // -- the query in the address bar --------------------------------------------------
 function stateFromUrl() {
@@ -64,6 +65,7 @@ function urlFor(s) {
 async function search(s, { push = true } = {}) {
   if (s.view === "duplicates") return showDuplicates(s, push);
   $("duplicates").hidden = true;
+  $("duplicates-link").classList.remove("active");
   if (!s.q && !s.like && !upload) return showWelcome();
   if (push && !upload) history.pushState(s, "", urlFor(s));
   paging = { state: s, offset: 0, ids: new Set(), cut: 0 };
@@ -124,6 +126,7 @@ function render(answer, pages, roundTrip) {
     if (pages.ids.has(hit.id)) continue; // a deeper page re-ranked deeper: shown already
     pages.ids.add(hit.id);
     if (hit.kind === "image") {
+      names.set(String(hit.id), fileName(hit.path));
       shown.push(hit);
       $("grid").append(tile(hit, shown.length - 1));
     } else {
@@ -146,7 +149,7 @@ function render(answer, pages, roundTrip) {
 function resultLabel(s, count) {
   const what = (s.target || "images") === "texts" ? "texts" : "images";
   let label = `${count} ${what}`;
-  if (s.like || upload) label += ` like ${s.like ? "image " + s.like : upload.name || "the image"}`;
+  if (s.like || upload) label += ` like ${s.like ? likeName(s.like) : upload.name || "the image"}`;
   if (s.q) label += `${s.like || upload ? " " : ""}${/^[+-]/.test(s.q) ? "" : " for "}“${s.q}”`;
   if (s.order === "newest" || s.order === "oldest") label += `, ${s.order} first`;
   return label;
@@ -185,7 +188,7 @@ function showPinned(s) {
   const img = el("img", { alt: "" });
   img.src = upload ? $("image-chip-preview").src : `/api/images/${s.like}/thumbnail?size=${THUMB}`;
   img.addEventListener("load", () => markSmall(img));
-  const what = upload ? upload.name || "your image" : `image ${s.like}`;
+  const what = upload ? upload.name || "your image" : likeName(s.like);
   const imagesOnly = (s.target || "images") === "images" && !s.q;
   pinned.append(
     el("div", { className: "pin-thumb" }),
@@ -198,6 +201,8 @@ function showPinned(s) {
   );
   pinned.firstChild.append(img);
 }
+
+function likeName(id) { return names.has(String(id)) ? `${names.get(String(id))} (image ${id})` : `image ${id}`; }
 
 function clearResults() {
   shown = [];
@@ -374,6 +379,7 @@ async function showDuplicates(s, push) {
   $("result-controls").hidden = true;
   clearResults();
   $("duplicates").hidden = false;
+  $("duplicates-link").classList.add("active");
   $("dup-threshold").value = threshold;
   $("timings").textContent = "";
   $("duplicate-groups").replaceChildren();
@@ -412,7 +418,7 @@ function groupBox(group, g) {
     keep.dataset.id = item.id;
     keep.addEventListener("change", updateDupSummary);
     const label = el("label", { className: "keep" });
-    label.append(keep, document.createTextNode(` Keep ${fileName(item.path)}`));
+    label.append(keep, " Keep", el("span", { className: "visually-hidden", textContent: ` ${fileName(item.path)}` }));
     const facts = el("dl", { className: "facts" });
     const rows = [
       ["Size", formatBytes(item.bytes)],
