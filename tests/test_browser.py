@@ -36,6 +36,16 @@ BASE_TIME = 1_600_000_000
 TILE_IDS = "Array.from(document.querySelectorAll('#grid .tile'), t => Number(t.dataset.id))"
 
 
+SWIPE = """([from, to]) => {
+  const viewer = document.querySelector('#viewer');
+  const touch = (x) => new Touch({identifier: 1, target: viewer, clientX: x, clientY: 300});
+  const send = (kind, x) => viewer.dispatchEvent(
+    new TouchEvent(kind, {changedTouches: [touch(x)], bubbles: true}));
+  send('touchstart', from);
+  send('touchend', to);
+}"""
+
+
 def _browser_or_fail():
     missing = None
     if not CHROMIUM.exists():
@@ -329,5 +339,16 @@ def test_tiles_name_their_file_and_score_and_tiny_pictures_stay_sharp(page_serve
         ".tile img", "i => [getComputedStyle(i).imageRendering, i.naturalWidth, i.width]"
     )
     assert style[0] == "pixelated" and style[1] == 48 and style[2] > 48
+    page.click(".tile >> nth=0")  # the viewer: a tiny picture scaled up, pixel by pixel
+    page.wait_for_function("document.querySelector('#viewer-img').classList.contains('small')")
+    rendering = page.eval_on_selector("#viewer-img", "i => getComputedStyle(i).imageRendering")
+    assert rendering == "pixelated"
+    ids = page.evaluate(TILE_IDS)
+    src = "document.querySelector('#viewer-img').getAttribute('src')"
+    page.evaluate(SWIPE, [300, 60])  # a finger from right to left: the next result
+    assert page.evaluate(src).endswith(f"/api/images/{ids[1]}")
+    page.evaluate(SWIPE, [60, 300])
+    assert page.evaluate(src).endswith(f"/api/images/{ids[0]}")
+    page.keyboard.press("Escape")
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390  # nothing sticks out sideways at a phone's width

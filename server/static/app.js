@@ -608,6 +608,7 @@ for (const b of radios) {
 
 const viewer = $("viewer");
 $("viewer-close").addEventListener("click", closeViewer);
+$("viewer-img").addEventListener("load", () => markSmall($("viewer-img")));
 $("viewer-prev").addEventListener("click", () => step(-1));
 $("viewer-next").addEventListener("click", () => step(1));
 viewer.addEventListener("close", afterClose);
