@@ -45,6 +45,8 @@ ORDINARY = {
     "ext": ["png", "jpg,png", ".JPEG"],
     "min_score": ["0.1", "-0.5", "0.9"],
     "dedup": ["0.95", "0.5", "1"],
+    "offset": ["0", "40", "9990"],
+    "order": ["relevance", "newest", "oldest"],
     "like": ["1", "2", "3"],
     "add": ["at night", "blue"],
     "sub": ["people", "red"],

@@ -10,6 +10,7 @@ import typer
 
 from xmr.cli.errors import handle_errors
 from xmr.cli.options import IndexDir, index_dir
+from xmr.engine.request import DUPLICATE_THRESHOLD
 
 
 @handle_errors
@@ -24,7 +25,7 @@ def duplicates(
             help="Cosine at or above which two "
             "images are one picture (copies, re-encodes, resizes, small crops).",
         ),
-    ] = 0.95,
+    ] = DUPLICATE_THRESHOLD,
     under: Annotated[
         list[Path] | None,
         typer.Option("--under", help="Only images at or below this folder (repeatable)."),

@@ -11,8 +11,9 @@ import typer
 
 from xmr.cli.errors import handle_errors
 from xmr.cli.options import Device, FeatureCache, IndexDir, SearchReranker, index_dir
+from xmr.engine.request import DUPLICATE_THRESHOLD
 
-DEDUP_DEFAULT = 0.95  # `--dedup` alone: cosine at which two results are one picture
+DEDUP_DEFAULT = DUPLICATE_THRESHOLD  # `--dedup` alone: the engine's one threshold
 
 
 @handle_errors

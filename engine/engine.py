@@ -33,10 +33,11 @@ from xmr.engine.models import (
     choose_reranker,
     random_weights_notice,
 )
+from xmr.engine.paging import file_date, page_of, pool_size
 from xmr.engine.paths import index_directory
 from xmr.engine.progress import IndexSummary, Reporter
 from xmr.engine.query_input import MAX_ID, QueryInput
-from xmr.engine.request import SearchRequest
+from xmr.engine.request import DUPLICATE_THRESHOLD, PAGE_K, SearchRequest
 from xmr.engine.writes import WriteReport
 from xmr.retrieval.errors import IndexCorrupt, InputError, ItemNotFound
 from xmr.retrieval.filters import SearchFilter
@@ -150,7 +151,7 @@ class Engine:
         answer = searcher.answer(
             built,
             request.target,
-            k=request.k,
+            k=pool_size(request),  # the page is a slice of this ranking (paging.py)
             candidates=request.candidates,
             rerank=request.rerank,
             where=request.where,
@@ -158,7 +159,7 @@ class Engine:
             dedup=request.dedup,
         )
         answer.notices[:0] = snapshot.notices + random_weights_notice(self.models.spec)
-        return answer
+        return page_of(answer, request, snapshot.library.db)
 
     def info(self) -> dict:
         """What `xmr info --json` prints: counts, model, types and sizes on disk."""
@@ -169,7 +170,7 @@ class Engine:
             return index_info(snapshot.library)
 
     def duplicates(
-        self, *, threshold: float = 0.95, under: Sequence[Path | str] = ()
+        self, *, threshold: float = DUPLICATE_THRESHOLD, under: Sequence[Path | str] = ()
     ) -> list[dict]:
         """Groups of near-duplicate images (cosine >= threshold) across the index, or under
         some folders, largest first; each item with what a person needs to pick one.
@@ -219,6 +220,23 @@ class Engine:
             "images": counts["images"],
             "texts": counts["texts"],
             "model": library.encoder_spec,
+        }
+
+    def config(self) -> dict:
+        """The defaults a face offers (the page reads them from /api/config): one constant
+        each, in engine/request.py and retrieval/searcher.py."""
+        from xmr.engine.request import MAX_K, ORDERS
+        from xmr.retrieval.searcher import DEFAULT_CANDIDATES, MAX_RERANK_DEPTH
+
+        return {
+            "k": PAGE_K,
+            "max_k": MAX_K,
+            "candidates": DEFAULT_CANDIDATES,
+            "max_rerank_depth": MAX_RERANK_DEPTH,
+            "duplicate_threshold": DUPLICATE_THRESHOLD,
+            "orders": list(ORDERS),
+            "min_score": {"low": 0.0, "high": 1.0, "step": 0.01},
+            **self.examples(),
         }
 
     def image_path(self, image_id: int) -> Path:
@@ -456,6 +474,7 @@ def _duplicate_item(row) -> dict:
         "height": row.height,
         "format": row.format,
         "taken_at": row.taken_at.isoformat() if row.taken_at else None,
+        "date": (file_date(row) or (None, None))[0],  # taken_at, else modified (local)
     }
 
 

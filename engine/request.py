@@ -22,7 +22,11 @@ from xmr.retrieval.errors import InputError
 from xmr.retrieval.filters import SearchFilter
 
 TARGETS = ("images", "texts")
-MAX_K = 10_000  # results or stage-1 candidates of one request
+ORDERS = ("relevance", "newest", "oldest")  # newest/oldest: by the file's date (see Engine)
+MAX_K = 10_000  # results or stage-1 candidates of one request (offset + k included)
+# The defaults every face reads from here (the page through /api/config):
+PAGE_K = 40  # results a page of the web page asks for at a time
+DUPLICATE_THRESHOLD = 0.95  # cosine at which two images are taken for one picture
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -51,6 +55,8 @@ class SearchRequest:
     ext: str | None = None
     min_score: float | None = None  # stage-1 cosine below which results are left out
     dedup: float | None = None  # fold results at least this similar into one
+    offset: int = 0  # skip this many of the ranking: results offset+1 .. offset+k
+    order: str = "relevance"  # or newest / oldest among the results kept (Engine.search)
     where: SearchFilter = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -61,6 +67,11 @@ class SearchRequest:
         if self.target not in TARGETS:
             raise InputError(f"unknown target '{self.target}'; use images or texts")
         _int_in("k", self.k, 1, MAX_K)
+        _int_in("offset", self.offset, 0, MAX_K - self.k)  # offset + k within MAX_K
+        if self.order not in ORDERS:
+            raise BadField("order", f"'{self.order}' is not one of {', '.join(ORDERS)}")
+        if self.order != "relevance" and self.target != "images":
+            raise BadField("order", f"texts have no date: order {self.order} is for images")
         if self.candidates is not None:
             _int_in("candidates", self.candidates, 1, MAX_K)
         if self.min_score is not None:
@@ -166,6 +177,12 @@ FIELD_DOCS = {
     "ext": ("string", "only these extensions, e.g. jpg,png"),
     "min_score": ("number", "leave out results whose stage-1 cosine is below this (-1 to 1)"),
     "dedup": ("number", "fold results at least this similar into one (0 to 1)"),
+    "offset": ("integer", "skip this many results: a page of the same ranking (default 0)"),
+    "order": (
+        "string",
+        "relevance (default), newest or oldest: images by date (EXIF, else modified) "
+        "among the most relevant (see the answer's page.pool)",
+    ),
 }
 
 _PARSERS = {
@@ -178,4 +195,6 @@ _PARSERS = {
     "ext": _text,
     "min_score": _float,
     "dedup": _float,
+    "offset": _int,
+    "order": _text,
 }

@@ -414,7 +414,7 @@ class Searcher:
         """Stage 1 for `want` results (deeper when re-ranking), then stage 2 over at most
         MAX_RERANK_DEPTH of them: candidate ids with final and stage-1 scores."""
         started = time.perf_counter()
-        depth = max(want, candidates or DEFAULT_CANDIDATES) if use_reranker else want
+        depth = rerank_depth(want, candidates) if use_reranker else want
         with self.state:
             scores, ids = collection.index.search(query.vector[None, :], depth, exclude, allowed)
             keep = ids[0] >= 0
@@ -501,6 +501,12 @@ class Searcher:
                 hit.meta = json.loads(row.meta_json) if row.meta_json else {}
             hits.append(hit)
         return hits
+
+
+def rerank_depth(want: int, candidates: int | None) -> int:
+    """How many stage-1 candidates a re-ranked search for `want` results reads, and the
+    re-ranker scores (at most MAX_RERANK_DEPTH of them; the rest keep stage-1 order)."""
+    return max(want, candidates or DEFAULT_CANDIDATES)
 
 
 def _here(fn, *args):

@@ -2,10 +2,13 @@
 
     GET  /api/search?q=TEXT|like=ID&target=images|texts&k=&candidates=&rerank=
                     &under=&after=&before=&ext=&min_score=&dedup=&add=&sub=
+                    &offset=&order=relevance|newest|oldest
     POST /api/search            multipart: image=<file> plus the same fields
     GET  /api/images/{id}       the indexed file (by id only, never by a client's path)
     GET  /api/images/{id}/thumbnail?size=256
     GET  /api/info              what `xmr info --json` prints
+    GET  /api/config            the page's defaults (k, duplicate threshold, examples)
+    GET  /api/duplicates?threshold=&under=   what `xmr duplicates --json` prints
     GET  /healthz               {"status": "ok"} (with the token: also "pid", "index")
     GET  /                      the page (static files, no build step)
 
@@ -47,7 +50,7 @@ from starlette.types import ASGIApp
 
 from xmr.engine.engine import Engine
 from xmr.engine.indexed_files import FileChanged, open_indexed, read_chunks
-from xmr.engine.request import FIELD_DOCS, BadField, SearchRequest
+from xmr.engine.request import DUPLICATE_THRESHOLD, FIELD_DOCS, BadField, SearchRequest
 from xmr.engine.thumbnails import Thumbnails
 from xmr.retrieval.errors import IndexNotFound, ItemNotFound, XmrError
 from xmr.server.limits import UploadLimit
@@ -102,11 +105,17 @@ def create_app(
 
     @app.get("/api/duplicates")
     def duplicates(
-        threshold: Annotated[float, Query(gt=0, le=1)] = 0.95,
+        threshold: Annotated[float, Query(gt=0, le=1)] = DUPLICATE_THRESHOLD,
         under: Annotated[list[str] | None, Query()] = None,
     ) -> dict:
         """Groups of near-duplicate images, biggest first (what `xmr duplicates` lists)."""
         return {"groups": engine.duplicates(threshold=threshold, under=under or [])}
+
+    @app.get("/api/config")
+    def config() -> dict:
+        """The defaults the page starts from (one constant each, in the engine) and the
+        examples it offers."""
+        return engine.config()
 
     @app.get("/api/examples")
     def examples() -> dict:

@@ -78,12 +78,22 @@ def test_search_answers_with_the_cli_fields_notices_and_timings(served, photo_in
     _, index_dir = photo_index
     status, answer = served.json("/api/search?q=" + quote("a red square") + "&k=7")
     assert status == 200
-    assert set(answer) == {"results", "reranked", "notices", "timings_ms"}
+    assert set(answer) == {"results", "reranked", "notices", "timings_ms", "page"}
+    assert answer["page"]["offset"] == 0 and answer["page"]["k"] == 7
     assert set(answer["timings_ms"]) == {"encode", "stage1", "rerank", "total"}
     assert answer["reranked"] is False  # the tiny test model ships no re-ranker
     assert answer["results"] == _no_server_json("a red square", "--index", index_dir, "-k", 7)
     for hit in answer["results"]:
-        assert set(hit) == {"rank", "score", "id", "stage1_score", "kind", "path"}
+        assert set(hit) == {
+            "rank",
+            "score",
+            "id",
+            "stage1_score",
+            "kind",
+            "path",
+            "date",
+            "date_from",
+        }
     # Texts: exactly the CLI's text fields.
     status, answer = served.json("/api/search?q=caption&target=texts&k=3")
     assert status == 200
