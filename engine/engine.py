@@ -32,6 +32,7 @@ from xmr.engine.models import (
     RerankerChoice,
     choose_reranker,
     random_weights_notice,
+    stage1_calibration,
 )
 from xmr.engine.paths import index_directory
 from xmr.engine.progress import IndexSummary, Reporter
@@ -299,6 +300,7 @@ class Engine:
                 reranker,
                 self._state,
                 self._models_thread,
+                stage1_calibration(self.models.spec),
             )
         return snapshot.searcher
 
