@@ -53,7 +53,9 @@ def index(
     hidden: Annotated[
         bool, typer.Option("--hidden", help="Include hidden files and folders.")
     ] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", min=1)] = 64,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", metavar="N", min=1, help="Images per encoder batch.")
+    ] = 64,
     workers: Annotated[
         int | None,
         typer.Option("--workers", metavar="N", min=0, help="Decoding processes [default: cores]."),
@@ -158,7 +160,9 @@ def add_texts(
             help="JSONL key / CSV column [default: text, caption, ...].",
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", min=1)] = 256,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", metavar="N", min=1, help="Texts per encoder batch.")
+    ] = 256,
     executor: ExecutorChoice = "local",
     actors: Actors = None,
     as_json: JsonReport = False,

@@ -45,7 +45,7 @@ def search(
         bool, typer.Option("--texts", "-t", help="Search the text corpus instead of images.")
     ] = False,
     k: Annotated[
-        int, typer.Option("-k", "--top", metavar="N", min=1, help="How many results.")
+        int, typer.Option("-k", "--top", metavar="N", min=1, help="How many results (the API's k).")
     ] = 10,
     candidates: Annotated[
         int | None,
