@@ -20,45 +20,60 @@ def bench(
     data: Annotated[
         Path,
         typer.Argument(
+            metavar="DATA",
             help="Karpathy JSON (COCO/Flickr30k/xmr make-corpus) or "
-            "LAVIS/CLIP_benchmark annotation list."
+            "LAVIS/CLIP_benchmark annotation list.",
         ),
     ],
     images_root: Annotated[
-        Path | None, typer.Option("--images-root", help="Folder image paths are under.")
+        Path | None,
+        typer.Option("--images-root", metavar="FOLDER", help="Folder image paths are under."),
     ] = None,
     model: Annotated[
-        str, typer.Option("--model", "-m", help="Encoder NAME[:PRETRAINED].")
+        str, typer.Option("--model", "-m", metavar="MODEL", help="Encoder NAME[:PRETRAINED].")
     ] = "xmr-tiny",
     reranker: Annotated[
         str,
-        typer.Option("--reranker", help="Re-ranker folder, 'auto' (the model's own) or 'none'."),
+        typer.Option(
+            "--reranker",
+            metavar="NAME",
+            help="Re-ranker folder, 'auto' (the model's own) or 'none'.",
+        ),
     ] = "auto",
     split: Annotated[
-        str, typer.Option("--split", help="Karpathy split; 'all' for every image.")
+        str, typer.Option("--split", metavar="SPLIT", help="Karpathy split; 'all' for every image.")
     ] = "test",
     candidates: Annotated[
-        int, typer.Option("--candidates", "-K", min=1, help="Stage-1 depth for re-ranking.")
+        int,
+        typer.Option(
+            "--candidates", "-K", metavar="N", min=1, help="Stage-1 depth for re-ranking."
+        ),
     ] = 128,
     index_type: Annotated[
-        str, typer.Option("--index-type", help="flat, hnsw, ivf, ivfpq, auto.")
+        str, typer.Option("--index-type", metavar="TYPE", help="flat, hnsw, ivf, ivfpq, auto.")
     ] = "flat",
     limit: Annotated[
         int | None,
         typer.Option(
-            "--limit", min=1, help="Only the first N images, N >= 1 (quick runs) [default: all]."
+            "--limit",
+            metavar="N",
+            min=1,
+            help="Only the first N images, N >= 1 (quick runs) [default: all].",
         ),
     ] = None,
-    cache: Annotated[Path, typer.Option("--cache", help="Embedding cache folder.")] = CACHE,
+    cache: Annotated[
+        Path, typer.Option("--cache", metavar="FOLDER", help="Embedding cache folder.")
+    ] = CACHE,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Always re-encode.")] = False,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write the result JSON here.")
+        Path | None, typer.Option("--json", metavar="FILE", help="Write the result JSON here.")
     ] = None,
     report: Annotated[
-        Path | None, typer.Option("--report", help="Write a markdown table here.")
+        Path | None, typer.Option("--report", metavar="FILE", help="Write a markdown table here.")
     ] = None,
     plot: Annotated[
-        Path | None, typer.Option("--plot", help="Write a PNG of recall@k curves here.")
+        Path | None,
+        typer.Option("--plot", metavar="FILE", help="Write a PNG of recall@k curves here."),
     ] = None,
     device: Device = None,
     quiet: Quiet = False,

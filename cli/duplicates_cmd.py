@@ -20,6 +20,7 @@ def duplicates(
         typer.Option(
             "--threshold",
             "-T",
+            metavar="0..1",
             min=0.0,
             max=1.0,
             help="Cosine at or above which two "
@@ -28,12 +29,18 @@ def duplicates(
     ] = DUPLICATE_THRESHOLD,
     under: Annotated[
         list[Path] | None,
-        typer.Option("--under", help="Only images at or below this folder (repeatable)."),
+        typer.Option(
+            "--under", metavar="FOLDER", help="Only images at or below this folder (repeatable)."
+        ),
     ] = None,
     index: IndexDir = None,
     as_json: Annotated[
         bool,
-        typer.Option("--json", help="A list of groups, each {count, items: [{id, path, ...}]}."),
+        typer.Option(
+            "--json",
+            metavar="FILE",
+            help="A list of groups, each {count, items: [{id, path, ...}]}.",
+        ),
     ] = False,
 ):
     """Groups of near-duplicate images across the index, biggest groups first."""

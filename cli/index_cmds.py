@@ -22,6 +22,7 @@ ExecutorChoice = Annotated[
     str,
     typer.Option(
         "--executor",
+        metavar="WHERE",
         help="Where decoding and encoding run: local (this process), ray (a local Ray "
         "started for this run) or ray:ADDRESS (a running cluster, e.g. ray:auto). This "
         "process still decides what to embed and writes the index. Ray: pip install "
@@ -32,6 +33,7 @@ Actors = Annotated[
     int | None,
     typer.Option(
         "--actors",
+        metavar="N",
         min=1,
         help="Ray: encoder actors [default: one per GPU of the cluster, else one per CPU].",
         show_default=False,
@@ -48,13 +50,19 @@ def compact(
         int,
         typer.Option(
             "--shards",
+            metavar="N",
             min=1,
             help="Build an IVF index (ivf, ivfpq) in N shards: train once on a sample, fill "
             "the shards in parallel (--executor ray: Ray tasks), merge.",
         ),
     ] = 1,
     executor: Annotated[
-        str, typer.Option("--executor", help="Where shards are filled: local, ray or ray:ADDRESS.")
+        str,
+        typer.Option(
+            "--executor",
+            metavar="WHERE",
+            help="Where shards are filled: local, ray or ray:ADDRESS.",
+        ),
     ] = "local",
     as_json: JsonReport = False,
     quiet: Quiet = False,

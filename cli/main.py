@@ -39,13 +39,16 @@ app = typer.Typer(
 @app.command()
 @handle_errors
 def index(
-    folders: Annotated[list[Path], typer.Argument(help="Folders (or files) of images to index.")],
+    folders: Annotated[
+        list[Path],
+        typer.Argument(metavar="FOLDER", help="Folders (or files) of images to index."),
+    ],
     index: IndexDir = None,
     model: ModelName = None,
     device: Device = None,
     exclude: Annotated[
         list[str] | None,
-        typer.Option("--exclude", "-x", help="Glob to leave out (repeatable)."),
+        typer.Option("--exclude", "-x", metavar="GLOB", help="Glob to leave out (repeatable)."),
     ] = None,
     hidden: Annotated[
         bool, typer.Option("--hidden", help="Include hidden files and folders.")
@@ -57,16 +60,24 @@ def index(
             help="Enter symlinked folders too (never twice, never /proc, /sys or /dev).",
         ),
     ] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", metavar="N", min=1, help="Images per encoder batch.")
+    ] = 64,
     workers: Annotated[
-        int | None, typer.Option("--workers", min=0, help="Decoding processes [default: cores].")
+        int | None,
+        typer.Option("--workers", metavar="N", min=0, help="Decoding processes [default: cores]."),
     ] = None,
     commit_every: Annotated[
         int,
-        typer.Option("--commit-every", min=1, help="Images per commit: the most a kill can lose."),
+        typer.Option(
+            "--commit-every",
+            metavar="N",
+            min=1,
+            help="Images per commit: the most a kill can lose.",
+        ),
     ] = 256,
     max_pixels: Annotated[
-        int | None, typer.Option("--max-pixels", help="Decompression-bomb guard.")
+        int | None, typer.Option("--max-pixels", metavar="N", help="Decompression-bomb guard.")
     ] = None,
     no_tokens: Annotated[
         bool,
@@ -76,6 +87,7 @@ def index(
         int | None,
         typer.Option(
             "--token-pool",
+            metavar="N",
             min=1,
             help="Store image patch tokens k x k pooled: k^2 less disk; needs a re-ranker "
             "trained with --image-pool k. Fixed at the index's creation [default: 1].",
@@ -85,6 +97,7 @@ def index(
         str,
         typer.Option(
             "--reranker",
+            metavar="NAME",
             help="Keep this re-ranker's image features so text searches skip that work: a "
             "folder, 'auto' (the model's own), 'none', or a BLIP model for photos "
             "(blip-itm-base-coco, blip-itm-large-coco, a Hugging Face id or folder).",
@@ -94,6 +107,7 @@ def index(
         str,
         typer.Option(
             "--feature-form",
+            metavar="FORM",
             help="How a BLIP re-ranker's vision tokens are kept: fp16, int8 (half the disk) or "
             "fp32 (exact, twice the disk).",
         ),
@@ -139,7 +153,8 @@ def add_texts(
     file: Annotated[
         Path,
         typer.Argument(
-            help=".txt (one per line), .jsonl, .csv, or a Karpathy captions .json corpus."
+            metavar="FILE",
+            help=".txt (one per line), .jsonl, .csv, or a Karpathy captions .json corpus.",
         ),
     ],
     index: IndexDir = None,
@@ -147,9 +162,15 @@ def add_texts(
     device: Device = None,
     text_field: Annotated[
         str | None,
-        typer.Option("--text-field", help="JSONL key / CSV column [default: text, caption, ...]."),
+        typer.Option(
+            "--text-field",
+            metavar="NAME",
+            help="JSONL key / CSV column [default: text, caption, ...].",
+        ),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", metavar="N", min=1, help="Texts per encoder batch.")
+    ] = 256,
     executor: ExecutorChoice = "local",
     actors: Actors = None,
     as_json: JsonReport = False,
@@ -176,7 +197,9 @@ def add_texts(
 @handle_errors
 def info(
     index: IndexDir = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", metavar="FILE", help="Machine-readable output.")
+    ] = False,
 ):
     """What an index holds: counts, model, sizes on disk."""
 

@@ -29,16 +29,40 @@ _THREADS: dict[str, Any] = dict(
     show_default=False,
 )
 
-IndexDir = Annotated[Path | None, typer.Option("--index", **_INDEX)]
-ModelName = Annotated[str | None, typer.Option("--model", "-m", **_MODEL)]
-Device = Annotated[str | None, typer.Option("--device", **_DEVICE)]
+
+def plain_help() -> None:
+    """`--help` in words people read. Every option and argument that takes a value names
+    it with a metavar (FILE, FOLDER, N, ID, 0..1: tests/test_cli_help.py checks), and
+    typer's additions that read as code are left out: numeric bounds (`min=`, `max=`),
+    which it writes as `[x>=1]` after the help and the default, and an argument's Python
+    type (`QUERY <str>`). The bounds still hold: a value out of them is refused with the
+    range in the error; where they matter to a reader, the metavar says them (`0..1`)."""
+    from typer.core import TyperArgument, TyperOption
+
+    TyperOption._get_number_range_help_str = lambda self: None  # type: ignore[method-assign]
+    plain = TyperArgument.display_type_rich
+
+    def argument_type(self, ctx):
+        return None if self.metavar is not None else plain(self, ctx)
+
+    TyperArgument.display_type_rich = argument_type  # type: ignore[method-assign]
+
+
+plain_help()
+
+IndexDir = Annotated[Path | None, typer.Option("--index", metavar="FOLDER", **_INDEX)]
+ModelName = Annotated[str | None, typer.Option("--model", "-m", metavar="MODEL", **_MODEL)]
+Device = Annotated[str | None, typer.Option("--device", metavar="DEVICE", **_DEVICE)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", **_QUIET)]
-Threads = Annotated[int | None, typer.Option("--threads", **_THREADS)]
-JsonReport = Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
+Threads = Annotated[int | None, typer.Option("--threads", metavar="N", **_THREADS)]
+JsonReport = Annotated[
+    bool, typer.Option("--json", metavar="FILE", help="Print the report as JSON on stdout.")
+]
 IndexType = Annotated[
     str | None,
     typer.Option(
         "--index-type",
+        metavar="TYPE",
         help="FAISS index: auto, flat, hnsw, ivf, ivfpq. Kept in the index; auto picks by "
         "size and --max-memory [default: the index's, else auto].",
         show_default=False,
@@ -48,6 +72,7 @@ MaxMemory = Annotated[
     str | None,
     typer.Option(
         "--max-memory",
+        metavar="SIZE",
         help="RAM budget for the FAISS index under auto, e.g. 4G, 512M; 'none' removes it. "
         "Over budget, auto compresses (ivfpq).",
         show_default=False,
@@ -59,6 +84,7 @@ SearchReranker = Annotated[
     str,
     typer.Option(
         "--reranker",
+        metavar="NAME",
         help="Re-ranker folder, 'auto' (the model's own) or 'none', or a BLIP model for "
         "photos: blip-itm-base-coco, blip-itm-large-coco, a Hugging Face id or folder.",
     ),
@@ -67,6 +93,7 @@ FeatureCache = Annotated[
     str | None,
     typer.Option(
         "--feature-cache",
+        metavar="SIZE",
         help="Size cap of the BLIP vision tokens cached in the index folder at search time "
         "(e.g. 4G; 0: none) [default: 2G].",
     ),

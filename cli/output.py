@@ -77,10 +77,15 @@ def print_answer(
         out.flush()
         return
     for hit in results:
-        target = hit["path"] if hit["kind"] == "image" else hit["text"]
-        folded = hit.get("duplicates")
-        more = f"  (+{len(folded)} near-duplicates)" if folded else ""
-        typer.echo(f"{hit['rank']:>3}  {hit['score']:7.4f}  {target}{more}")
+        typer.echo(result_line(hit))
+
+
+def result_line(hit: dict) -> str:
+    """One result for people: rank, score (0..1), path or text, folded duplicates."""
+    target = hit["path"] if hit["kind"] == "image" else hit["text"]
+    folded = hit.get("duplicates")
+    more = f"  (+{len(folded)} near-duplicates)" if folded else ""
+    return f"{hit['rank']:>3}  {hit['score']:.3f}  {target}{more}"
 
 
 def print_notices(notices: Iterable[str]) -> None:

@@ -21,30 +21,38 @@ def search(
     query: Annotated[
         str | None,
         typer.Argument(
-            help="Text, or an expression: 'beach + 2:sunset - people', './ref.jpg + at night'."
+            metavar="QUERY",
+            help="Text, or an expression: 'beach + 2:sunset - people', './ref.jpg + at night'.",
         ),
     ] = None,
     image: Annotated[
-        Path | None, typer.Option("--image", "-i", help="Query by this image.")
+        Path | None, typer.Option("--image", "-i", metavar="FILE", help="Query by this image.")
     ] = None,
     like: Annotated[
         list[int] | None,
-        typer.Option("--like", help="Query by an indexed image's id, no decoding (repeatable)."),
+        typer.Option(
+            "--like", metavar="ID", help="Query by an indexed image's id, no decoding (repeatable)."
+        ),
     ] = None,
     add: Annotated[
-        list[str] | None, typer.Option("--add", help="Add this term, taken whole (repeatable).")
+        list[str] | None,
+        typer.Option("--add", metavar="TERM", help="Add this term, taken whole (repeatable)."),
     ] = None,
     sub: Annotated[
         list[str] | None,
-        typer.Option("--sub", help="Subtract this term, taken whole (repeatable)."),
+        typer.Option("--sub", metavar="TERM", help="Subtract this term, taken whole (repeatable)."),
     ] = None,
     texts: Annotated[
         bool, typer.Option("--texts", "-t", help="Search the text corpus instead of images.")
     ] = False,
-    k: Annotated[int, typer.Option("-k", "--top", min=1, help="How many results.")] = 10,
+    k: Annotated[
+        int, typer.Option("-k", "--top", metavar="N", min=1, help="How many results (the API's k).")
+    ] = 10,
     candidates: Annotated[
         int | None,
-        typer.Option("--candidates", "-K", min=1, help="Stage-1 depth re-ranked [default: 128]."),
+        typer.Option(
+            "--candidates", "-K", metavar="N", min=1, help="Stage-1 depth re-ranked [default: 128]."
+        ),
     ] = None,
     no_rerank: Annotated[
         bool, typer.Option("--no-rerank", help="Stage 1 only (dual encoder).")
@@ -55,7 +63,12 @@ def search(
     device: Device = None,
     as_json: Annotated[
         bool,
-        typer.Option("--json", help="JSON array with rank, score, id, stage1_score, path/text."),
+        typer.Option(
+            "--json",
+            metavar="FILE",
+            help="JSON array: rank, score (0..1), id, path or text, and the raw stage1_score, "
+            "rerank_logit and fused_score.",
+        ),
     ] = False,
     paths_only: Annotated[
         bool, typer.Option("--paths", "-p", help="Only paths (or texts), one a line.")
@@ -63,36 +76,58 @@ def search(
     under: Annotated[
         list[Path] | None,
         typer.Option(
-            "--under", help="Only files at or below this folder (repeatable; texts: corpus files)."
+            "--under",
+            metavar="FOLDER",
+            help="Only files at or below this folder (repeatable; texts: corpus files).",
         ),
     ] = None,
     after: Annotated[
         str | None,
         typer.Option(
-            "--after", help="Only images taken (EXIF) or modified on or after YYYY-MM-DD."
+            "--after",
+            metavar="DATE",
+            help="Only images taken (EXIF) or modified on or after YYYY-MM-DD.",
         ),
     ] = None,
     before: Annotated[
         str | None,
-        typer.Option("--before", help="Only images taken (EXIF) or modified before YYYY-MM-DD."),
+        typer.Option(
+            "--before",
+            metavar="DATE",
+            help="Only images taken (EXIF) or modified before YYYY-MM-DD.",
+        ),
     ] = None,
     ext: Annotated[
-        str | None, typer.Option("--ext", help="Only these extensions, e.g. jpg,png.")
+        str | None,
+        typer.Option("--ext", metavar="EXTS", help="Only these extensions, e.g. jpg,png."),
     ] = None,
     min_score: Annotated[
         float | None,
-        typer.Option("--min-score", help="Leave out results whose stage-1 cosine is below this."),
+        typer.Option(
+            "--min-score",
+            metavar="0..1",
+            help="Leave out results whose score (the one shown, 0 to 1) is below this.",
+        ),
     ] = None,
     dedup: Annotated[
         float | None,
         typer.Option(
             "--dedup",
+            metavar="0..1",
             min=0.0,
             max=1.0,
             help=f"Fold near-duplicates (cosine >= T) into the best-ranked; T defaults to "
             f"{DEDUP_DEFAULT}.",
         ),
     ] = None,
+    preview: Annotated[
+        bool,
+        typer.Option(
+            "--preview",
+            help="Show thumbnails in terminals that can (kitty, iTerm2, WezTerm, sixel); "
+            "plain lines elsewhere and in pipes.",
+        ),
+    ] = False,
     print0: Annotated[
         bool, typer.Option("--print0", "-0", help="Only paths, each ended by NUL (for xargs -0).")
     ] = False,
@@ -103,6 +138,7 @@ def search(
         float,
         typer.Option(
             "--server-timeout",
+            metavar="SECONDS",
             min=0.1,
             help="Seconds to wait for a running `xmr serve`; then search in this process.",
         ),
@@ -112,11 +148,14 @@ def search(
 
     A query may combine terms: QUERY is an expression ('+' and '-' standing alone join
     terms, '2:' weighs one, a path is an image), and --image, --like, --add, --sub add
-    terms. Filters (--under, --after, --before, --ext) act inside the search: k results
-    come back whenever k items match. When `xmr serve` runs on this index, the query
-    goes there (warm models, milliseconds) and is re-ranked the server's way;
-    --no-server, --device, a --reranker the server does not run or an image path inside
-    QUERY keep it in this process.
+    terms. Filters (--under, --after, --before, --ext) act inside the search: N results
+    come back whenever N items match. Scores run from 0 to 1 (a calibrated probability
+    of a match; --json adds the raw stage1_score and rerank_logit).
+
+    \b
+    Where it runs: in the `xmr serve` of this index when one runs (warm: milliseconds),
+    re-ranked the server's way; --no-server keeps it in this process, as do --device, a
+    --reranker the server does not run and an image in QUERY.
     """
     like, add, sub, under = like or [], add or [], sub or [], under or []
     if query is None and image is None and not (like or add or sub):
@@ -152,7 +191,43 @@ def search(
     if answer is None:
         answer = _in_process(directory, request, device, reranker, feature_cache)
     print_notices(notices + answer["notices"])
+    if preview and not (as_json or paths_only or print0):
+        _print_previews(directory, answer["results"])
+        return
     print_answer(answer["results"], as_json, paths_only, print0)
+
+
+PREVIEW_PIXELS = 128  # thumbnail size asked of the engine
+PREVIEW_ROWS = 6  # terminal rows a picture takes (kitty, iTerm2 scale it to fit)
+
+
+def _print_previews(directory: Path, results: list[dict]) -> None:
+    """Each result's line under its thumbnail, in the terminal's image protocol
+    (cli/preview.py); the plain lines where the terminal shows no pictures or stdout
+    is not a terminal."""
+    import os
+
+    from xmr.cli import preview
+    from xmr.cli.output import print_answer, result_line
+
+    protocol = preview.detect(os.environ, preview.stdout_is_tty())
+    if protocol is None:
+        print_answer(results, False, False)
+        return
+    from xmr.engine.engine import Engine
+    from xmr.engine.thumbnails import Thumbnails
+    from xmr.retrieval.errors import XmrError
+
+    thumbnails = Thumbnails(Engine(directory))
+    for hit in results:
+        picture = ""
+        if hit["kind"] == "image":
+            try:
+                jpeg = thumbnails.jpeg(hit["id"], PREVIEW_PIXELS)
+                picture = preview.picture(protocol, jpeg, PREVIEW_ROWS) + "\n"
+            except XmrError:  # changed or gone since it was indexed: its line alone
+                picture = ""
+        typer.echo(picture + result_line(hit))
 
 
 def _through_server(

@@ -15,26 +15,36 @@ def serve(
     index: IndexDir = None,
     host: Annotated[
         str,
-        typer.Option("--host", help="Address to listen on; anything but loopback needs --token."),
+        typer.Option(
+            "--host",
+            metavar="HOST",
+            help="Address to listen on; anything but loopback needs --token.",
+        ),
     ] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option("--port", min=0, max=65535, help="0 picks a free port.")
+        int, typer.Option("--port", metavar="PORT", min=0, max=65535, help="0 picks a free port.")
     ] = 8765,
     device: Device = None,
     token: Annotated[
         str | None,
         typer.Option(
             "--token",
+            metavar="TOKEN",
             envvar="XMR_TOKEN",
             help="Require 'Authorization: Bearer TOKEN' on every /api call (the page: open "
             "/?token=TOKEN once).",
             show_default=False,
         ),
     ] = None,
+    open_page: Annotated[
+        bool,
+        typer.Option("--open", help="Open the page in your browser once it is ready."),
+    ] = False,
     log_level: Annotated[
         str,
         typer.Option(
             "--log-level",
+            metavar="LEVEL",
             help="What goes to stderr: info logs every request; warning and error only "
             "problems (critical, error, warning, info, debug).",
         ),
@@ -57,6 +67,11 @@ def serve(
         typer.echo(
             f"xmr serving {index_dir(index)} at {url}/  ({', '.join(loaded)} loaded)", err=True
         )
+        if open_page:
+            from xmr.cli.launch import open_in_browser
+
+            page = f"{url}/" if token is None else f"{url}/?token={token}"
+            typer.echo(open_in_browser(page), err=True)
         typer.echo("press Ctrl-C to stop", err=True)
 
     run_server(

@@ -107,9 +107,14 @@ class _TrainingReport:
 
 @handle_errors
 def make_corpus(
-    out: Annotated[Path, typer.Argument(help="Folder to write images/ and captions.json into.")],
-    images: Annotated[int, typer.Option("--images", "-n", min=10, help="How many scenes.")] = 10000,
-    seed: Annotated[int, typer.Option("--seed", help="Same seed, same corpus.")] = 0,
+    out: Annotated[
+        Path,
+        typer.Argument(metavar="FOLDER", help="Folder to write images/ and captions.json into."),
+    ],
+    images: Annotated[
+        int, typer.Option("--images", "-n", metavar="N", min=10, help="How many scenes.")
+    ] = 10000,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Same seed, same corpus.")] = 0,
     quiet: Quiet = False,
 ):
     """Generate a compositional shapes corpus (Karpathy format, with ARO-style negatives)."""
@@ -130,25 +135,35 @@ def make_corpus(
 @handle_errors
 def train_encoder(
     data: Annotated[
-        Path, typer.Argument(help="Karpathy-format JSON (xmr make-corpus, COCO, Flickr30k).")
+        Path,
+        typer.Argument(
+            metavar="DATA", help="Karpathy-format JSON (xmr make-corpus, COCO, Flickr30k)."
+        ),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (open_clip artefact).")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", metavar="FOLDER", help="Output folder (open_clip artefact)."),
+    ],
     model: Annotated[
-        str, typer.Option("--model", "-m", help="NAME[:PRETRAINED] to train or fine-tune.")
+        str,
+        typer.Option(
+            "--model", "-m", metavar="MODEL", help="NAME[:PRETRAINED] to train or fine-tune."
+        ),
     ],
     images_root: Annotated[
-        Path | None, typer.Option("--images-root", help="Folder the image paths are under.")
+        Path | None,
+        typer.Option("--images-root", metavar="FOLDER", help="Folder the image paths are under."),
     ] = None,
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = 256,
-    lr: Annotated[float, typer.Option("--lr")] = 1e-3,
-    warmup_steps: Annotated[int, typer.Option("--warmup")] = 50,
+    epochs: Annotated[int, typer.Option("--epochs", metavar="N", min=1)] = 10,
+    batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", min=2)] = 256,
+    lr: Annotated[float, typer.Option("--lr", metavar="RATE")] = 1e-3,
+    warmup_steps: Annotated[int, typer.Option("--warmup", metavar="STEPS")] = 50,
     max_steps: Annotated[
-        int | None, typer.Option("--max-steps", help="Stop after this many steps.")
+        int | None, typer.Option("--max-steps", metavar="N", help="Stop after this many steps.")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", metavar="N")] = 0,
     name: Annotated[
-        str, typer.Option("--name", help="Name of the config in the artefact.")
+        str, typer.Option("--name", metavar="NAME", help="Name of the config in the artefact.")
     ] = "xmr-encoder",
     threads: Threads = None,
     quiet: Quiet = False,
@@ -167,42 +182,54 @@ def train_encoder(
 @handle_errors
 def train_reranker(
     data: Annotated[
-        Path, typer.Argument(help="Karpathy-format JSON with a train (and val) split.")
+        Path,
+        typer.Argument(metavar="DATA", help="Karpathy-format JSON with a train (and val) split."),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the re-ranker.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", metavar="FOLDER", help="Output folder for the re-ranker.")
+    ],
     model: Annotated[
-        str, typer.Option("--model", "-m", help="The frozen encoder it reads.")
+        str, typer.Option("--model", "-m", metavar="MODEL", help="The frozen encoder it reads.")
     ] = "xmr-tiny",
-    images_root: Annotated[Path | None, typer.Option("--images-root")] = None,
-    steps: Annotated[int, typer.Option("--steps", min=1)] = 1500,
+    images_root: Annotated[Path | None, typer.Option("--images-root", metavar="FOLDER")] = None,
+    steps: Annotated[int, typer.Option("--steps", metavar="N", min=1)] = 1500,
     max_minutes: Annotated[
         float | None,
         typer.Option(
-            "--max-minutes", min=0.1, help="Stop after this much training (a time budget)."
+            "--max-minutes",
+            metavar="MINUTES",
+            min=0.1,
+            help="Stop after this much training (a time budget).",
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Queries per step.")] = 32,
-    width: Annotated[int, typer.Option("--width")] = 64,
-    layers: Annotated[int, typer.Option("--layers")] = 2,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", metavar="N", min=2, help="Queries per step.")
+    ] = 32,
+    width: Annotated[int, typer.Option("--width", metavar="N")] = 64,
+    layers: Annotated[int, typer.Option("--layers", metavar="N")] = 2,
     heads: Annotated[
-        int, typer.Option("--heads", min=1, help="Attention heads (divide --width).")
+        int, typer.Option("--heads", metavar="N", min=1, help="Attention heads (divide --width).")
     ] = 4,
     image_layers: Annotated[
-        int, typer.Option("--image-layers", min=0, help="Patch self-attention.")
+        int, typer.Option("--image-layers", metavar="N", min=0, help="Patch self-attention.")
     ] = 0,
     image_pool: Annotated[
-        int, typer.Option("--image-pool", min=1, help="k x k patch pooling.")
+        int, typer.Option("--image-pool", metavar="N", min=1, help="k x k patch pooling.")
     ] = 2,
     image_token_layer: Annotated[
         int | None,
         typer.Option(
             "--image-token-layer",
+            metavar="N",
             min=0,
             help="Vision block (0-based) whose output the image tokens are; default the last.",
         ),
     ] = None,
     image_stem: Annotated[
-        str, typer.Option("--image-stem", help="Image blocks: attention | conv (3x3, local).")
+        str,
+        typer.Option(
+            "--image-stem", metavar="STEM", help="Image blocks: attention | conv (3x3, local)."
+        ),
     ] = "attention",
     token_alignment: Annotated[
         bool,
@@ -211,32 +238,47 @@ def train_reranker(
     edit_pairs: Annotated[
         int,
         typer.Option(
-            "--edit-pairs", min=0, help="Caption-vs-edit pairs per step (direct binding signal)."
+            "--edit-pairs",
+            metavar="N",
+            min=0,
+            help="Caption-vs-edit pairs per step (direct binding signal).",
         ),
     ] = 0,
     edit_kinds: Annotated[
-        str, typer.Option("--edit-kinds", help="Edits those pairs use: attribute,relation,object.")
+        str,
+        typer.Option(
+            "--edit-kinds",
+            metavar="KINDS",
+            help="Edits those pairs use: attribute,relation,object.",
+        ),
     ] = "attribute",
     hard_negatives: Annotated[
-        int, typer.Option("--hard-negatives", min=1, help="Stage-1 look-alikes per query and step.")
+        int,
+        typer.Option(
+            "--hard-negatives", metavar="N", min=1, help="Stage-1 look-alikes per query and step."
+        ),
     ] = 2,
     gallery: Annotated[
         int,
         typer.Option(
-            "--gallery", min=2, help="Images per hard-negative gallery (~ what stage 2 sees)."
+            "--gallery",
+            metavar="N",
+            min=2,
+            help="Images per hard-negative gallery (~ what stage 2 sees).",
         ),
     ] = 1000,
-    max_train_images: Annotated[int | None, typer.Option("--max-train-images")] = None,
-    val_every: Annotated[int, typer.Option("--val-every")] = 500,
+    max_train_images: Annotated[int | None, typer.Option("--max-train-images", metavar="N")] = None,
+    val_every: Annotated[int, typer.Option("--val-every", metavar="N")] = 500,
     calibrate_fusion: Annotated[
         bool,
         typer.Option("--calibrate/--no-calibrate", help="Pick the stage-1 weight on validation."),
     ] = True,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", metavar="N")] = 0,
     family: Annotated[
         str,
         typer.Option(
             "--family",
+            metavar="FAMILY",
             help="native: xmr's re-ranker over the encoder's tokens; blip-itm: BLIP ITM "
             "(transformers), written as a Hugging Face folder for --reranker FOLDER.",
         ),
@@ -245,6 +287,7 @@ def train_reranker(
         str | None,
         typer.Option(
             "--init-from",
+            metavar="SOURCE",
             help="native: a saved re-ranker (same options). blip-itm: blip-itm-base-coco (the "
             "default), another checkpoint name, an HF id, a Hugging Face folder, or "
             "config:blip-tiny / config:FILE.json for random weights.",
@@ -253,7 +296,9 @@ def train_reranker(
     lr: Annotated[
         float | None,
         typer.Option(
-            "--lr", help="Default: native 5e-4; blip-itm 2e-5 from weights, 1e-3 from a config."
+            "--lr",
+            metavar="RATE",
+            help="Default: native 5e-4; blip-itm 2e-5 from weights, 1e-3 from a config.",
         ),
     ] = None,
     device: Device = None,

@@ -32,6 +32,7 @@ from xmr.engine.models import (
     RerankerChoice,
     choose_reranker,
     random_weights_notice,
+    stage1_calibration,
 )
 from xmr.engine.paging import file_date, page_of, pool_size
 from xmr.engine.paths import index_directory
@@ -317,6 +318,7 @@ class Engine:
                 reranker,
                 self._state,
                 self._models_thread,
+                stage1_calibration(self.models.spec),
             )
         return snapshot.searcher
 

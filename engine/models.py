@@ -58,6 +58,14 @@ class RerankerChoice:
     automatic: bool = False  # picked by auto: a failed load falls back to stage 1
 
 
+def stage1_calibration(spec: ModelSpec):
+    """The encoder's stage-1 score calibration (retrieval/calibration.py), kept in its
+    folder for a shipped or folder model; None (the documented default) otherwise."""
+    from xmr.retrieval.calibration import stage1_fit
+
+    return stage1_fit(spec.name) if spec.kind in ("shipped", "folder") else None
+
+
 def photo_reranker_notice() -> str:
     return (
         f"stage 1 only: re-rank photos with --reranker {DEFAULT_MATCHER} (BLIP ITM; needs "

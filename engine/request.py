@@ -53,7 +53,7 @@ class SearchRequest:
     after: str | None = None
     before: str | None = None
     ext: str | None = None
-    min_score: float | None = None  # stage-1 cosine below which results are left out
+    min_score: float | None = None  # shown score (0..1, calibrated) below which results go
     dedup: float | None = None  # fold results at least this similar into one
     offset: int = 0  # skip this many of the ranking: results offset+1 .. offset+k
     order: str = "relevance"  # or newest / oldest among the results kept (Engine.search)
@@ -75,7 +75,7 @@ class SearchRequest:
         if self.candidates is not None:
             _int_in("candidates", self.candidates, 1, MAX_K)
         if self.min_score is not None:
-            _float_in("min_score", self.min_score, -1.0, 1.0)
+            _float_in("min_score", self.min_score, 0.0, 1.0)
         if self.dedup is not None:
             _float_in("dedup", self.dedup, 0.0, 1.0)
         where = SearchFilter.parse(self.under, self.after, self.before, self.ext)
@@ -175,7 +175,7 @@ FIELD_DOCS = {
     "after": ("string", "only images taken or modified on or after YYYY-MM-DD"),
     "before": ("string", "only images taken or modified before YYYY-MM-DD"),
     "ext": ("string", "only these extensions, e.g. jpg,png"),
-    "min_score": ("number", "leave out results whose stage-1 cosine is below this (-1 to 1)"),
+    "min_score": ("number", "leave out results whose score is below this (0 to 1)"),
     "dedup": ("number", "fold results at least this similar into one (0 to 1)"),
     "offset": ("integer", "skip this many results: a page of the same ranking (default 0)"),
     "order": (

@@ -36,6 +36,8 @@ from xmr.retrieval.matcher_names import FAMILY, INSTALL_HINT, MatcherSource
 if TYPE_CHECKING:
     import torch
 
+    from xmr.retrieval.calibration import Logistic
+
 # transformers' model, tokenizer and processor are typed Any: it is an optional extra, read
 # as untyped ([tool.mypy] in pyproject.toml), and the tests pass stand-ins for them.
 
@@ -124,6 +126,8 @@ class BlipMatcher:
         self.name = source.name
         self.fingerprint = fingerprint
         self.device = device
+        # final score -> probability of a match (calibration.py); None: the default
+        self.calibration: Logistic | None = None
         # a GPU takes K = 128 pairs in one pass
         self.settings = settings or MatcherSettings(
             **({"batch": 128, "vision_batch": 64} if str(device).startswith("cuda") else {})
@@ -287,7 +291,12 @@ def load_matcher(source: MatcherSource, device: str | None = None,
     )
     if settings is None and source.kind == "folder":
         settings = folder_settings(Path(where))
-    return BlipMatcher(model, tokenizer, processor, source, fingerprint, device, settings)
+    matcher = BlipMatcher(model, tokenizer, processor, source, fingerprint, device, settings)
+    if source.kind == "folder":  # a score calibration kept beside the weights, if any
+        from xmr.retrieval.calibration import rerank_fit
+
+        matcher.calibration = rerank_fit(where, matcher.settings.stage1_weight, fingerprint)
+    return matcher
 
 
 def _from_pretrained(transformers, where: str):

@@ -62,6 +62,13 @@ class BlipReranker:
     def feature_shape(self) -> tuple[int, int]:
         return self.matcher.feature_shape
 
+    def probability(self, final: np.ndarray) -> np.ndarray:
+        """Final scores -> calibrated probabilities of a match (calibration.py): the fit
+        kept in the matcher's folder, else the fused score read as log-odds."""
+        from xmr.retrieval.calibration import rerank_probability
+
+        return rerank_probability(final, getattr(self.matcher, "calibration", None))
+
     def reads(self, query: Query, collection: Collection) -> bool:
         if collection.name == "images":
             return query.kind == "text" and bool(query.text)
@@ -181,16 +188,18 @@ def _fused(matcher, logits: np.ndarray, stage1: np.ndarray, bad: dict[int, str])
     """Final scores; candidates whose files could not be read go after every other
     re-ranked one, in stage-1 order (they were never really scored)."""
     final = np.asarray(matcher.final_scores(logits, stage1), dtype=np.float64)
+    logits = np.asarray(logits, dtype=np.float64)
     if not bad:
-        return Scored(final)
+        return Scored(final, logits=logits)
     rows = np.array(sorted(bad))
     ok = np.ones(len(final), dtype=bool)
     ok[rows] = False
     floor = final[ok].min(initial=0.0) - 1.0
     final[rows] = floor + stage1[rows] - stage1[rows].max()
+    logits[rows] = np.nan  # never scored
     first = bad[int(rows[0])]
     notice = (
         f"{len(rows)} candidate image(s) could not be read for re-ranking and are ranked "
         f"after the others (first: {first})"
     )
-    return Scored(final, [notice])
+    return Scored(final, [notice], logits)

@@ -16,6 +16,8 @@ The searcher (searcher.py) calls three things, in this order:
   score(query, stage1, inputs) -> Scored
                              the final scores (K,) through reranker.fused_score (on the
                              model thread), and notices about candidates it could not read
+  probability(final)         final scores -> the scores shown, calibrated probabilities of
+                             a match from 0 to 1 (calibration.py)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 class Scored:
     final: np.ndarray  # (K,) final scores, the re-ranker's logit + weight * stage-1 cosine
     notices: list[str] = field(default_factory=list)
+    logits: np.ndarray | None = None  # (K,) the re-ranker's own logits, NaN where unread
 
 
 class Matcher(Protocol):
@@ -50,3 +53,5 @@ class Matcher(Protocol):
     ) -> Any: ...
 
     def score(self, query: Any, stage1: np.ndarray, inputs: Any) -> Scored: ...
+
+    def probability(self, final: np.ndarray) -> np.ndarray: ...

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xmr.retrieval.calibration import Logistic, rerank_fit, rerank_probability
 from xmr.retrieval.fusion import fused_score  # noqa: F401 (the final score, for both families)
 from xmr.retrieval.reranker_files import (
     CONFIG_FILE,
@@ -303,6 +304,9 @@ class RerankerRuntime:
         self.config = model.config
         if fingerprint is not None:  # loaded from a folder: the hash of its files
             self.__dict__["fingerprint"] = fingerprint
+        # Maps a final score to the probability of a match (calibration.py); None: the
+        # documented default. load_reranker sets the fit kept in the re-ranker's folder.
+        self.calibration: Logistic | None = None
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -382,6 +386,10 @@ class RerankerRuntime:
     def final_scores(self, logits: np.ndarray, stage1: np.ndarray) -> np.ndarray:
         return fused_score(logits, stage1, self.config.stage1_weight)
 
+    def probability(self, final: np.ndarray) -> np.ndarray:
+        """Final (fused) scores -> the shown score, a calibrated probability of a match."""
+        return rerank_probability(final, self.calibration)
+
     # -- the searcher's interface (matching.py) -------------------------------------------
     family = "native"
 
@@ -416,10 +424,11 @@ class RerankerRuntime:
 
         tokens, extra = inputs
         if query.kind == "text":
-            return Scored(
-                self.rerank_images(query.tokens, query.length, tokens, stage1, features=extra)
-            )
-        return Scored(self.rerank_texts(query.tokens, tokens, extra, stage1))
+            final = self.rerank_images(query.tokens, query.length, tokens, stage1, features=extra)
+        else:
+            final = self.rerank_texts(query.tokens, tokens, extra, stage1)
+        logits = final - self.config.stage1_weight * stage1  # fused_score, undone
+        return Scored(final, logits=logits)
 
     def rerank_images(
         self,
@@ -516,12 +525,10 @@ def load_reranker(
     model.load_state_dict(state)
     if device in (None, "", "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return RerankerRuntime(
-        model,
-        reranker_name(folder),
-        device,
-        folder_fingerprint(folder),
-    )
+    files = folder_fingerprint(folder)
+    runtime = RerankerRuntime(model, reranker_name(folder), device, files)
+    runtime.calibration = rerank_fit(folder, config.stage1_weight, files)
+    return runtime
 
 
 def resolve_reranker(choice: str | None, encoder: Encoder | LazyEncoder, device: str | None = None):

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from xmr.retrieval.calibration import stage1_probability
 from xmr.retrieval.content_hash import content_hash, content_hash_bytes
 from xmr.retrieval.db import ImageRow, TextRow
 from xmr.retrieval.duplicates import PixelCheck
@@ -39,6 +40,7 @@ from xmr.retrieval.vector_index import Ids
 if TYPE_CHECKING:
     import torch
 
+    from xmr.retrieval.calibration import Logistic
     from xmr.retrieval.encoder import Encoded
     from xmr.retrieval.imageio import Preprocess
     from xmr.retrieval.matching import Matcher
@@ -64,8 +66,8 @@ class QueryEncoding(Protocol):
 class Hit:
     rank: int
     id: int
-    score: float  # final score (stage 1 unless re-ranked)
-    stage1_score: float
+    score: float  # the shown score: a calibrated 0..1 probability of a match (calibration.py)
+    stage1_score: float  # the stage-1 cosine
     kind: str  # "image" | "text"
     path: str | None = None
     text: str | None = None
@@ -73,10 +75,16 @@ class Hit:
     meta: dict = field(default_factory=dict)
     duplicates: list[int] | None = None  # ids folded into this hit (search with dedup)
     reranker: str | None = None  # the re-ranker that scored this hit (None: stage 1's score)
+    rerank_logit: float | None = None  # the re-ranker's own logit, when it scored this hit
+    fused_score: float | None = None  # logit + weight * cosine: what the order follows
 
     def as_dict(self) -> dict:
         out: dict = {"rank": self.rank, "score": round(self.score, 6), "id": self.id}
         out["stage1_score"] = round(self.stage1_score, 6)
+        if self.rerank_logit is not None:
+            out["rerank_logit"] = round(self.rerank_logit, 6)
+        if self.fused_score is not None:
+            out["fused_score"] = round(self.fused_score, 6)
         out["kind"] = self.kind
         if self.kind == "image":
             out["path"] = self.path
@@ -143,14 +151,15 @@ class _Ranked:
     """Stage 1 (and 2) for one depth: candidates and their scores."""
 
     ids: np.ndarray  # (K,)
-    final: np.ndarray  # (K,) final scores
+    final: np.ndarray  # (K,) final scores: what the order follows
     stage1: np.ndarray  # (K,) stage-1 cosines
+    shown: np.ndarray  # (K,) the scores shown: calibrated, 0..1 (calibration.py)
     stage1_ms: float
+    logits: np.ndarray | None = None  # (K,) the re-ranker's logits, NaN where it did not score
     rerank_ms: float = 0.0
     reranked: bool = False
-    tail: set = field(default_factory=set)  # ids past the re-ranked head
+    tail: set = field(default_factory=set)  # ids the re-ranker did not score
     notices: list[str] = field(default_factory=list)
-    below_min_score: int = 0
     empty: bool = False
 
 
@@ -162,10 +171,13 @@ class Searcher:
         reranker: Matcher | None = None,
         state: contextlib.AbstractContextManager[Any] | None = None,
         compute: Callable[..., Any] | None = None,
+        stage1_calibration: Logistic | None = None,
     ):
         self.library = library
         self.encoder = encoder
         self.reranker = reranker
+        # the encoder's text <-> image cosine -> probability fit (calibration.py), if any
+        self.stage1_calibration = stage1_calibration
         self.state = state or contextlib.nullcontext()
         self.compute = compute or _here  # compute(fn, *args): where model work runs
         reason = token_mismatch(library, reranker)
@@ -345,8 +357,9 @@ class Searcher:
 
         `where` (or a ready set of `allowed_ids`) restricts the answers inside the
         stage-1 search, so k come back whenever k items match (see filters.py).
-        `min_score` drops candidates whose stage-1 cosine is lower (fewer than k may come
-        back: Answer.below_min_score says how many were cut). `dedup` T folds results
+        `min_score` leaves out results whose shown score (Hit.score, calibrated 0..1) is
+        lower: fewer than k may come back, and Answer.below_min_score says how many of the
+        k were cut. `dedup` T folds results
         whose vectors are at least T-similar into the best-ranked of them
         (Hit.duplicates), and still returns k whenever k distinct ones exist.
         """
@@ -368,17 +381,15 @@ class Searcher:
         want = k if dedup is None else 3 * k  # duplicates fold away: look a little deeper
         while True:
             ranked = self._rank(
-                query, collection, want, candidates, use_reranker, exclude, allowed_ids, min_score
+                query, collection, want, candidates, use_reranker, exclude, allowed_ids
             )
             order = np.argsort(-ranked.final, kind="stable")[:want]
-            hits = self._hits(
-                collection, ranked.ids[order], ranked.final[order], ranked.stage1[order]
-            )
-            for hit in hits:
-                if hit.id in ranked.tail:
-                    hit.score = hit.stage1_score  # not re-ranked: its stage-1 cosine
-                elif ranked.reranked and self.reranker is not None:
-                    hit.reranker = self.reranker.name
+            below = 0
+            if min_score is not None:  # on the score shown, whichever stage gave it
+                keep = ranked.shown[order] >= min_score
+                below = int((~keep).sum())
+                order = order[keep]
+            hits = self._hits(collection, ranked, order)
             if dedup is None:
                 break
             hits = self._fold_duplicates(collection, hits, dedup)
@@ -394,13 +405,11 @@ class Searcher:
             notices.append(f"the index holds no {target} yet")
         elif not hits and allowed_ids is not None:
             notices.append(f"no {target} match the filter")
-        below = None
+        below_min = None
         if min_score is not None:
-            below = ranked.below_min_score
+            below_min = below
             if len(hits) < k and below:
-                notices.append(
-                    f"{len(hits)} of {k} results scored at least {min_score} (stage-1 cosine)"
-                )
+                notices.append(f"{len(hits)} of {k} results scored at least {min_score}")
         timings = {
             "encode": round(query.encode_ms, 2),
             "stage1": round(ranked.stage1_ms, 2),
@@ -408,41 +417,49 @@ class Searcher:
             "total": round(query.encode_ms + _ms(started), 2),
         }
         name = self.reranker.name if ranked.reranked and self.reranker is not None else None
-        return Answer(hits, ranked.reranked, notices, timings, below, name)
+        return Answer(hits, ranked.reranked, notices, timings, below_min, name)
 
-    def _rank(self, query, collection, want, candidates, use_reranker, exclude, allowed, floor):
+    def _rank(self, query, collection, want, candidates, use_reranker, exclude, allowed):
         """Stage 1 for `want` results (deeper when re-ranking), then stage 2 over at most
-        MAX_RERANK_DEPTH of them: candidate ids with final and stage-1 scores."""
+        MAX_RERANK_DEPTH of them: candidate ids with final, stage-1 and shown scores."""
         started = time.perf_counter()
         depth = rerank_depth(want, candidates) if use_reranker else want
         with self.state:
             scores, ids = collection.index.search(query.vector[None, :], depth, exclude, allowed)
             keep = ids[0] >= 0
             ids, stage1 = ids[0][keep], scores[0][keep]  # (K,), (K,)
-            below = 0
-            if floor is not None:
-                above = stage1 >= floor
-                below = int((~above[:want]).sum())  # of the results it would have given
-                ids, stage1 = ids[above], stage1[above]
             reranker = self.reranker if use_reranker else None
             head = min(len(ids), MAX_RERANK_DEPTH) if reranker is not None else 0
             inputs = None
             if reranker is not None and head:  # copies, read under the lock (matching.py)
                 inputs = reranker.candidate_inputs(self.library, query, collection, ids[:head])
             empty = collection.index.live_count == 0
-        ranked = _Ranked(ids, stage1, stage1, _ms(started), below_min_score=below, empty=empty)
+        cross_modal = (query.kind == "text") == (collection.name == "images")
+        shown = stage1_probability(stage1, cross_modal, self.stage1_calibration)  # (K,)
+        ranked = _Ranked(ids, stage1, stage1, shown, _ms(started), empty=empty)
         if reranker is None or inputs is None:
             return ranked
         rerank_started = time.perf_counter()
         scored = self.compute(reranker.score, query, stage1[:head], inputs)
-        logits = scored.final  # (K',)
+        final = scored.final  # (K',)
         ranked.notices += scored.notices
         # Past the re-ranked head, stage-1 order: ranked after every re-ranked item.
-        tail = stage1[head:] - stage1[head:].max(initial=0) + logits.min(initial=0) - 1
-        ranked.final = np.concatenate([logits, tail])
+        tail = stage1[head:] - stage1[head:].max(initial=0) + final.min(initial=0) - 1
+        ranked.final = np.concatenate([final, tail])
+        ranked.logits = np.full(len(ids), np.nan)
+        if scored.logits is not None:
+            ranked.logits[:head] = scored.logits
+        # What the re-ranker scored shows its calibrated probability; a candidate it could
+        # not read (a NaN logit) or never reached keeps its stage-1 score.
+        scored_rows = np.flatnonzero(~np.isnan(ranked.logits[:head]))
+        if scored.logits is None:
+            scored_rows = np.arange(head)
+        ranked.shown = shown.copy()
+        ranked.shown[scored_rows] = reranker.probability(final[scored_rows])
         ranked.reranked = True
         ranked.rerank_ms = _ms(rerank_started)
-        ranked.tail = set(ids[head:].tolist())
+        unscored = np.setdiff1d(np.arange(len(ids)), scored_rows)
+        ranked.tail = set(ids[unscored].tolist())
         if len(ids) > head:
             ranked.notices.append(
                 f"re-ranked the top {head} of {len(ids)} candidates; results past rank "
@@ -484,15 +501,28 @@ class Searcher:
         cross_modal = (query.kind == "text") == (target == "images")
         return cross_modal and self.reranker is not None and self.reranker.reads(query, collection)
 
-    def _hits(self, collection: Collection, ids, final, stage1) -> list[Hit]:
+    def _hits(self, collection: Collection, ranked: _Ranked, order: np.ndarray) -> list[Hit]:
+        """The hits at positions `order` of `ranked`, in that order, with their rows."""
         table: Any = collection.table  # ImageRow | TextRow
+        ids = ranked.ids[order]
         rows = self.library.db.rows_by_ids(table, ids.tolist())
         hits: list[Hit] = []
-        for item_id, score, s1 in zip(ids, final, stage1, strict=True):
+        for position, item_id in zip(order.tolist(), ids.tolist(), strict=True):
             row = rows.get(int(item_id))
             if row is None:  # deleted by a concurrent writer since FAISS was loaded
                 continue
-            hit = Hit(len(hits) + 1, int(item_id), float(score), float(s1), collection.name[:-1])
+            hit = Hit(
+                len(hits) + 1,
+                int(item_id),
+                float(ranked.shown[position]),
+                float(ranked.stage1[position]),
+                collection.name[:-1],
+            )
+            if ranked.reranked and item_id not in ranked.tail and self.reranker is not None:
+                hit.reranker = self.reranker.name
+                hit.fused_score = float(ranked.final[position])
+                if ranked.logits is not None and not np.isnan(ranked.logits[position]):
+                    hit.rerank_logit = float(ranked.logits[position])
             if table is ImageRow:
                 hit.path = row.path
             else:

@@ -206,7 +206,7 @@ def test_search_time_cache_is_keyed_by_content_and_capped(
     fresh = next(h for h in again.hits if h.id == hit.id)
     ids, mask = matcher.text_inputs([text])
     want = matcher.itm_logits(ids, mask, _vision_of(target, matcher)[None])[0]
-    assert abs(fresh.score - want) < 1e-4  # the new content's tokens
+    assert abs(fresh.rerank_logit - want) < 1e-4  # the new content's tokens
     assert len(list((index / CACHE_DIR).glob("*/*.npy"))) == 5
     # A cap of two files' worth keeps the cache at or under it.
     one = cached[0].stat().st_size
@@ -340,7 +340,7 @@ def test_a_query_image_changed_since_indexing_is_read_as_it_is_now(
     ids, mask = matcher.text_inputs([h.text for h in answer.hits])
     vision = np.repeat(_vision_of(paths[0], matcher)[None], 3, axis=0)
     want = matcher.itm_logits(ids, mask, vision)
-    np.testing.assert_allclose([h.score for h in answer.hits], want, atol=1e-4)
+    np.testing.assert_allclose([h.rerank_logit for h in answer.hits], want, atol=1e-4)
 
 
 def test_server_answer_names_the_reranker_and_matches_the_cli(tmp_path, tiny_spec, blip_folder):

@@ -131,7 +131,7 @@ def test_engine_scores_equal_transformers_and_order_by_them(
     want = reference_fused(
         blip_folder, matcher, text, [h.path for h in hits], [h.stage1_score for h in hits], weight
     )
-    np.testing.assert_allclose([h.score for h in hits], want, atol=1e-4)
+    np.testing.assert_allclose([h.fused_score for h in hits], want, atol=1e-4)
     # the fused order is the order of those scores, sorted by hand
     by_hand = [hits[i].id for i in np.argsort(-want, kind="stable")]
     assert [h.id for h in hits] == by_hand
@@ -165,7 +165,7 @@ def test_image_to_text_scores_equal_transformers(
     want = reference_logits(blip_folder, matcher, texts, query) + weight * np.array(
         [h.stage1_score for h in answer.hits]
     )
-    np.testing.assert_allclose([h.score for h in answer.hits], want, atol=1e-4)
+    np.testing.assert_allclose([h.fused_score for h in answer.hits], want, atol=1e-4)
     assert np.all(np.diff(want) <= 1e-9)  # best first, as sorting by hand gives
 
 

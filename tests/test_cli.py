@@ -139,7 +139,7 @@ def test_search_json_paths_and_k(cli, cli_index):
     assert isinstance(hits, list) and len(hits) == 3
     assert [h["rank"] for h in hits] == [1, 2, 3]
     scores = [h["score"] for h in hits]
-    assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
     for hit in hits:
         assert hit["kind"] == "image" and ids[hit["path"]] == hit["id"]
 
@@ -152,8 +152,8 @@ def test_search_json_paths_and_k(cli, cli_index):
     assert len(lines) == 7  # every image, each once
     rank, score, path = lines[0].split(maxsplit=2)
     assert (rank, path) == ("1", hits[0]["path"]) and float(score) == pytest.approx(
-        scores[0], abs=1e-4
-    )
+        scores[0], abs=5e-4
+    )  # people see 3 decimals
 
     result = cli("search", "a red circle", "--paths", "-k", "0", "--index", index_dir)
     assert result.exit_code == 2  # k must be at least 1

@@ -487,9 +487,15 @@ def test_max_minutes_ends_training_early_with_a_validated_saved_reranker(shapes_
     assert seen["images"] == (100, 100) and seen["texts"][0] == seen["texts"][1] >= 100
     assert seen["caption edits"][0] == seen["caption edits"][1] > 0 and len(seen) == 3
     assert state.step < 10_000
-    history = json.loads((out / "train_log.json").read_text())["history"]
+    log = json.loads((out / "train_log.json").read_text())
+    history = log["history"]
     assert history[-1]["step"] == state.step and "val_t2i_R@1" in history[-1]
-    assert load_reranker(out).config.width == config.width
+    loaded = load_reranker(out)
+    assert loaded.config.width == config.width
+    # The shown score's fit, made on the validation split for exactly these weights and
+    # this fusion, loads with them (retrieval/calibration.py).
+    assert log["score_calibration"]["rerank"]["ece"] < 0.2
+    assert loaded.calibration is not None and loaded.calibration.slope > 0
 
 
 @pytest.mark.slow

@@ -44,10 +44,10 @@ def test_text_to_image_order_matches_brute_force(encoder, library_with_twin):
     np.testing.assert_allclose(query.vector, encoder.encode_texts(["a red square"]).vectors[0])
     expected = _brute_force(index_dir, query.vector)[:5]
     assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
-    np.testing.assert_allclose([h.score for h in hits], [s for _, s in expected], atol=1e-5)
+    np.testing.assert_allclose([h.stage1_score for h in hits], [s for _, s in expected], atol=1e-5)
     # Paths agree except where two images tie exactly (the twin and its original).
     for hit, (path, score) in zip(hits, expected, strict=True):
-        assert hit.path == path or abs(hit.score - score) < 1e-6
+        assert hit.path == path or abs(hit.stage1_score - score) < 1e-6
     assert all(h.kind == "image" and h.text is None for h in hits)
 
 
@@ -88,7 +88,7 @@ def test_image_query_from_outside_the_index_is_encoded(encoder, library_with_twi
         hits = searcher.search(query, "images", k=11)
     assert len(hits) == 11  # nothing excluded
     expected = _brute_force(index_dir, query.vector)
-    np.testing.assert_allclose([h.score for h in hits], [s for _, s in expected], atol=1e-5)
+    np.testing.assert_allclose([h.stage1_score for h in hits], [s for _, s in expected], atol=1e-5)
 
 
 def test_modified_but_not_reindexed_query_image_is_re_encoded(encoder, library_with_twin):

@@ -84,8 +84,35 @@ def train_reranker(
     if val is not None and config.calibrate_fusion:
         extra["fusion"] = _calibrate(model, val, config.candidates, state)
     save_reranker(model, out)
+    if val is not None and config.calibrate_fusion:
+        extra["score_calibration"] = _calibrate_scores(model, val, config.candidates, out)
     write_train_log(out, config, state.history, **extra)
     return state
+
+
+def _calibrate_scores(model, val, candidates: int, out: Path) -> dict:
+    """Fit the shown score's mapping (retrieval/calibration.py) on the validation split's
+    candidate pairs and keep it beside the saved weights; -> its log entry."""
+    from xmr.evaluation.calibration import candidate_pairs, fit_score_calibration
+    from xmr.retrieval.calibration import write_calibration
+    from xmr.retrieval.reranker import RerankerRuntime
+    from xmr.retrieval.reranker_files import folder_fingerprint
+
+    dataset, embeddings, _ = val
+    runtime = RerankerRuntime(model, "training", str(next(model.parameters()).device))
+    pairs = candidate_pairs(runtime, dataset, embeddings, candidates)
+    try:
+        fits = fit_score_calibration(pairs, model.config.stage1_weight)
+    except ValueError as exc:  # e.g. no match among the candidates: keep the default
+        return {"skipped": str(exc)}
+    write_calibration(
+        out,
+        rerank=fits["rerank"],
+        stage1_weight=model.config.stage1_weight,
+        fingerprint=folder_fingerprint(out),
+        fitted_on=f"validation split of {dataset.name}, top {candidates} both ways",
+    )
+    return fits["report"]
 
 
 def _training_data(config: RerankerTrainConfig, encoder, preparing) -> TrainingData:
