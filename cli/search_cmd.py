@@ -153,9 +153,8 @@ def search(
     of a match; --json adds the raw stage1_score and rerank_logit).
 
     \b
-    Where it runs: in the `xmr serve` of this index when one runs (warm: milliseconds),
-    re-ranked the server's way; --no-server keeps it in this process, as do --device, a
-    --reranker the server does not run and an image in QUERY.
+    Where it runs: in the `xmr serve` of this index when one runs (warm: milliseconds);
+    --no-server keeps it in this process, as do --device, another --reranker, an image in QUERY.
     """
     like, add, sub, under = like or [], add or [], sub or [], under or []
     if query is None and image is None and not (like or add or sub):
