@@ -225,7 +225,9 @@ class Models:
 
         folder, meta = self._towers_folder("text.onnx")
         info = meta["files"]["text.onnx"]
-        return OnnxTextEncoder(folder / "text.onnx", info["context_length"], meta["dim"])
+        return OnnxTextEncoder(
+            folder / "text.onnx", info["context_length"], meta["dim"], bool(info.get("trim"))
+        )
 
     def _load_onnx_image(self, token_layer: int | None) -> OnnxImageTower:
         from xmr.retrieval.onnx.runtime import OnnxImageTower

@@ -20,9 +20,9 @@ correctly in a few seconds, where the dynamo exporter needs onnxscript and takes
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -63,8 +63,8 @@ def export_towers(encoder: Encoder, folder: Path, token_layer: int | None = None
     tokenizer = _check_tokenizer(encoder)
     common = {"spec": encoder.spec.canonical, "dim": encoder.dim}
     if store.present(folder, store.read_meta(folder), "text.onnx") is None:
-        _export_text(encoder, folder / "text.onnx")
-        info = {"context_length": tokenizer.context_length}
+        trim = _export_text(encoder, folder / "text.onnx")
+        info = {"context_length": tokenizer.context_length, "trim": trim}
         store.add_to_meta(folder, "text.onnx", info, common)
     name = image_file(token_layer)
     if store.present(folder, store.read_meta(folder), name) is None:
@@ -109,15 +109,45 @@ def export_reranker(runtime: RerankerRuntime, folder: Path) -> None:
 
 # -- the graphs: what each export computes, as the PyTorch path computes it -------------
 class TextGraph(nn.Module):
-    def __init__(self, encoder: Encoder):
+    """ids (B, L) -> vectors (B, D), tokens (B, L, D). With `trim`, L may be shorter than
+    the context: a causal text tower pooled at its end token computes the same for the
+    first L positions whatever follows them, so a query runs only as far as its longest
+    text (a 7-token query in a 77-token context costs a tenth)."""
+
+    def __init__(self, encoder: Encoder, trim: bool):
         super().__init__()
         self.text = encoder._text  # noqa: SLF001 - the tower the encoder encodes with
+        self.trim = trim
 
-    def forward(self, ids):  # (B, ctx) int64
-        from xmr.retrieval.encoder import _text_forward
+    def forward(self, ids):  # (B, L) int64
+        from xmr.retrieval.encoder import _project, _text_forward
 
-        pooled, tokens = _text_forward(self.text, ids)  # (B, D), (B, ctx, D)
+        if not self.trim:
+            pooled, tokens = _text_forward(self.text, ids)  # (B, D), (B, ctx, D)
+            return F.normalize(pooled.float(), dim=-1), tokens.float()
+        from open_clip.transformer import text_global_pool
+
+        text, length = self.text, ids.shape[1]
+        cast = text.transformer.get_cast_dtype()
+        x = text.token_embedding(ids).to(cast) + text.positional_embedding[:length].to(cast)
+        x = text.ln_final(text.transformer(x, attn_mask=text.attn_mask[:length, :length]))
+        pooled = text_global_pool(x, ids, text.text_pool_type)  # (B, width)
+        pooled = _project(pooled, text.text_projection)
+        tokens = _project(x, text.text_projection)  # (B, L, D)
         return F.normalize(pooled.float(), dim=-1), tokens.float()
+
+
+def trimmable(encoder: Encoder) -> bool:
+    """An inline CLIP text tower with a causal mask, pooled at the end token."""
+    text = encoder._text  # noqa: SLF001
+    mask = getattr(text, "attn_mask", None)
+    return (
+        hasattr(text, "token_embedding")
+        and getattr(text, "text_pool_type", None) == "argmax"
+        and mask is not None
+        and bool(torch.isinf(mask.triu(1)).all())
+        and not bool(mask.tril().any())
+    )
 
 
 class ImageGraph(nn.Module):
@@ -160,12 +190,22 @@ class MatchGraph(nn.Module):
 
 
 # -- export, check, keep -----------------------------------------------------------------
-def _export_text(encoder: Encoder, path: Path) -> None:
-    graph = TextGraph(encoder).eval()
-    ids = encoder.tokenizer(list(TOKENIZER_PROBES[:3]))  # (3, ctx)
-    _export(graph, (ids,), path, ["ids"], ["vectors", "tokens"],
-            {"ids": {0: "batch"}, "vectors": {0: "batch"}, "tokens": {0: "batch"}})  # fmt: skip
-    _check(graph, (ids[:2],), path)
+def _export_text(encoder: Encoder, path: Path) -> bool:
+    """The text tower; True when the export takes ids cut to the longest text."""
+    trim = trimmable(encoder)
+    graph = TextGraph(encoder, trim).eval()
+    ids = encoder.tokenizer(list(TOKENIZER_PROBES))  # (4, ctx)
+    axes = {"ids": {0: "batch"}, "vectors": {0: "batch"}, "tokens": {0: "batch"}}
+    if trim:
+        axes["ids"] = {0: "batch", 1: "length"}
+        axes["tokens"] = {0: "batch", 1: "length"}
+    _export(graph, (ids,), path, ["ids"], ["vectors", "tokens"], axes)
+    full = TextGraph(encoder, False).eval()  # what the PyTorch path computes
+    _check(full, (ids,), path)
+    if trim:  # cut to the longest of the first two (the fourth fills the context)
+        longest = int((ids[:2] != 0).sum(1).max())
+        _check(full, (ids[:2],), path, cut=longest)
+    return trim
 
 
 def _export_image(encoder: Encoder, path: Path, token_layer: int | None) -> None:
@@ -178,10 +218,14 @@ def _export_image(encoder: Encoder, path: Path, token_layer: int | None) -> None
 
 
 def _export(module, args: tuple, path: Path, inputs, outputs, axes) -> None:
-    """torch.onnx.export into a temporary file beside `path`, fsynced, then renamed."""
+    """torch.onnx.export, then the graph saved as `path` and its weights beside it as
+    `path`.data (ONNX external data: ONNX Runtime maps that file instead of parsing the
+    weights out of the graph, which halves a large model's load time); both written in
+    a temporary folder beside `path`, fsynced, then renamed (the weights first)."""
+    import onnx
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    work = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
         # MultiheadAttention's fused inference kernel has no ONNX form; its plain ops do.
@@ -189,28 +233,38 @@ def _export(module, args: tuple, path: Path, inputs, outputs, axes) -> None:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                module, args, tmp, input_names=inputs, output_names=outputs,
-                dynamic_axes=axes, opset_version=OPSET, dynamo=False,
+                module, args, str(work / "graph.onnx"), input_names=inputs,
+                output_names=outputs, dynamic_axes=axes, opset_version=OPSET, dynamo=False,
             )  # fmt: skip
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        graph = onnx.load(str(work / "graph.onnx"))
+        data = path.name + ".data"
+        onnx.save_model(
+            graph, str(work / path.name), save_as_external_data=True,
+            all_tensors_to_one_file=True, location=data, size_threshold=1024,
+        )  # fmt: skip
+        for name in (data, path.name):
+            with open(work / name, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(work / name, path.parent / name)
     except Exception as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise ExportFailed(f"torch.onnx.export of {path.name} failed: {exc}") from exc
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
+        shutil.rmtree(work, ignore_errors=True)
 
 
-def _check(module, args: tuple, path: Path) -> None:
+def _check(module, args: tuple, path: Path, cut: int | None = None) -> None:
     """ONNX Runtime's outputs on `args` against the module's; removes the file if they
-    differ (then ExportFailed)."""
+    differ (then ExportFailed). `cut`: the export gets the ids cut to that length, and
+    its token output is compared with the first `cut` tokens of the module's."""
     import onnxruntime as ort
 
     with torch.no_grad():
         expected = module(*args)
     expected = expected if isinstance(expected, tuple) else (expected,)
+    if cut is not None:
+        args = (args[0][:, :cut],)
+        expected = (expected[0], expected[1][:, :cut])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     got = session.run(None, {n: a.numpy() for n, a in zip(names, args, strict=True)})
@@ -222,6 +276,7 @@ def _check(module, args: tuple, path: Path) -> None:
         cosine = _cosine(want, have)
         if want.shape != have.shape or cosine < MIN_COSINE:
             path.unlink(missing_ok=True)
+            Path(f"{path}.data").unlink(missing_ok=True)
             raise ExportFailed(f"{path.name} does not reproduce the model (cosine {cosine:.6f})")
 
 
@@ -243,8 +298,8 @@ def _check_tokenizer(encoder: Encoder):
     except TokenizerUnavailable as exc:
         raise ExportFailed(str(exc)) from exc
     probes = list(TOKENIZER_PROBES)
-    theirs = encoder.tokenizer(probes)
-    theirs = theirs.numpy() if hasattr(theirs, "numpy") else np.asarray(theirs)
+    ids = encoder.tokenizer(probes)
+    theirs = ids.numpy() if hasattr(ids, "numpy") else np.asarray(ids)
     if theirs.shape != (len(probes), ours.context_length) or not (ours(probes) == theirs).all():
         raise ExportFailed("its tokenizer is not CLIP's byte-pair tokenizer")
     return ours

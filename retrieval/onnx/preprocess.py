@@ -74,7 +74,9 @@ def describe(transform) -> NumpyPreprocess:
     """The NumpyPreprocess equal to an open_clip eval pipeline (a torchvision Compose of
     Resize(int), CenterCrop, mode conversion, ToTensor, Normalize); raises
     UnsupportedPreprocess for any other."""
-    size = crop = mean = std = None
+    size: int | None = None
+    crop: tuple[int, int] | None = None
+    mean = std = None
     interpolation = "bicubic"
     for step in getattr(transform, "transforms", ()):
         name = type(step).__name__
@@ -85,7 +87,7 @@ def describe(transform) -> NumpyPreprocess:
                 raise UnsupportedPreprocess(f"resize to {step.size}")
             size, interpolation = value, str(step.interpolation.value)
         elif name == "CenterCrop":
-            crop = tuple(int(v) for v in step.size)
+            crop = (int(step.size[0]), int(step.size[1]))
         elif name == "Normalize":
             mean, std = step.mean, step.std
         elif name not in ("MaybeConvertMode", "MaybeToTensor", "ToTensor", "_convert_to_rgb"):

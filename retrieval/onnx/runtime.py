@@ -44,18 +44,24 @@ def session(path: Path):
 class OnnxTextEncoder:
     """The text tower export and the byte-pair tokenizer: `encode_texts` as TextEncoder's."""
 
-    def __init__(self, path: Path, context_length: int, dim: int):
+    def __init__(self, path: Path, context_length: int, dim: int, trim: bool = False):
         from xmr.retrieval.onnx.tokenizer import ClipTokenizer
 
         self.session = session(path)
         self.tokenizer = ClipTokenizer(context_length)
         self.dim = dim
+        self.trim = trim  # the export takes ids cut to the longest text (export.TextGraph)
 
     def encode_texts(self, texts: Sequence[str]) -> Encoded:
         ids = self.tokenizer(list(texts))  # (B, ctx) int64
-        vectors, tokens = self.session.run(None, {"ids": ids})  # (B, D), (B, ctx, D)
         lengths = np.maximum((ids != 0).sum(axis=1), 1).astype(np.int32)  # zero padding
-        return Encoded(vectors.astype(np.float32), tokens.astype(np.float16), lengths)
+        run = ids[:, : int(lengths.max())] if self.trim else ids
+        vectors, tokens = self.session.run(None, {"ids": run})  # (B, D), (B, L, D)
+        # Tokens past a text's length are never read (the re-ranker masks or cuts them):
+        # zeros stand in for them when the export ran on cut ids.
+        full = np.zeros((len(ids), ids.shape[1], tokens.shape[2]), np.float16)
+        full[:, : tokens.shape[1]] = tokens
+        return Encoded(vectors.astype(np.float32), full, lengths)
 
 
 class OnnxImageTower:

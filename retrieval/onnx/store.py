@@ -2,7 +2,7 @@
 
 Exports are kept in a per-user cache, one folder per model *content*:
     $XMR_CACHE_DIR (else $XDG_CACHE_HOME/xmr, else ~/.cache/xmr) / onnx / <model key> /
-        text.onnx  image-L<layer>.onnx  meta.json
+        text.onnx  image-L<layer>.onnx  meta.json  (each .onnx with its weights, .onnx.data)
 and re-rankers likewise under onnx/reranker-<fingerprint>/.
 
 Why a cache keyed by the model rather than the index folder: one model serves many
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from xmr.retrieval.modelspec import HUB_CONFIG_FILE, HUB_WEIGHTS_FILE, ModelSpec
 
-FORMAT = 1  # bump when what an export holds changes: every older export is then ignored
+FORMAT = 2  # bump when what an export holds changes: every older export is then ignored
 META_FILE = "meta.json"
 HASHES_FILE = "hashes.json"
 
@@ -135,11 +135,14 @@ def present(folder: Path, meta: dict | None, name: str) -> Path | None:
     if not isinstance(entry, dict):
         return None
     try:
-        if path.stat().st_size != entry.get("bytes"):
-            return None
-        return path if file_digest(path, Path(folder).parent) == entry.get("sha256") else None
+        for part, want in ((path, entry), (Path(f"{path}.data"), entry.get("data") or {})):
+            if part.stat().st_size != want.get("bytes"):
+                return None
+            if file_digest(part, Path(folder).parent) != want.get("sha256"):
+                return None
     except OSError:
         return None
+    return path
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -163,9 +166,13 @@ def add_to_meta(folder: Path, name: str, info: dict, common: dict) -> None:
     """Record export `name` (already written) in meta.json, keeping the others."""
     meta = read_meta(folder) or {"format": FORMAT, "files": {}}
     meta.update(common)
+    root = Path(folder).parent
+
+    def stamp(path: Path) -> dict:
+        return {"bytes": path.stat().st_size, "sha256": file_digest(path, root)}
+
     path = Path(folder) / name
-    digest = file_digest(path, Path(folder).parent)
-    meta["files"][name] = {**info, "bytes": path.stat().st_size, "sha256": digest}
+    meta["files"][name] = {**info, **stamp(path), "data": stamp(Path(f"{path}.data"))}
     write_atomic(Path(folder) / META_FILE, json.dumps(meta, indent=1).encode())
 
 

@@ -75,6 +75,43 @@ def clean_lower(text: str) -> str:
     return " ".join(text.strip().split()).lower()
 
 
+def _build_tables(path: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """(piece -> id, "a b" merge -> rank) from the vocabulary file."""
+    lines = gzip.open(path).read().decode("utf-8").split("\n")
+    merges = lines[1 : MERGES + 1]  # "a b": piece a merges with piece b, in rank order
+    symbols = list(_bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols] + [m.replace(" ", "") for m in merges]
+    vocab += SPECIAL
+    # ranks keyed by the "a b" line itself: no tuple per merge to build
+    return {token: i for i, token in enumerate(vocab)}, {pair: i for i, pair in enumerate(merges)}
+
+
+def _tables(path: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """The tables, kept in the cache as a marshal file named by the vocabulary file's stat
+    and this Python's marshal format: reading it back is a quarter of building them,
+    which a cold query would pay. Built afresh whenever the file cannot be used."""
+    import marshal
+    import sys
+
+    from xmr.retrieval.onnx.store import cache_root, write_atomic
+
+    st = path.stat()
+    tag = f"{st.st_size}-{st.st_mtime_ns}-{sys.version_info[0]}{sys.version_info[1]}"
+    kept = cache_root() / f"bpe-{tag}-{marshal.version}.marshal"
+    try:
+        encoder, ranks = marshal.loads(kept.read_bytes())
+        if isinstance(encoder, dict) and isinstance(ranks, dict) and len(ranks) == MERGES:
+            return encoder, ranks
+    except (OSError, ValueError, EOFError, TypeError):
+        pass
+    encoder, ranks = _build_tables(path)
+    try:
+        write_atomic(kept, marshal.dumps((encoder, ranks)))
+    except OSError:  # a read-only cache: built again next time
+        pass
+    return encoder, ranks
+
+
 class ClipTokenizer:
     """texts -> (B, context_length) int64 ids: start, BPE tokens, end, zero padding; a text
     longer than the context is cut and ends with the end token (as open_clip does)."""
@@ -83,14 +120,7 @@ class ClipTokenizer:
         import regex
 
         self.context_length = int(context_length)
-        lines = gzip.open(path or vocab_path()).read().decode("utf-8").split("\n")
-        merges = lines[1 : MERGES + 1]  # "a b": piece a merges with piece b, in rank order
-        symbols = list(_bytes_to_unicode().values())
-        vocab = symbols + [s + "</w>" for s in symbols] + [m.replace(" ", "") for m in merges]
-        vocab += SPECIAL
-        self.encoder = {token: i for i, token in enumerate(vocab)}
-        # keyed by the "a b" line itself: no tuple per merge to build (a cold query pays it)
-        self.ranks = {pair: i for i, pair in enumerate(merges)}
+        self.encoder, self.ranks = _tables(Path(path or vocab_path()))
         self.sot, self.eot = self.encoder[SPECIAL[0]], self.encoder[SPECIAL[1]]
         self.byte_encoder = _bytes_to_unicode()
         self.cache: dict[str, list[str]] = {s: [s] for s in SPECIAL}
