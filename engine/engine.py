@@ -251,9 +251,11 @@ class Engine:
     def warm_up(self, image_tower: bool = True) -> list[str]:
         """Load what searches will need now rather than at the first query (a server)."""
         searcher = self._searcher(self._current())
-        self.models.text_encoder()
+        encoder = QueryEncoder(self.models)  # ONNX Runtime where it serves, else PyTorch
+        if self.models.onnx_text() is None:
+            self.models.text_encoder()
         if image_tower:
-            self.models.encoder()
+            encoder.preprocess  # noqa: B018 - loads the image tower its queries use
         if searcher.reranker is not None:
             searcher.reranker.fingerprint  # noqa: B018 - hashed once, here
         return self.models.loaded

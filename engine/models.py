@@ -200,8 +200,9 @@ class Models:
                     self._onnx_failed("queries run", exc)
             return self._onnx_images.get(token_layer)
 
-    def _towers_folder(self, name: str) -> tuple[Path, dict]:
-        """The export folder of this model holding `name`, exported now if it lacks it."""
+    def _towers_folder(self, name: str, token_layer: int | None) -> tuple[Path, dict]:
+        """The export folder of this model holding `name`, exported now if it lacks it
+        (the towers, the image tower giving the tokens of block `token_layer`)."""
         from xmr.retrieval.onnx import store
 
         folder = store.model_folder(self.spec)
@@ -213,7 +214,7 @@ class Models:
             if self._full is None or self._full.device != "cpu":
                 self._full = load_encoder(self.spec, "cpu")
                 self._text = None
-            export_towers(self._full, folder, self.token_layer)
+            export_towers(self._full, folder, token_layer)
             meta = store.read_meta(folder)
             if store.present(folder, meta, name) is None:
                 raise RuntimeError(f"the export {name} was not kept")
@@ -223,7 +224,7 @@ class Models:
     def _load_onnx_text(self) -> OnnxTextEncoder:
         from xmr.retrieval.onnx.runtime import OnnxTextEncoder
 
-        folder, meta = self._towers_folder("text.onnx")
+        folder, meta = self._towers_folder("text.onnx", self.token_layer)
         info = meta["files"]["text.onnx"]
         return OnnxTextEncoder(
             folder / "text.onnx", info["context_length"], meta["dim"], bool(info.get("trim"))
@@ -234,7 +235,7 @@ class Models:
         from xmr.retrieval.onnx.store import image_file
 
         name = image_file(token_layer)
-        folder, meta = self._towers_folder(name)
+        folder, meta = self._towers_folder(name, token_layer)
         return OnnxImageTower(folder / name, meta["files"][name]["preprocess"])
 
     def _reranker_export(self, folder: Path) -> tuple[Path, str] | None:
@@ -279,8 +280,8 @@ class Models:
 
         with self._lock:
             try:
-                self._towers_folder("text.onnx")
-                self._towers_folder(image_file(self.token_layer))
+                self._towers_folder("text.onnx", self.token_layer)
+                self._towers_folder(image_file(self.token_layer), self.token_layer)
             except Exception as exc:
                 self._onnx_failed("queries run", exc)
             if reranker is not None and self.onnx:
