@@ -187,15 +187,44 @@ def test_image_queries_match_pytorch_on_xmr_tiny(tiny_index, monkeypatch, target
     assert float(a.vector @ b.vector) >= 0.9999
 
 
+def _random_reranker_folder(folder: Path, dim: int, text_len: int, image_tokens: int) -> Path:
+    """A random native re-ranker whose head speaks, saved as `xmr train-reranker` saves."""
+    from conftest import random_reranker
+
+    from xmr.retrieval.reranker import save_reranker
+
+    runtime = random_reranker(dim, text_len, image_tokens, seed=3, stage1_weight=5.0)
+    save_reranker(runtime.model, folder)
+    return folder
+
+
 def test_tiny_config_model_matches_pytorch(tmp_path, tiny_spec, monkeypatch):
-    """A tiny open_clip config with random weights (16-token context), stage 1 only."""
+    """A tiny open_clip config with random weights (16-token context) and a random
+    re-ranker given by folder: text and image queries, both directions, re-ranked and not."""
+    from xmr.engine.query_input import QueryInput
+    from xmr.engine.request import SearchRequest
+
     make_images(tmp_path / "photos", 12)
-    Engine(tmp_path / "index", device="cpu").index([tmp_path / "photos"], model=tiny_spec)
+    (tmp_path / "captions.txt").write_text("\n".join(CAPTIONS) + "\n")
+    engine = Engine(tmp_path / "index", device="cpu")
+    engine.index([tmp_path / "photos"], model=tiny_spec)
+    engine.add_texts(tmp_path / "captions.txt")
+    folder = _random_reranker_folder(tmp_path / "rr", 32, 16, 16)
     query = make_image(tmp_path / "q.png", seed=500)
-    for kwargs in ({"query": "a red circle"}, {"query": str(query)}):
-        a = _engine(tmp_path / "index", monkeypatch, True).search(kwargs["query"], k=10)
-        b = _engine(tmp_path / "index", monkeypatch, False).search(kwargs["query"], k=10)
+    asked = [
+        SearchRequest(query=QueryInput(text="a red circle"), k=10),
+        SearchRequest(query=QueryInput(text="a red circle"), k=10, rerank=False),
+        SearchRequest(query=QueryInput(image_path=query), k=8),
+        SearchRequest(query=QueryInput(image_path=query), target="texts", k=8),
+    ]
+    for request in asked:
+        onnx = _engine(tmp_path / "index", monkeypatch, True, reranker=str(folder))
+        a = onnx.search(request)
+        b = _engine(tmp_path / "index", monkeypatch, False, reranker=str(folder)).search(request)
+        assert isinstance(onnx.reranker(), OnnxReranker)
         _assert_same(a, b)
+        cross = (request.query.text is None) == (request.target == "texts")
+        assert a.reranked == (request.rerank and cross)
 
 
 # -- exports are never used stale ---------------------------------------------------------
@@ -329,17 +358,26 @@ def test_help_stays_free_of_onnxruntime():
 # -- a random-weight ViT-B-32 ---------------------------------------------------------------
 @pytest.mark.slow
 def test_vit_b_32_matches_pytorch(tmp_path, monkeypatch):
-    """ViT-B-32 with random weights: four photos, text and image queries, stage 1 (it has
-    no native re-ranker). Exports both towers (about 600 MB, a minute on two cores)."""
+    """ViT-B-32 with random weights: four photos, text and image queries, re-ranked (by a
+    random native re-ranker for its 7 x 7 tokens) and not. Exports both towers (about
+    600 MB, a minute on two cores)."""
     make_images(tmp_path / "photos", 4)
     query = make_image(tmp_path / "q.png", seed=321, size=(300, 200))
     Engine(tmp_path / "index", device="cpu").index(
         [tmp_path / "photos"], model="ViT-B-32:none", workers=0
     )
+    index = tmp_path / "index"
+    folder = _random_reranker_folder(tmp_path / "rr", 512, 77, 49)  # a 7 x 7 grid
     for asked in ("a red circle", str(query)):
-        a = _engine(tmp_path / "index", monkeypatch, True).search(asked, k=4)
-        b = _engine(tmp_path / "index", monkeypatch, False).search(asked, k=4)
-        _assert_same(a, b)
-        va = _query_vectors(_engine(tmp_path / "index", monkeypatch, True), "a red circle")
-        vb = _query_vectors(_engine(tmp_path / "index", monkeypatch, False), "a red circle")
-        assert float(va.vector @ vb.vector) >= 0.9999
+        for rerank in (True, False):
+            a = _engine(index, monkeypatch, True, reranker=str(folder))
+            got = a.search(asked, k=4, rerank=rerank)
+            b = _engine(index, monkeypatch, False, reranker=str(folder))
+            _assert_same(got, b.search(asked, k=4, rerank=rerank))
+            assert got.reranked == (rerank and asked == "a red circle")
+    va = _query_vectors(_engine(index, monkeypatch, True), "a red circle")
+    vb = _query_vectors(_engine(index, monkeypatch, False), "a red circle")
+    assert float(va.vector @ vb.vector) >= 0.9999
+    ia = _query_vectors(_engine(index, monkeypatch, True), image=query)
+    ib = _query_vectors(_engine(index, monkeypatch, False), image=query)
+    assert float(ia.vector @ ib.vector) >= 0.9999
