@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -129,7 +129,8 @@ class TextGraph(nn.Module):
             return F.normalize(pooled.float(), dim=-1), tokens.float()
         from open_clip.transformer import text_global_pool
 
-        text, length = self.text, ids.shape[1]
+        text: Any = self.text  # an open_clip CLIP (untyped): its text parts are read by name
+        length = ids.shape[1]
         cast = text.transformer.get_cast_dtype()
         x = text.token_embedding(ids).to(cast) + text.positional_embedding[:length].to(cast)
         x = text.ln_final(text.transformer(x, attn_mask=text.attn_mask[:length, :length]))
