@@ -159,7 +159,9 @@ class Engine:
             min_score=request.min_score,
             dedup=request.dedup,
         )
-        answer.notices[:0] = snapshot.notices + random_weights_notice(self.models.spec)
+        answer.notices[:0] = (
+            snapshot.notices + random_weights_notice(self.models.spec) + self.models.notices
+        )
         return page_of(answer, request, snapshot.library.db)
 
     def info(self) -> dict:
@@ -268,9 +270,11 @@ class Engine:
     def warm_up(self, image_tower: bool = True) -> list[str]:
         """Load what searches will need now rather than at the first query (a server)."""
         searcher = self._searcher(self._current())
-        self.models.text_encoder()
+        encoder = QueryEncoder(self.models)  # ONNX Runtime where it serves, else PyTorch
+        if self.models.onnx_text() is None:
+            self.models.text_encoder()
         if image_tower:
-            self.models.encoder()
+            encoder.preprocess  # noqa: B018 - loads the image tower its queries use
         if searcher.reranker is not None:
             searcher.reranker.fingerprint  # noqa: B018 - hashed once, here
         return self.models.loaded
@@ -302,6 +306,7 @@ class Engine:
         library = Library.open(self.directory)
         if self._models is None or self._models.spec.canonical != library.encoder_spec:
             self._models = Models(library.encoder_spec, self.device)
+        self._models.token_layer = library.token_layer
         choice = choose_reranker(self.reranker_choice, self._models.spec, library)
         return _Snapshot(library, choice)
 
@@ -376,8 +381,9 @@ class Engine:
         feature_form: str = "fp16",
     ) -> WriteReport[IndexSummary]:
         """Bring the index in line with image folders: new, changed, moved and deleted
-        files (engine/writes.py `index_images` says what each setting does)."""
-        return writes.index_images(
+        files (engine/writes.py `index_images` says what each setting does). Then the
+        ONNX exports its queries use are made, if they are not there yet."""
+        report = writes.index_images(
             self.directory,
             folders,
             model=model,
@@ -399,6 +405,8 @@ class Engine:
             reporter=reporter,
             feature_form=feature_form,
         )
+        report.notices += self.prepare_queries()
+        return report
 
     def add_texts(
         self,
@@ -434,8 +442,9 @@ class Engine:
         executor: str = "local",
         reporter: Reporter | None = None,
     ) -> WriteReport[dict[str, Any]]:
-        """Rebuild the FAISS indexes from the stored vectors; nothing is re-encoded."""
-        return writes.compact_index(
+        """Rebuild the FAISS indexes from the stored vectors; nothing is re-encoded. Then
+        the ONNX exports its queries use are made, if they are not there yet."""
+        report = writes.compact_index(
             self.directory,
             index_type=index_type,
             max_memory=max_memory,
@@ -443,6 +452,19 @@ class Engine:
             executor=executor,
             reporter=reporter,
         )
+        report.notices += self.prepare_queries()
+        return report
+
+    def prepare_queries(self) -> list[str]:
+        """Export the text and image towers and the native re-ranker this index's queries
+        use to ONNX (retrieval/onnx/), unless the cache holds them already: the next
+        `xmr search` is then a cold one without torch. Notices for what could not be made
+        (queries then run through PyTorch); nothing when ONNX is off (XMR_ONNX=0, a GPU)."""
+        self.close()  # the index was just written: open it afresh
+        snapshot = self._current()
+        if not self.models.onnx:
+            return []
+        return self.models.prepare_onnx(snapshot.reranker.folder)
 
     def check(
         self, *, repair: bool = False, model: str | None = None, reporter: Reporter | None = None

@@ -1,13 +1,21 @@
 """The models an engine uses, loaded on first need and once: the text tower, both towers,
 and the re-ranker chosen by `auto | none | FOLDER`.
 
-A text query builds only the text tower (retrieval/encoder.py `load_text_encoder`); the
-first image query loads both towers, which then serve text queries too. Loading is
-serialised here, so two first requests never build a model twice.
+On a CPU, queries run through ONNX Runtime exports of the towers and of the native
+re-ranker (retrieval/onnx/), so a cold `xmr search` never imports torch or open_clip;
+the exports are made on first need (index time, `xmr compact`, or the first query) and
+kept in a cache keyed by the model's content. Where that is impossible (onnxruntime
+missing, an export that fails or does not reproduce the model, a GPU to use, or
+XMR_ONNX=0), queries run through PyTorch and the answer carries a notice saying why.
+
+On the PyTorch path, a text query builds only the text tower (retrieval/encoder.py
+`load_text_encoder`); the first image query loads both towers, which then serve text
+queries too. Loading is serialised here, so two first requests never build a model twice.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,10 +39,20 @@ from xmr.retrieval.token_pooling import pooled_count
 if TYPE_CHECKING:
     from xmr.retrieval.blip_rerank import BlipReranker
     from xmr.retrieval.encoder import Encoder, TextEncoder
+    from xmr.retrieval.onnx.runtime import OnnxImageTower, OnnxReranker, OnnxTextEncoder
     from xmr.retrieval.reranker import RerankerRuntime
 
-if TYPE_CHECKING:
-    import torch
+ONNX_ENV = "XMR_ONNX"  # "0": queries through PyTorch even where ONNX Runtime could serve
+
+
+def onnx_wanted(device: str | None) -> bool:
+    """ONNX Runtime serves queries on the CPU unless XMR_ONNX=0; a GPU, named or present
+    under `auto`, is used through PyTorch."""
+    if os.environ.get(ONNX_ENV, "1").strip() == "0":
+        return False
+    if device not in (None, "", "auto"):
+        return device == "cpu"
+    return not gpu_present()
 
 
 def random_weights_notice(spec: ModelSpec) -> list[str]:
@@ -144,18 +162,142 @@ class Models:
     def __init__(self, spec: str | ModelSpec, device: str | None = None):
         self.spec = parse_model_spec(spec) if isinstance(spec, str) else spec
         self.device = device
+        self.token_layer: int | None = None  # the vision block the index stores tokens of
         self._lock = threading.Lock()
         self._text: TextEncoder | None = None  # the text tower alone, until both are loaded
         self._full: Encoder | None = None
-        self._rerankers: dict[Path, RerankerRuntime] = {}
+        self._rerankers: dict[Path, RerankerRuntime | OnnxReranker] = {}
         self._matchers: dict[MatcherSource, BlipReranker] = {}
+        self.onnx = onnx_wanted(device)
+        self._onnx_text: OnnxTextEncoder | None = None
+        self._onnx_images: dict[int | None, OnnxImageTower] = {}
+        self.notices: list[str] = []  # why a query went through PyTorch after all
 
     @property
     def loaded(self) -> list[str]:
         """What is in memory: "text tower", "both towers", re-ranker names."""
         towers = ["both towers"] if self._full else ["text tower"] if self._text else []
+        towers += ["text tower (ONNX)"] if self._onnx_text else []
+        towers += ["image tower (ONNX)"] if self._onnx_images else []
         names = [r.name for r in self._rerankers.values()]
         return towers + names + [m.name for m in self._matchers.values()]
+
+    # -- ONNX Runtime (retrieval/onnx/) ---------------------------------------------------
+    def _onnx_failed(self, what: str, exc: Exception) -> None:
+        """Turn ONNX off for this engine, with the one notice its answers carry."""
+        self.onnx = False
+        self.notices.append(f"{what} through PyTorch: the ONNX path is unavailable ({exc})")
+
+    def onnx_text(self) -> OnnxTextEncoder | None:
+        """The text tower through ONNX Runtime (exported first if need be), or None."""
+        with self._lock:
+            if self._onnx_text is None and self.onnx:
+                try:
+                    self._onnx_text = self._load_onnx_text()
+                except Exception as exc:  # any failure: PyTorch answers, never a wrong one
+                    self._onnx_failed("queries run", exc)
+            return self._onnx_text
+
+    def onnx_image(self, token_layer: int | None) -> OnnxImageTower | None:
+        """The image tower giving the tokens of block `token_layer`, or None."""
+        with self._lock:
+            if token_layer not in self._onnx_images and self.onnx:
+                try:
+                    self._onnx_images[token_layer] = self._load_onnx_image(token_layer)
+                except Exception as exc:
+                    self._onnx_failed("queries run", exc)
+            return self._onnx_images.get(token_layer)
+
+    def _towers_folder(self, name: str, token_layer: int | None) -> tuple[Path, dict]:
+        """The export folder of this model holding `name`, exported now if it lacks it
+        (the towers, the image tower giving the tokens of block `token_layer`)."""
+        from xmr.retrieval.onnx import store
+
+        folder = store.model_folder(self.spec)
+        meta = store.read_meta(folder)
+        if store.present(folder, meta, name) is None:
+            from xmr.retrieval.encoder import load_encoder
+            from xmr.retrieval.onnx.export import export_towers
+
+            if self._full is None or self._full.device != "cpu":
+                self._full = load_encoder(self.spec, "cpu")
+                self._text = None
+            export_towers(self._full, folder, token_layer)
+            meta = store.read_meta(folder)
+            if store.present(folder, meta, name) is None:
+                raise RuntimeError(f"the export {name} was not kept")
+        assert meta is not None  # present() found the file in it
+        return folder, meta
+
+    def _load_onnx_text(self) -> OnnxTextEncoder:
+        from xmr.retrieval.onnx.runtime import OnnxTextEncoder
+
+        folder, meta = self._towers_folder("text.onnx", self.token_layer)
+        info = meta["files"]["text.onnx"]
+        return OnnxTextEncoder(
+            folder / "text.onnx", info["context_length"], meta["dim"], bool(info.get("trim"))
+        )
+
+    def _load_onnx_image(self, token_layer: int | None) -> OnnxImageTower:
+        from xmr.retrieval.onnx.runtime import OnnxImageTower
+        from xmr.retrieval.onnx.store import image_file
+
+        name = image_file(token_layer)
+        folder, meta = self._towers_folder(name, token_layer)
+        return OnnxImageTower(folder / name, meta["files"][name]["preprocess"])
+
+    def _reranker_export(self, folder: Path) -> tuple[Path, str] | None:
+        """(export folder, fingerprint) of a native re-ranker's ONNX export, exported now
+        if the cache lacks it; None where that path does not serve it (pooled tokens)."""
+        if int(folder_config(folder).get("image_pool") or 1) != 1:
+            return None
+        from xmr.retrieval.onnx import store
+        from xmr.retrieval.reranker_files import folder_fingerprint
+
+        fingerprint = folder_fingerprint(folder)
+        export = store.reranker_export_folder(fingerprint)
+        meta = store.read_meta(export)
+        if any(store.present(export, meta, n) is None for n in ("stem.onnx", "match.onnx")):
+            from xmr.retrieval.onnx.export import export_reranker
+            from xmr.retrieval.reranker import load_reranker
+
+            export_reranker(load_reranker(folder, None, "cpu"), export)
+        return export, fingerprint
+
+    def _onnx_reranker(self, folder: Path) -> OnnxReranker | None:
+        """A native re-ranker through ONNX Runtime; None where that path does not serve it
+        or failed (with a notice)."""
+        if not self.onnx:
+            return None
+        from xmr.retrieval.onnx.runtime import OnnxReranker
+
+        try:
+            made = self._reranker_export(folder)
+            if made is None:
+                return None
+            return OnnxReranker.from_folder(made[0], folder, reranker_name(folder), made[1])
+        except Exception as exc:  # any failure: PyTorch answers, never a wrong one
+            self._onnx_failed(f"re-ranking by {reranker_name(folder)} runs", exc)
+            return None
+
+    def prepare_onnx(self, reranker: Path | None) -> list[str]:
+        """Make the exports this model's queries use (at index time, `xmr compact`) unless
+        the cache holds them, loading no session: the first query is then a cold one
+        without torch. Notices for what failed."""
+        from xmr.retrieval.onnx.store import image_file
+
+        with self._lock:
+            try:
+                self._towers_folder("text.onnx", self.token_layer)
+                self._towers_folder(image_file(self.token_layer), self.token_layer)
+            except Exception as exc:
+                self._onnx_failed("queries run", exc)
+            if reranker is not None and self.onnx:
+                try:
+                    self._reranker_export(reranker)
+                except Exception as exc:
+                    self._onnx_failed(f"re-ranking by {reranker_name(reranker)} runs", exc)
+        return list(self.notices)
 
     def text_encoder(self):
         with self._lock:
@@ -181,9 +323,13 @@ class Models:
     def reranker(self, folder: Path):
         with self._lock:
             if folder not in self._rerankers:
-                from xmr.retrieval.reranker import load_reranker
+                onnx = self._onnx_reranker(folder)
+                if onnx is not None:
+                    self._rerankers[folder] = onnx
+                else:
+                    from xmr.retrieval.reranker import load_reranker
 
-                self._rerankers[folder] = load_reranker(folder, None, self.device)
+                    self._rerankers[folder] = load_reranker(folder, None, self.device)
             return self._rerankers[folder]
 
     def matcher(self, source: MatcherSource, cache_bytes: int | None = None):
@@ -201,17 +347,35 @@ class Models:
 
 
 class QueryEncoder:
-    """The encoder as a Searcher sees it, loading only the tower a query uses."""
+    """The encoder as a Searcher sees it, loading only the tower a query uses: through
+    ONNX Runtime where it serves, else PyTorch."""
 
     def __init__(self, models: Models):
         self.models = models
 
     def encode_texts(self, texts: Sequence[str]):
+        onnx = self.models.onnx_text()
+        if onnx is not None:
+            return onnx.encode_texts(texts)
         return self.models.text_encoder().encode_texts(texts)
 
-    def encode_images(self, pixels: torch.Tensor, token_layer: int | None = None):
+    def encode_images(self, pixels, token_layer: int | None = None):
+        """pixels (B, 3, H, W) from `preprocess`: a NumPy array or a tensor."""
+        onnx = self.models.onnx_image(token_layer)
+        if onnx is not None:
+            import numpy as np
+
+            from xmr.retrieval.encoder import Encoded
+
+            vectors, tokens = onnx.encode(np.asarray(pixels))
+            return Encoded(vectors, tokens.astype(np.float16) if tokens.size else None, None)
+        if not hasattr(pixels, "to"):  # NumPy pixels (the same values: export.py checks)
+            import torch
+
+            pixels = torch.from_numpy(pixels)
         return self.models.encoder().encode_images(pixels, token_layer)
 
     @property
     def preprocess(self):
-        return self.models.encoder().preprocess
+        onnx = self.models.onnx_image(self.models.token_layer)
+        return onnx.preprocess if onnx is not None else self.models.encoder().preprocess

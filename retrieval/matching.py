@@ -55,3 +55,21 @@ class Matcher(Protocol):
     def score(self, query: Any, stage1: np.ndarray, inputs: Any) -> Scored: ...
 
     def probability(self, final: np.ndarray) -> np.ndarray: ...
+
+
+def native_candidate_inputs(
+    reranker: Matcher, library: Any, query: Any, collection: Any, ids: np.ndarray
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """What a native re-ranker (PyTorch or ONNX) reads of K candidates:
+    text->image (tokens (K, N', D) or kept features (K, N', W), None),
+    image->text (tokens (K, L, D), their valid lengths (K,))."""
+    from xmr.retrieval.db import TextRow
+
+    if query.kind == "text":
+        kept = collection.features
+        if kept is not None and kept.serves(reranker):  # the stem ran at index time
+            return None, kept.read(ids)
+        return collection.tokens.read(ids), None
+    tokens = collection.tokens.read(ids)  # (K, L, D)
+    rows = library.db.rows_by_ids(TextRow, ids.tolist())
+    return tokens, np.array([rows[int(i)].n_tokens if int(i) in rows else 1 for i in ids])

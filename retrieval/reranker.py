@@ -169,7 +169,7 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, w = x.shape  # (B, N, W), N a square grid
-        side = int(round(n**0.5))
+        side = int(round(int(n) ** 0.5))  # int(n): a constant when traced for ONNX export
         grid = self.ln1(x).transpose(1, 2).reshape(b, w, side, side)  # (B, W, S, S)
         x = x + self.mix(F.gelu(self.conv(grid))).flatten(2).transpose(1, 2)
         return x + self.mlp(self.ln2(x))
@@ -403,19 +403,10 @@ class RerankerRuntime:
     def candidate_inputs(
         self, library: Any, query: Any, collection: Any, ids: np.ndarray
     ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """text->image (tokens (K, N', D) or kept features (K, N', W), None),
-        image->text (tokens (K, L, D), their valid lengths (K,))."""
+        """See matching.native_candidate_inputs (shared with the ONNX re-ranker)."""
+        from xmr.retrieval.matching import native_candidate_inputs
 
-        from xmr.retrieval.db import TextRow
-
-        if query.kind == "text":
-            kept = collection.features
-            if kept is not None and kept.serves(self):  # the stem ran at index time
-                return None, kept.read(ids)
-            return collection.tokens.read(ids), None
-        tokens = collection.tokens.read(ids)  # (K, L, D)
-        rows = library.db.rows_by_ids(TextRow, ids.tolist())
-        return tokens, np.array([rows[int(i)].n_tokens if int(i) in rows else 1 for i in ids])
+        return native_candidate_inputs(self, library, query, collection, ids)
 
     # inputs: candidate_inputs' pair, whose None follows query.kind (text: tokens or kept
     # features; image: tokens and lengths, both set), which its type cannot say: Any.

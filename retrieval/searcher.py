@@ -328,9 +328,7 @@ class Searcher:
     def _encoded_image_query(self, pixels, exclude_id: int | None) -> Query:
         started = time.perf_counter()
         # its tokens from the vision block whose tokens the index stores
-        encoded = self.compute(
-            self.encoder.encode_images, pixels.unsqueeze(0), self.library.token_layer
-        )
+        encoded = self.compute(self.encoder.encode_images, pixels[None], self.library.token_layer)
         tokens = None if encoded.tokens is None else encoded.tokens[0]
         exclude = () if exclude_id is None else (exclude_id,)
         return Query(encoded.vectors[0], tokens, None, "image", exclude, _ms(started))

@@ -79,6 +79,15 @@ def fast_lane_trains_nothing(request):
 
 
 # -- models ------------------------------------------------------------------------------
+@pytest.fixture(autouse=True, scope="session")
+def onnx_cache(tmp_path_factory) -> Path:
+    """ONNX exports (retrieval/onnx/store.py) go to a folder of this session, never to
+    the user's cache; subprocesses inherit it through the environment."""
+    folder = tmp_path_factory.mktemp("xmr-cache")
+    os.environ["XMR_CACHE_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")

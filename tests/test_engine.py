@@ -29,11 +29,14 @@ def photo_index(encoder, tmp_path):
     return folder, index_dir
 
 
-def test_a_text_query_loads_the_text_tower_only(tmp_path):
-    """xmr-tiny: a text query builds the text tower (and the re-ranker); the first image
-    query loads both towers, which then serve text queries as well."""
+def test_a_text_query_loads_the_text_tower_only(tmp_path, monkeypatch):
+    """xmr-tiny on the PyTorch path: a text query builds the text tower (and the
+    re-ranker); the first image query loads both towers, which then serve text queries as
+    well. (The ONNX path's loading: tests/test_onnx_query.py.)"""
     from xmr.retrieval.encoder import load_encoder
     from xmr.training.corpus import make_corpus
+
+    monkeypatch.setenv("XMR_ONNX", "0")
 
     corpus = make_corpus(tmp_path / "scenes", 12, seed=99)
     index_dir = tmp_path / "index"
