@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import log, median, publish
+from common import RESULTS, log, median, publish, write_results
 
 RCLIP_VERSION = "2.1.6"
 MODEL = "ViT-B-32:none"
@@ -256,12 +256,19 @@ def main() -> int:
                     "query_wall_s": query,
                 }.items():
                     rows[tool].setdefault(key, []).append(value)
+            result = summarise(args, photos, rows, load, r + 1)
+            write_results(args.name, result, "\n".join(markdown(result)))  # after every round
+    return publish(args.name, result, markdown(result))
+
+
+def summarise(args, photos, rows: dict, load: list, rounds: int) -> dict:
+    """The medians and ratios of the rounds run so far."""
     n = len(photos)
     result: dict = {
         "command": "python " + " ".join(sys.argv),
         "photos": n,
         "photo_megapixels_median": median([_megapixels(p) for p in photos]),
-        "rounds": args.rounds,
+        "rounds": rounds,
         "load_avg_start": load,
         "load_avg_end": [round(v, 2) for v in os.getloadavg()],
         "rclip": RCLIP_VERSION,
@@ -282,7 +289,13 @@ def main() -> int:
             x["index_in_process_images_per_s"] / b["index_in_process_images_per_s"]
         )
         result["index_rate_vs_before"] = x["index_images_per_s"] / b["index_images_per_s"]
-    return publish(args.name, result, markdown(result))
+    return result
+
+
+def rewrite_markdown(name: str = "bench_vs_rclip") -> None:
+    """Render NAME.md again from NAME.json (after a change to `markdown`)."""
+    data = json.loads((RESULTS / f"{name}.json").read_text())
+    (RESULTS / f"{name}.md").write_text("\n".join(markdown(data)))
 
 
 def _megapixels(path: Path) -> float:
@@ -301,19 +314,34 @@ def markdown(r: dict) -> list[str]:
         f"rounds, medians; photos of median {r['photo_megapixels_median']:.1f} MP; load average "
         f"{r['load_avg_start']} at the start, {r['load_avg_end']} at the end.",
         "",
-        "| tool | index s | images/s (whole process) | in-process images/s | re-index s "
-        "| cold query s |",
-        "|---|---|---|---|---|---|",
+        "| tool | index s | images/s (whole process) | in-process images/s | start-up s "
+        "| re-index s | cold query s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for tool, t in r["tools"].items():
         m = t["median"]
         inside = m.get("index_in_process_images_per_s")
+        runs = t["runs"]
+        start = (
+            median(
+                [
+                    w - i
+                    for w, i in zip(runs["index_wall_s"], runs["index_in_process_s"], strict=True)
+                ]
+            )
+            if "index_in_process_s" in runs
+            else None
+        )
         lines.append(
             f"| {tool} | {m['index_wall_s']:.1f} | {m['index_images_per_s']:.1f} | "
-            f"{'' if inside is None else f'{inside:.1f}'} | {m['reindex_wall_s']:.2f} | "
+            f"{'' if inside is None else f'{inside:.1f}'} | "
+            f"{'' if start is None else f'{start:.1f}'} | {m['reindex_wall_s']:.2f} | "
             f"{m['query_wall_s']:.2f} |"
         )
     lines += [
+        "",
+        "start-up: whole-process time minus the indexing time xmr reports (imports, model "
+        "build, opening the index: what runs before the first batch, and the exit).",
         "",
         f"xmr's indexing rate is {r['index_rate_vs_rclip']:.2f}x rclip's (whole process); "
         f"re-index {r['reindex_speedup_vs_rclip']:.1f}x faster; cold query "
