@@ -105,9 +105,12 @@ def index_images(
     features the index keeps; a new index stores the image tokens of the vision block that
     re-ranker reads (the model's own under none). `workers`: decoding processes (None:
     one per core); `max_pixels`: the decompression-bomb guard (None: the default)."""
+    from xmr.indexer.executor import let_idle_threads_sleep
     from xmr.indexer.images import IndexOptions, index_folders
     from xmr.retrieval.encoder import LazyEncoder
     from xmr.retrieval.imageio import DEFAULT_MAX_PIXELS, default_workers
+
+    let_idle_threads_sleep()  # before the encoder loads torch
     from xmr.retrieval.reranker_files import (
         check_reranker_choice,
         folder_config,

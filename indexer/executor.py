@@ -8,6 +8,8 @@ exactly the same rows, ids and vectors whichever executor produced them. Parsing
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -62,6 +64,22 @@ class Executor:
 
 
 LOCAL = Executor()
+
+OPENMP_WAIT_POLICY = "OMP_WAIT_POLICY"
+
+
+def let_idle_threads_sleep() -> None:
+    """Before torch loads: the encoder's OpenMP threads sleep while they wait for work
+    instead of spinning (OMP_WAIT_POLICY=PASSIVE), unless the user chose otherwise.
+
+    Indexing decodes in worker processes on the same cores as the encoder's threads. A
+    spinning thread holds a core that a decoder needs, and a thread that finds its sibling
+    descheduled spins at every barrier of every operator: on a few shared cores that
+    costs the tower several times its speed. The kernels are the same, so are the vectors. OpenMP reads the variable when torch loads:
+    set later (torch already imported, as in a server or a test run) it changes nothing,
+    and it is then left unset."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault(OPENMP_WAIT_POLICY, "PASSIVE")
 
 
 def parse_executor(text: str | Executor | None) -> Executor:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xmr.retrieval.errors import InputError, InvalidModelSpec, ModelNotAvailable
+from xmr.retrieval.image_tower import ImageTower, TorchImageTower
 from xmr.retrieval.modelspec import (
     HUB_CONFIG_FILE,
     HUB_WEIGHTS_FILE,
@@ -142,6 +143,9 @@ class Encoder(TextEncoder):
         self.model: Any = model  # an open_clip CLIP (untyped): its towers are read by name
         self.preprocess = preprocess  # PIL.Image -> (3, H, W) float tensor
         self.image_token_shape = _image_token_shape(model.visual, self.dim)
+        self.image_tower: ImageTower = TorchImageTower(
+            model, device, self._block_index, self.image_token_shape is not None
+        )
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -152,28 +156,10 @@ class Encoder(TextEncoder):
         """pixels: (B, 3, H, W) float tensor from `preprocess`. The tokens are the output of
         vision block `token_layer` (0-based; None: the last) through the final norm and
         projection: earlier blocks keep more of each patch's own content, and a re-ranker
-        names the block it was trained on. The vectors do not depend on it."""
-        torch = self._torch
-        visual = self.model.visual
-        with torch.inference_mode(), self._autocast():
-            x = pixels.to(self.device, non_blocking=True)
-            if self.image_token_shape is None:  # no patch grid (ResNet, timm towers)
-                pooled, tokens = visual(x), None
-            else:
-                block = self._block_index(token_layer)
-                out = visual.forward_intermediates(
-                    x, indices=[block], normalize_intermediates=True, output_fmt="NLC"
-                )
-                pooled = out["image_features"]  # (B, D)
-                tokens = out["image_intermediates"][0]  # (B, N, width), after ln_post
-                if getattr(visual, "proj", None) is not None:
-                    tokens = tokens @ visual.proj  # (B, N, D)
-            vectors = torch.nn.functional.normalize(pooled.float(), dim=-1)
-        return Encoded(
-            vectors=vectors.cpu().numpy().astype(np.float32),
-            tokens=None if tokens is None else tokens.to(torch.float16).cpu().numpy(),
-            lengths=None,
-        )
+        names the block it was trained on. The vectors do not depend on it. The work is
+        `image_tower`'s (retrieval/image_tower.py: PyTorch unless another runtime was
+        plugged in)."""
+        return self.image_tower.encode(pixels, token_layer)
 
     def _block_index(self, layer: int | None) -> int:
         blocks = len(self.model.visual.transformer.resblocks)

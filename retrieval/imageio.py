@@ -36,6 +36,11 @@ JPEG_START_OF_SCAN = b"\xff\xda"  # cannot occur inside entropy-coded data (0xFF
 EXIF_DATETIME_ORIGINAL = 0x9003
 EXIF_DATETIME = 0x0132
 EXIF_IFD = 0x8769
+EXIF_ORIENTATION = 0x0112
+_SWAPS_SIDES = (5, 6, 7, 8)  # orientations that turn the picture a quarter
+# JPEGs decode at a reduced scale that still leaves this many times the model's input
+# (see _draft): the resize to the input then averages over the same area of the picture.
+DRAFT_FACTOR = 2
 Preprocess = Callable[[Image.Image], "torch.Tensor"]  # an RGB image -> (3, H, W) floats
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is skipped, not half-embedded
@@ -60,9 +65,11 @@ def decode_image(path: str | bytes, preprocess: Preprocess, max_pixels: int = DE
                 check_jpeg_scans(_read(path) if isinstance(path, str) else bytes(path))
             fmt = image.format
             taken_at = _exif_datetime(image)
+            if _orientation(image) in _SWAPS_SIDES:
+                width, height = height, width  # as displayed, after the rotation below
+            _draft(image, preprocess)
             image.load()
             image = ImageOps.exif_transpose(image)  # camera orientation, as a viewer shows it
-            width, height = image.size  # as displayed, after the rotation
             pixels = preprocess(image.convert("RGB"))
     except DecodeError:
         raise
@@ -118,6 +125,33 @@ def _check_resized(width: int, height: int, preprocess) -> None:
             f"{width}x{height} resized for the model is {out_w}x{out_h} = {out_w * out_h:,} "
             f"pixels, over the limit of {MAX_RESIZED_PIXELS:,}"
         )
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # a broken tag: exif_transpose leaves such an image as it is
+        return 1
+
+
+def _draft(image: Image.Image, preprocess) -> None:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale (its DCT scaling) while the result stays
+    at least DRAFT_FACTOR times the model's input on each side; other formats are left
+    alone. The resize to the model's input then starts from fewer pixels: a 12 MP photo
+    decodes about 3x faster, and the vectors stay the same (cosine >= 0.99999 to a full
+    decode, tests/test_image_tower.py)."""
+    if image.format != "JPEG":
+        return
+    width, height = image.size
+    out_w, out_h = _resized_size(width, height, preprocess)
+    if (out_w, out_h) == (width, height):
+        return  # no resize step known: decode every pixel
+    # the model's input is drawn from the stored (not yet rotated) picture: a rotation
+    # swaps both sides, so asking for the larger of the two on each side covers either
+    side = DRAFT_FACTOR * max(out_w, out_h)
+    scale = side / max(1, min(width, height))
+    if scale < 1:
+        image.draft(image.mode, (max(1, round(width * scale)), max(1, round(height * scale))))
 
 
 def _resized_size(width: int, height: int, preprocess) -> tuple[int, int]:
