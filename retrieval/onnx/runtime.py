@@ -154,5 +154,6 @@ class OnnxReranker:
         else:  # one image against K texts
             features = self.image_features(query.tokens[None])  # (1, N', W)
             logits = self.logits(tokens, extra, np.repeat(features, k, axis=0))
-        final = fused_score(logits.astype(np.float32), stage1, self.config.stage1_weight)
-        return Scored(final)
+        logits = logits.astype(np.float32)  # (K,)
+        final = fused_score(logits, stage1, self.config.stage1_weight)
+        return Scored(final, logits=logits)
