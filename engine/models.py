@@ -365,7 +365,7 @@ class QueryEncoder:
         if onnx is not None:
             import numpy as np
 
-            from xmr.retrieval.encoder import Encoded
+            from xmr.retrieval.encoded import Encoded
 
             vectors, tokens = onnx.encode(np.asarray(pixels))
             return Encoded(vectors, tokens.astype(np.float16) if tokens.size else None, None)

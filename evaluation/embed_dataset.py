@@ -84,7 +84,7 @@ def embed_dataset(
 def encode_text_list(encoder, texts, batch_size: int = 256, with_tokens=True, progress=None):
     """Encode many texts in batches -> Encoded: vectors (T, D) float32, tokens (T, L, D)
     float16 or None, lengths (T,) int32. `progress("texts", done, total)` per batch."""
-    from xmr.retrieval.encoder import Encoded
+    from xmr.retrieval.encoded import Encoded
 
     vectors, tokens, lengths = [], [], []
     done = 0

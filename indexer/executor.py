@@ -75,9 +75,9 @@ def let_idle_threads_sleep() -> None:
     Indexing decodes in worker processes on the same cores as the encoder's threads. A
     spinning thread holds a core that a decoder needs, and a thread that finds its sibling
     descheduled spins at every barrier of every operator: on a few shared cores that
-    costs the tower several times its speed. The kernels are the same, so are the vectors. OpenMP reads the variable when torch loads:
-    set later (torch already imported, as in a server or a test run) it changes nothing,
-    and it is then left unset."""
+    costs the tower several times its speed. The kernels are the same, so are the vectors.
+    OpenMP reads the variable when torch loads: set later (torch already imported, as in a
+    server or a test run) it changes nothing, and it is then left unset."""
     if "torch" not in sys.modules:
         os.environ.setdefault(OPENMP_WAIT_POLICY, "PASSIVE")
 

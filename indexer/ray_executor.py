@@ -130,7 +130,7 @@ def _scatter(rows: np.ndarray, ok: np.ndarray) -> np.ndarray:
 
 def batch_from_columns(columns: dict, first: int) -> ImageBatch:
     """Columns of one read-back batch -> the ImageBatch the local step would have given."""
-    from xmr.retrieval.encoder import Encoded
+    from xmr.retrieval.encoded import Encoded
 
     positions = np.asarray(columns["position"], dtype=np.int64)
     if not np.array_equal(positions, np.arange(first, first + len(positions))):
@@ -209,7 +209,7 @@ class TextEncodeActor:
 
 def ray_encode_texts(executor, texts: Sequence[str], encoder, batch_size: int) -> Iterator:
     """Encoded per `batch_size` texts, in order, encoded by an actor pool."""
-    from xmr.retrieval.encoder import Encoded
+    from xmr.retrieval.encoded import Encoded
 
     columns = {"position": np.arange(len(texts), dtype=np.int64), "text": list(texts)}
     actor_args = {"spec": encoder.spec.canonical}

@@ -21,12 +21,12 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from xmr.retrieval.encoded import Encoded
 from xmr.retrieval.errors import InputError, InvalidModelSpec, ModelNotAvailable
 from xmr.retrieval.image_tower import ImageTower, TorchImageTower
 from xmr.retrieval.modelspec import (
@@ -54,13 +54,6 @@ def _import_open_clip():
     import open_clip
 
     return open_clip
-
-
-@dataclass
-class Encoded:
-    vectors: np.ndarray  # (B, D) float32, unit L2 norm
-    tokens: np.ndarray | None  # (B, L, D) float16, projected into the joint space
-    lengths: np.ndarray | None  # (B,) int32, valid tokens per row (texts; images use all)
 
 
 def select_device(requested: str | None = None) -> str:

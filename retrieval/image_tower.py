@@ -27,7 +27,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-    from xmr.retrieval.encoder import Encoded
+    from xmr.retrieval.encoded import Encoded
 
 SAME_VECTORS_COSINE = 0.9999  # the least cosine another runtime may differ from PyTorch by
 
@@ -49,7 +49,7 @@ class TorchImageTower:
         self._has_tokens = has_tokens  # a ViT with a patch grid (see encoder._image_token_shape)
 
     def encode(self, pixels: torch.Tensor, token_layer: int | None = None) -> Encoded:
-        from xmr.retrieval.encoder import Encoded
+        from xmr.retrieval.encoded import Encoded
 
         torch = self._torch
         visual = self.visual

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     import torch
 
     from xmr.retrieval.calibration import Logistic
-    from xmr.retrieval.encoder import Encoded
+    from xmr.retrieval.encoded import Encoded
     from xmr.retrieval.imageio import Preprocess
     from xmr.retrieval.matching import Matcher
 

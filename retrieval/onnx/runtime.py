@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from xmr.retrieval.calibration import Logistic, rerank_fit, rerank_probability
-from xmr.retrieval.encoder import Encoded
+from xmr.retrieval.encoded import Encoded
 from xmr.retrieval.fusion import fused_score
 from xmr.retrieval.matching import Scored, native_candidate_inputs
 from xmr.retrieval.onnx.preprocess import NumpyPreprocess
