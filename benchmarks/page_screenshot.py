@@ -2,7 +2,7 @@
 
     xmr demo --dir /tmp/page-demo -n 200 -q     # a corpus and its index (xmr-tiny)
     python benchmarks/page_screenshot.py --index /tmp/page-demo/index \
-        --query "a large red circle" --out docs/images
+        --query "a green triangle" --out docs/images
 
 Starts `xmr serve` on a free loopback port and, at 1280 and 390 px wide in the light and
 the dark colour scheme, saves: the results of the query (serve-search-WIDTH-SCHEME.png),
