@@ -90,8 +90,12 @@ def run_demo(
     captions = {dataset.captions[c] for c in dataset.image_to_texts[5]}
     hits = engine.search(by_image, target="texts", k=3).hits
     result.queries.append(DemoQuery("image → text", str(path), captions, hits))
-    # The same models measure recall on the whole corpus (both stages).
-    encoder, reranker = engine.models.encoder(), engine.reranker()
+    # The same models measure recall on the whole corpus (both stages), through PyTorch:
+    # the benchmark scores all pairs in batches, which the query path's runtime does not.
+    from xmr.retrieval.reranker import resolve_reranker
+
+    encoder = engine.models.encoder()
+    reranker = resolve_reranker(engine.reranker_choice, encoder, engine.device)
     result.try_query = dataset.captions[dataset.image_to_texts[11][1]]
     result.bench = run_benchmark(
         dataset, encoder, reranker, BenchOptions(candidates=candidates), progress
