@@ -54,7 +54,7 @@ def _make(file, size: int, image_id: int) -> bytes:
             try:
                 check_pixels(*image.size)
                 if image.format == "JPEG":
-                    check_jpeg_scans(_whole(file))
+                    check_jpeg_scans(file)
             except DecodeError as exc:
                 raise ItemNotFound(f"image {image_id} is too large to preview ({exc})") from None
             image.draft("RGB", (size, size))  # JPEG: decode at a fraction of full size
@@ -65,15 +65,6 @@ def _make(file, size: int, image_id: int) -> bytes:
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ItemNotFound(f"the file of image {image_id} cannot be read now ({exc})") from exc
     return out.getvalue()
-
-
-def _whole(file) -> bytes:
-    """The file's bytes, leaving its position where PIL expects it."""
-    position = file.tell()
-    file.seek(0)
-    data = file.read()
-    file.seek(position)
-    return data
 
 
 def _keep(path: Path, data: bytes) -> None:

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -62,7 +62,7 @@ def decode_image(path: str | bytes, preprocess: Preprocess, max_pixels: int = DE
             check_pixels(width, height, max_pixels)  # the header's claim, before decoding
             _check_resized(width, height, preprocess)
             if image.format == "JPEG":
-                check_jpeg_scans(_read(path) if isinstance(path, str) else bytes(path))
+                check_jpeg_scans(image.fp)
             fmt = image.format
             taken_at = _exif_datetime(image)
             if _orientation(image) in _SWAPS_SIDES:
@@ -95,20 +95,23 @@ def check_pixels(width: int, height: int, max_pixels: int = DEFAULT_MAX_PIXELS) 
         )
 
 
-def check_jpeg_scans(data: bytes) -> None:
+def check_jpeg_scans(file: BinaryIO, chunk: int = 1 << 20) -> None:
     """Raise DecodeError for a JPEG with more scans than a real encoder writes: with the
-    pixel limit this bounds the decoding work of any file."""
-    scans = data.count(JPEG_START_OF_SCAN)
+    pixel limit this bounds the decoding work of any file. Reads the open `file` (the one
+    PIL decodes from) in chunks and puts its position back."""
+    position = file.tell()
+    file.seek(0)
+    scans, tail = 0, b""
+    while block := file.read(chunk):
+        data = tail + block  # a marker may straddle two chunks
+        scans += data.count(JPEG_START_OF_SCAN)
+        tail = data[-1:] if data[-1:] == JPEG_START_OF_SCAN[:1] else b""
+    file.seek(position)
     if scans > MAX_JPEG_SCANS:
         raise DecodeError(
             f"JPEG with {scans:,} scans (real ones have about 10; the limit is "
             f"{MAX_JPEG_SCANS}): each scan is another full decoding pass"
         )
-
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as file:
-        return file.read()
 
 
 def _check_resized(width: int, height: int, preprocess) -> None:
