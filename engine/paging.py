@@ -21,7 +21,7 @@ from datetime import datetime
 
 from xmr.engine.request import MAX_K, SearchRequest
 from xmr.retrieval.db import Database, ImageRow
-from xmr.retrieval.searcher import MAX_RERANK_DEPTH, Answer, rerank_depth
+from xmr.retrieval.searcher import MAX_RERANK_DEPTH, Answer, Hit, rerank_depth
 
 
 @dataclass
@@ -51,13 +51,17 @@ def pool_size(request: SearchRequest) -> int:
 def page_of(answer: Answer, request: SearchRequest, db: Database) -> PagedAnswer:
     """The page `request` asks for out of `answer` (the searcher's top `pool_size`)."""
     pool = answer.hits
-    dates = _dates(db, [h.id for h in pool if h.kind == "image"])
+    page_slice = slice(request.offset, request.offset + request.k)
     if request.order != "relevance":
+        dates = _dates(db, pool)  # the whole pool: it is sorted by them
         newest = request.order == "newest"
         # Relevance rank breaks ties (a burst of photos taken in the same second).
         pool = sorted(pool, key=lambda h: h.rank)
         pool.sort(key=lambda h: dates.get(h.id, ("", ""))[0], reverse=newest)
-    hits = pool[request.offset : request.offset + request.k]
+        hits = pool[page_slice]
+    else:
+        hits = pool[page_slice]
+        dates = _dates(db, hits)  # only what the page shows
     reranked = sum(1 for h in answer.hits if h.reranker is not None)
     depth = rerank_depth(pool_size(request), request.candidates) if answer.reranked else 0
     page = {
@@ -89,8 +93,9 @@ def page_of(answer: Answer, request: SearchRequest, db: Database) -> PagedAnswer
     )
 
 
-def _dates(db: Database, ids: list[int]) -> dict[int, tuple[str, str]]:
-    rows = db.rows_by_ids(ImageRow, ids)
+def _dates(db: Database, hits: list[Hit]) -> dict[int, tuple[str, str]]:
+    """id -> (ISO date, where it came from) of the image hits."""
+    rows = db.rows_by_ids(ImageRow, [h.id for h in hits if h.kind == "image"])
     return {i: when for i, row in rows.items() if (when := file_date(row)) is not None}
 
 
