@@ -235,14 +235,9 @@ def _score(reranker, query, stage1, candidates, features, index) -> None:
 
 
 def _rows(library) -> dict:
-    from sqlalchemy import select
-
-    from xmr.retrieval.db import ImageRow
     from xmr.retrieval.matcher_features import content_key
 
-    with library.db.session() as session:
-        query = select(ImageRow.id, ImageRow.path, ImageRow.content_hash)
-        return {i: (p, content_key(h)) for i, p, h in session.execute(query)}
+    return {i: (p, content_key(h)) for i, p, h in library.db.indexed_images()}
 
 
 def _kendall(a: np.ndarray, b: np.ndarray) -> float:

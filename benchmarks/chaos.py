@@ -258,14 +258,12 @@ class Chaos:
 
     def check_invariant(self) -> None:
         from xmr.retrieval.check import check_index
-        from xmr.retrieval.db import ImageRow
         from xmr.retrieval.library import Library
         from xmr.retrieval.searcher import Searcher
 
         on_disk = {str(p) for p in self.files()}
         with Library.open(self.index) as library:
-            with library.db.session() as session:
-                rows = [r.path for r in session.query(ImageRow).filter_by(state="indexed")]
+            rows = [path for _, path, _ in library.db.indexed_images()]
             if sorted(rows) != sorted(on_disk):
                 missing, extra = on_disk - set(rows), set(rows) - on_disk
                 self.violate("files", f"{len(missing)} missing, {len(extra)} extra rows")

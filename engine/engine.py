@@ -180,7 +180,6 @@ class Engine:
         Only the rows and vectors of the images in scope are read."""
         import numpy as np
 
-        from xmr.retrieval.db import ImageRow
         from xmr.retrieval.duplicates import PixelCheck, duplicate_groups
 
         if not 0 < threshold <= 1:
@@ -190,8 +189,8 @@ class Engine:
             library.db, "images"
         )
         if ids is None:  # no folder given: every image
-            ids = np.asarray(library.db.ids(ImageRow), dtype=np.int64)
-        rows = library.db.rows_by_ids(ImageRow, ids)
+            ids = np.asarray(library.db.ids("images"), dtype=np.int64)
+        rows = library.db.rows_by_ids("images", ids)
         with self._state:
             vectors = library.images.vectors.read(ids)  # (N, D)
         check = PixelCheck(

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from xmr.engine.request import MAX_K, SearchRequest
-from xmr.retrieval.db import Database, ImageRow
+from xmr.retrieval.db_read import DatabaseReader, ImageRecord
 from xmr.retrieval.searcher import MAX_RERANK_DEPTH, Answer, Hit, rerank_depth
 
 
@@ -48,7 +48,7 @@ def pool_size(request: SearchRequest) -> int:
     return min(MAX_K, max(want, rerank_depth(want, request.candidates)))
 
 
-def page_of(answer: Answer, request: SearchRequest, db: Database) -> PagedAnswer:
+def page_of(answer: Answer, request: SearchRequest, db: DatabaseReader) -> PagedAnswer:
     """The page `request` asks for out of `answer` (the searcher's top `pool_size`)."""
     pool = answer.hits
     page_slice = slice(request.offset, request.offset + request.k)
@@ -93,13 +93,13 @@ def page_of(answer: Answer, request: SearchRequest, db: Database) -> PagedAnswer
     )
 
 
-def _dates(db: Database, hits: list[Hit]) -> dict[int, tuple[str, str]]:
+def _dates(db: DatabaseReader, hits: list[Hit]) -> dict[int, tuple[str, str]]:
     """id -> (ISO date, where it came from) of the image hits."""
-    rows = db.rows_by_ids(ImageRow, [h.id for h in hits if h.kind == "image"])
+    rows = db.rows_by_ids("images", [h.id for h in hits if h.kind == "image"])
     return {i: when for i, row in rows.items() if (when := file_date(row)) is not None}
 
 
-def file_date(row: ImageRow) -> tuple[str, str] | None:
+def file_date(row: ImageRecord) -> tuple[str, str] | None:
     """(ISO date, "taken" | "modified"): the EXIF date, else the file's modification time
     in local time, as the after/before filters read them; None for a time no calendar
     holds."""

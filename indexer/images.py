@@ -98,10 +98,10 @@ def index_folders(
     summary.notices = list(library.notices) + [
         f"{path}: a pseudo file system, not entered" for path in walked.pseudo_skipped
     ]
-    with library.db.session() as session:
+    with library.writer_db.session() as session:
         known = {row.path: row for row in Database.image_rows_under(session, roots)}
         pending, twins = _plan(session, library, scanned, known, summary, reporter)
-        library.db.bump_generation(session)
+        library.writer_db.bump_generation(session)
         session.commit()
     library.record_sources("image_roots", [str(root) for root in roots if root.is_dir()])
 
@@ -133,11 +133,11 @@ def reencode_damaged_images(
     reporter = reporter or Reporter()
     started = time.monotonic()
     summary = IndexSummary()
-    with library.db.session() as session:
-        damaged = library.db.damaged_ids("images", session)
+    with library.writer_db.session() as session:
+        damaged = library.writer_db.damaged_in(session, "images")
         if not damaged:
             return summary
-        rows = library.db.rows_by_ids(ImageRow, damaged, session).values()
+        rows = library.writer_db.rows_in(session, "images", damaged).values()
         known = {row.path: row for row in rows}
         scanned = {}
         for path in known:
@@ -145,7 +145,7 @@ def reencode_damaged_images(
             if file is not None:
                 scanned[path] = file
         pending, twins = _plan(session, library, scanned, known, summary, reporter)
-        library.db.bump_generation(session)
+        library.writer_db.bump_generation(session)
         session.commit()
     _embed(library, encoder, pending, twins, options, summary, reporter)
     library.save(reporter)
@@ -155,7 +155,7 @@ def reencode_damaged_images(
 
 def _plan(session, library, scanned, known, summary, reporter):
     """Apply every change that needs no encoder; return the files that do."""
-    damaged = set(library.db.damaged_ids("images", session))
+    damaged = set(library.writer_db.damaged_in(session, "images"))
     to_hash: list[ScannedFile] = []
     for path, file in scanned.items():
         row = known.get(path)
@@ -244,7 +244,9 @@ def _hash_files(files: list[ScannedFile], reporter: Reporter) -> dict[str, str]:
 def _twin(session, library, indexed_by_hash: dict[str, int], digest: str) -> ImageRow | None:
     row_id = indexed_by_hash.get(digest)
     return (
-        None if row_id is None else library.db.rows_by_ids(ImageRow, [row_id], session).get(row_id)
+        None
+        if row_id is None
+        else library.writer_db.rows_in(session, "images", [row_id]).get(row_id)
     )
 
 
@@ -294,7 +296,7 @@ def _embed(library, encoder, pending, twins, options, summary, reporter) -> None
         options.workers,
         options.max_pixels,
     )
-    session = library.db.session()
+    session = library.writer_db.session()
     uncommitted = 0
     try:
         for batch in batches:

@@ -35,7 +35,7 @@ def repair_index(
         directory, encoder, verify="full" if database_damaged else "quick"
     ) as library:
         summary.notices += library.notices
-        if library.db.created:  # the database was moved aside (or lost): build it again
+        if library.writer_db.created:  # the database was moved aside (or lost): build it again
             _rebuild_from_sources(library, encoder, options, reporter, summary)
         else:
             for finding in before.findings:

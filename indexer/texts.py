@@ -207,7 +207,7 @@ def add_texts(
         else:
             unique[digest] = record
 
-    with library.db.session() as session:
+    with library.writer_db.session() as session:
         existing = Database.text_ids_by_hash(session)
         linked = Database.text_ids_of_source(session, source)
         summary.unchanged = sum(1 for d in unique if d in existing)
@@ -237,7 +237,7 @@ def add_texts(
                 t0 = time.monotonic()
                 encoded = next(batches)  # the texts of `chunk`, in order
                 summary.encode_seconds += time.monotonic() - t0
-                with library.db.session() as session:
+                with library.writer_db.session() as session:
                     rows = [
                         TextRow(
                             text=record.text,
@@ -284,8 +284,8 @@ def reencode_damaged_texts(library: Library, encoder, summary: IndexSummary, rep
 
 
 def _reencode_texts(library: Library, encoder, ids: list[int]) -> int:
-    with library.db.session() as session:
-        found = library.db.rows_by_ids(TextRow, ids, session)
+    with library.writer_db.session() as session:
+        found = library.writer_db.rows_in(session, "texts", ids)
         rows = [found[i] for i in sorted(found)]
         encoded = encoder.encode_texts([row.text for row in rows])
         for row, n in zip(rows, encoded.lengths, strict=True):

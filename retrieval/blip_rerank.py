@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from xmr.retrieval.db import ImageRow, TextRow
 from xmr.retrieval.imageio import DecodeError, decode_image
 from xmr.retrieval.matcher_cache import DEFAULT_CACHE_BYTES, FeatureDiskCache, cache_key
 from xmr.retrieval.matcher_features import content_key
@@ -82,7 +81,7 @@ class BlipReranker:
         kept = getattr(library.images, "kept", None)
         kept = kept if kept is not None and kept.serves(self) else None
         if collection.name == "images":
-            rows = library.db.rows_by_ids(ImageRow, ids.tolist())
+            rows = library.db.rows_by_ids("images", ids.tolist())
             paths = [rows[int(i)].path if int(i) in rows else None for i in ids]
             hashes = [rows[int(i)].content_hash if int(i) in rows else None for i in ids]
             keys = np.array([content_key(h) for h in hashes], dtype=np.int64)
@@ -92,7 +91,7 @@ class BlipReranker:
                 vision = np.zeros((len(ids), *self.feature_shape), np.float32)
                 found = np.zeros(len(ids), dtype=bool)
             return _Images(ids, paths, hashes, vision, found, library.directory)
-        by_id = library.db.rows_by_ids(TextRow, ids.tolist())
+        by_id = library.db.rows_by_ids("texts", ids.tolist())
         texts = [by_id[int(i)].text if int(i) in by_id else "" for i in ids]
         query_vision, query_key = None, None
         if query.image_id is not None:  # an indexed image, as it was indexed

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from xmr.retrieval.arraystore import ArrayStore
-from xmr.retrieval.db import DB_FILE, Database, ImageRow, TextRow
+from xmr.retrieval.db_file import DB_FILE
+from xmr.retrieval.db_read import DatabaseReader
 from xmr.retrieval.errors import DatabaseDamaged, IndexNotFound, ManifestDamaged
 from xmr.retrieval.feature_cache import FEATURES_FILE, MANIFEST_KEY
 from xmr.retrieval.manifest import MANIFEST_FILE, manifest_problem, read_manifest_file
@@ -75,7 +76,7 @@ def check_index(directory: Path) -> CheckReport:
     for tmp in sorted(directory.glob(f"*{TEMP_SUFFIX}")):
         add(Finding(tmp.name, "temporary", "left by a killed writer", "delete it"))
     try:
-        db = Database(directory, writable=False)
+        db = DatabaseReader(directory)
     except DatabaseDamaged as exc:
         add(Finding(DB_FILE, "database", str(exc), _REBUILD))
         return report
@@ -86,8 +87,8 @@ def check_index(directory: Path) -> CheckReport:
             return report
         manifest = _check_manifest(directory, db, add)
         if manifest is not None:
-            for name, table in (("images", ImageRow), ("texts", TextRow)):
-                report.counts[name] = _check_collection(directory, db, manifest, name, table, add)
+            for name in ("images", "texts"):
+                report.counts[name] = _check_collection(directory, db, manifest, name, add)
     finally:
         db.close()
     return report
@@ -99,7 +100,7 @@ _REBUILD = (
 )
 
 
-def _check_manifest(directory: Path, db: Database, add) -> dict | None:
+def _check_manifest(directory: Path, db: DatabaseReader, add) -> dict | None:
     try:
         return read_manifest_file(directory)
     except ManifestDamaged as exc:
@@ -118,9 +119,9 @@ def _check_manifest(directory: Path, db: Database, add) -> dict | None:
         return None
 
 
-def _check_collection(directory, db, manifest, name, table, add) -> int:
+def _check_collection(directory, db, manifest, name, add) -> int:
     """Findings of one collection's stores and FAISS file; returns its live row count."""
-    ids = np.asarray(db.ids(table), dtype=np.int64)
+    ids = np.asarray(db.ids(name), dtype=np.int64)
     waiting = db.damaged_ids(name)
     source = "their image files" if name == "images" else "the database's texts"
     if waiting:
@@ -186,7 +187,7 @@ def _bad_records(store: ArrayStore, ids: np.ndarray, is_vector: bool) -> np.ndar
     return np.concatenate(bad) if bad else np.zeros(0, np.int64)
 
 
-def _check_faiss(directory: Path, db: Database, name: str, dim: int, ids, add) -> None:
+def _check_faiss(directory: Path, db: DatabaseReader, name: str, dim: int, ids, add) -> None:
     path = directory / f"{name}.faiss"
     repair = "rebuild it from the vector store"
     if not path.exists():

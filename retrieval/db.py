@@ -1,30 +1,24 @@
-"""The metadata database (SQLite through SQLAlchemy 2.x): schema, version, migrations.
+"""The metadata database, written through SQLAlchemy 2.x: schema, version, migrations.
 
 The database is the source of truth of an index: a row id is the item's id in FAISS and
 in the array stores. Rows use AUTOINCREMENT so an id is never handed out twice, which
 keeps "id -> vector" immutable (see `arraystore`).
 
-A reader opens the file read-only (`mode=ro`; on read-only media, where SQLite cannot
-create the WAL index, `immutable=1`) and never migrates or writes. A writer creates and
-migrates. Rows listed in `damaged` have stored records that were lost (a truncated store):
-they are left out of `ids()`, so no search returns them, until they are re-encoded.
-
-File paths are kept losslessly: a name that is not UTF-8 reaches Python as a str with
-surrogate escapes (PEP 383), which SQLite cannot store; `FsPath` stores such a character
-as DEL + two hex digits (and a DEL in a name as two DELs), a one-to-one, prefix-keeping
-mapping, so equality and prefix queries work unchanged on every path.
+A writer creates and migrates the file and changes rows inside ORM sessions. Its plain
+reads are the reader's (db_read.py), run through this class's connection pool, so a
+search and an indexer read the same SQL; a search opens the file with the reader alone.
+Paths are stored escaped (db_file.py); `FsPath` applies that to ORM columns.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from sqlalchemy import (
@@ -35,12 +29,9 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
-    and_,
     create_engine,
     delete,
     event,
-    exists,
-    func,
     inspect,
     or_,
     select,
@@ -51,40 +42,23 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import QueuePool
 
-from xmr.retrieval.errors import DatabaseDamaged, DiskFull, IndexCorrupt, ReadOnlyIndex, XmrError
+from xmr.retrieval.db_file import (
+    CHUNK,
+    DB_FILE,
+    SCHEMA_VERSION,
+    database_error,
+    escape_path,
+    newer_schema,
+    unescape_path,
+)
+from xmr.retrieval.db_read import DatabaseReader, Table
+from xmr.retrieval.errors import DatabaseDamaged, IndexCorrupt, XmrError
 
-SCHEMA_VERSION = 2
-DB_FILE = "xmr.sqlite3"
-CHUNK = 500  # ids per statement: SQLite caps the bound parameters of one statement
+__all__ = ["CHUNK", "DB_FILE", "SCHEMA_VERSION", "Database", "database_error", "escape_path"]
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-_ESCAPE = "\x7f"  # DEL: the escape character of FsPath
-_SURROGATE = re.compile("[\udc80-\udcff\x7f]")
-_ESCAPED = re.compile("\x7f(\x7f|[0-9a-f]{2})")
-
-
-def escape_path(path: str) -> str:
-    """A str path (surrogate escapes allowed) -> a storable str; see the module docstring."""
-    if not _SURROGATE.search(path):
-        return path
-    return _SURROGATE.sub(
-        lambda m: (
-            _ESCAPE * 2 if m.group() == _ESCAPE else f"{_ESCAPE}{ord(m.group()) - 0xDC00:02x}"
-        ),
-        path,
-    )
-
-
-def unescape_path(stored: str) -> str:
-    if _ESCAPE not in stored:
-        return stored
-    return _ESCAPED.sub(
-        lambda m: _ESCAPE if m.group(1) == _ESCAPE else chr(0xDC00 + int(m.group(1), 16)), stored
-    )
 
 
 class FsPath(TypeDecorator):
@@ -201,45 +175,10 @@ def _reader_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def database_error(exc: BaseException, path: Path) -> XmrError | None:
-    """The one-line error for an SQLite failure on `path`; None for anything else."""
-    orig = exc.orig if isinstance(exc, DBAPIError) else exc
-    if not isinstance(orig, sqlite3.DatabaseError):
-        return None
-    message = str(orig)
-    if "disk I/O error" in message and _nearly_full(path.parent):
-        message = "disk is full"  # SQLite cannot grow its shared-memory file: no space
-    if "disk I/O error" in message:
-        return XmrError(f"cannot read or write {path}: disk I/O error; check the disk")
-    if "disk is full" in message:
-        return DiskFull(
-            f"no space left on device writing {path}; free space and re-run: "
-            "nothing committed is lost"
-        )
-    if "readonly" in message or "read-only" in message:
-        return ReadOnlyIndex(
-            f"cannot write {path} ({message}): the index folder is read-only; "
-            "searching works, indexing needs a writable folder"
-        )
-    # SQLITE_CORRUPT and SQLITE_NOTADB arrive as a bare DatabaseError; a schema without
-    # xmr's tables (an emptied file) as "no such table". Locks and busy files are not damage.
-    if type(orig) is sqlite3.DatabaseError or "no such table" in message:
-        return DatabaseDamaged(
-            f"{path} is damaged ({message}); `xmr check --repair` (or `xmr index FOLDERS`) "
-            "moves it aside and rebuilds the index from the image files"
-        )
-    return None
+class Database(DatabaseReader):
+    """The database of one index for a writer (or `xmr check`): ORM sessions for changes,
+    the reader's queries for plain reads."""
 
-
-def _nearly_full(folder: Path) -> bool:
-    try:
-        stat = os.statvfs(folder)
-    except OSError:
-        return False
-    return stat.f_bavail * stat.f_frsize < 1 << 20
-
-
-class Database:
     def __init__(self, directory: Path, writable: bool = True, verify: str | None = None):
         """`verify` ("quick" | "full"): run SQLite's quick_check / integrity_check first and
         raise DatabaseDamaged on any finding, before a writer touches the file."""
@@ -306,19 +245,19 @@ class Database:
         uri = f"file:{quote(os.fsencode(self.path))}?mode={mode}"
         return sqlite3.connect(uri, uri=True, check_same_thread=False)
 
-    def _check_version(self) -> None:
-        with self.session() as session:
-            row = session.get(Meta, "schema_version")
-            version = None if row is None else int(row.value)
-        if version is None:
-            raise DatabaseDamaged(f"{self.path} has no schema version; it is not an xmr index")
-        if version > SCHEMA_VERSION:
-            raise IndexCorrupt(_newer(self.path, version))
-        if version < SCHEMA_VERSION:
-            raise IndexCorrupt(
-                f"{self.path} was written by an older xmr (schema {version}); run a writing "
-                "command once (`xmr index` or `xmr check --repair`) to upgrade it"
-            )
+    def _read(self, *statements: tuple[str, Sequence[Any]]) -> list[list[tuple]]:
+        """The reader's statements through the pool, in one transaction; SQLite's own
+        error comes out unwrapped, as from the reader."""
+        try:
+            with self.engine.connect() as connection:
+                return [
+                    list(connection.exec_driver_sql(sql, tuple(params)).fetchall())
+                    for sql, params in statements
+                ]
+        except DBAPIError as exc:
+            if isinstance(exc.orig, sqlite3.DatabaseError):
+                raise exc.orig from exc
+            raise
 
     def _migrate(self) -> None:
         Base.metadata.create_all(self.engine)
@@ -331,34 +270,14 @@ class Database:
                 return
             version = int(row.value)
             if version > SCHEMA_VERSION:
-                raise IndexCorrupt(_newer(self.path, version))
+                raise IndexCorrupt(newer_schema(self.path, version))
             while version < SCHEMA_VERSION:
                 MIGRATIONS[version](session)
                 version += 1
             row.value = str(version)
 
-    def integrity_problems(self, quick: bool = False) -> list[str]:
-        """SQLite's own verdict on every page ([] when sound); quick: O(N), no index checks."""
-        pragma = "quick_check" if quick else "integrity_check"
-        try:
-            with self.engine.connect() as conn:
-                rows = [r[0] for r in conn.exec_driver_sql(f"PRAGMA {pragma}")]
-        except DBAPIError as exc:
-            return [str(exc.orig)]
-        return [] if rows == ["ok"] else rows
-
     def session(self) -> Session:
         return self.sessions()
-
-    def generation(self, session: Session | None = None) -> int:
-        """A counter bumped by every commit that changes which vectors exist."""
-        if session is None:
-            with self.session() as s:
-                return self.generation(s)
-        row = session.get(Meta, "generation")
-        if row is None:
-            raise DatabaseDamaged(f"{self.path} has no generation; it is not an xmr index")
-        return int(row.value)
 
     @staticmethod
     def bump_generation(session: Session) -> None:
@@ -366,89 +285,30 @@ class Database:
             text("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
         )
 
-    def ids(
-        self,
-        table: ItemTable,
-        session: Session | None = None,
-        start: int = 0,
-        stop: int | None = None,
-    ) -> list[int]:
-        """Ids in [start, stop) of the rows that have a vector: images in state 'indexed',
-        neither kind listed as damaged."""
-        query = self._live(select(table.id), table).order_by(table.id)
-        if start:
-            query = query.where(table.id >= start)
-        if stop is not None:
-            query = query.where(table.id < stop)
-        if session is None:
-            with self.session() as s:
-                return list(s.scalars(query))
-        return list(session.scalars(query))
-
-    def last_id(self, table: ItemTable) -> int:
-        """The highest of `ids(table)`; -1 when there is none."""
-        with self.session() as session:
-            found = session.scalar(self._live(select(func.max(table.id)), table))
-        return -1 if found is None else int(found)
-
-    def _live(self, query, table: ItemTable):
-        if table is ImageRow:
-            query = query.where(ImageRow.state == "indexed")
-        if self.has_damaged_table:
-            lost = select(Damaged.id).where(Damaged.collection == table.__tablename__)
-            query = query.where(table.id.not_in(lost))
-        return query
-
-    def holds_rows(self) -> bool:
-        """True when any image or text row exists."""
-        with self.session() as session:
-            return any(
-                session.scalar(select(table.id).limit(1)) is not None
-                for table in (ImageRow, TextRow)
-            )
-
-    # -- rows by key ---------------------------------------------------------------------
-    def rows_by_ids(
-        self, table: type[Row], ids: Iterable[int], session: Session | None = None
-    ) -> dict[int, Row]:
-        """id -> row of `table` for each of `ids` that exists, read in chunks."""
+    # -- reads inside a writer's session (they see its own uncommitted changes) ---------
+    def rows_in(self, session: Session, table: Table, ids: Iterable[int]) -> dict[int, Any]:
+        """id -> ORM row (ImageRow | TextRow) for each of `ids` that exists, in chunks."""
+        orm = _orm(table)
         ids = [int(i) for i in ids]
-        queries = [
-            select(table).where(table.id.in_(ids[start : start + CHUNK]))
-            for start in range(0, len(ids), CHUNK)
-        ]
-        if session is None:
-            with self.session() as s:
-                return {row.id: row for query in queries for row in s.scalars(query)}
-        return {row.id: row for query in queries for row in session.scalars(query)}
+        found: dict[int, Any] = {}
+        for start in range(0, len(ids), CHUNK):
+            rows: Iterable[Any] = session.scalars(
+                select(orm).where(orm.id.in_(ids[start : start + CHUNK]))
+            )
+            found.update((row.id, row) for row in rows)
+        return found
 
-    def image_row(self, image_id: int) -> ImageRow | None:
-        with self.session() as session:
-            return session.get(ImageRow, int(image_id))
-
-    def indexed_image_at(self, path: str) -> ImageRow | None:
-        """The indexed image whose file is `path`, if any."""
-        query = select(ImageRow).where(ImageRow.state == "indexed", ImageRow.path == path)
-        with self.session() as session:
-            return session.scalars(query).first()
-
-    def indexed_image_with_hash(self, digest: str) -> ImageRow | None:
-        """The first indexed image (lowest id) whose content hashes to `digest`."""
+    def damaged_in(self, session: Session, collection: Table) -> list[int]:
+        """`damaged_ids` as `session` sees them."""
+        if not self.has_damaged_table:
+            return []
+        orm = _orm(collection)
         query = (
-            select(ImageRow)
-            .where(ImageRow.state == "indexed", ImageRow.content_hash == digest)
-            .order_by(ImageRow.id)
+            select(Damaged.id)
+            .where(Damaged.collection == collection, Damaged.id.in_(select(orm.id)))
+            .order_by(Damaged.id)
         )
-        with self.session() as session:
-            return session.scalars(query).first()
-
-    def indexed_images(self) -> list[tuple[int, str, str | None]]:
-        """(id, path, content hash) of every indexed image, by id."""
-        query = select(ImageRow.id, ImageRow.path, ImageRow.content_hash).where(
-            ImageRow.state == "indexed"
-        )
-        with self.session() as session:
-            return [(int(i), p, h) for i, p, h in session.execute(query.order_by(ImageRow.id))]
+        return list(session.scalars(query))
 
     @staticmethod
     def image_rows_under(session: Session, roots: Iterable[Path | str]) -> list[ImageRow]:
@@ -480,62 +340,6 @@ class Database:
             session.execute(delete(table).where(table.id.in_(ids[start : start + CHUNK])))
         Database.clear_damaged(session, table.__tablename__, ids)
 
-    def counts(self) -> dict[str, int]:
-        """{"images": indexed, "skipped": images skipped, "texts": texts}."""
-        with self.session() as session:
-            count = select(func.count())
-            return {
-                "images": session.scalar(count.where(ImageRow.state == "indexed")) or 0,
-                "skipped": session.scalar(count.where(ImageRow.state == "skipped")) or 0,
-                "texts": session.scalar(count.select_from(TextRow)) or 0,
-            }
-
-    def sample_texts(self, n: int, max_chars: int) -> list[str]:
-        """Up to `n` texts of at most `max_chars`, spread over the corpus where it can."""
-        with self.session() as session:
-            texts = session.scalar(select(func.count()).select_from(TextRow)) or 0
-            short = select(TextRow.text).where(func.length(TextRow.text) <= max_chars)
-            step = max(1, texts // max(n, 1))
-            picked = list(session.scalars(short.where(TextRow.id % step == 0).limit(n)))
-            if len(picked) < n:  # too few short ones at the spaced ids: take any short ones
-                picked = list(session.scalars(short.limit(n)))
-        return picked
-
-    # -- search filters (retrieval/filters.py) -------------------------------------------
-    def image_ids_matching(
-        self,
-        under: tuple[str, ...] = (),
-        after: datetime | None = None,
-        before: datetime | None = None,
-        exts: tuple[str, ...] = (),
-    ) -> list[int]:
-        """Sorted ids of indexed images at or below any of `under`, taken (EXIF date, else
-        mtime, local time) on or after `after` and before `before`, with one of `exts`."""
-        conditions = [ImageRow.state == "indexed"]
-        if under:
-            conditions.append(or_(*(_at_or_below(ImageRow.path, p) for p in under)))
-        if after is not None:
-            conditions.append(_when(">=", after))
-        if before is not None:
-            conditions.append(_when("<", before))
-        if exts:
-            lower = func.lower(ImageRow.path)
-            conditions.append(or_(*(lower.endswith("." + e, autoescape=True) for e in exts)))
-        query = select(ImageRow.id).where(and_(*conditions)).order_by(ImageRow.id)
-        with self.session() as session:
-            return list(session.scalars(query))
-
-    def text_ids_under(self, under: tuple[str, ...]) -> list[int]:
-        """Sorted ids of texts that a corpus file at or below any of `under` holds."""
-        held = exists().where(
-            TextSource.text_id == TextRow.id,
-            or_(*(_at_or_below(TextSource.source, p) for p in under)),
-        )
-        own = or_(*(_at_or_below(TextRow.source, p) for p in under))
-        query = select(TextRow.id).where(or_(own, held)).order_by(TextRow.id)
-        with self.session() as session:
-            return list(session.scalars(query))
-
     # -- texts and the corpus files that hold them ---------------------------------------
     @staticmethod
     def text_ids_by_hash(session: Session) -> dict[str, int]:
@@ -564,21 +368,6 @@ class Database:
         return orphans
 
     # -- damaged rows --------------------------------------------------------------------
-    def damaged_ids(self, collection: str, session: Session | None = None) -> list[int]:
-        """Ids of `collection` whose records wait to be re-encoded (rows that still exist)."""
-        if not self.has_damaged_table:
-            return []
-        table = ImageRow if collection == "images" else TextRow
-        query = (
-            select(Damaged.id)
-            .where(Damaged.collection == collection, Damaged.id.in_(select(table.id)))
-            .order_by(Damaged.id)
-        )
-        if session is None:
-            with self.session() as s:
-                return list(s.scalars(query))
-        return list(session.scalars(query))
-
     @staticmethod
     def mark_damaged(session: Session, collection: str, ids: Iterable[int]) -> None:
         known = set(session.scalars(select(Damaged.id).where(Damaged.collection == collection)))
@@ -594,18 +383,6 @@ class Database:
             )
 
     # -- a copy of the manifest ----------------------------------------------------------
-    def stored_manifest(self) -> dict | None:
-        """The copy of manifest.json kept here (restores a damaged file), or None."""
-        with self.session() as session:
-            row = session.get(Meta, "manifest")
-        if row is None:
-            return None
-        try:
-            data = json.loads(row.value)
-        except ValueError:
-            return None
-        return data if isinstance(data, dict) else None
-
     def store_manifest(self, manifest: dict) -> None:
         value = json.dumps(manifest, sort_keys=True)
         with self.sessions.begin() as session:
@@ -621,39 +398,5 @@ class Database:
             engine.dispose()
 
 
-_NS_LIMIT = 2**63 - 1  # file times are signed 64-bit nanoseconds in the database
-
-
-def _at_or_below(column, path: str):
-    return or_(column == path, column.startswith(path.rstrip(os.sep) + os.sep, autoescape=True))
-
-
-def _when(op: str, moment: datetime):
-    """EXIF date if the image has one, else its mtime, compared with `moment`."""
-    ns = _local_ns(moment)
-    if op == ">=":
-        return or_(
-            and_(ImageRow.taken_at.is_not(None), ImageRow.taken_at >= moment),
-            and_(ImageRow.taken_at.is_(None), ImageRow.mtime_ns >= ns),
-        )
-    return or_(
-        and_(ImageRow.taken_at.is_not(None), ImageRow.taken_at < moment),
-        and_(ImageRow.taken_at.is_(None), ImageRow.mtime_ns < ns),
-    )
-
-
-def _local_ns(moment: datetime) -> int:
-    """A naive local time as nanoseconds since the epoch (how mtimes are kept), clamped to
-    the range the database holds: year 1 and year 9999 sit past every file time."""
-    try:
-        ns = int(moment.timestamp() * 1_000_000_000)
-    except (OverflowError, ValueError, OSError):  # before the platform's first local time
-        return -_NS_LIMIT if moment.year < 1970 else _NS_LIMIT
-    return max(-_NS_LIMIT, min(_NS_LIMIT, ns))
-
-
-def _newer(path: Path, version: int) -> str:
-    return (
-        f"{path} has schema version {version}, newer than this xmr "
-        f"({SCHEMA_VERSION}); upgrade xmr to open it"
-    )
+def _orm(table: Table) -> ItemTable:
+    return ImageRow if table == "images" else TextRow

@@ -1,5 +1,5 @@
 """Search filters: which items a search may answer with, as one SQL query -> ids
-(the query itself: Database.image_ids_matching / text_ids_under).
+(the query itself: DatabaseReader.image_ids_matching / text_ids_under).
 
 The ids go to FAISS inside the search (an id selector, or an exact scan of the allowed
 vectors when the set is small; see vector_index.py), never as a post-filter, so k
@@ -36,7 +36,7 @@ from xmr.retrieval.errors import InputError
 if TYPE_CHECKING:
     import numpy as np
 
-    from xmr.retrieval.db import Database
+    from xmr.retrieval.db_read import DatabaseReader
 
 MAX_UNDER = 64
 MAX_PATH_BYTES = 4096
@@ -83,7 +83,7 @@ class SearchFilter:
     def active(self) -> bool:
         return bool(self.under or self.after or self.before or self.exts)
 
-    def allowed_ids(self, db: Database, target: str) -> np.ndarray | None:
+    def allowed_ids(self, db: DatabaseReader, target: str) -> np.ndarray | None:
         """Sorted ids of `target` ("images" | "texts") that pass; None when no filter."""
         import numpy as np
 

@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from xmr.retrieval.arraystore import ArrayStore
-from xmr.retrieval.db import DB_FILE, Database, ImageRow, TextRow
+from xmr.retrieval.db_file import DB_FILE
+from xmr.retrieval.db_read import DatabaseReader, Table
 from xmr.retrieval.errors import (
     EncoderMismatch,
     IndexNotFound,
@@ -82,6 +83,7 @@ from xmr.retrieval.vector_index import Ids, Sharding, StoredVectors, VectorIndex
 from xmr.retrieval.write_lock import WriteLock
 
 if TYPE_CHECKING:
+    from xmr.retrieval.db import Database
     from xmr.retrieval.encoder import Encoder, LazyEncoder
     from xmr.retrieval.index_types import MapShards
     from xmr.retrieval.reranker import RerankerRuntime
@@ -103,7 +105,7 @@ def stored_model_spec(directory: Path) -> str | None:
             return None
     else:
         try:
-            db = Database(directory, writable=False)
+            db = DatabaseReader(directory)
         except XmrError:
             db = None
         if db is not None:
@@ -123,8 +125,7 @@ def stored_model_spec(directory: Path) -> str | None:
 class Collection:
     """One modality of an index: its table, vectors, tokens and FAISS index."""
 
-    name: str  # "images" | "texts"
-    table: type[ImageRow | TextRow]
+    name: Table
 
     vectors: ArrayStore
     tokens: ArrayStore | None
@@ -186,7 +187,7 @@ class Library:
         directory: Path,
         manifest: dict,
         writable: bool,
-        db: Database | None = None,
+        db: DatabaseReader | None = None,
         lock: WriteLock | None = None,
         notices: list[str] | None = None,
     ):
@@ -197,13 +198,11 @@ class Library:
         self._lock = lock
         if writable and lock is None:
             self._lock = WriteLock.acquire(self.directory)
-        self.db = db or Database(self.directory, writable)
+        self.db = db or open_database(self.directory, writable)
         self.policy = IndexPolicy.from_dict(manifest.get("index"))
         dim = int(manifest["dim"])
         generation = self.db.generation()
-        self.images = self._collection(
-            "images", ImageRow, dim, manifest.get("image_tokens"), generation
-        )
+        self.images = self._collection("images", dim, manifest.get("image_tokens"), generation)
         self.images.token_pool = self.token_pool
         self.images.features = FeatureCache.from_manifest(
             self.directory, manifest.get(MANIFEST_KEY), writable
@@ -212,9 +211,7 @@ class Library:
         self.images.kept = KeptFeatures.from_manifest(
             self.directory, manifest.get(MATCHER_KEY), writable
         )
-        self.texts = self._collection(
-            "texts", TextRow, dim, manifest.get("text_tokens"), generation
-        )
+        self.texts = self._collection("texts", dim, manifest.get("text_tokens"), generation)
         self._hidden: dict[str, np.ndarray] = {}  # a reader's lost records, by collection
         wal = self.directory / (DB_FILE + "-wal")
         if self.db.immutable and wal.exists() and wal.stat().st_size:
@@ -251,7 +248,7 @@ class Library:
         try:
             if writable:
                 remove_temporaries(directory)
-            db = Database(directory, writable)
+            db = open_database(directory, writable)
             manifest, notices = load_manifest(directory, db, writable)
             return cls(directory, manifest, writable, db, lock, notices)
         except BaseException as exc:
@@ -286,6 +283,8 @@ class Library:
         the stored image tokens come from (None: the last; "auto": the block the model's own
         re-ranker reads); whatever writes image tokens passes `library.token_layer` on.
         """
+        from xmr.retrieval.db import Database
+
         directory = Path(directory).expanduser()
         policy_change = _policy_change(index_type, max_memory)  # bad values fail first
         lock = WriteLock.acquire(directory)  # first: a second writer waits for no model
@@ -373,7 +372,7 @@ class Library:
                 setting="model",
             )
 
-    def _collection(self, name, table, dim, token_shape, generation: int) -> Collection:
+    def _collection(self, name: Table, dim, token_shape, generation: int) -> Collection:
         writable = self.writable
         vectors = ArrayStore(self.directory / f"{name}.vec", (dim,), "float32", writable)
         tokens = None
@@ -393,7 +392,7 @@ class Library:
                    "rebuilt in memory from the vector store (`xmr check --repair` rewrites it)")
             )  # fmt: skip
             index = VectorIndex.empty(dim, vectors.read)
-        return Collection(name, table, vectors, tokens, index, faiss_path)
+        return Collection(name, vectors, tokens, index, faiss_path)
 
     def _find_lost_records(self) -> None:
         """Rows whose vector or tokens lie past the end of their store (a truncated or
@@ -402,11 +401,11 @@ class Library:
         for collection in (self.images, self.texts):
             # The last committed id first, the store sizes after: a writer grows a store
             # before it commits, so a concurrent commit can never look like a loss.
-            last = self.db.last_id(collection.table)
+            last = self.db.last_id(collection.name)
             stores = [collection.vectors] + ([collection.tokens] if collection.tokens else [])
             capacity = min(store.capacity for store in stores)
             lost = np.asarray(
-                self.db.ids(collection.table, start=capacity, stop=last + 1), dtype=np.int64
+                self.db.ids(collection.name, start=capacity, stop=last + 1), dtype=np.int64
             )
             features = collection.features
             if features is not None and features.store.capacity <= last:
@@ -426,9 +425,10 @@ class Library:
                 short = [s.path.name for s in stores if s.capacity <= int(lost.max())]
                 what = f"{' and '.join(short)} lost the records of {len(lost)} {collection.name}"
                 if self.writable:
-                    with self.db.session() as session:  # sync() follows in __init__
-                        Database.mark_damaged(session, collection.name, lost.tolist())
-                        Database.bump_generation(session)
+                    db = self.writer_db
+                    with db.session() as session:  # sync() follows in __init__
+                        db.mark_damaged(session, collection.name, lost.tolist())
+                        db.bump_generation(session)
                         session.commit()
                 else:
                     self._hidden[collection.name] = lost
@@ -484,7 +484,7 @@ class Library:
             reranker.name,
             reranker.image_features,
         )
-        ids = np.asarray(self.db.ids(ImageRow), dtype=np.int64)
+        ids = np.asarray(self.db.ids("images"), dtype=np.int64)
         if len(ids) and reporter is not None:
             reporter.stage("re-ranker features", len(ids))
         for start in range(0, len(ids), 1024):
@@ -563,7 +563,16 @@ class Library:
 
     def _write_manifest(self) -> None:
         self._require_writable()
-        write_manifest(self.directory, self.db, self.manifest)
+        write_manifest(self.directory, self.writer_db, self.manifest)
+
+    @property
+    def writer_db(self) -> Database:
+        """The database of a library opened for writing (ORM sessions)."""
+        from xmr.retrieval.db import Database
+
+        self._require_writable()
+        assert isinstance(self.db, Database)
+        return self.db
 
     def _require_writable(self) -> None:
         if not self.writable:
@@ -576,7 +585,7 @@ class Library:
         for collection in (self.images, self.texts):
             if collection.index.generation == generation:
                 continue
-            ids = np.asarray(self.db.ids(collection.table), dtype=np.int64)
+            ids = np.asarray(self.db.ids(collection.name), dtype=np.int64)
             hidden = self._hidden.get(collection.name)
             if hidden is not None:
                 ids = np.setdiff1d(ids, hidden)
@@ -608,7 +617,7 @@ class Library:
         )
         if action == "keep":
             return False
-        ids = np.asarray(self.db.ids(collection.table), dtype=np.int64)
+        ids = np.asarray(self.db.ids(collection.name), dtype=np.int64)
         if action == "retune":
             index.retune(ids)
         else:
@@ -637,7 +646,7 @@ class Library:
         self.set_policy(**_policy_change(index_type, max_memory))
         self.sync()
         dim = int(self.manifest["dim"])
-        report = {}
+        report: dict[str, dict] = {}
         for collection in (self.images, self.texts):
             started = time.monotonic()
             before = collection.index.describe()
@@ -668,7 +677,7 @@ class Library:
         self._require_writable()
         generation = self.db.generation()
         dim = int(self.manifest["dim"])
-        ids = np.asarray(self.db.ids(collection.table), dtype=np.int64)
+        ids = np.asarray(self.db.ids(collection.name), dtype=np.int64)
         choice = self.policy.choose(len(ids), dim)
         collection.flush()
         collection.index = VectorIndex.build(
@@ -681,9 +690,10 @@ class Library:
         """Record that `ids` lost their stored records: hidden from searches (and dropped
         from FAISS) until re-encoded."""
         self._require_writable()
-        with self.db.session() as session:
-            Database.mark_damaged(session, collection.name, [int(i) for i in ids])
-            Database.bump_generation(session)
+        db = self.writer_db
+        with db.session() as session:
+            db.mark_damaged(session, collection.name, [int(i) for i in ids])
+            db.bump_generation(session)
             session.commit()
         self.sync()
 
@@ -726,6 +736,15 @@ class Library:
             for p in sorted(self.directory.iterdir())
             if p.is_file() and not p.name.endswith((".lock", ".tmp"))
         }
+
+
+def open_database(directory: Path, writable: bool) -> DatabaseReader:
+    """A writer's database (SQLAlchemy, migrated) or a reader's (plain sqlite3)."""
+    if not writable:
+        return DatabaseReader(directory)
+    from xmr.retrieval.db import Database
+
+    return Database(directory, writable=True)
 
 
 def _policy_change(index_type: str | None, max_memory: str | int | None) -> dict:

@@ -18,6 +18,7 @@ from xmr.retrieval.storage import atomic_write_bytes, move_aside
 
 if TYPE_CHECKING:
     from xmr.retrieval.db import Database
+    from xmr.retrieval.db_read import DatabaseReader
     from xmr.retrieval.encoder import Encoder, LazyEncoder
 
 MANIFEST_FILE = "manifest.json"
@@ -154,7 +155,7 @@ def new_manifest(
     }
 
 
-def load_manifest(directory: Path, db: Database, writable: bool) -> tuple[dict, list[str]]:
+def load_manifest(directory: Path, db: DatabaseReader, writable: bool) -> tuple[dict, list[str]]:
     """(manifest, notices): the file when sound, else the database's copy of it (a writer
     also puts the copy back in place of the damaged file, which it keeps aside)."""
     try:
@@ -173,6 +174,9 @@ def load_manifest(directory: Path, db: Database, writable: bool) -> tuple[dict, 
         kept = f"; the damaged file is kept as {move_aside(path).name}" if path.exists() else ""
         atomic_write_bytes(path, manifest_bytes(copy))
         return copy, [f"{exc}; restored it from the database's copy{kept}"]
-    if writable:
-        db.store_manifest(manifest)  # indexes from before the copy existed get one now
+    if writable:  # indexes from before the copy existed get one now
+        from xmr.retrieval.db import Database
+
+        assert isinstance(db, Database)
+        db.store_manifest(manifest)
     return manifest, []

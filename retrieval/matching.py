@@ -63,7 +63,6 @@ def native_candidate_inputs(
     """What a native re-ranker (PyTorch or ONNX) reads of K candidates:
     text->image (tokens (K, N', D) or kept features (K, N', W), None),
     image->text (tokens (K, L, D), their valid lengths (K,))."""
-    from xmr.retrieval.db import TextRow
 
     if query.kind == "text":
         kept = collection.features
@@ -71,5 +70,5 @@ def native_candidate_inputs(
             return None, kept.read(ids)
         return collection.tokens.read(ids), None
     tokens = collection.tokens.read(ids)  # (K, L, D)
-    rows = library.db.rows_by_ids(TextRow, ids.tolist())
+    rows = library.db.rows_by_ids("texts", ids.tolist())
     return tokens, np.array([rows[int(i)].n_tokens if int(i) in rows else 1 for i in ids])

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from xmr.retrieval.db import DB_FILE, Database, database_error
+from xmr.retrieval.db_file import DB_FILE, database_error
 from xmr.retrieval.errors import DatabaseDamaged, XmrError
 from xmr.retrieval.storage import disk_error, move_aside
+
+if TYPE_CHECKING:
+    from xmr.retrieval.db import Database
 
 # Files derived from the database (or re-encodable): dropped when the database is rebuilt.
 DERIVED_SUFFIXES = (".vec", ".tok", ".rrf", ".mvf", ".mvk", ".faiss", ".faiss.json")
@@ -22,6 +25,8 @@ def open_or_rebuild_database(directory: Path, verify: str, notices: list[str]) -
     """The writer's database; a damaged one is moved aside (never deleted) and replaced by
     an empty one, and so is a missing or emptied one of an existing index: the caller
     re-indexes. The files derived from the old one go with it (their ids meant its rows)."""
+    from xmr.retrieval.db import Database
+
     try:
         db = Database(directory, writable=True, verify=verify)
     except DatabaseDamaged as exc:

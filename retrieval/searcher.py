@@ -26,7 +26,6 @@ import numpy as np
 
 from xmr.retrieval.calibration import stage1_probability
 from xmr.retrieval.content_hash import content_hash, content_hash_bytes
-from xmr.retrieval.db import ImageRow, TextRow
 from xmr.retrieval.duplicates import PixelCheck
 from xmr.retrieval.errors import InputError, InvalidModelSpec, ItemNotFound
 from xmr.retrieval.files import require_regular_file
@@ -475,8 +474,8 @@ class Searcher:
         with self.state:
             vectors = collection.vectors.read(ids)  # (n, D)
         same_picture = None
-        if collection.table is ImageRow:
-            rows = self.library.db.rows_by_ids(ImageRow, ids.tolist())
+        if collection.name == "images":
+            rows = self.library.db.rows_by_ids("images", ids.tolist())
             hashes = {i: row.content_hash for i, row in rows.items()}
             same_picture = PixelCheck({h.id: h.path for h in hits}, hashes)
         kept: list[int] = []  # positions in hits
@@ -501,9 +500,8 @@ class Searcher:
 
     def _hits(self, collection: Collection, ranked: _Ranked, order: np.ndarray) -> list[Hit]:
         """The hits at positions `order` of `ranked`, in that order, with their rows."""
-        table: Any = collection.table  # ImageRow | TextRow
         ids = ranked.ids[order]
-        rows = self.library.db.rows_by_ids(table, ids.tolist())
+        rows = self.library.db.rows_by_ids(collection.name, ids.tolist())
         hits: list[Hit] = []
         for position, item_id in zip(order.tolist(), ids.tolist(), strict=True):
             row = rows.get(int(item_id))
@@ -521,10 +519,9 @@ class Searcher:
                 hit.fused_score = float(ranked.final[position])
                 if ranked.logits is not None and not np.isnan(ranked.logits[position]):
                     hit.rerank_logit = float(ranked.logits[position])
-            if table is ImageRow:
+            if collection.name == "images":
                 hit.path = row.path
             else:
-                assert table is TextRow
                 hit.text, hit.source = row.text, row.source
                 hit.meta = json.loads(row.meta_json) if row.meta_json else {}
             hits.append(hit)

@@ -27,17 +27,11 @@ def _index(index_dir, folder, tiny_spec, reranker, form="fp16"):
 
 def _rows(index_dir):
     """{id: (path, content key)} of the indexed images."""
-    from sqlalchemy import select
-
-    from xmr.retrieval.db import ImageRow
     from xmr.retrieval.library import Library
     from xmr.retrieval.matcher_features import content_key
 
     with Library.open(index_dir) as library:
-        with library.db.session() as session:
-            query = select(ImageRow.id, ImageRow.path, ImageRow.content_hash)
-            rows = session.execute(query.where(ImageRow.state == "indexed"))
-            return {i: (p, content_key(h)) for i, p, h in rows}
+        return {i: (p, content_key(h)) for i, p, h in library.db.indexed_images()}
 
 
 def _kept(index_dir, ids, keys):

@@ -195,7 +195,7 @@ def test_kept_features_cut_short_are_dropped_never_read_as_zeros(tmp_path, encod
         assert rrf.stat().st_size == 3 * 4096  # and writes nothing
     index()  # a writer drops them, then keeps them again for every image
     with Library.open(tmp_path / "idx") as library:
-        ids = np.asarray(library.db.ids(library.images.table), dtype=np.int64)
+        ids = np.asarray(library.db.ids(library.images.name), dtype=np.int64)
         kept = library.images.features.read(ids).reshape(len(ids), -1)
         assert np.all(np.any(kept != 0, axis=1))
     assert check_index(tmp_path / "idx").findings == []

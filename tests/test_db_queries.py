@@ -21,7 +21,7 @@ def test_rows_by_ids_reads_past_sqlites_parameter_cap(tmp_path):
         session.add_all(_image(f"/p/{i}.jpg", f"h{i}") for i in range(count))
         session.commit()
     asked = [*range(1, count + 1), 10**9]  # one id that names no row
-    rows = db.rows_by_ids(ImageRow, asked)
+    rows = db.rows_by_ids("images", asked)
     assert sorted(rows) == list(range(1, count + 1))
     assert rows[CHUNK + 3].path == f"/p/{CHUNK + 2}.jpg"
     assert db.counts() == {"images": count, "skipped": 0, "texts": 0}

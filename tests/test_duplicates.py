@@ -76,20 +76,20 @@ def test_every_planted_group_is_found_and_nothing_else(library):
 
 @pytest.mark.slow
 def test_duplicates_under_a_folder_reads_only_that_folders_rows(library, monkeypatch):
-    from xmr.retrieval.db import Database, ImageRow
+    from xmr.retrieval.db_read import DatabaseReader
 
     engine, _, root = library
     asked = []
-    real = Database.rows_by_ids
+    real = DatabaseReader.rows_by_ids
 
-    def spy(self, table, ids, session=None):
+    def spy(self, table, ids):
         asked.extend(int(i) for i in ids)
-        return real(self, table, ids, session)
+        return real(self, table, ids)
 
-    monkeypatch.setattr(Database, "rows_by_ids", spy)
+    monkeypatch.setattr(DatabaseReader, "rows_by_ids", spy)
     groups = engine.duplicates(threshold=0.95, under=[root / "variants"])
     assert asked and len(asked) == len(list((root / "variants").iterdir()))
-    paths = {row.path for row in real(engine._current().library.db, ImageRow, asked).values()}
+    paths = {row.path for row in real(engine._current().library.db, "images", asked).values()}
     assert all(path.startswith(str((root / "variants").resolve())) for path in paths)
     assert len(groups) == 8
 

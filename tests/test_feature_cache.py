@@ -38,9 +38,7 @@ def _index(index_dir, encoder, folder, reranker):
 
 
 def _live_ids(library):
-    from xmr.retrieval.db import ImageRow
-
-    return np.asarray(library.db.ids(ImageRow), dtype=np.int64)
+    return np.asarray(library.db.ids("images"), dtype=np.int64)
 
 
 def _ranked(library, encoder, reranker, use_features: bool):

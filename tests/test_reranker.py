@@ -130,12 +130,7 @@ def test_indexed_tokens_equal_the_encoder_tokens(tmp_path, encoder):
     paths = make_images(tmp_path / "imgs", 5)
     index_with(tmp_path / "idx", encoder, [tmp_path / "imgs"])
     with Library.open(tmp_path / "idx") as library:
-        from sqlalchemy import select
-
-        from xmr.retrieval.db import ImageRow
-
-        with library.db.session() as session:
-            rows = {r.path: r.id for r in session.scalars(select(ImageRow))}
+        rows = {path: i for i, path, _ in library.db.indexed_images()}
         from xmr.retrieval.imageio import decode_image
 
         for path in paths:
@@ -356,7 +351,6 @@ def test_pooled_token_store_cuts_disk_and_serves_a_matching_reranker(tmp_path, e
     from conftest import make_images, run_xmr
 
     from xmr.indexer.images import IndexOptions, index_folders
-    from xmr.retrieval.db import ImageRow
     from xmr.retrieval.errors import InputError, InvalidModelSpec
     from xmr.retrieval.library import Library
     from xmr.retrieval.reranker import save_reranker
@@ -369,7 +363,7 @@ def test_pooled_token_store_cuts_disk_and_serves_a_matching_reranker(tmp_path, e
             index_folders(library, encoder, [tmp_path / "imgs"], IndexOptions(workers=0))
     n_tokens, dim = encoder.image_token_shape
     with Library.open(tmp_path / "full") as full, Library.open(tmp_path / "pooled") as pooled:
-        ids = np.array(full.db.ids(ImageRow))  # same files in the same order: same ids
+        ids = np.array(full.db.ids("images"))  # same files in the same order: same ids
         stored = pooled.images.tokens.read(ids)
         assert stored.shape == (len(ids), n_tokens // 4, dim) and pooled.token_pool == 2
         np.testing.assert_allclose(

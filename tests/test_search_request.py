@@ -86,8 +86,8 @@ def test_every_bound_is_a_typed_error_naming_the_field(fields, error, says):
 
 
 def test_dates_past_the_range_of_file_times_are_kept_not_overflowed():
-    from xmr.retrieval.db import _local_ns
+    from xmr.retrieval.db_read import local_ns
 
     for text, ns in (("3000-01-01", 2**63 - 1), ("0001-01-01", -(2**63 - 1))):
         request = SearchRequest(query="x", before=text)
-        assert _local_ns(request.where.before) == ns
+        assert local_ns(request.where.before) == ns

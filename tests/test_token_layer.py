@@ -47,7 +47,6 @@ def test_block_tokens_are_that_blocks_output_through_the_final_norm(encoder):
 
 def test_an_index_stores_its_blocks_tokens_and_refuses_a_reranker_of_another(tmp_path, encoder):
     from xmr.indexer.images import IndexOptions, index_folders
-    from xmr.retrieval.db import ImageRow
     from xmr.retrieval.errors import InvalidModelSpec
     from xmr.retrieval.imageio import decode_image
     from xmr.retrieval.library import Library
@@ -63,8 +62,7 @@ def test_an_index_stores_its_blocks_tokens_and_refuses_a_reranker_of_another(tmp
         index_folders(library, encoder, [tmp_path / "imgs"], IndexOptions(workers=0))
     with Library.open(tmp_path / "idx") as library:
         assert library.token_layer == 0
-        with library.db.session() as session:
-            rows = session.query(ImageRow.id, ImageRow.path).all()
+        rows = [(i, path) for i, path, _ in library.db.indexed_images()]
         assert len(rows) == 8
         for row_id, path in rows:
             pixels, *_ = decode_image(path, encoder.preprocess)

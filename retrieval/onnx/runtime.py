@@ -36,6 +36,10 @@ def session(path: Path):
         raise OnnxUnavailable(f"onnxruntime cannot be imported ({exc})") from exc
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: its warnings are not the user's business
+    # The basic rewrites (constant folding, redundant nodes) only: the extended fusions
+    # cost more at load time than they save on one query (a ViT-B-32 text tower loads in
+    # about 0.2 s instead of 0.3 s and runs as fast).
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf types
