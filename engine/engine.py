@@ -404,7 +404,7 @@ class Engine:
             reporter=reporter,
             feature_form=feature_form,
         )
-        report.notices += self.prepare_queries()
+        report.notices += self.prepare_queries(report.loaded_encoder)
         return report
 
     def add_texts(
@@ -454,15 +454,18 @@ class Engine:
         report.notices += self.prepare_queries()
         return report
 
-    def prepare_queries(self) -> list[str]:
+    def prepare_queries(self, loaded_encoder=None) -> list[str]:
         """Export the text and image towers and the native re-ranker this index's queries
         use to ONNX (retrieval/onnx/), unless the cache holds them already: the next
         `xmr search` is then a cold one without torch. Notices for what could not be made
-        (queries then run through PyTorch); nothing when ONNX is off (XMR_ONNX=0, a GPU)."""
+        (queries then run through PyTorch); nothing when ONNX is off (XMR_ONNX=0, a GPU).
+        `loaded_encoder`: the model as a write just loaded it, exported without a rebuild."""
         self.close()  # the index was just written: open it afresh
         snapshot = self._current()
         if not self.models.onnx:
             return []
+        if loaded_encoder is not None:
+            self.models.adopt(loaded_encoder)
         return self.models.prepare_onnx(snapshot.reranker.folder)
 
     def check(

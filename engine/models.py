@@ -299,6 +299,14 @@ class Models:
                     self._onnx_failed(f"re-ranking by {reranker_name(reranker)} runs", exc)
         return list(self.notices)
 
+    def adopt(self, encoder) -> None:
+        """Keep an encoder of this model that is already loaded on the CPU (the one an
+        index run just used), so an export needs no second build of the model."""
+        with self._lock:
+            if self._full is None and encoder.spec == self.spec and encoder.device == "cpu":
+                self._full = encoder
+                self._text = None
+
     def text_encoder(self):
         with self._lock:
             if self._full is None and self._text is None:

@@ -37,6 +37,8 @@ class WriteReport(Generic[Summary]):
 
     summary: Summary  # IndexSummary; compact: {"collections", "sizes"}; check: CheckReport
     notices: list[str] = field(default_factory=list)
+    # The encoder the operation loaded (None if it needed none): the ONNX export reuses it.
+    loaded_encoder: Any = field(default=None, repr=False, compare=False)
 
 
 def parse_executor(executor: str, actors: int | None = None) -> Executor:
@@ -166,7 +168,7 @@ def index_images(
         notices += _keep_matcher_features(
             library, reranker, device, feature_form, options, reporter
         )
-    return WriteReport(summary, notices)
+    return WriteReport(summary, notices, encoder.load() if encoder.loaded else None)
 
 
 def _check_matcher(reranker: str) -> None:

@@ -36,6 +36,7 @@ from xmr.retrieval.modelspec import (
     ModelSpec,
     parse_model_spec,
 )
+from xmr.retrieval.open_clip_import import import_open_clip, with_transformers_on_demand
 from xmr.retrieval.weights import prepare_weights, unavailable_message
 
 if TYPE_CHECKING:
@@ -50,10 +51,7 @@ RANDOM_WEIGHTS_SEED = 0  # `:none` weights are seeded so every process builds th
 
 
 def _import_open_clip():
-    warnings.filterwarnings("ignore", message=".*QuickGELU.*")
-    import open_clip
-
-    return open_clip
+    return import_open_clip()
 
 
 def select_device(requested: str | None = None) -> str:
@@ -361,8 +359,8 @@ def _build(open_clip, spec: ModelSpec):
         ref = f"local-dir:{spec.name}"
         load_weights = spec.pretrained is None
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                ref, load_weights=load_weights
+            model, _, preprocess = with_transformers_on_demand(
+                open_clip.create_model_and_transforms, ref, load_weights=load_weights
             )
         except Exception as exc:  # weights that do not fit the config, a broken config
             raise ModelNotAvailable(unavailable_message(spec, exc)) from exc
@@ -397,7 +395,8 @@ def _build(open_clip, spec: ModelSpec):
                 f"Available: {', '.join(tags) or '(none)'}, a checkpoint path, or 'none'"
             )
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
+        model, _, preprocess = with_transformers_on_demand(
+            open_clip.create_model_and_transforms,
             name,
             pretrained=None if pretrained == RANDOM_WEIGHTS else pretrained,
             require_pretrained=pretrained != RANDOM_WEIGHTS,
