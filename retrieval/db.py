@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 from sqlalchemy import (
     BigInteger,
@@ -49,10 +48,11 @@ from xmr.retrieval.db_file import (
     database_error,
     escape_path,
     newer_schema,
+    opening,
     unescape_path,
 )
 from xmr.retrieval.db_read import DatabaseReader, Table
-from xmr.retrieval.errors import DatabaseDamaged, IndexCorrupt, XmrError
+from xmr.retrieval.errors import DatabaseDamaged, IndexCorrupt
 
 __all__ = ["CHUNK", "DB_FILE", "SCHEMA_VERSION", "Database", "database_error", "escape_path"]
 
@@ -168,30 +168,20 @@ def _writer_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def _reader_pragmas(dbapi_connection, _record) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA query_only=ON")
-    cursor.close()
-
-
 class Database(DatabaseReader):
-    """The database of one index for a writer (or `xmr check`): ORM sessions for changes,
-    the reader's queries for plain reads."""
+    """The database of one index for a writer: ORM sessions for changes, the reader's
+    queries for plain reads. (A reader opens DatabaseReader alone.)"""
 
-    def __init__(self, directory: Path, writable: bool = True, verify: str | None = None):
-        """`verify` ("quick" | "full"): run SQLite's quick_check / integrity_check first and
+    writable = True
+    immutable = False
+
+    def __init__(self, directory: Path, verify: str | None = None):
+        """Open (creating and migrating) the database of the index at `directory`.
+        `verify` ("quick" | "full"): run SQLite's quick_check / integrity_check first and
         raise DatabaseDamaged on any finding, before a writer touches the file."""
         self.path = Path(directory) / DB_FILE
-        self.writable = writable
-        self.immutable = False  # opened with immutable=1 (read-only media)
         self.created = False  # a writer found no xmr schema and made one (new or emptied)
-        if not writable and not self.path.exists():
-            raise DatabaseDamaged(
-                f"{self.path} is missing; `xmr check --repair` (or `xmr index FOLDERS`) "
-                "rebuilds the index from the image files"
-            )
-        try:
+        with opening(self.path, self.close):
             self.engine = self._engine()
             self.sessions = sessionmaker(self.engine, expire_on_commit=False)
             problems = self.integrity_problems(quick=verify == "quick") if verify else []
@@ -202,48 +192,17 @@ class Database(DatabaseReader):
                     "(or `xmr index FOLDERS`) moves it aside and rebuilds the index from the "
                     "image files"
                 )
-            if writable:
-                self._migrate()
-            else:
-                self._check_version()
+            self._migrate()
             self.has_damaged_table = "damaged" in inspect(self.engine).get_table_names()
-        except (DBAPIError, sqlite3.DatabaseError) as exc:
-            self.close()
-            error = database_error(exc, self.path)
-            if error is None:
-                raise
-            raise error from exc
-        except XmrError:
-            self.close()
-            raise
 
     def _engine(self) -> Engine:
-        if self.writable:
-            engine = create_engine(
-                "sqlite://", creator=lambda: self._connect(""), poolclass=QueuePool
-            )
-            event.listen(engine, "connect", _writer_pragmas)
-            return engine
-        mode = "ro"
-        try:  # SQLite needs to create DB-shm next to a WAL file to read it: not on ro media
-            probe = self._connect(mode)
-            try:
-                probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            finally:
-                probe.close()
-        except sqlite3.OperationalError:
-            mode, self.immutable = "ro&immutable=1", True
         engine = create_engine(
-            "sqlite://", creator=lambda: self._connect(mode), poolclass=QueuePool
+            "sqlite://",
+            creator=lambda: sqlite3.connect(os.fsencode(self.path), check_same_thread=False),
+            poolclass=QueuePool,
         )
-        event.listen(engine, "connect", _reader_pragmas)
+        event.listen(engine, "connect", _writer_pragmas)
         return engine
-
-    def _connect(self, mode: str) -> sqlite3.Connection:
-        if not mode:
-            return sqlite3.connect(os.fsencode(self.path), check_same_thread=False)
-        uri = f"file:{quote(os.fsencode(self.path))}?mode={mode}"
-        return sqlite3.connect(uri, uri=True, check_same_thread=False)
 
     def _read(self, *statements: tuple[str, Sequence[Any]]) -> list[list[tuple]]:
         """The reader's statements through the pool, in one transaction; SQLite's own

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from xmr.retrieval.errors import DatabaseDamaged, DiskFull, IndexCorrupt, ReadOnlyIndex, XmrError
@@ -75,6 +77,20 @@ def database_error(exc: BaseException, path: Path) -> XmrError | None:
             "moves it aside and rebuilds the index from the image files"
         )
     return None
+
+
+@contextmanager
+def opening(path: Path, close: Callable[[], None]) -> Iterator[None]:
+    """Around opening the database at `path`: on any failure `close` what was opened, and
+    raise an SQLite failure as its one-line error."""
+    try:
+        yield
+    except BaseException as exc:
+        close()
+        error = None if isinstance(exc, XmrError) else database_error(exc, path)
+        if error is None:
+            raise
+        raise error from exc
 
 
 def _nearly_full(folder: Path) -> bool:

@@ -33,8 +33,8 @@ from xmr.retrieval.db_file import (
     CHUNK,
     DB_FILE,
     check_schema_version,
-    database_error,
     escape_path,
+    opening,
     unescape_path,
 )
 from xmr.retrieval.errors import DatabaseDamaged, XmrError
@@ -120,19 +120,10 @@ class DatabaseReader:
                 "rebuilds the index from the image files"
             )
         self._connection: sqlite3.Connection | None = None
-        try:
+        with opening(self.path, self.close):
             self._connection = self._open()
             self._check_version()
             self.has_damaged_table = self._has_table("damaged")
-        except sqlite3.DatabaseError as exc:
-            self.close()
-            error = database_error(exc, self.path)
-            if error is None:
-                raise
-            raise error from exc
-        except XmrError:
-            self.close()
-            raise
 
     def _open(self) -> sqlite3.Connection:
         try:  # SQLite needs to create DB-shm next to a WAL file to read it: not on ro media

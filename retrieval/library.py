@@ -313,7 +313,7 @@ class Library:
                         move_aside(directory / MANIFEST_FILE)
             if manifest is None:  # the model loads here, with the lock already held
                 manifest = new_manifest(directory, encoder, keep_tokens, token_pool, token_layer)
-                db = db or Database(directory, writable=True)
+                db = db or Database(directory)
                 write_manifest(directory, db, manifest)
             elif (
                 db is not None
@@ -744,7 +744,7 @@ def open_database(directory: Path, writable: bool) -> DatabaseReader:
         return DatabaseReader(directory)
     from xmr.retrieval.db import Database
 
-    return Database(directory, writable=True)
+    return Database(directory)
 
 
 def _policy_change(index_type: str | None, max_memory: str | int | None) -> dict:

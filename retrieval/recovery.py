@@ -28,7 +28,7 @@ def open_or_rebuild_database(directory: Path, verify: str, notices: list[str]) -
     from xmr.retrieval.db import Database
 
     try:
-        db = Database(directory, writable=True, verify=verify)
+        db = Database(directory, verify=verify)
     except DatabaseDamaged as exc:
         path = directory / DB_FILE
         moved = move_aside(path)
@@ -40,7 +40,7 @@ def open_or_rebuild_database(directory: Path, verify: str, notices: list[str]) -
             f"{path} was damaged ({_reason(exc)}); moved it to {moved.name} and rebuilding "
             "the index from the image files (texts: run `xmr add-texts` again)"
         )
-        db = Database(directory, writable=True)
+        db = Database(directory)
         remove_derived(directory)
         return db
     if db.created:
