@@ -1,6 +1,6 @@
-"""Caption edits as text negatives: every training caption's attribute swap, relation flip
-and object change, encoded once by the frozen encoder, and the (caption, edit) pairs the
-edit-pair loss draws from."""
+"""Caption edits as text negatives: every training caption's attribute swap, relation flip,
+object change and swapped relation operands, encoded once by the frozen encoder, and the
+(caption, edit) pairs the edit-pair loss draws from."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EDIT_KINDS = ("attribute", "relation", "object")  # the columns of CaptionEdits.rows
+# The columns of CaptionEdits.rows. "relation" reverses a relation word ("left" -> "right"),
+# "operands" exchanges a relation's two objects ("A left of B" -> "B left of A").
+EDIT_KINDS = ("attribute", "relation", "object", "operands")
 
 
 @dataclass
@@ -33,15 +35,27 @@ class CaptionEdits:
 def caption_edits(
     encoder, captions, rng: random.Random, device: str = "cpu", progress=None
 ) -> CaptionEdits:
-    """Each caption's attribute swap, relation flip and object change (those that apply);
+    """Each caption's attribute swap, relation flip, object change and operand swap (those
+    that apply);
     `progress("caption edits", done, total)` as they are encoded."""
     import torch
 
     from xmr.evaluation.embed_dataset import encode_text_list
-    from xmr.training.text_edits import change_object, flip_relation, object_words, swap_attributes
+    from xmr.training.text_edits import (
+        change_object,
+        flip_relation,
+        object_words,
+        swap_attributes,
+        swap_operands,
+    )
 
     objects = object_words(captions)
-    kinds = (swap_attributes, flip_relation, lambda c, r: change_object(c, r, objects))
+    kinds = (
+        swap_attributes,
+        flip_relation,
+        lambda c, r: change_object(c, r, objects),
+        lambda c, r: swap_operands(c, r, objects),
+    )
     rows = np.full((len(captions), len(kinds)), -1, np.int64)
     texts = []
     for t, caption in enumerate(captions):
