@@ -23,6 +23,7 @@ class CaptionEdits:
     tokens: object  # (X, L, D) float16 tensor
     lengths: object  # (X,) int64 tensor
     vectors: object  # (X, D) float32 tensor
+    texts: list[str]  # (X,) the edited captions themselves
 
     def of(self, captions: np.ndarray):
         """The edits of a batch's captions: (tokens, lengths, batch row of each, vectors)."""
@@ -66,7 +67,7 @@ def caption_edits(
                 texts.append(edited)
     if not texts:  # captions without colours, relations or known objects: no text negatives
         empty = torch.zeros(0, device=device)
-        return CaptionEdits(rows, empty, empty.long(), empty)
+        return CaptionEdits(rows, empty, empty.long(), empty, texts)
     encoded = encode_text_list(
         encoder,
         texts,
@@ -77,6 +78,7 @@ def caption_edits(
         torch.from_numpy(encoded.tokens).to(device),
         torch.from_numpy(encoded.lengths.astype(np.int64)).to(device),
         torch.from_numpy(encoded.vectors).to(device),
+        texts,
     )
 
 
