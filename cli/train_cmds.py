@@ -165,6 +165,13 @@ def train_encoder(
     name: Annotated[
         str, typer.Option("--name", metavar="NAME", help="Name of the config in the artefact.")
     ] = "xmr-encoder",
+    phrases: Annotated[
+        bool,
+        typer.Option(
+            "--phrases/--no-phrases",
+            help="Train on an xmr corpus's short phrases too ('a red circle', 'two squares').",
+        ),
+    ] = False,
     threads: Threads = None,
     quiet: Quiet = False,
 ):
@@ -235,6 +242,14 @@ def train_reranker(
         bool,
         typer.Option("--token-alignment/--no-token-alignment", help="Add each word's best patch."),
     ] = False,
+    patch_position: Annotated[
+        str,
+        typer.Option(
+            "--patch-position",
+            metavar="KIND",
+            help="Row/column signal on the patches: none | sincos (starts neutral).",
+        ),
+    ] = "none",
     edit_pairs: Annotated[
         int,
         typer.Option(
@@ -249,7 +264,7 @@ def train_reranker(
         typer.Option(
             "--edit-kinds",
             metavar="KINDS",
-            help="Edits those pairs use: attribute,relation,object.",
+            help="Edits those pairs use: attribute,relation,operands,object.",
         ),
     ] = "attribute",
     hard_negatives: Annotated[
@@ -334,7 +349,7 @@ def train_reranker(
 # Options of the native re-ranker's architecture and loss, which a BLIP run has no use for.
 _NATIVE_ONLY = (
     "width", "layers", "heads", "image_layers", "image_pool", "image_token_layer",
-    "image_stem", "token_alignment", "edit_pairs", "edit_kinds",
+    "image_stem", "token_alignment", "patch_position", "edit_pairs", "edit_kinds",
 )  # fmt: skip
 
 

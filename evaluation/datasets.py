@@ -78,6 +78,7 @@ def load_dataset(
     split: str | None = "test",
     *,
     check_images: bool = True,
+    phrases: bool = False,
 ) -> RetrievalDataset:
     """Read a Karpathy or LAVIS retrieval file; the format is detected from the JSON shape.
 
@@ -86,6 +87,9 @@ def load_dataset(
     ``"filepath": "images"``, resolves to ``<dir of json>/images``). split: Karpathy split to
     keep ("test", "val", "train", "restval"); None keeps every image; ignored for LAVIS files,
     where the file itself is the split. check_images: verify that every image file exists.
+    phrases: add an xmr corpus's short phrases ("a red circle", "two squares") to each
+    image's captions, for training (a phrase fits many images: recall@k, which counts one
+    image per caption, is measured without them).
 
     Karpathy format (a JSON object)::
 
@@ -96,7 +100,8 @@ def load_dataset(
                      "sentences": [{"raw": "A man ..."}, ...],   # >= 1, "raw" non-empty
                      "negatives": {"attribute_swap": "...",      # optional (xmr corpora),
                                    "relation_swap": "...",       # any subset of the keys
-                                   "shape_change": "..."}},
+                                   "shape_change": "..."},
+                     "phrases": ["a red circle", ...]},  # optional, read with phrases=True
                     ...]}
 
       image path = images_root / filepath / filename (images_root / filename without filepath).
@@ -120,7 +125,7 @@ def load_dataset(
     root = _abs(Path(images_root)) if images_root is not None else src.parent
 
     if isinstance(data, dict) and isinstance(data.get("images"), list):
-        images, negatives = _parse_karpathy(data["images"], label, split)
+        images, negatives = _parse_karpathy(data["images"], label, split, phrases)
         fmt, used_split = "karpathy", split
         name = data.get("dataset") if isinstance(data.get("dataset"), str) else None
     elif isinstance(data, list) and data and all(isinstance(r, dict) for r in data):
@@ -200,7 +205,7 @@ def _clean_caption(value: Any, where: str) -> str:
 
 
 def _parse_karpathy(
-    records: list[Any], label: str, split: str | None
+    records: list[Any], label: str, split: str | None, phrases: bool = False
 ) -> tuple[list[_Image], list[dict[str, str]] | None]:
     """Validate every record, keep those of `split`; negatives is None if none has any."""
     kept: list[_Image] = []
@@ -208,7 +213,9 @@ def _parse_karpathy(
     split_counts: dict[str, int] = {}
     seen: dict[Path, int] = {}
     for i, rec in enumerate(records):
-        image, rec_split, negs = _karpathy_record(rec, f"{label}: images[{i}]", split, seen)
+        image, rec_split, negs = _karpathy_record(
+            rec, f"{label}: images[{i}]", split, seen, phrases
+        )
         seen[image[2]] = i
         key = rec_split if rec_split is not None else "<none>"
         split_counts[key] = split_counts.get(key, 0) + 1
@@ -226,7 +233,9 @@ def _parse_karpathy(
     return kept, (negatives if any(negatives) else None)
 
 
-def _karpathy_record(rec: Any, where: str, split: str | None, seen: dict[Path, int]):
+def _karpathy_record(
+    rec: Any, where: str, split: str | None, seen: dict[Path, int], phrases: bool = False
+):
     """One Karpathy image record, validated (`seen`: the records so far, by image path)
     -> (image, its split, its negatives)."""
     if not isinstance(rec, dict):
@@ -260,6 +269,11 @@ def _karpathy_record(rec: Any, where: str, split: str | None, seen: dict[Path, i
         if not isinstance(sent, dict) or "raw" not in sent:
             raise DatasetError(f'{where}: sentences[{j}] has no "raw" caption')
         caps.append(_clean_caption(sent["raw"], f"{where}: sentences[{j}]"))
+    if phrases:  # an xmr corpus's short phrases, as more captions of the image
+        extra = rec.get("phrases") or []
+        if not isinstance(extra, list):
+            raise DatasetError(f'{where}: "phrases" is {type(extra).__name__}, not a list')
+        caps += [_clean_caption(p, f"{where}: phrases[{j}]") for j, p in enumerate(extra)]
 
     raw_negs = rec.get("negatives")
     negs: dict[str, str] = {}

@@ -46,6 +46,10 @@ Scores = TypeVar("Scores", np.ndarray, torch.Tensor)  # fused_score takes either
 
 
 IMAGE_STEMS = ("attention", "conv")
+# Position signals added to the patch tokens besides the learned per-patch table:
+# "sincos": fixed 2-D sin-cos codes of each patch's row and column (half the channels each,
+# as in MAE) through a linear map that starts at zero (Reranker.grid_position).
+PATCH_POSITIONS = ("none", "sincos")
 
 
 @dataclass
@@ -67,6 +71,9 @@ class RerankerConfig:
     # The vision block whose output the image tokens are (Encoder.encode_images; None:
     # the last). An index must store tokens from this block for the re-ranker to read them.
     image_token_layer: int | None = None
+    # An explicit row/column signal on the patch tokens, before the image blocks (see
+    # PATCH_POSITIONS): where each object is, which relations ("left of") need.
+    patch_position: str = "none"
     mlp_ratio: float = 4.0
     stage1_weight: float = 0.0  # final score = logit + stage1_weight * stage-1 similarity
     itc_weight: float = 0.0  # the encoder's logit scale: stage 1 as a contrastive logit (BLIP)
@@ -75,6 +82,24 @@ class RerankerConfig:
     def __post_init__(self):
         if self.image_stem not in IMAGE_STEMS:
             raise ValueError(f"image_stem must be one of {IMAGE_STEMS}, not {self.image_stem!r}")
+        if self.patch_position not in PATCH_POSITIONS:
+            raise ValueError(
+                f"patch_position must be one of {PATCH_POSITIONS}, not {self.patch_position!r}"
+            )
+
+
+def grid_sincos(side: int, width: int) -> torch.Tensor:
+    """(side*side, width) fixed codes of a square patch grid, row-major: the first half of
+    the channels encode the row, the second half the column, each as sin and cos of
+    width/4 frequencies (MAE's 2-D sin-cos embedding). Every entry is in [-1, 1]."""
+    quarter = width // 4
+    frequencies = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / max(1, quarter))
+    position = torch.arange(side, dtype=torch.float64)[:, None] * frequencies[None]  # (S, W/4)
+    codes = torch.cat([position.sin(), position.cos()], dim=1)  # (S, W/2)
+    rows = codes[:, None, :].expand(side, side, -1)  # (S, S, W/2): varies down the grid
+    columns = codes[None, :, :].expand(side, side, -1)  # varies across it
+    table = torch.cat([rows, columns], dim=-1).reshape(side * side, -1)
+    return F.pad(table, (0, width - table.shape[1])).float()  # width not a multiple of 4
 
 
 class Attention(nn.Module):
@@ -188,6 +213,15 @@ class Reranker(nn.Module):
             torch.zeros(1, pooled_count(config.image_tokens, config.image_pool), w)
         )
         self.cls = nn.Parameter(torch.zeros(1, 1, w))
+        if config.patch_position == "sincos":
+            n_patches = pooled_count(config.image_tokens, config.image_pool)
+            side = int(round(n_patches**0.5))
+            # Derived from the config, so not saved with the weights.
+            self.register_buffer("grid_codes", grid_sincos(side, w)[None], persistent=False)
+            # Zero at the start: a re-ranker trained without it (--init-from) scores exactly
+            # as before until training moves it; the fixed codes still give it a gradient.
+            self.grid_position = nn.Linear(w, w, bias=False)
+            nn.init.zeros_(self.grid_position.weight)
         nn.init.normal_(self.text_pos, std=0.02)
         nn.init.normal_(self.image_pos, std=0.02)
         nn.init.normal_(self.cls, std=0.02)
@@ -220,6 +254,8 @@ class Reranker(nn.Module):
         if image.shape[1] == self.config.image_tokens:  # (a token store may hold them pooled)
             image = pool_patch_tokens(image, self.config.image_pool)  # (B, N', D)
         img = self.image_in(image) + self.image_pos  # (B, N', W)
+        if self.config.patch_position == "sincos":
+            img = img + self.grid_position(self.grid_codes)
         for block in self.image_blocks:
             img = block(img)
         return img
@@ -278,6 +314,23 @@ class Reranker(nn.Module):
     ) -> torch.Tensor:
         """text (B, L, D), text_mask (B, L) bool, image (B, N, D) -> logits (B,)."""
         return self.match(text, text_mask, self.encode_images(image))
+
+    def neutral_parameters(self) -> set[str]:
+        """Weights that start at a value leaving the logits unchanged: a re-ranker saved
+        without them (trained before the option existed, or with it off) loads into this
+        model with these at their initial value and scores as it did (start_weights)."""
+        return {"grid_position.weight"} if self.config.patch_position != "none" else set()
+
+
+def start_weights(model: Reranker, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load `state` into `model`; weights the state lacks may only be the model's
+    neutral_parameters, which keep their initial value. -> the names kept at that value.
+    Raises ValueError for any other missing or unexpected weight."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    wrong = sorted(set(missing) - model.neutral_parameters()) + sorted(unexpected)
+    if wrong:
+        raise ValueError(f"weights do not fit this re-ranker: {', '.join(wrong)}")
+    return sorted(missing)
 
 
 def take_states(

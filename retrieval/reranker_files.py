@@ -83,11 +83,16 @@ def folder_fingerprint(folder: Path) -> str:
 def config_digest(config: dict):
     """sha256 of a re-ranker config, the start of either fingerprint (folder_fingerprint,
     reranker.fingerprint). Leaves out the stage-1 weight: calibration changes it, and the
-    image features do not depend on it."""
+    image features do not depend on it. An option at the value every re-ranker had
+    before it existed is left out too, so adding one keeps older digests."""
     import hashlib
     import json
 
-    kept = {k: v for k, v in config.items() if k != "stage1_weight"}
+    kept = {
+        k: v
+        for k, v in config.items()
+        if k != "stage1_weight" and not (k == "patch_position" and v == "none")
+    }
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode())
 
 

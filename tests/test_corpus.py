@@ -23,12 +23,14 @@ from xmr.training.corpus import (
     captions_for,
     describe,
     is_caption_true,
+    is_phrase_true,
     make_corpus,
     negatives_for,
     render_scene,
     sample_scenes,
 )
 
+ABSOLUTE = re.compile(r" is (?:on the left|on the right|at the top|on top|at the bottom)")
 RELATION_WORDS = {"left", "right", "above", "below", "over", "under", "beneath", "top", "bottom"}
 
 
@@ -103,7 +105,9 @@ def test_every_caption_is_true_and_names_every_object(corpus):
 
 def test_every_negative_is_false(corpus):
     _, data = corpus
-    kinds = {"attribute_swap": 0, "relation_swap": 0, "shape_change": 0, "colour_change": 0}
+    kinds = dict.fromkeys(
+        ("attribute_swap", "relation_swap", "operand_swap", "shape_change", "colour_change"), 0
+    )
     for image in data["images"]:
         scene = Scene.from_json(image["scene"])
         negatives = image["negatives"]
@@ -112,7 +116,7 @@ def test_every_negative_is_false(corpus):
             kinds[kind] += 1
             assert not is_caption_true(scene, text), (kind, text, image["scene"])
         if len(scene.objects) > 1:
-            assert "relation_swap" in negatives
+            assert {"relation_swap", "operand_swap"} <= set(negatives)
         else:
             assert set(negatives) == {"shape_change", "colour_change"}
     assert all(count > 20 for count in kinds.values()), kinds
@@ -142,8 +146,96 @@ def test_negatives_pair_with_the_first_caption_for_an_equally_seeded_rng():
     first = captions_for(scene, random.Random(5), n=5)[0]
     negatives = negatives_for(scene, random.Random(5))
     assert describe(scene, random.Random(5), n=1).captions[0] == first
-    assert set(negatives) == {"attribute_swap", "relation_swap", "shape_change", "colour_change"}
+    assert set(negatives) == {
+        "attribute_swap",
+        "relation_swap",
+        "operand_swap",
+        "shape_change",
+        "colour_change",
+    }
     assert all(not is_caption_true(scene, text) for text in negatives.values())
+
+
+def test_relation_negatives_reverse_the_word_or_exchange_the_objects(corpus):
+    """relation_swap changes only relation words of the paired caption; operand_swap keeps
+    the words (a bag of words cannot tell it from the truth) and changes their order."""
+    _, data = corpus
+    operand_swaps = bag_of_words_blind = 0
+    for image in data["images"]:
+        negatives = image["negatives"]
+        if "operand_swap" not in negatives:
+            continue
+        operand_swaps += 1
+        true_raw = next(
+            s["raw"] for s in image["sentences"] if s["sentid"] == image["negatives_of"]
+        )
+        true, flipped = _words(true_raw), _words(negatives["relation_swap"])
+        # ("at the top" becomes "at the bottom" or "on top": filler words may change too)
+        filler = RELATION_WORDS | {"to", "the", "of", "on", "at"}
+        assert flipped != true
+        assert [w for w in flipped if w not in filler] == [w for w in true if w not in filler]
+        swapped = _words(negatives["operand_swap"])
+        assert swapped != true
+        if not ABSOLUTE.search(true_raw.lower()):  # "the circle is on the left" names one
+            # The same words, up to where a colour or a size synonym lands ("the square" may
+            # become "the pink square", "big" "large", as a mention moves to the other object).
+            synonym = {"little": "small", "large": "big"}
+            assert {synonym.get(w, w) for w in swapped} == {synonym.get(w, w) for w in true}
+            bag_of_words_blind += 1
+    assert operand_swaps > 50 and bag_of_words_blind > 40
+
+
+def test_phrases_are_true_short_and_varied(corpus):
+    _, data = corpus
+    forms = set()
+    for image in data["images"]:
+        scene = Scene.from_json(image["scene"])
+        phrases = image["phrases"]
+        assert len(phrases) == 3 and len(set(phrases)) == 3, phrases
+        for phrase in phrases:
+            assert is_phrase_true(scene, phrase), (phrase, image["scene"])
+            assert len(phrase.split()) <= 9 and not phrase.endswith(".")
+            first = phrase.split()[0]
+            forms.add(first if first in ("a", "an", "one", "two", "three") else "bare")
+            forms.add("and" if " and " in phrase else "one item")
+    assert forms == {"a", "an", "one", "two", "three", "bare", "and", "one item"}
+
+
+def test_phrase_checker_reads_counts_plurals_and_pairs():
+    scene = _red_circle_left_of_blue_square()
+    for true in ("a red circle", "red circle", "circles", "a circle", "one circle",
+                 "two shapes", "a small red circle", "one blue square",
+                 "red circle and blue square", "a red circle and a big blue square"):  # fmt: skip
+        assert is_phrase_true(scene, true), true
+    for false in ("a blue circle", "two circles", "three shapes", "a big red circle",
+                  "crosses", "red circle and blue cross", "one shape"):  # fmt: skip
+        assert not is_phrase_true(scene, false), false
+    with pytest.raises(InputError):
+        is_phrase_true(scene, "a red circle left of a blue square")
+
+
+def test_phrases_leave_the_sentences_and_negatives_as_before(corpus):
+    """Phrases draw from their own RNG: each image's sentences and negatives are exactly
+    what `describe` writes from the image's own seed, as before phrases existed."""
+    _, data = corpus
+    for image in data["images"][:40]:
+        scene = Scene.from_json(image["scene"])
+        again = describe(scene, random.Random(f"xmr-shapes/7/{image['imgid']}"))
+        assert [s["raw"] for s in image["sentences"]] == again.captions
+        assert image["negatives"] == again.negatives
+
+
+def test_load_dataset_adds_phrases_only_when_asked(corpus):
+    from xmr.evaluation.datasets import load_dataset
+
+    out, data = corpus
+    plain = load_dataset(out / "captions.json", split="val")
+    with_phrases = load_dataset(out / "captions.json", split="val", phrases=True)
+    records = [im for im in data["images"] if im["split"] == "val"]
+    assert len(plain.captions) == 5 * len(records)
+    assert len(with_phrases.captions) == 8 * len(records)
+    first = with_phrases.image_to_texts[0]
+    assert [with_phrases.captions[t] for t in first[5:]] == records[0]["phrases"]
 
 
 def test_rendering_puts_each_colour_at_each_centre():

@@ -193,20 +193,24 @@ def test_image_queries_match_pytorch_on_xmr_tiny(tiny_index, monkeypatch, target
     assert float(a.vector @ b.vector) >= 0.9999
 
 
-def _random_reranker_folder(folder: Path, dim: int, text_len: int, image_tokens: int) -> Path:
+def _random_reranker_folder(
+    folder: Path, dim: int, text_len: int, image_tokens: int, **config
+) -> Path:
     """A random native re-ranker whose head speaks, saved as `xmr train-reranker` saves."""
     from conftest import random_reranker
 
     from xmr.retrieval.reranker import save_reranker
 
-    runtime = random_reranker(dim, text_len, image_tokens, seed=3, stage1_weight=5.0)
+    runtime = random_reranker(dim, text_len, image_tokens, seed=3, stage1_weight=5.0, **config)
     save_reranker(runtime.model, folder)
     return folder
 
 
-def test_tiny_config_model_matches_pytorch(tmp_path, tiny_spec, monkeypatch):
+@pytest.mark.parametrize("patch_position", ["none", "sincos"])
+def test_tiny_config_model_matches_pytorch(tmp_path, tiny_spec, monkeypatch, patch_position):
     """A tiny open_clip config with random weights (16-token context) and a random
-    re-ranker given by folder: text and image queries, both directions, re-ranked and not."""
+    re-ranker given by folder (with and without row/column codes on its patches): text and
+    image queries, both directions, re-ranked and not."""
     from xmr.engine.query_input import QueryInput
     from xmr.engine.request import SearchRequest
 
@@ -215,7 +219,7 @@ def test_tiny_config_model_matches_pytorch(tmp_path, tiny_spec, monkeypatch):
     engine = Engine(tmp_path / "index", device="cpu")
     engine.index([tmp_path / "photos"], model=tiny_spec)
     engine.add_texts(tmp_path / "captions.txt")
-    folder = _random_reranker_folder(tmp_path / "rr", 32, 16, 16)
+    folder = _random_reranker_folder(tmp_path / "rr", 32, 16, 16, patch_position=patch_position)
     query = make_image(tmp_path / "q.png", seed=500)
     asked = [
         SearchRequest(query=QueryInput(text="a red circle"), k=10),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,9 +11,14 @@ from conftest import random_reranker as _random_runtime
 
 from xmr.retrieval.reranker import Reranker, RerankerConfig, RerankerRuntime, text_mask
 
-# The plain re-ranker, and the one with a convolutional image stem and token alignment.
-VARIANTS = [{}, {"image_stem": "conv", "token_alignment": True}]
-VARIANT_IDS = ["attention", "conv+alignment"]
+# The plain re-ranker, the one with a convolutional image stem and token alignment, and
+# that one with sin-cos row/column codes on its patches.
+VARIANTS = [
+    {},
+    {"image_stem": "conv", "token_alignment": True},
+    {"image_stem": "conv", "token_alignment": True, "patch_position": "sincos"},
+]
+VARIANT_IDS = ["attention", "conv+alignment", "conv+alignment+sincos"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
@@ -75,6 +82,68 @@ def test_save_and_load_round_trip(tmp_path, variant):
     a = runtime.score_pairs(text, np.array([12, 3]), runtime.image_states(image), [0, 1])
     b = loaded.score_pairs(text, np.array([12, 3]), loaded.image_states(image), [0, 1])
     np.testing.assert_array_equal(a, b)
+
+
+def test_grid_codes_tell_every_patch_apart_by_row_and_column():
+    from xmr.retrieval.reranker import grid_sincos
+
+    table = grid_sincos(8, 128)  # (64, 128), row-major
+    assert table.shape == (64, 128) and float(table.abs().max()) <= 1.0
+    assert len({tuple(row) for row in table.numpy().round(6)}) == 64
+    rows, columns = table[:, :64].reshape(8, 8, 64), table[:, 64:].reshape(8, 8, 64)
+    assert torch.equal(rows[3, 0], rows[3, 7]) and not torch.equal(rows[3, 0], rows[4, 0])
+    assert torch.equal(columns[0, 5], columns[6, 5]) and not torch.equal(
+        columns[0, 5], columns[0, 4]
+    )
+    assert grid_sincos(3, 30).shape == (9, 30)  # widths that are not a multiple of 4
+
+
+def test_sincos_positions_start_neutral_on_a_reranker_trained_without_them(tmp_path):
+    """--init-from a re-ranker without position codes: the new map starts at zero, so the
+    logits are exactly the old model's; once it moves, a patch's position changes them."""
+    from xmr.retrieval.reranker import load_reranker, save_reranker, start_weights
+
+    old = _random_runtime(seed=7, image_stem="conv", token_alignment=True, image_pool=1)
+    config = RerankerConfig(**{**vars(old.config), "patch_position": "sincos"})
+    new = Reranker(config).eval()
+    assert start_weights(new, old.model.state_dict()) == ["grid_position.weight"]
+    rng = np.random.default_rng(8)
+    text = torch.tensor(rng.normal(size=(3, 12, 32)), dtype=torch.float32)
+    image = torch.tensor(rng.normal(size=(3, 9, 32)), dtype=torch.float32)
+    mask = text_mask(torch.tensor([12, 4, 7]), 12)
+    with torch.no_grad():
+        before = old.model(text, mask, image)
+        assert torch.equal(new(text, mask, image), before)
+        torch.nn.init.normal_(new.grid_position.weight, std=0.2)
+        assert (new(text, mask, image) - before).abs().max() > 1e-3
+    # Weights of another architecture are still refused, by name.
+    other = _random_runtime(seed=7, image_stem="conv", token_alignment=True, layers=1)
+    with pytest.raises(ValueError, match="blocks.1"):
+        start_weights(Reranker(config), other.model.state_dict())
+    # The saved config records the option, and a config saved before it existed loads.
+    save_reranker(new, tmp_path / "rr")
+    assert '"patch_position": "sincos"' in (tmp_path / "rr" / "reranker_config.json").read_text()
+    save_reranker(old.model, tmp_path / "old")
+    path = tmp_path / "old" / "reranker_config.json"
+    saved = json.loads(path.read_text())
+    del saved["patch_position"]
+    path.write_text(json.dumps(saved))
+    assert load_reranker(tmp_path / "old", device="cpu").config.patch_position == "none"
+
+
+def test_init_from_may_add_position_codes_but_not_drop_them(tmp_path):
+    from xmr.retrieval.errors import InputError
+    from xmr.retrieval.reranker import save_reranker
+    from xmr.training.reranker_training.config import check_start
+
+    plain = _random_runtime(seed=9, image_stem="conv")
+    save_reranker(plain.model, tmp_path / "plain")
+    config = {**vars(plain.config)}
+    check_start(tmp_path / "plain", {**config, "patch_position": "sincos"})  # adds: fine
+    coded = Reranker(RerankerConfig(**{**config, "patch_position": "sincos"}))
+    save_reranker(coded, tmp_path / "coded")
+    with pytest.raises(InputError, match="patch_position 'sincos' \\(here 'none'\\)"):
+        check_start(tmp_path / "coded", config)
 
 
 def test_a_reranker_config_with_an_unknown_image_stem_is_refused_by_name(tmp_path):

@@ -41,6 +41,9 @@ class EncoderTrainConfig:
     val_images: int = 1000  # cap on validation images per epoch
     threads: int | None = None
     name: str = "xmr-encoder"
+    # Train on an xmr corpus's short phrases too ("a red circle", "two squares"), beside its
+    # sentences: queries people type are phrases (load_dataset's `phrases`).
+    phrases: bool = False
 
 
 @dataclass
@@ -73,7 +76,7 @@ def train_encoder(config: EncoderTrainConfig, progress=None, validated=None) -> 
 
     preprocess_cfg = get_model_preprocess_cfg(model)
 
-    train = load_dataset(config.data, config.images_root, split="train")
+    train = load_dataset(config.data, config.images_root, split="train", phrases=config.phrases)
     val = _val_split(config)
     pixels = preload_pixels(train.image_paths, preprocess)  # (N, 3, H, W) float16
     tokens = tokenizer(train.captions)  # (T, ctx)

@@ -215,7 +215,8 @@ def _with_thing(facts: _Facts, k: int, **changes) -> _Facts:
 
 def _negative_facts(scene: Scene, facts: _Facts, rng: random.Random) -> dict[str, _Facts]:
     """Altered facts, each false of the scene: swapped colours of the related pair, reversed
-    relation (scenes with 2-3 objects), one shape or one colour replaced by one the scene lacks.
+    relation and swapped relation operands (scenes with 2-3 objects), one shape or one
+    colour replaced by one the scene lacks.
     All rng draws happen whatever the scene, so later draws do not depend on which apply."""
     out: dict[str, _Facts] = {}
     k_shape, k_colour = rng.randrange(len(facts.things)), rng.randrange(len(facts.things))
@@ -233,6 +234,9 @@ def _negative_facts(scene: Scene, facts: _Facts, rng: random.Random) -> dict[str
             swapped = _with_thing(facts, i, colour=b.colour)
             out["attribute_swap"] = _with_thing(swapped, j, colour=a.colour)
         out["relation_swap"] = replace(facts, relation=(i, OPPOSITE[direction], j))
+        # The same false fact with the relation word kept and the objects exchanged ("B left
+        # of A"): only word order tells it from the truth. Draws nothing from the rng.
+        out["operand_swap"] = replace(facts, relation=(j, direction, i))
     out["shape_change"] = _with_thing(facts, k_shape, shape=new_shape)
     out["colour_change"] = _with_thing(facts, k_colour, colour=new_colour)
     return out
@@ -250,7 +254,8 @@ def describe(scene: Scene, rng: random.Random, n: int = 5) -> Description:
     """`n` distinct true captions (as varied in template as the scene allows) and negatives.
 
     Negatives: "attribute_swap" (colours of the related pair exchanged; only when they differ
-    in colour and in shape), "relation_swap" (relation reversed), "shape_change" and
+    in colour and in shape), "relation_swap" (relation word reversed), "operand_swap" (the
+    relation's two objects exchanged, its word kept), "shape_change" and
     "colour_change" (one object given a shape / colour the scene lacks). Single-object scenes
     have no relation, so they get only the last two. Each negative is checked false.
     The rng is consumed in the same order for every `n`, so `negatives` pair with the first

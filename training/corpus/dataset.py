@@ -20,6 +20,7 @@ from pathlib import Path
 
 from xmr.retrieval.errors import InputError
 from xmr.training.corpus.captions import Description, describe
+from xmr.training.corpus.phrases import phrases_for
 from xmr.training.corpus.render import render_scene
 from xmr.training.corpus.sampling import sample_scenes
 from xmr.training.corpus.scenes import Scene
@@ -65,7 +66,12 @@ def _tokens(text: str) -> list[str]:
 
 
 def _image_record(
-    index: int, filename: str, split: str, scene: Scene, description: Description
+    index: int,
+    filename: str,
+    split: str,
+    scene: Scene,
+    description: Description,
+    phrases: list[str],
 ) -> dict:
     first_sentid = index * len(description.captions)
     sentences = [
@@ -82,6 +88,9 @@ def _image_record(
         "scene": scene.to_json(),
         "negatives": description.negatives,
         "negatives_of": first_sentid,  # the sentid the negatives are minimal edits of
+        # Short search phrases, true of the scene; not sentences, so recall@k (one image
+        # per caption) does not count them: load_dataset(..., phrases=True) adds them.
+        "phrases": phrases,
     }
 
 
@@ -110,11 +119,12 @@ def make_corpus(
 
     Scenes are drawn one after another from `random.Random(seed)` with unique canonical
     descriptions; captions and negatives of image i come from their own RNG seeded by
-    (seed, i); pixels depend on the scene only. So the output is the same for any `workers`
-    (processes that render PNGs). `progress(n_done, n_total)` is called as images are written.
-    `captions.json` is written last, so its presence marks a complete corpus; an existing one
-    is an error unless `overwrite` (which removes it first, then rewrites every image it lists;
-    older images beyond `n_images` stay on disk, unlisted).
+    (seed, i), its short phrases from another; pixels depend on the scene only. So the output
+    is the same for any `workers` (processes that render PNGs). `progress(n_done, n_total)`
+    is called as images are written. `captions.json` is written last, so its presence marks
+    a complete corpus; an existing one is an error unless `overwrite` (which removes it
+    first, then rewrites every image it lists; older images beyond `n_images` stay on disk,
+    unlisted).
     """
     if n_images < 1:
         raise InputError(f"n_images={n_images}: ask for at least one image")
@@ -140,6 +150,8 @@ def make_corpus(
             _split_of(i, counts),
             scene,
             describe(scene, random.Random(f"{DATASET_NAME}/{seed}/{i}")),
+            # Their own RNG: the sentences and negatives are what they were before phrases.
+            phrases_for(scene, random.Random(f"{DATASET_NAME}/{seed}/{i}/phrases")),
         )
         for i, scene in enumerate(scenes)
     ]

@@ -39,10 +39,12 @@ def resume(out: Path, model, optimizer, schedule, state, device: str) -> None:
 
 def start_from(model, folder: Path) -> None:
     """Load a saved re-ranker's weights into `model`, whose config must match its own
-    (the fused stage-1 weight aside: training starts again from the encoder's scale)."""
+    (the fused stage-1 weight aside: training starts again from the encoder's scale), or
+    add options it lacked (config.ADDABLE), whose new weights start neutral."""
     from safetensors.torch import load_file
 
     from xmr.retrieval.errors import InputError
+    from xmr.retrieval.reranker import start_weights
     from xmr.retrieval.reranker_files import WEIGHTS_FILE
 
     check_start(folder, asdict(model.config))
@@ -50,4 +52,7 @@ def start_from(model, folder: Path) -> None:
         state = load_file(str(folder / WEIGHTS_FILE))
     except OSError as exc:
         raise InputError(f"--init-from {folder}: {exc}") from exc
-    model.load_state_dict(state)  # float16 files are cast to the model's float32
+    try:
+        start_weights(model, state)  # float16 files are cast to the model's float32
+    except ValueError as exc:
+        raise InputError(f"--init-from {folder}: {exc}") from exc

@@ -27,6 +27,7 @@ class RerankerTrainConfig:
     image_token_layer: int | None = None  # vision block the image tokens come from (None: last)
     image_stem: str = "attention"  # or "conv" (see RerankerConfig)
     token_alignment: bool = False
+    patch_position: str = "none"  # or "sincos": row/column codes on the patches (RerankerConfig)
     # Extra (image, true caption, its edit) triples per step, scored by the logit alone:
     # the direct binding signal that the listwise loss, dominated by stage 1, dilutes.
     edit_pairs: int = 0
@@ -63,7 +64,7 @@ class RerankerTrainState:
 def check_config(config: RerankerTrainConfig) -> None:
     """Refuse settings that cannot work, naming the option, before minutes of embedding."""
     from xmr.retrieval.errors import InputError
-    from xmr.retrieval.reranker import IMAGE_STEMS
+    from xmr.retrieval.reranker import IMAGE_STEMS, PATCH_POSITIONS
     from xmr.training.reranker_training.edits import edit_columns
 
     if config.width % config.heads:
@@ -73,14 +74,24 @@ def check_config(config: RerankerTrainConfig) -> None:
         )
     if config.image_stem not in IMAGE_STEMS:
         raise InputError(f"--image-stem {config.image_stem} is not one of {', '.join(IMAGE_STEMS)}")
+    if config.patch_position not in PATCH_POSITIONS:
+        raise InputError(
+            f"--patch-position {config.patch_position} is not one of {', '.join(PATCH_POSITIONS)}"
+        )
     edit_columns(config.edit_kinds)
     if config.init_from:
         check_start(Path(config.init_from), asdict(config))
 
 
+# Options a run may turn on over a start trained without them: their new weights start
+# neutral (Reranker.neutral_parameters), so the start scores as it did. Option -> "off".
+ADDABLE = {"patch_position": "none"}
+
+
 def check_start(folder: Path, ours: dict) -> None:
     """Refuse an --init-from whose saved config differs from `ours` in a key both have
-    (the fused stage-1 weight aside): a training config before embedding, the model's after."""
+    (the fused stage-1 weight aside, and an ADDABLE option off in the start): a training
+    config before embedding, the model's after."""
     from xmr.retrieval.errors import InputError
     from xmr.retrieval.reranker import RerankerConfig
     from xmr.retrieval.reranker_files import folder_config
@@ -88,7 +99,9 @@ def check_start(folder: Path, ours: dict) -> None:
     saved = {"image_token_layer": None, **folder_config(folder)}
     fields = RerankerConfig.__dataclass_fields__.keys()
     keys = (ours.keys() & saved.keys() & fields) - {"stage1_weight"}
-    differ = sorted(k for k in keys if ours[k] != saved[k])
+    differ = sorted(
+        k for k in keys if ours[k] != saved[k] and not (k in ADDABLE and saved[k] == ADDABLE[k])
+    )
     if differ:
         shown = ", ".join(f"{k} {saved[k]!r} (here {ours[k]!r})" for k in differ)
         raise InputError(f"--init-from {folder} was trained with {shown}: give the same options")

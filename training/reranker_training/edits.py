@@ -1,6 +1,6 @@
-"""Caption edits as text negatives: every training caption's attribute swap, relation flip
-and object change, encoded once by the frozen encoder, and the (caption, edit) pairs the
-edit-pair loss draws from."""
+"""Caption edits as text negatives: every training caption's attribute swap, relation flip,
+object change and swapped relation operands, encoded once by the frozen encoder, and the
+(caption, edit) pairs the edit-pair loss draws from."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EDIT_KINDS = ("attribute", "relation", "object")  # the columns of CaptionEdits.rows
+# The columns of CaptionEdits.rows. "relation" reverses a relation word ("left" -> "right"),
+# "operands" exchanges a relation's two objects ("A left of B" -> "B left of A").
+EDIT_KINDS = ("attribute", "relation", "object", "operands")
 
 
 @dataclass
@@ -21,6 +23,7 @@ class CaptionEdits:
     tokens: object  # (X, L, D) float16 tensor
     lengths: object  # (X,) int64 tensor
     vectors: object  # (X, D) float32 tensor
+    texts: list[str]  # (X,) the edited captions themselves
 
     def of(self, captions: np.ndarray):
         """The edits of a batch's captions: (tokens, lengths, batch row of each, vectors)."""
@@ -33,15 +36,27 @@ class CaptionEdits:
 def caption_edits(
     encoder, captions, rng: random.Random, device: str = "cpu", progress=None
 ) -> CaptionEdits:
-    """Each caption's attribute swap, relation flip and object change (those that apply);
+    """Each caption's attribute swap, relation flip, object change and operand swap (those
+    that apply);
     `progress("caption edits", done, total)` as they are encoded."""
     import torch
 
     from xmr.evaluation.embed_dataset import encode_text_list
-    from xmr.training.text_edits import change_object, flip_relation, object_words, swap_attributes
+    from xmr.training.text_edits import (
+        change_object,
+        flip_relation,
+        object_words,
+        swap_attributes,
+        swap_operands,
+    )
 
     objects = object_words(captions)
-    kinds = (swap_attributes, flip_relation, lambda c, r: change_object(c, r, objects))
+    kinds = (
+        swap_attributes,
+        flip_relation,
+        lambda c, r: change_object(c, r, objects),
+        lambda c, r: swap_operands(c, r, objects),
+    )
     rows = np.full((len(captions), len(kinds)), -1, np.int64)
     texts = []
     for t, caption in enumerate(captions):
@@ -52,7 +67,7 @@ def caption_edits(
                 texts.append(edited)
     if not texts:  # captions without colours, relations or known objects: no text negatives
         empty = torch.zeros(0, device=device)
-        return CaptionEdits(rows, empty, empty.long(), empty)
+        return CaptionEdits(rows, empty, empty.long(), empty, texts)
     encoded = encode_text_list(
         encoder,
         texts,
@@ -63,6 +78,7 @@ def caption_edits(
         torch.from_numpy(encoded.tokens).to(device),
         torch.from_numpy(encoded.lengths.astype(np.int64)).to(device),
         torch.from_numpy(encoded.vectors).to(device),
+        texts,
     )
 
 

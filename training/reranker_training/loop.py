@@ -156,6 +156,7 @@ def _new_reranker(config: RerankerTrainConfig, encoder, tensors: FeatureTensors)
         image_token_layer=config.image_token_layer,
         image_stem=config.image_stem,
         token_alignment=config.token_alignment,
+        patch_position=config.patch_position,
         encoder=encoder.spec.canonical,
         itc_weight=itc,
         stage1_weight=itc,
