@@ -2,6 +2,7 @@
 
     python benchmarks/bench_cold_search.py                  # 5 runs each, interleaved
     python benchmarks/bench_cold_search.py --repeats 3 --images 100
+    python benchmarks/bench_cold_search.py --baseline-python /old/checkout/.venv/bin/python
 
 1. Builds (once, kept in --work) an xmr-tiny index of generated photos (its re-ranker's
    image features kept, as `xmr index` does by default) and a ViT-B-32 index with random
@@ -10,6 +11,8 @@
 2. For each case, `xmr search --no-server --json` as a new process, after (ONNX Runtime,
    the default) and before (XMR_ONNX=0: PyTorch and open_clip, as xmr did until now),
    interleaved, --repeats times: the median wall time of each, and `xmr --help`.
+   With --baseline-python, the same cases through another install of xmr (an earlier
+   commit's venv) on the same indexes and cache, as a third column.
 3. Checks that the two paths return the same top-10 ids, and (one `python -X importtime`
    run per case) which heavy packages the ONNX path imported.
 """
@@ -33,8 +36,10 @@ Completed = subprocess.CompletedProcess
 HEAVY = ("torch", "open_clip", "torchvision", "timm", "transformers", "onnxruntime")
 
 
-def xmr(*args: str, env: dict, importtime: bool = False) -> tuple[float, Completed]:
-    command = [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "xmr"]
+def xmr(
+    *args: str, env: dict, importtime: bool = False, python: str = sys.executable
+) -> tuple[float, Completed]:
+    command = [python, *(["-X", "importtime"] if importtime else []), "-m", "xmr"]
     started = time.perf_counter()
     result = subprocess.run([*command, *args], capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - started
@@ -69,35 +74,47 @@ def main() -> int:
     parser.add_argument("--b32-images", type=int, default=16, help="ViT-B-32 index size")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=common.RESULTS)
+    parser.add_argument(
+        "--baseline-python",
+        help="the Python of another xmr install (an earlier commit), timed beside",
+    )
     args = parser.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
     cache = args.work / "cache"
-    env = {**os.environ, "XMR_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
+    env = common.user_env(XMR_CACHE_DIR=str(cache), HF_HUB_OFFLINE="1")
     env.pop("XMR_ONNX", None)
     env.pop("XMR_INDEX", None)
     started_load = [round(v, 2) for v in os.getloadavg()]
     index_seconds = build(args.work, args.images, args.b32_images, env)
 
     tiny, b32 = str(args.work / "index-tiny"), str(args.work / "index-b32")
+    query_photo = str(common.make_photos(args.work / "query", 1, size=(640, 480))[0])
     common_args = ["--no-server", "--json", "-k", "10"]
     cases = {
         "xmr-tiny re-ranked K=16": ["search", QUERY, "--index", tiny, "-K", "16"],
         "xmr-tiny stage 1": ["search", QUERY, "--index", tiny, "--no-rerank"],
         "ViT-B-32 (random weights) stage 1": ["search", QUERY, "--index", b32, "--no-rerank"],
+        "ViT-B-32 image->image (a new photo)": ["search", "--image", query_photo, "--index", b32],
     }
-    paths = {"after (ONNX Runtime)": env, "before (PyTorch, XMR_ONNX=0)": {**env, "XMR_ONNX": "0"}}
+    python = sys.executable
+    paths = {
+        "after (ONNX Runtime)": (env, python),
+        "before (PyTorch, XMR_ONNX=0)": ({**env, "XMR_ONNX": "0"}, python),
+    }
+    if args.baseline_python:
+        paths["earlier xmr (ONNX Runtime)"] = (env, args.baseline_python)
     times: dict[str, dict[str, list[float]]] = {c: {p: [] for p in paths} for c in cases}
     answers: dict[str, dict[str, list[int]]] = {c: {} for c in cases}
     help_times = []
     for case_args in cases.values():  # a first, unmeasured run: file caches warm
-        for path_env in paths.values():
-            xmr(*case_args, *common_args, env=path_env)
+        for path_env, path_python in paths.values():
+            xmr(*case_args, *common_args, env=path_env, python=path_python)
     for rep in range(args.repeats):
         common.log(f"round {rep + 1} of {args.repeats}")
         for case, case_args in cases.items():
-            for path, path_env in paths.items():
-                seconds, result = xmr(*case_args, *common_args, env=path_env)
+            for path, (path_env, path_python) in paths.items():
+                seconds, result = xmr(*case_args, *common_args, env=path_env, python=path_python)
                 times[case][path].append(seconds)
                 answers[case][path] = [r["id"] for r in json.loads(result.stdout)]
         help_times.append(xmr("--help", env=env)[0])
@@ -138,7 +155,7 @@ def main() -> int:
         "heavy_imports_after": imported,
         "export_bytes": {specs.get(name, name): size for name, size in sizes.items()},
     }
-    after, before = list(paths)
+    after, before = list(paths)[:2]
     lines = [
         "# Cold `xmr search` (new process, no server): ONNX Runtime vs PyTorch",
         "",
@@ -146,14 +163,14 @@ def main() -> int:
         f"{started_load} at the start, {data['load_avg_at_end']} at the end "
         f"({data['host']['cpus']} CPUs).",
         "",
-        f"| query | {after} | {before} | speed-up | same top 10 | heavy imports after |",
-        "|---|---:|---:|---:|---|---|",
+        "| query | " + " | ".join(paths) + " | speed-up | same top 10 | heavy imports after |",
+        "|---|" + "---:|" * len(paths) + "---:|---|---|",
     ]
     for case, med in data["median_seconds"].items():
+        seconds = " | ".join(f"{med[p]:.2f} s" for p in paths)
         lines.append(
-            f"| {case} | {med[after]:.2f} s | {med[before]:.2f} s | "
-            f"{med[before] / med[after]:.1f}x | {data['same_top10'][case]} | "
-            f"{', '.join(imported[case]) or '-'} |"
+            f"| {case} | {seconds} | {med[before] / med[after]:.1f}x | "
+            f"{data['same_top10'][case]} | {', '.join(imported[case]) or '-'} |"
         )
     lines += [
         "",

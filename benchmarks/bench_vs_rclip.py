@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, log, median, publish, write_results
+from common import RESULTS, log, median, publish, user_env, write_results
 
 RCLIP_VERSION = "2.1.6"
 MODEL = "ViT-B-32:none"
@@ -228,7 +228,7 @@ def main() -> int:
     rclip = ensure_rclip(args.rclip_venv)
     photos = make_photos(args.photo_dir / str(args.photos), args.photos)
     folder = photos[0].parent
-    env = {**os.environ, "XMR_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    env = user_env(XMR_OFFLINE="1", HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
     tools = {"xmr": args.xmr, "rclip": str(rclip)}
     if args.baseline_xmr:
         tools["xmr_before"] = args.baseline_xmr

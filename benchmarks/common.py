@@ -80,6 +80,14 @@ def make_photos(
     return paths
 
 
+def user_env(**extra: str) -> dict:
+    """The environment for timing a command as its users run it. A shell that forbids
+    writing bytecode (PYTHONDONTWRITEBYTECODE) would make an editable install compile
+    every module on every run, which an installed package (compiled by pip) never does."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, **extra}
+
+
 def host() -> dict:
     import torch
 

@@ -33,19 +33,25 @@ _THREADS: dict[str, Any] = dict(
 def plain_help() -> None:
     """`--help` in words people read. Every option and argument that takes a value names
     it with a metavar (FILE, FOLDER, N, ID, 0..1: tests/test_cli_help.py checks), and
-    typer's additions that read as code are left out: numeric bounds (`min=`, `max=`),
-    which it writes as `[x>=1]` after the help and the default, and an argument's Python
-    type (`QUERY <str>`). The bounds still hold: a value out of them is refused with the
-    range in the error; where they matter to a reader, the metavar says them (`0..1`)."""
-    from typer.core import TyperArgument, TyperOption
+    typer's numeric bounds (`min=`, `max=`), which it writes as `[x>=1]` after the help and
+    the default, read as code and are left out. The bounds still hold: a value out of
+    them is refused with the range in the error; where they matter to a reader, the
+    metavar says them (`0..1`)."""
+    from typer._click.types import _NumberRangeBase
+    from typer.core import TyperOption
 
-    TyperOption._get_number_range_help_str = lambda self: None  # type: ignore[method-assign]
-    plain = TyperArgument.display_type_rich
+    with_bounds = TyperOption.get_help_record
 
-    def argument_type(self, ctx):
-        return None if self.metavar is not None else plain(self, ctx)
+    def without_bounds(self, ctx):
+        record = with_bounds(self, ctx)
+        if record is None or not isinstance(self.type, _NumberRangeBase):
+            return record
+        name, text = record
+        bounds = self.type._describe_range()
+        text = text.replace(f"; {bounds}]", "]").replace(f"[{bounds}]", "").rstrip()
+        return name, text
 
-    TyperArgument.display_type_rich = argument_type  # type: ignore[method-assign]
+    TyperOption.get_help_record = without_bounds  # type: ignore[method-assign]
 
 
 plain_help()

@@ -271,5 +271,6 @@ def _read_query_image(path: Path) -> bytes:
 def _in_process(directory: Path, request, device, reranker, feature_cache=None) -> dict:
     from xmr.engine.engine import Engine
 
-    engine = Engine(directory, device, "none" if not request.rerank else reranker, feature_cache)
+    reranker = "none" if not request.rerank else reranker
+    engine = Engine(directory, device, reranker, feature_cache, short_lived=True)
     return engine.search(request).as_dict()

@@ -113,9 +113,12 @@ class Engine:
         device: str | None = None,
         reranker: str = "auto",
         feature_cache: str | int | None = None,
+        short_lived: bool = False,
     ):
         """`feature_cache`: the size cap of the vision tokens a pretrained matcher computes
-        at search time and caches in the index folder ("4G"; 0: none; default 2 GiB)."""
+        at search time and caches in the index folder ("4G"; 0: none; default 2 GiB).
+        `short_lived`: the engine answers one query and its process ends (a CLI search):
+        models load for a fast first answer rather than for the fastest later ones."""
         from xmr.retrieval.index_choice import parse_size
 
         self.directory = index_directory(index)
@@ -128,6 +131,7 @@ class Engine:
         self._models_thread = ModelThread()
         self._snapshot: _Snapshot | None = None
         self._models: Models | None = None
+        self.short_lived = short_lived
 
     # -- reading -------------------------------------------------------------------------
     def search(self, query: SearchRequest | QueryInput | str, **options: Any) -> Answer:
@@ -304,7 +308,7 @@ class Engine:
     def _open(self) -> _Snapshot:
         library = Library.open(self.directory)
         if self._models is None or self._models.spec.canonical != library.encoder_spec:
-            self._models = Models(library.encoder_spec, self.device)
+            self._models = Models(library.encoder_spec, self.device, self.short_lived)
         self._models.token_layer = library.token_layer
         choice = choose_reranker(self.reranker_choice, self._models.spec, library)
         return _Snapshot(library, choice)

@@ -159,9 +159,11 @@ def _token_shape_mismatch(library: Library, config: dict, name: str) -> str | No
 class Models:
     """The encoder towers and re-rankers of one model spec on one device."""
 
-    def __init__(self, spec: str | ModelSpec, device: str | None = None):
+    def __init__(self, spec: str | ModelSpec, device: str | None = None, short_lived: bool = False):
+        """`short_lived`: the process answers one query and ends (see Engine)."""
         self.spec = parse_model_spec(spec) if isinstance(spec, str) else spec
         self.device = device
+        self.short_lived = short_lived
         self.token_layer: int | None = None  # the vision block the index stores tokens of
         self._lock = threading.Lock()
         self._text: TextEncoder | None = None  # the text tower alone, until both are loaded
@@ -235,7 +237,11 @@ class Models:
         folder, meta = self._towers_folder("text.onnx", self.token_layer)
         info = meta["files"]["text.onnx"]
         return OnnxTextEncoder(
-            folder / "text.onnx", info["context_length"], meta["dim"], bool(info.get("trim"))
+            folder / "text.onnx",
+            info["context_length"],
+            meta["dim"],
+            bool(info.get("trim")),
+            prepack=not self.short_lived,
         )
 
     def _load_onnx_image(self, token_layer: int | None) -> OnnxImageTower:
@@ -244,7 +250,8 @@ class Models:
 
         name = image_file(token_layer)
         folder, meta = self._towers_folder(name, token_layer)
-        return OnnxImageTower(folder / name, meta["files"][name]["preprocess"])
+        preprocess = meta["files"][name]["preprocess"]
+        return OnnxImageTower(folder / name, preprocess, prepack=not self.short_lived)
 
     def _reranker_export(self, folder: Path) -> tuple[Path, str] | None:
         """(export folder, fingerprint) of a native re-ranker's ONNX export, exported now
@@ -275,7 +282,9 @@ class Models:
             made = self._reranker_export(folder)
             if made is None:
                 return None
-            return OnnxReranker.from_folder(made[0], folder, reranker_name(folder), made[1])
+            name = reranker_name(folder)
+            prepack = not self.short_lived
+            return OnnxReranker.from_folder(made[0], folder, name, made[1], prepack)
         except Exception as exc:  # any failure: PyTorch answers, never a wrong one
             self._onnx_failed(f"re-ranking by {reranker_name(folder)} runs", exc)
             return None

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from xmr.engine.models import random_weights_notice
 from xmr.engine.progress import Reporter
-from xmr.indexer.executor import Executor
 from xmr.retrieval.errors import InputError
 from xmr.retrieval.library import Library
 from xmr.retrieval.modelspec import DEFAULT_MODEL
@@ -23,6 +22,7 @@ from xmr.retrieval.reranker_compat import reranker_config_mismatch
 
 if TYPE_CHECKING:
     from xmr.engine.progress import IndexSummary
+    from xmr.indexer.executor import Executor
     from xmr.indexer.images import IndexOptions
     from xmr.retrieval.check import CheckReport
     from xmr.retrieval.encoder import Encoder, LazyEncoder

@@ -30,7 +30,6 @@ from xmr.retrieval.duplicates import PixelCheck
 from xmr.retrieval.errors import InputError, InvalidModelSpec, ItemNotFound
 from xmr.retrieval.files import require_regular_file
 from xmr.retrieval.filters import SearchFilter
-from xmr.retrieval.imageio import DecodeError, decode_image
 from xmr.retrieval.library import Collection, Library
 from xmr.retrieval.query_language import Term, combine
 from xmr.retrieval.reranker_compat import token_mismatch
@@ -234,6 +233,8 @@ class Searcher:
         are intact; else `source` (a path or bytes) decoded and encoded, `row` left out."""
         if unchanged and self.library.records_intact(self.library.images, row.id):
             return self._stored_query(row.id, source if isinstance(source, bytes) else row.path)
+        from xmr.retrieval.imageio import DecodeError, decode_image  # PIL: image queries only
+
         try:
             pixels, *_ = decode_image(source, self.encoder.preprocess)
         except DecodeError as exc:

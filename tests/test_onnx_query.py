@@ -193,6 +193,46 @@ def test_image_queries_match_pytorch_on_xmr_tiny(tiny_index, monkeypatch, target
     assert float(a.vector @ b.vector) >= 0.9999
 
 
+def _prepacks(session) -> bool:
+    """Whether an ONNX Runtime session laid its weights out for its kernels at load."""
+    options = session.get_session_options()
+    try:
+        return options.get_session_config_entry("session.disable_prepacking") != "1"
+    except RuntimeError:  # no such entry: the default, prepacking
+        return True
+
+
+def test_a_short_lived_engine_loads_without_prepacking_and_answers_the_same(
+    tiny_index, monkeypatch
+):
+    """A CLI search (one query, then the process ends) skips weight prepacking, which
+    costs more at load than it saves on one run; the server keeps it. Same answers."""
+    from xmr.engine.query_input import QueryInput
+    from xmr.engine.request import SearchRequest
+
+    index, outside = tiny_index
+    requests = [
+        SearchRequest(query=QueryInput(text="a red circle"), k=8, candidates=16),
+        SearchRequest(query=QueryInput(image_path=outside), target="texts", k=8),
+    ]
+    served = _engine(index, monkeypatch, True)
+    once = _engine(index, monkeypatch, True, short_lived=True)
+    for request in requests:
+        answer = once.search(request)
+        assert answer.reranked
+        _assert_same(answer, served.search(request))
+    for engine, prepacked in ((served, True), (once, False)):
+        reranker = engine.reranker()
+        assert isinstance(reranker, OnnxReranker)
+        sessions = [
+            engine.models.onnx_text().session,
+            engine.models.onnx_image(engine.models.token_layer).session,
+            reranker._stem,  # noqa: SLF001 - the sessions it loaded
+            reranker._match,  # noqa: SLF001
+        ]
+        assert [_prepacks(s) for s in sessions] == [prepacked] * 4
+
+
 def _random_reranker_folder(
     folder: Path, dim: int, text_len: int, image_tokens: int, **config
 ) -> Path:
@@ -324,6 +364,9 @@ def test_cold_query_imports_neither_torch_nor_open_clip(tiny_index, args):
     assert "onnxruntime" in imported and "faiss" in imported
     heavy = {"torch", "open_clip", "torchvision", "timm", "transformers", "sqlalchemy"}
     assert not imported & heavy  # a search reads the database with plain sqlite3
+    # A text query decodes no image; typer's pydantic validation is left out (typer<0.29).
+    slow = {"pydantic"} | ({"PIL"} if "--image" not in args else set())
+    assert not imported & slow
     assert json.loads(result.stdout)  # results came back
     torch_run = _cli(index, *args, env=xmr_env(XMR_ONNX="0"))
     got, want = json.loads(result.stdout), json.loads(torch_run.stdout)
