@@ -172,6 +172,14 @@ def train_encoder(
             help="Train on an xmr corpus's short phrases too ('a red circle', 'two squares').",
         ),
     ] = False,
+    mask_true_phrases: Annotated[
+        bool,
+        typer.Option(
+            "--mask-true-phrases",
+            help="With --phrases: a phrase true of another image of the batch ('circles') "
+            "is not a negative for it (read from the corpus's scenes).",
+        ),
+    ] = False,
     threads: Threads = None,
     quiet: Quiet = False,
 ):

@@ -44,6 +44,10 @@ class EncoderTrainConfig:
     # Train on an xmr corpus's short phrases too ("a red circle", "two squares"), beside its
     # sentences: queries people type are phrases (load_dataset's `phrases`).
     phrases: bool = False
+    # With phrases: leave out of a step's negatives the pairs where one image's phrase is
+    # true of another image of the batch ("circles" and every image with circles), read
+    # from the corpus's scenes (training/phrase_truth.py).
+    mask_true_phrases: bool = False
 
 
 @dataclass
@@ -77,6 +81,7 @@ def train_encoder(config: EncoderTrainConfig, progress=None, validated=None) -> 
     preprocess_cfg = get_model_preprocess_cfg(model)
 
     train = load_dataset(config.data, config.images_root, split="train", phrases=config.phrases)
+    truth = _phrase_truth(config, train)
     val = _val_split(config)
     pixels = preload_pixels(train.image_paths, preprocess)  # (N, 3, H, W) float16
     tokens = tokenizer(train.captions)  # (T, ctx)
@@ -96,7 +101,7 @@ def train_encoder(config: EncoderTrainConfig, progress=None, validated=None) -> 
     resumed = _maybe_resume(out, model, optimizer, schedule, state)
     run = _ClipRun(
         model, optimizer, schedule, ClipLoss(), pixels, tokens, captions_of, config.batch_size,
-        steps_per_epoch, total_steps,
+        steps_per_epoch, total_steps, truth,
     )  # fmt: skip
     model.train()
     rng = np.random.default_rng(config.seed + state.step)  # resumed runs draw fresh batches
@@ -141,6 +146,17 @@ class _ClipRun:
     batch_size: int
     steps_per_epoch: int
     total_steps: int
+    truth: object = None  # phrase_truth.PhraseTruth when true phrases are masked
+
+
+def _phrase_truth(config: EncoderTrainConfig, train):
+    if not config.mask_true_phrases:
+        return None
+    if not config.phrases:
+        raise InputError("masking true phrases needs --phrases (there are none to mask)")
+    from xmr.training.phrase_truth import PhraseTruth
+
+    return PhraseTruth.of_dataset(config.data, train)
 
 
 def _run_epoch(run: _ClipRun, state: TrainState, first: int, rng, progress) -> list[float]:
@@ -154,7 +170,8 @@ def _run_epoch(run: _ClipRun, state: TrainState, first: int, rng, progress) -> l
         started = time.monotonic()
         batch = order[start : start + run.batch_size]
         caption_ids = [int(rng.choice(run.captions_of[i])) for i in batch]
-        losses.append(_clip_step(run, run.pixels[batch].float(), run.tokens[caption_ids]))
+        mask = None if run.truth is None else run.truth.false_negatives(batch, caption_ids)
+        losses.append(_clip_step(run, run.pixels[batch].float(), run.tokens[caption_ids], mask))
         state.step += 1
         if progress:
             rate = len(batch) / (time.monotonic() - started)
@@ -162,13 +179,20 @@ def _run_epoch(run: _ClipRun, state: TrainState, first: int, rng, progress) -> l
     return losses
 
 
-def _clip_step(run: _ClipRun, images, texts) -> float:
-    """images (B, 3, H, W), texts (B, ctx) -> one optimizer step on ClipLoss; its loss."""
+def _clip_step(run: _ClipRun, images, texts, false_negatives=None) -> float:
+    """images (B, 3, H, W), texts (B, ctx) -> one optimizer step on ClipLoss (with the
+    (B, B) `false_negatives` left out, when given); its loss."""
     import torch
 
     image_features = run.model.encode_image(images, normalize=True)  # (B, D)
     text_features = run.model.encode_text(texts, normalize=True)  # (B, D)
-    loss = run.loss_fn(image_features, text_features, run.model.logit_scale.exp())
+    scale = run.model.logit_scale.exp()
+    if false_negatives is None:
+        loss = run.loss_fn(image_features, text_features, scale)
+    else:
+        from xmr.training.phrase_truth import masked_clip_loss
+
+        loss = masked_clip_loss(image_features, text_features, scale, false_negatives)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(run.model.parameters(), 1.0)
