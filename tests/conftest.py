@@ -339,22 +339,33 @@ def train_config_path(tmp_path_factory):
     return path
 
 
+def tiny_encoder_run(corpus, config_path: Path, out: Path, **settings):
+    """An EncoderTrainConfig for the tiny test CLIP on a generated corpus: batches of 64,
+    as many epochs as `max_steps` needs; `settings` override."""
+    from xmr.training.encoder_training import EncoderTrainConfig
+
+    base = dict(epochs=100, batch_size=64, seed=0)
+    return EncoderTrainConfig(
+        data=str(corpus.captions_path),
+        model=f"{config_path}:none",
+        out=str(out),
+        **(base | settings),
+    )
+
+
 @pytest.fixture(scope="session")
 def trained(shapes_corpus, train_config_path, tmp_path_factory):
     """A tiny encoder trained for 300 steps (tests that use it are marked slow)."""
-    from xmr.training.encoder_training import EncoderTrainConfig, train_encoder
+    from xmr.training.encoder_training import train_encoder
 
     out = tmp_path_factory.mktemp("trained") / "tiny"
-    config = EncoderTrainConfig(
-        data=str(shapes_corpus.captions_path),
-        model=f"{train_config_path}:none",
-        out=str(out),
-        epochs=100,
-        batch_size=64,
+    config = tiny_encoder_run(
+        shapes_corpus,
+        train_config_path,
+        out,
         lr=2e-3,
         warmup_steps=20,
         max_steps=300,
-        seed=0,
         name="xmr-test-tiny",
     )
     state = train_encoder(config)

@@ -86,20 +86,17 @@ def test_false_negatives_are_phrases_true_of_another_image(shapes_corpus):
 
 @pytest.mark.slow
 def test_masking_needs_phrases_and_trains_with_them(shapes_corpus, train_config_path, tmp_path):
-    from xmr.retrieval.errors import InputError
-    from xmr.training.encoder_training import EncoderTrainConfig, train_encoder
+    from conftest import tiny_encoder_run
 
-    base = dict(
-        data=str(shapes_corpus.captions_path),
-        model=f"{train_config_path}:none",
-        out=str(tmp_path / "run"),
-        batch_size=64,
-        max_steps=2,
-        mask_true_phrases=True,
-    )
+    from xmr.retrieval.errors import InputError
+    from xmr.training.encoder_training import train_encoder
+
+    out = tmp_path / "run"
+    masked = dict(max_steps=2, mask_true_phrases=True)
     with pytest.raises(InputError, match="--phrases"):
-        train_encoder(EncoderTrainConfig(**base))
-    state = train_encoder(EncoderTrainConfig(**base, phrases=True))
+        train_encoder(tiny_encoder_run(shapes_corpus, train_config_path, out, **masked))
+    config = tiny_encoder_run(shapes_corpus, train_config_path, out, phrases=True, **masked)
+    state = train_encoder(config)
     assert state.step == 2 and np.isfinite(state.history[-1]["loss"])
     log = json.loads((tmp_path / "run" / "train_log.json").read_text())
     assert log["config"]["mask_true_phrases"] is True

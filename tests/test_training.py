@@ -55,19 +55,18 @@ def test_artefact_loads_with_plain_open_clip_and_gives_identical_embeddings(trai
 
 @pytest.mark.slow
 def test_resume_continues_the_step_count(shapes_corpus, train_config_path, tmp_path):
-    from xmr.training.encoder_training import EncoderTrainConfig, train_encoder
+    from conftest import tiny_encoder_run
 
-    base = dict(
-        data=str(shapes_corpus.captions_path),
-        model=f"{train_config_path}:none",
-        out=str(tmp_path / "run"),
-        epochs=100,
-        batch_size=64,
-        seed=3,
-    )
-    first = train_encoder(EncoderTrainConfig(**base, max_steps=8))
+    from xmr.training.encoder_training import train_encoder
+
+    def run(steps: int):
+        return tiny_encoder_run(
+            shapes_corpus, train_config_path, tmp_path / "run", seed=3, max_steps=steps
+        )
+
+    first = train_encoder(run(8))
     assert first.step == 8
-    second = train_encoder(EncoderTrainConfig(**base, max_steps=14))
+    second = train_encoder(run(14))
     assert second.step == 14
     steps = [row["step"] for row in second.history]
     assert steps[0] == first.history[0]["step"]  # history carried over, not restarted
