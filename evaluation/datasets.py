@@ -89,7 +89,9 @@ def load_dataset(
     where the file itself is the split. check_images: verify that every image file exists.
     phrases: add an xmr corpus's short phrases ("a red circle", "two squares") to each
     image's captions, for training (a phrase fits many images: recall@k, which counts one
-    image per caption, is measured without them).
+    image per caption, is measured without them). A DatasetError when the split has none
+    (a corpus written before phrases existed, or a LAVIS file), rather than training on the
+    sentences alone as if phrases had been asked for.
 
     Karpathy format (a JSON object)::
 
@@ -133,6 +135,12 @@ def load_dataset(
         fmt, used_split, name = "lavis", None, None
     else:
         raise DatasetError(f"{label}: unknown dataset format ({_describe(data)}); {_FORMATS}")
+    if phrases and not _has_phrases(data, used_split):
+        where = f"the {used_split!r} split's records" if used_split else "its records"
+        raise DatasetError(
+            f'{label}: phrases asked for, but {where} have no "phrases"; write the corpus '
+            "with this version's `xmr make-corpus`, or train without --phrases"
+        )
 
     if not name:
         stem = src.stem
@@ -202,6 +210,15 @@ def _clean_caption(value: Any, where: str) -> str:
     if not caption:
         raise DatasetError(f"{where} is an empty string")
     return caption
+
+
+def _has_phrases(data: Any, split: str | None) -> bool:
+    """Whether any Karpathy record of `split` (None: any split) lists a short phrase."""
+    if not isinstance(data, dict):
+        return False  # a LAVIS list has no phrases
+    return any(
+        rec.get("phrases") for rec in data["images"] if split is None or rec.get("split") == split
+    )
 
 
 def _parse_karpathy(

@@ -56,3 +56,21 @@ def test_split_scenes_and_links_hold_exactly_the_split(tmp_path):
         first = s["objects"][0]
         assert has_object(s, first["colour"], first["shape"])
         assert (tmp_path / "images" / name).read_bytes() == (info.images_dir / name).read_bytes()
+
+
+def test_summary_of_stage1_only_rows_has_no_reranked_entries():
+    from bench_phrases import summary
+
+    rows = [
+        {"phrase": "a red circle", "best_possible": 1.0, "stage1": 0.6, "reranked": 0.9},
+        {"phrase": "a blue star", "best_possible": 0.5, "stage1": 0.2, "reranked": 0.7},
+    ]
+    both = summary(rows)
+    assert both["stage1_mean"] == pytest.approx(0.4)
+    assert both["reranked_mean"] == pytest.approx(0.8)
+    assert both["best_possible_mean"] == pytest.approx(0.75)
+    assert (both["stage1_below_0.5"], both["reranked_below_0.8"]) == (1, 1)
+    # `--reranker none`: stage 1 only; no re-ranked mean is made up from missing entries.
+    stage1 = summary([{k: v for k, v in r.items() if k != "reranked"} for r in rows])
+    assert stage1 == {k: both[k] for k in stage1}
+    assert "reranked_mean" not in stage1 and "reranked_below_0.8" not in stage1

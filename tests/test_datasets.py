@@ -253,3 +253,33 @@ def test_empty_split_lists_existing_splits(coco):
     assert "dataset_coco.json" in msg and "no images in split 'val'" in msg
     for present in ("'restval'", "'test'", "'train'"):
         assert present in msg
+
+
+def test_phrases_asked_of_a_file_without_them_is_an_error(tmp_path):
+    """`xmr train-encoder --phrases` on a corpus written before phrases existed must stop,
+    not train on the sentences alone as if it had phrases."""
+    corpus = tmp_path / "corpus"
+    for name in ("0.png", "1.png", "2.png"):
+        make_png(corpus / "images" / name)
+    records = [
+        karpathy_record("0.png", "train", ["a red circle left of a blue star"], "images"),
+        karpathy_record("1.png", "train", ["a green square"], "images"),
+        karpathy_record("2.png", "val", ["a cyan cross"], "images"),
+    ]
+    old = write_json(corpus / "old.json", {"images": records})
+    assert len(load_dataset(old, split="train").captions) == 2  # without phrases: fine
+    with pytest.raises(DatasetError, match=r"'train' split's records have no \"phrases\""):
+        load_dataset(old, split="train", phrases=True)
+
+    records[2]["phrases"] = ["a cyan cross", "crosses"]  # phrases in another split only
+    mixed = write_json(corpus / "mixed.json", {"images": records})
+    with pytest.raises(DatasetError, match='have no "phrases"'):
+        load_dataset(mixed, split="train", phrases=True)
+    assert load_dataset(mixed, split="val", phrases=True).captions == [
+        "a cyan cross", "a cyan cross", "crosses"
+    ]  # fmt: skip
+    assert len(load_dataset(mixed, split=None, phrases=True).captions) == 5
+
+    lavis = write_json(corpus / "lavis.json", [{"image": "images/0.png", "caption": "a dog"}])
+    with pytest.raises(DatasetError, match="phrases asked for"):
+        load_dataset(lavis, phrases=True)
