@@ -119,11 +119,35 @@ def summary(rows: list[dict]) -> dict:
 
 
 def markdown(args, rows: list[dict], totals: dict, seconds: float) -> list[str]:
+    """The table: stage 1 / re-ranked per phrase, or stage 1 alone (`--reranker none`)."""
     colours, shapes = vocabulary()
     by = {r["phrase"]: r for r in rows}
-    if "reranked_mean" not in totals:
-        return _markdown_stage1(args, by, totals, seconds)
+    reranked = "reranked_mean" in totals
     depth = args.candidates or "128 (the searcher's default)"
+    intro = (
+        f'For each query "a COLOUR SHAPE": the share of the top {K} that show an object of '
+        f"that colour and shape, over the {args.split} split's {totals['images']} images"
+    )
+    if reranked:
+        intro += (
+            f". Stage 1 / re-ranked (stage-1 top {depth} re-ranked). Mean over "
+            f"{totals['phrases']} phrases: **stage 1 {totals['stage1_mean']:.3f}, re-ranked "
+            f"{totals['reranked_mean']:.3f}** (best the split allows: "
+            f"{totals['best_possible_mean']:.3f}); phrases below 0.5 at stage 1: "
+            f"{totals['stage1_below_0.5']}, below 0.8 re-ranked: "
+            f"{totals['reranked_below_0.8']}. {seconds:.0f} s."
+        )
+    else:
+        intro += (
+            f", at stage 1 (no re-ranker). Mean over {totals['phrases']} phrases: **stage 1 "
+            f"{totals['stage1_mean']:.3f}** (best the split allows: "
+            f"{totals['best_possible_mean']:.3f}); phrases below 0.5: "
+            f"{totals['stage1_below_0.5']}. {seconds:.0f} s."
+        )
+
+    def cell(row: dict) -> str:
+        return f"{row['stage1']:.2f}" + (f" / {row['reranked']:.2f}" if reranked else "")
+
     lines = [
         f"# Phrase queries: {args.name}",
         "",
@@ -133,49 +157,13 @@ def markdown(args, rows: list[dict], totals: dict, seconds: float) -> list[str]:
         + (f" --candidates {args.candidates}" if args.candidates else "")
         + "`",
         "",
-        f'For each query "a COLOUR SHAPE": the share of the top {K} that show an object of '
-        f"that colour and shape, over the {args.split} split's {totals['images']} images. "
-        f"Stage 1 / re-ranked (stage-1 top {depth} re-ranked). Mean over "
-        f"{totals['phrases']} phrases: **stage 1 {totals['stage1_mean']:.3f}, re-ranked "
-        f"{totals['reranked_mean']:.3f}** (best the split allows: "
-        f"{totals['best_possible_mean']:.3f}); phrases below 0.5 at stage 1: "
-        f"{totals['stage1_below_0.5']}, below 0.8 re-ranked: {totals['reranked_below_0.8']}. "
-        f"{seconds:.0f} s.",
+        intro,
         "",
         "| colour | " + " | ".join(shapes) + " |",
         "|---|" + "---:|" * len(shapes),
     ]
     for colour in colours:
-        cells = [
-            f"{by[f'a {colour} {s}']['stage1']:.2f} / {by[f'a {colour} {s}']['reranked']:.2f}"
-            for s in shapes
-        ]
-        lines.append(f"| {colour} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def _markdown_stage1(args, by: dict[str, dict], totals: dict, seconds: float) -> list[str]:
-    """The table of a stage-1-only run (`--reranker none`)."""
-    colours, shapes = vocabulary()
-    lines = [
-        f"# Phrase queries: {args.name}",
-        "",
-        f"`{corpus_command(args.data)}`, then",
-        f"`python benchmarks/bench_phrases.py {args.data} --model {args.model} "
-        f"--reranker none --split {args.split} --name {args.name}`",
-        "",
-        f'For each query "a COLOUR SHAPE": the share of the top {K} that show an object of '
-        f"that colour and shape, over the {args.split} split's {totals['images']} images, at "
-        f"stage 1 (no re-ranker). Mean over {totals['phrases']} phrases: **stage 1 "
-        f"{totals['stage1_mean']:.3f}** (best the split allows: "
-        f"{totals['best_possible_mean']:.3f}); phrases below 0.5: "
-        f"{totals['stage1_below_0.5']}. {seconds:.0f} s.",
-        "",
-        "| colour | " + " | ".join(shapes) + " |",
-        "|---|" + "---:|" * len(shapes),
-    ]
-    for colour in colours:
-        cells = [f"{by[f'a {colour} {s}']['stage1']:.2f}" for s in shapes]
+        cells = [cell(by[f"a {colour} {s}"]) for s in shapes]
         lines.append(f"| {colour} | " + " | ".join(cells) + " |")
     return lines
 
