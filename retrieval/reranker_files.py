@@ -80,18 +80,25 @@ def folder_fingerprint(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+# Options added after re-rankers were first saved, and the value that means "off": a
+# config with one off is the config of a re-ranker saved before it existed, so it digests
+# the same (config_digest) and may start a run that turns it on (--init-from), its new
+# weights starting neutral (reranker.Reranker.neutral_parameters).
+ADDABLE = {"patch_position": "none"}
+
+
 def config_digest(config: dict):
     """sha256 of a re-ranker config, the start of either fingerprint (folder_fingerprint,
     reranker.fingerprint). Leaves out the stage-1 weight: calibration changes it, and the
-    image features do not depend on it. An option at the value every re-ranker had
-    before it existed is left out too, so adding one keeps older digests."""
+    image features do not depend on it. An ADDABLE option that is off is left out too, so
+    adding one keeps older digests."""
     import hashlib
     import json
 
     kept = {
         k: v
         for k, v in config.items()
-        if k != "stage1_weight" and not (k == "patch_position" and v == "none")
+        if k != "stage1_weight" and not (k in ADDABLE and v == ADDABLE[k])
     }
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode())
 

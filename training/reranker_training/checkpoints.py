@@ -40,7 +40,7 @@ def resume(out: Path, model, optimizer, schedule, state, device: str) -> None:
 def start_from(model, folder: Path) -> None:
     """Load a saved re-ranker's weights into `model`, whose config must match its own
     (the fused stage-1 weight aside: training starts again from the encoder's scale), or
-    add options it lacked (config.ADDABLE), whose new weights start neutral."""
+    add options it lacked (reranker_files.ADDABLE), whose new weights start neutral."""
     from safetensors.torch import load_file
 
     from xmr.retrieval.errors import InputError

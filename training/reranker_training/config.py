@@ -83,18 +83,13 @@ def check_config(config: RerankerTrainConfig) -> None:
         check_start(Path(config.init_from), asdict(config))
 
 
-# Options a run may turn on over a start trained without them: their new weights start
-# neutral (Reranker.neutral_parameters), so the start scores as it did. Option -> "off".
-ADDABLE = {"patch_position": "none"}
-
-
 def check_start(folder: Path, ours: dict) -> None:
     """Refuse an --init-from whose saved config differs from `ours` in a key both have
     (the fused stage-1 weight aside, and an ADDABLE option off in the start): a training
     config before embedding, the model's after."""
     from xmr.retrieval.errors import InputError
     from xmr.retrieval.reranker import RerankerConfig
-    from xmr.retrieval.reranker_files import folder_config
+    from xmr.retrieval.reranker_files import ADDABLE, folder_config
 
     saved = {"image_token_layer": None, **folder_config(folder)}
     fields = RerankerConfig.__dataclass_fields__.keys()
