@@ -163,7 +163,9 @@ class Models:
         """`short_lived`: the process answers one query and ends (see Engine)."""
         self.spec = parse_model_spec(spec) if isinstance(spec, str) else spec
         self.device = device
-        self.short_lived = short_lived
+        # ONNX Runtime lays weights out for its kernels at load, which pays back over many
+        # queries only (runtime.session).
+        self.prepack = not short_lived
         self.token_layer: int | None = None  # the vision block the index stores tokens of
         self._lock = threading.Lock()
         self._text: TextEncoder | None = None  # the text tower alone, until both are loaded
@@ -241,7 +243,7 @@ class Models:
             info["context_length"],
             meta["dim"],
             bool(info.get("trim")),
-            prepack=not self.short_lived,
+            prepack=self.prepack,
         )
 
     def _load_onnx_image(self, token_layer: int | None) -> OnnxImageTower:
@@ -251,7 +253,7 @@ class Models:
         name = image_file(token_layer)
         folder, meta = self._towers_folder(name, token_layer)
         preprocess = meta["files"][name]["preprocess"]
-        return OnnxImageTower(folder / name, preprocess, prepack=not self.short_lived)
+        return OnnxImageTower(folder / name, preprocess, prepack=self.prepack)
 
     def _reranker_export(self, folder: Path) -> tuple[Path, str] | None:
         """(export folder, fingerprint) of a native re-ranker's ONNX export, exported now
@@ -283,8 +285,7 @@ class Models:
             if made is None:
                 return None
             name = reranker_name(folder)
-            prepack = not self.short_lived
-            return OnnxReranker.from_folder(made[0], folder, name, made[1], prepack)
+            return OnnxReranker.from_folder(made[0], folder, name, made[1], self.prepack)
         except Exception as exc:  # any failure: PyTorch answers, never a wrong one
             self._onnx_failed(f"re-ranking by {reranker_name(folder)} runs", exc)
             return None
