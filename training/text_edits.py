@@ -165,13 +165,7 @@ def swap_operands(caption: str, rng: random.Random, objects: list[str]) -> str |
         return None
     a, b = rng.choice(pairs)
     first, second = caption[a[0] : a[1]], caption[b[0] : b[1]]
-    return (
-        caption[: a[0]]
-        + _case_like(second, first)
-        + caption[a[1] : b[0]]
-        + _case_like(first, second)
-        + caption[b[1] :]
-    )
+    return _replace(caption, [(*a, _case_like(second, first)), (*b, _case_like(first, second))])
 
 
 def _case_like(phrase: str, slot: str) -> str:
