@@ -10,7 +10,10 @@ projected to 512); the plain ones have random weights (latency does not depend o
 Reports the median over repeats and writes
 benchmarks/results/rerank_latency_<device>.{json,md}.
 
-    python benchmarks/bench_rerank.py [--device cuda] [--repeats 30]
+    python benchmarks/bench_rerank.py [--device cuda] [--repeats 30] [--reranker FOLDER ...]
+
+`--reranker FOLDER` adds a trained re-ranker (an `xmr train-reranker --out` folder) to the
+same run, to compare a candidate with the shipped one side by side.
 """
 
 from __future__ import annotations
@@ -28,9 +31,17 @@ SHAPES = {
 }
 
 
-def _runtimes(device: str):
-    """(label, runtime) pairs: xmr-tiny's shipped re-ranker when present, beside a random
-    plain one of the same token shapes (the default RerankerConfig), and ViT-B-32's."""
+def _describe(config) -> str:
+    stem = "conv stem" if config.image_stem == "conv" else "attention stem"
+    extras = ", token alignment" if config.token_alignment else ""
+    extras += ", relation term" if getattr(config, "relation_readout", False) else ""
+    return f"width {config.width}, {stem}{extras}"
+
+
+def _runtimes(device: str, folders=()):
+    """(label, runtime) pairs: xmr-tiny's shipped re-ranker when present, the re-rankers in
+    `folders`, beside a random plain one of xmr-tiny's token shapes (the default
+    RerankerConfig), and ViT-B-32's."""
     import torch
 
     from xmr.retrieval.modelspec import SHIPPED_MODELS_DIR
@@ -39,10 +50,10 @@ def _runtimes(device: str):
     shipped = SHIPPED_MODELS_DIR / "xmr-tiny" / "reranker"
     if shipped.is_dir():
         runtime = load_reranker(shipped, device=device)
-        c = runtime.config
-        stem = "conv stem" if c.image_stem == "conv" else "attention stem"
-        extras = ", token alignment" if c.token_alignment else ""
-        yield f"xmr-tiny (shipped: width {c.width}, {stem}{extras})", runtime
+        yield f"xmr-tiny (shipped: {_describe(runtime.config)})", runtime
+    for folder in folders:
+        runtime = load_reranker(folder, device=device)
+        yield f"{runtime.name} ({_describe(runtime.config)})", runtime
     for name, (dim, text_len, image_tokens, pool) in SHAPES.items():
         torch.manual_seed(0)
         config = RerankerConfig(
@@ -95,10 +106,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--ks", default="16,64,128")
+    parser.add_argument("--reranker", action="append", default=[], metavar="FOLDER")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     rows = []
-    for label, runtime in _runtimes(args.device):
+    for label, runtime in _runtimes(args.device, args.reranker):
         for k in (int(x) for x in args.ks.split(",")):
             ms = _measure(runtime, k, rng, args.repeats)
             log(
