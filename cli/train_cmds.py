@@ -258,6 +258,22 @@ def train_reranker(
             help="Row/column signal on the patches: none | sincos (starts neutral).",
         ),
     ] = "none",
+    relation_readout: Annotated[
+        bool,
+        typer.Option(
+            "--relation-readout/--no-relation-readout",
+            help="Compare where word pairs look (relations; starts neutral).",
+        ),
+    ] = False,
+    grounding: Annotated[
+        int,
+        typer.Option(
+            "--grounding",
+            metavar="N",
+            min=0,
+            help="Captions per step taught where object words look (corpus scenes).",
+        ),
+    ] = 0,
     edit_pairs: Annotated[
         int,
         typer.Option(
@@ -357,7 +373,8 @@ def train_reranker(
 # Options of the native re-ranker's architecture and loss, which a BLIP run has no use for.
 _NATIVE_ONLY = (
     "width", "layers", "heads", "image_layers", "image_pool", "image_token_layer",
-    "image_stem", "token_alignment", "patch_position", "edit_pairs", "edit_kinds",
+    "image_stem", "token_alignment", "patch_position", "relation_readout", "grounding",
+    "edit_pairs", "edit_kinds",
 )  # fmt: skip
 
 

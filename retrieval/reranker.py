@@ -50,6 +50,11 @@ IMAGE_STEMS = ("attention", "conv")
 # "sincos": fixed 2-D sin-cos codes of each patch's row and column (half the channels each,
 # as in MAE) through a linear map that starts at zero (Reranker.grid_position).
 PATCH_POSITIONS = ("none", "sincos")
+RELATION_HEADS = 4  # relations one caption can state ("A left of B; C under B")
+# The relation term's directions start at zero and the weights move about one learning
+# rate per step (AdamW): the gain brings the term to the logit's scale within a few hundred
+# steps at a fine-tuning rate, without speeding up the weights it starts from.
+RELATION_GAIN = 10.0
 
 
 @dataclass
@@ -74,6 +79,10 @@ class RerankerConfig:
     # An explicit row/column signal on the patch tokens, before the image blocks (see
     # PATCH_POSITIONS): where each object is, which relations ("left of") need.
     patch_position: str = "none"
+    # Adds a relation term to the logit (see Reranker.relate): where each word looks (its
+    # own word-patch attention, which training can supervise: grounding.py), compared
+    # between word pairs. Built on token_alignment's place in the model.
+    relation_readout: bool = False
     mlp_ratio: float = 4.0
     stage1_weight: float = 0.0  # final score = logit + stage1_weight * stage-1 similarity
     itc_weight: float = 0.0  # the encoder's logit scale: stage 1 as a contrastive logit (BLIP)
@@ -86,6 +95,16 @@ class RerankerConfig:
             raise ValueError(
                 f"patch_position must be one of {PATCH_POSITIONS}, not {self.patch_position!r}"
             )
+        if self.relation_readout and not self.token_alignment:
+            raise ValueError("relation_readout is added beside token_alignment: turn both on")
+
+
+def grid_coordinates(side: int) -> torch.Tensor:
+    """(side*side, 2) each patch's (column, row) centre on [-1, 1], row-major: x grows to the
+    right, y downwards, as in image coordinates."""
+    centres = (torch.arange(side, dtype=torch.float32) + 0.5) / side * 2 - 1  # (S,)
+    rows, columns = torch.meshgrid(centres, centres, indexing="ij")  # (S, S) each
+    return torch.stack([columns, rows], dim=-1).reshape(side * side, 2)
 
 
 def grid_sincos(side: int, width: int) -> torch.Tensor:
@@ -246,6 +265,20 @@ class Reranker(nn.Module):
             self.align_gate = nn.Linear(w, 1)  # how much each word's match counts
             # 1, not 0 like the head: at 0 the query and key projections get no gradient.
             self.align_scale = nn.Parameter(torch.tensor(1.0))
+        if config.relation_readout:
+            side = int(round(pooled_count(config.image_tokens, config.image_pool) ** 0.5))
+            self.register_buffer("patch_xy", grid_coordinates(side), persistent=False)
+            heads = RELATION_HEADS
+            # Where each word looks: its own attention over the patches.
+            self.relation_ln_image, self.relation_key = nn.LayerNorm(w), nn.Linear(w, w)
+            self.relation_ln, self.relation_query = nn.LayerNorm(w), nn.Linear(w, w)
+            self.relation_pair = nn.Linear(w, 2 * w)  # which word pairs a head compares
+            # Each word's direction (x, y) per head, as the pair's first and second word.
+            # Zero at the start: the relation term is 0, so a re-ranker trained without it
+            # (--init-from) scores exactly as before until training moves it.
+            self.relation_direction = nn.Linear(w, heads * 2 * 2)
+            nn.init.zeros_(self.relation_direction.weight)
+            nn.init.zeros_(self.relation_direction.bias)
 
     def image_features(self, image: torch.Tensor) -> torch.Tensor:
         """image (B, N, D) tokens -> (B, N', W): the image stem's output, the costly part of
@@ -265,7 +298,8 @@ class Reranker(nn.Module):
     ) -> list[tuple[torch.Tensor, ...]]:
         """image (B, N, D), or its image_features (B, N', W) -> image states: per cross
         block (keys, values), each (B, h, N', W/h), then (alignment keys (B, N', W),) when
-        token_alignment is on. Every state is indexed by image along dim 0 (take_states)."""
+        token_alignment is on, then (relation keys (B, N', W),) when relation_readout is.
+        Every state is indexed by image along dim 0 (take_states)."""
         img = features
         if img is None:
             assert image is not None  # image tokens or their features
@@ -275,6 +309,8 @@ class Reranker(nn.Module):
 
         if self.config.token_alignment:
             states.append((self.align_key(self.align_ln_image(img)),))  # (B, N', W)
+        if self.config.relation_readout:
+            states.append((self.relation_key(self.relation_ln_image(img)),))  # (B, N', W)
         return states
 
     def match(
@@ -284,16 +320,50 @@ class Reranker(nn.Module):
         image_kv: Sequence[tuple[torch.Tensor, ...]],
     ) -> torch.Tensor:
         """text (B, L, D), text_mask (B, L) bool, image states from encode_images -> (B,)."""
+        x = self.text_states(text, text_mask, image_kv)  # (B, 1+L, W)
+        logits = self.head(self.ln_out(x[:, 0])).squeeze(-1)  # (B,)
+        if self.config.token_alignment:
+            words = x[:, 1:]  # (B, L, W)
+            alignment_keys = image_kv[len(self.blocks)][0]
+            logits = logits + self.align(words, text_mask, alignment_keys)
+            if self.config.relation_readout:
+                looks = self.word_looks(words, image_kv[len(self.blocks) + 1][0])
+                logits = logits + self.relate(words, text_mask, looks)
+        return logits
+
+    def text_states(
+        self,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
+        image_kv: Sequence[tuple[torch.Tensor, ...]],
+    ) -> torch.Tensor:
+        """text (B, L, D), text_mask (B, L) bool -> (B, 1+L, W): the [CLS] state, then each
+        word's, after the cross blocks."""
         b, length, _ = text.shape
         x = self.text_in(text) + self.text_pos[:, 1 : 1 + length]  # (B, L, W)
         x = torch.cat([self.cls.expand(b, -1, -1) + self.text_pos[:, :1], x], dim=1)
         mask = torch.cat([text_mask.new_ones(b, 1), text_mask], dim=1)  # (B, 1+L)
         for block, kv in zip(self.blocks, image_kv[: len(self.blocks)], strict=True):
             x = block(x, mask, kv)
-        logits = self.head(self.ln_out(x[:, 0])).squeeze(-1)  # (B,)
-        if self.config.token_alignment:
-            logits = logits + self.align(x[:, 1:], text_mask, image_kv[-1][0])
-        return logits
+        return x
+
+    def looks(
+        self,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
+        image_kv: Sequence[tuple[torch.Tensor, ...]],
+    ) -> torch.Tensor:
+        """text (B, L, D), text_mask (B, L) bool, image states from encode_images ->
+        (B, L, N') logits of where each word looks: what the relation term compares, and
+        what grounding (training/reranker_training/grounding.py) teaches."""
+        words = self.text_states(text, text_mask, image_kv)[:, 1:]
+        return self.word_looks(words, image_kv[len(self.blocks) + 1][0])
+
+    def word_looks(self, words: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """words (B, L, W) states after the cross blocks, keys (B, N', W) the relation keys
+        (encode_images) -> (B, L, N') logits of where each word looks."""
+        query = self.relation_query(self.relation_ln(words))  # (B, L, W)
+        return query @ keys.transpose(1, 2) / query.shape[-1] ** 0.5
 
     def align(
         self, words: torch.Tensor, text_mask: torch.Tensor, keys: torch.Tensor
@@ -309,6 +379,34 @@ class Reranker(nn.Module):
         gate = self.align_gate(words).squeeze(-1).masked_fill(~text_mask, float("-inf"))
         return self.align_scale * (gate.softmax(-1) * sims.amax(-1)).sum(-1)  # (B,)
 
+    def relate(
+        self, words: torch.Tensor, text_mask: torch.Tensor, looks: torch.Tensor
+    ) -> torch.Tensor:
+        """A relation network over word pairs (as in Santoro et al. 2017), on where words look.
+
+        Each word's place is the mean patch centre under the softmax of its looks
+        (B, L, N', from word_looks): (B, L, 2). Per head, a softmax over word pairs (i, j)
+        picks the pairs to compare (e.g. "circle" and "square" around "left of"), and each
+        picked pair adds (a_i + b_j) . (place_i - place_j): linear in their displacement,
+        so the same words with the operands' places swapped score the opposite.
+        -> (B,) logit term.
+        """
+        b, length, w = words.shape
+        heads = RELATION_HEADS
+        place = looks.softmax(-1) @ self.patch_xy  # (B, L, 2)
+        apart = place[:, :, None, :] - place[:, None, :, :]  # (B, L, L, 2): place_i - place_j
+        h = self.relation_ln(words)
+        q, k = self.relation_pair(h).view(b, length, 2, heads, w // heads).unbind(2)
+        pair = torch.einsum("bihr,bjhr->bhij", q, k) / (w // heads) ** 0.5  # (B, H, L, L)
+        valid = text_mask[:, None, :, None] & text_mask[:, None, None, :]  # (B, 1, L, L)
+        pair = pair.masked_fill(~valid, float("-inf")).flatten(2).softmax(-1)
+        direction = RELATION_GAIN * self.relation_direction(h)  # (B, L, H * 2 * 2)
+        first, second = direction.view(b, length, 2, heads, 2).unbind(2)
+        along = torch.einsum("bihc,bijc->bhij", first, apart) + torch.einsum(
+            "bjhc,bijc->bhij", second, apart
+        )  # (B, H, L, L): (a_i + b_j) . (place_i - place_j)
+        return (pair * along.flatten(2)).sum((1, 2))  # (B,)
+
     def forward(
         self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor
     ) -> torch.Tensor:
@@ -319,7 +417,10 @@ class Reranker(nn.Module):
         """Weights that start at a value leaving the logits unchanged: a re-ranker saved
         without them (trained before the option existed, or with it off) loads into this
         model with these at their initial value and scores as it did (start_weights)."""
-        return {"grid_position.weight"} if self.config.patch_position != "none" else set()
+        neutral = {"grid_position.weight"} if self.config.patch_position != "none" else set()
+        if self.config.relation_readout:
+            neutral |= {n for n, _ in self.named_parameters() if n.startswith("relation_")}
+        return neutral
 
 
 def start_weights(model: Reranker, state: dict[str, torch.Tensor]) -> list[str]:

@@ -227,6 +227,8 @@ def random_reranker(dim=32, text_len=12, image_tokens=9, seed=0, **config):
     torch.nn.init.normal_(model.head.weight)
     if config.patch_position != "none":  # starts at zero, which would test nothing
         torch.nn.init.normal_(model.grid_position.weight, std=0.2)
+    if config.relation_readout:  # the same
+        torch.nn.init.normal_(model.relation_direction.weight, std=0.3)
     return RerankerRuntime(model, f"random-pool{config.image_pool}", "cpu")
 
 

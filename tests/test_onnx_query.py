@@ -246,11 +246,18 @@ def _random_reranker_folder(
     return folder
 
 
-@pytest.mark.parametrize("patch_position", ["none", "sincos"])
-def test_tiny_config_model_matches_pytorch(tmp_path, tiny_spec, monkeypatch, patch_position):
+RERANKER_OPTIONS = {
+    "plain": {},
+    "sincos": {"patch_position": "sincos"},
+    "relation": {"image_stem": "conv", "token_alignment": True, "relation_readout": True},
+}
+
+
+@pytest.mark.parametrize("options", RERANKER_OPTIONS.values(), ids=RERANKER_OPTIONS.keys())
+def test_tiny_config_model_matches_pytorch(tmp_path, tiny_spec, monkeypatch, options):
     """A tiny open_clip config with random weights (16-token context) and a random
-    re-ranker given by folder (with and without row/column codes on its patches): text and
-    image queries, both directions, re-ranked and not."""
+    re-ranker given by folder (plain, with row/column codes on its patches, with the
+    relation term): text and image queries, both directions, re-ranked and not."""
     from xmr.engine.query_input import QueryInput
     from xmr.engine.request import SearchRequest
 
@@ -259,7 +266,7 @@ def test_tiny_config_model_matches_pytorch(tmp_path, tiny_spec, monkeypatch, pat
     engine = Engine(tmp_path / "index", device="cpu")
     engine.index([tmp_path / "photos"], model=tiny_spec)
     engine.add_texts(tmp_path / "captions.txt")
-    folder = _random_reranker_folder(tmp_path / "rr", 32, 16, 16, patch_position=patch_position)
+    folder = _random_reranker_folder(tmp_path / "rr", 32, 16, 16, **options)
     query = make_image(tmp_path / "q.png", seed=500)
     asked = [
         SearchRequest(query=QueryInput(text="a red circle"), k=10),

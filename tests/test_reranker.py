@@ -11,14 +11,15 @@ from conftest import random_reranker as _random_runtime
 
 from xmr.retrieval.reranker import Reranker, RerankerConfig, RerankerRuntime, text_mask
 
-# The plain re-ranker, the one with a convolutional image stem and token alignment, and
-# that one with sin-cos row/column codes on its patches.
+# The plain re-ranker, the one with a convolutional image stem and token alignment, that
+# one with sin-cos row/column codes on its patches, and that one with the relation term.
 VARIANTS = [
     {},
     {"image_stem": "conv", "token_alignment": True},
     {"image_stem": "conv", "token_alignment": True, "patch_position": "sincos"},
+    {"image_stem": "conv", "token_alignment": True, "relation_readout": True},
 ]
-VARIANT_IDS = ["attention", "conv+alignment", "conv+alignment+sincos"]
+VARIANT_IDS = ["attention", "conv+alignment", "conv+alignment+sincos", "conv+alignment+relation"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
@@ -144,6 +145,96 @@ def test_init_from_may_add_position_codes_but_not_drop_them(tmp_path):
     save_reranker(coded, tmp_path / "coded")
     with pytest.raises(InputError, match="patch_position 'sincos' \\(here 'none'\\)"):
         check_start(tmp_path / "coded", config)
+
+
+def _relation_model(seed: int = 11) -> Reranker:
+    torch.manual_seed(seed)
+    config = RerankerConfig(
+        token_dim=32, text_len=12, image_tokens=16, width=32, layers=1,
+        image_stem="conv", token_alignment=True, relation_readout=True,
+    )  # fmt: skip
+    model = Reranker(config).eval()
+    torch.nn.init.normal_(model.relation_direction.weight, std=0.3)  # starts at zero
+    return model
+
+
+def _looking_at(patches: list[int], length: int, n_patches: int = 16) -> torch.Tensor:
+    """(1, length, n_patches) word-patch scores: word i looks sharply at patches[i]."""
+    sims = torch.zeros(1, length, n_patches)
+    for word, patch in enumerate(patches):
+        sims[0, word, patch] = 60.0
+    return sims
+
+
+def test_relation_term_reverses_when_two_words_swap_places():
+    """Two words, the same text states: where each looks decides the sign. Swapping their
+    places (the circle left of the square, or right of it) negates the term, and two words
+    looking at one place have nothing to compare."""
+    from xmr.retrieval.reranker import grid_coordinates
+
+    model = _relation_model()
+    words = torch.randn(1, 2, 32)
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    with torch.no_grad():
+        left_right = model.relate(words, mask, _looking_at([4, 7], 2))  # same row, columns 0, 3
+        right_left = model.relate(words, mask, _looking_at([7, 4], 2))
+        together = model.relate(words, mask, _looking_at([5, 5], 2))
+    assert abs(float(left_right)) > 1e-3
+    torch.testing.assert_close(right_left, -left_right)
+    torch.testing.assert_close(together, torch.zeros(1))  # one place: nothing to compare
+    xy = grid_coordinates(4)  # row-major, (x, y) on [-1, 1]
+    torch.testing.assert_close(xy[7], torch.tensor([0.75, -0.25]))
+    torch.testing.assert_close(xy[4], torch.tensor([-0.75, -0.25]))
+
+
+def test_relation_term_ignores_padding_and_needs_token_alignment():
+    model = _relation_model()
+    words = torch.randn(1, 4, 32)
+    mask = torch.tensor([[True, True, False, False]])
+    noisy = words.clone()
+    noisy[0, 2:] = torch.randn(2, 32) * 100
+    with torch.no_grad():
+        clean = model.relate(words, mask, _looking_at([4, 7, 0, 15], 4))
+        dirty = model.relate(noisy, mask, _looking_at([4, 7, 9, 2], 4))
+    torch.testing.assert_close(clean, dirty)
+    with pytest.raises(ValueError, match="token_alignment"):
+        RerankerConfig(token_dim=32, text_len=12, image_tokens=16, relation_readout=True)
+
+
+def test_relation_readout_starts_neutral_and_is_an_addable_option(tmp_path):
+    """--init-from a re-ranker without the relation term scores exactly as before, and the
+    old re-ranker's fingerprint (its features, its calibration) is unchanged by the option
+    existing; once the term moves, the logits do."""
+    from xmr.retrieval.reranker import save_reranker, start_weights
+    from xmr.retrieval.reranker_files import config_digest
+    from xmr.training.reranker_training.config import check_start
+
+    old = _random_runtime(seed=7, image_stem="conv", token_alignment=True, image_pool=1)
+    config = RerankerConfig(**{**vars(old.config), "relation_readout": True})
+    new = Reranker(config).eval()
+    kept = start_weights(new, old.model.state_dict())
+    assert "relation_direction.weight" in kept and all(k.startswith("relation_") for k in kept)
+    rng = np.random.default_rng(8)
+    text = torch.tensor(rng.normal(size=(3, 12, 32)), dtype=torch.float32)
+    image = torch.tensor(rng.normal(size=(3, 9, 32)), dtype=torch.float32)
+    mask = text_mask(torch.tensor([12, 4, 7]), 12)
+    with torch.no_grad():
+        before = old.model(text, mask, image)
+        assert torch.equal(new(text, mask, image), before)
+        torch.nn.init.normal_(new.relation_direction.weight, std=0.3)
+        assert (new(text, mask, image) - before).abs().max() > 1e-3
+    saved = {**vars(old.config)}
+    assert (
+        config_digest({**saved, "relation_readout": False}).hexdigest()
+        == config_digest(saved).hexdigest()
+    )
+    save_reranker(old.model, tmp_path / "old")
+    check_start(tmp_path / "old", {**saved, "relation_readout": True})  # adds: fine
+    save_reranker(new, tmp_path / "new")
+    from xmr.retrieval.errors import InputError
+
+    with pytest.raises(InputError, match="relation_readout True \\(here False\\)"):
+        check_start(tmp_path / "new", saved)
 
 
 def test_a_reranker_config_with_an_unknown_image_stem_is_refused_by_name(tmp_path):

@@ -10,12 +10,9 @@ them out of both directions of the loss.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-
-from xmr.retrieval.errors import InputError
 
 
 class PhraseTruth:
@@ -31,28 +28,14 @@ class PhraseTruth:
     def of_dataset(cls, data: str | Path, dataset) -> PhraseTruth:
         """From the corpus file `data` that `dataset` (evaluation.datasets.RetrievalDataset,
         loaded with phrases=True) was read from: records are matched by image path."""
+        from xmr.training.corpus.records import dataset_records
         from xmr.training.corpus.scenes import Scene
 
-        records = json.loads(Path(data).read_text()).get("images")
-        if not isinstance(records, list):
-            raise InputError(f"{data}: not an xmr corpus (no images list with scenes)")
-        scene_of: dict[Path, dict] = {}
-        phrases_of: dict[Path, set[str]] = {}
-        for rec in records:
-            path = dataset.images_root / rec.get("filepath", "") / rec["filename"]
-            if "scene" in rec:
-                scene_of[path] = rec["scene"]
-                phrases_of[path] = {p.strip() for p in rec.get("phrases") or []}
-        missing = [p for p in dataset.image_paths if p not in scene_of]
-        if missing:
-            raise InputError(
-                f"{data}: {len(missing)} training images have no scene record (e.g. "
-                f"{missing[0]}); true phrases can be masked on an xmr make-corpus file only"
-            )
-        scenes = [Scene.from_json(scene_of[p]) for p in dataset.image_paths]
+        records = dataset_records(data, dataset, "true phrases can be masked")
+        scenes = [Scene.from_json(rec["scene"]) for rec in records]
         is_phrase = np.zeros(len(dataset.captions), bool)
         for image, texts in enumerate(dataset.image_to_texts):
-            own = phrases_of[dataset.image_paths[image]]
+            own = {p.strip() for p in records[image].get("phrases") or []}
             for t in texts:
                 is_phrase[t] = dataset.captions[t] in own
         return cls(scenes, is_phrase, list(dataset.captions))

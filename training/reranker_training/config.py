@@ -28,6 +28,10 @@ class RerankerTrainConfig:
     image_stem: str = "attention"  # or "conv" (see RerankerConfig)
     token_alignment: bool = False
     patch_position: str = "none"  # or "sincos": row/column codes on the patches (RerankerConfig)
+    relation_readout: bool = False  # a word-pair relation term (RerankerConfig)
+    # Captions per step whose object words are taught where to look (grounding.py); needs
+    # relation_readout and a corpus with scenes.
+    grounding: int = 0
     # Extra (image, true caption, its edit) triples per step, scored by the logit alone:
     # the direct binding signal that the listwise loss, dominated by stage 1, dilutes.
     edit_pairs: int = 0
@@ -78,6 +82,12 @@ def check_config(config: RerankerTrainConfig) -> None:
         raise InputError(
             f"--patch-position {config.patch_position} is not one of {', '.join(PATCH_POSITIONS)}"
         )
+    if config.relation_readout and not config.token_alignment:
+        raise InputError(
+            "--relation-readout is added beside --token-alignment: add --token-alignment"
+        )
+    if config.grounding and not config.relation_readout:
+        raise InputError("--grounding teaches the relation term's looks: add --relation-readout")
     edit_columns(config.edit_kinds)
     if config.init_from:
         check_start(Path(config.init_from), asdict(config))

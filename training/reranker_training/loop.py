@@ -27,6 +27,11 @@ from xmr.training.reranker_training.edits import (
     caption_edits,
     edit_pair_pool,
 )
+from xmr.training.reranker_training.grounding import (
+    GroundingTargets,
+    grounding_loss,
+    grounding_targets,
+)
 from xmr.training.reranker_training.losses import FeatureTensors, edit_pair_loss, listwise_loss
 from xmr.training.reranker_training.mining import Pools, draw_batch, hard_pools
 from xmr.training.runs import seed_everything, warmup_cosine
@@ -42,6 +47,7 @@ class TrainingData:
     pools: Pools
     edits: CaptionEdits
     edit_pairs: EditPairs
+    grounding: GroundingTargets | None  # where object words should look (--grounding)
 
 
 def train_reranker(
@@ -135,7 +141,30 @@ def _training_data(config: RerankerTrainConfig, encoder, preparing) -> TrainingD
         encoder, train.captions, random.Random(config.seed), encoder.device, preparing
     )
     pairs = edit_pair_pool(edits, config.edit_kinds, train.text_to_image)
-    return TrainingData(train, FeatureTensors.of(feats, encoder.device), pools, edits, pairs)
+    grounding = _grounding(config, encoder, train, feats.image_tokens.shape[1])
+    tensors = FeatureTensors.of(feats, encoder.device)
+    return TrainingData(train, tensors, pools, edits, pairs, grounding)
+
+
+def _grounding(config: RerankerTrainConfig, encoder, train, image_tokens: int):
+    """The grounding targets of the training split (--grounding), or None."""
+    if not config.grounding:
+        return None
+    from xmr.retrieval.errors import InputError
+    from xmr.retrieval.token_pooling import pooled_count
+    from xmr.training.corpus.records import dataset_records
+    from xmr.training.corpus.scenes import Scene
+
+    records = dataset_records(config.data, train, "--grounding reads where objects are")
+    scenes = [Scene.from_json(rec["scene"]) for rec in records]
+    side = int(round(pooled_count(image_tokens, config.image_pool) ** 0.5))
+    targets = grounding_targets(scenes, train, encoder.tokenizer, side)
+    if len(np.unique(targets.captions)) < config.grounding:
+        raise InputError(
+            f"--grounding {config.grounding}: only {len(np.unique(targets.captions))} "
+            f"captions of {config.data} name an object alone; use a smaller --grounding"
+        )
+    return targets
 
 
 def _new_reranker(config: RerankerTrainConfig, encoder, tensors: FeatureTensors):
@@ -157,6 +186,7 @@ def _new_reranker(config: RerankerTrainConfig, encoder, tensors: FeatureTensors)
         image_stem=config.image_stem,
         token_alignment=config.token_alignment,
         patch_position=config.patch_position,
+        relation_readout=config.relation_readout,
         encoder=encoder.spec.canonical,
         itc_weight=itc,
         stage1_weight=itc,
@@ -211,6 +241,10 @@ def _step_loss(config: RerankerTrainConfig, model, data: TrainingData, rng):
             pair_loss = edit_pair_loss(model, pairs, data.edits, data.tensors)
             loss = loss + config.edit_weight * pair_loss
             n_pairs += 2 * len(pairs.captions)
+        if data.grounding is not None:
+            targets = data.grounding.of_captions(config.grounding, rng)
+            loss = loss + grounding_loss(model, targets, data.train.text_to_image, data.tensors)
+            n_pairs += config.grounding
     return loss, n_pairs
 
 
