@@ -220,6 +220,8 @@ class ConvBlock(nn.Module):
 
 
 class Reranker(nn.Module):
+    patch_xy: torch.Tensor  # (N', 2) buffer: each patch's centre, with relation_readout
+
     def __init__(self, config: RerankerConfig):
         super().__init__()
         self.config = config
