@@ -232,6 +232,38 @@ def random_reranker(dim=32, text_len=12, image_tokens=9, seed=0, **config):
     return RerankerRuntime(model, f"random-pool{config.image_pool}", "cpu")
 
 
+def prepared_training(folder: Path, seed: int, **options):
+    """The re-ranker trainer's own training data (embedded split, pools, caption edits) for
+    the 40 training scenes of a 50-scene generated corpus in `folder`, with a fresh
+    re-ranker (width 32, one layer, conv stem, token alignment) for it; `options`: other
+    RerankerTrainConfig fields. -> (config, encoder, data, model)."""
+    import torch
+
+    from xmr.retrieval.encoder import load_encoder
+    from xmr.training.corpus import make_corpus
+    from xmr.training.reranker_training import RerankerTrainConfig
+    from xmr.training.reranker_training.loop import _new_reranker, _training_data
+
+    torch.set_num_threads(1)
+    corpus = make_corpus(folder / "shapes", 50, seed=seed)
+    config = RerankerTrainConfig(
+        data=str(corpus.captions_path),
+        model="xmr-tiny",
+        out=str(folder / "out"),
+        batch_size=8,
+        width=32,
+        layers=1,
+        image_pool=1,
+        image_stem="conv",
+        token_alignment=True,
+        **options,
+    )
+    encoder = load_encoder(config.model, "cpu")
+    data = _training_data(config, encoder, None)
+    torch.manual_seed(0)
+    return config, encoder, data, _new_reranker(config, encoder, data.tensors)
+
+
 # -- the library -------------------------------------------------------------------------
 def index_with(index_dir: Path, encoder, folders, **options):
     """Run the library's `index_folders` once (decoding in-process unless told)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import prepared_training
 
 from xmr.training.corpus.scenes import COLOURS, SHAPES
 
@@ -14,30 +15,9 @@ from xmr.training.corpus.scenes import COLOURS, SHAPES
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """The trainer's training data with --grounding on, for 40 generated scenes."""
-    from xmr.retrieval.encoder import load_encoder
-    from xmr.training.corpus import make_corpus
-    from xmr.training.reranker_training import RerankerTrainConfig
-    from xmr.training.reranker_training.loop import _new_reranker, _training_data
-
-    torch.set_num_threads(1)
-    corpus = make_corpus(tmp_path_factory.mktemp("ground") / "shapes", 50, seed=5)
-    config = RerankerTrainConfig(
-        data=str(corpus.captions_path),
-        model="xmr-tiny",
-        out=str(tmp_path_factory.mktemp("ground-out")),
-        batch_size=8,
-        width=32,
-        layers=1,
-        image_pool=1,
-        image_stem="conv",
-        token_alignment=True,
-        relation_readout=True,
-        grounding=8,
+    return prepared_training(
+        tmp_path_factory.mktemp("ground"), seed=5, relation_readout=True, grounding=8
     )
-    encoder = load_encoder(config.model, "cpu")
-    data = _training_data(config, encoder, None)
-    torch.manual_seed(0)
-    return config, encoder, data, _new_reranker(config, encoder, data.tensors)
 
 
 def _scenes(config, data):

@@ -11,6 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import prepared_training
 
 from xmr.training.text_edits import COLOURS, RELATION_FLIPS
 
@@ -37,30 +38,12 @@ def kind_of(caption: str, edit: str) -> str:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """The trainer's training data (embedded split, pools, caption edits) for 40 scenes."""
-    from xmr.retrieval.encoder import load_encoder
-    from xmr.training.corpus import make_corpus
-    from xmr.training.reranker_training import RerankerTrainConfig
-    from xmr.training.reranker_training.loop import _new_reranker, _training_data
-
-    torch.set_num_threads(1)
-    corpus = make_corpus(tmp_path_factory.mktemp("rel") / "shapes", 50, seed=21)
-    config = RerankerTrainConfig(
-        data=str(corpus.captions_path),
-        model="xmr-tiny",
-        out=str(tmp_path_factory.mktemp("rel-out")),
-        batch_size=8,
-        width=32,
-        layers=1,
-        image_pool=1,
-        image_stem="conv",
-        token_alignment=True,
+    config, encoder, data, model = prepared_training(
+        tmp_path_factory.mktemp("rel"),
+        seed=21,
         edit_pairs=64,
         edit_kinds="attribute,relation,operands",
     )
-    encoder = load_encoder(config.model, "cpu")
-    data = _training_data(config, encoder, None)
-    torch.manual_seed(0)
-    model = _new_reranker(config, encoder, data.tensors)
     torch.nn.init.normal_(model.head.weight, std=0.5)  # a trained head speaks; zeros do not
     return config, encoder, data, model
 

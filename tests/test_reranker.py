@@ -99,15 +99,15 @@ def test_grid_codes_tell_every_patch_apart_by_row_and_column():
     assert grid_sincos(3, 30).shape == (9, 30)  # widths that are not a multiple of 4
 
 
-def test_sincos_positions_start_neutral_on_a_reranker_trained_without_them(tmp_path):
-    """--init-from a re-ranker without position codes: the new map starts at zero, so the
-    logits are exactly the old model's; once it moves, a patch's position changes them."""
-    from xmr.retrieval.reranker import load_reranker, save_reranker, start_weights
+def _added_to_a_trained_reranker(option: str, value, moved: str):
+    """A random re-ranker, and one with `option` turned on that starts from its weights:
+    asserts both score alike until the new module `moved` leaves its initial value, and
+    differently after. -> (old runtime, new model, the weights kept at their start)."""
+    from xmr.retrieval.reranker import start_weights
 
     old = _random_runtime(seed=7, image_stem="conv", token_alignment=True, image_pool=1)
-    config = RerankerConfig(**{**vars(old.config), "patch_position": "sincos"})
-    new = Reranker(config).eval()
-    assert start_weights(new, old.model.state_dict()) == ["grid_position.weight"]
+    new = Reranker(RerankerConfig(**{**vars(old.config), option: value})).eval()
+    kept = start_weights(new, old.model.state_dict())
     rng = np.random.default_rng(8)
     text = torch.tensor(rng.normal(size=(3, 12, 32)), dtype=torch.float32)
     image = torch.tensor(rng.normal(size=(3, 9, 32)), dtype=torch.float32)
@@ -115,8 +115,19 @@ def test_sincos_positions_start_neutral_on_a_reranker_trained_without_them(tmp_p
     with torch.no_grad():
         before = old.model(text, mask, image)
         assert torch.equal(new(text, mask, image), before)
-        torch.nn.init.normal_(new.grid_position.weight, std=0.2)
+        torch.nn.init.normal_(getattr(new, moved).weight, std=0.3)
         assert (new(text, mask, image) - before).abs().max() > 1e-3
+    return old, new, kept
+
+
+def test_sincos_positions_start_neutral_on_a_reranker_trained_without_them(tmp_path):
+    """--init-from a re-ranker without position codes: the new map starts at zero, so the
+    logits are exactly the old model's; once it moves, a patch's position changes them."""
+    from xmr.retrieval.reranker import load_reranker, save_reranker, start_weights
+
+    old, new, kept = _added_to_a_trained_reranker("patch_position", "sincos", "grid_position")
+    assert kept == ["grid_position.weight"]
+    config = new.config
     # Weights of another architecture are still refused, by name.
     other = _random_runtime(seed=7, image_stem="conv", token_alignment=True, layers=1)
     with pytest.raises(ValueError, match="blocks.1"):
@@ -205,24 +216,12 @@ def test_relation_readout_starts_neutral_and_is_an_addable_option(tmp_path):
     """--init-from a re-ranker without the relation term scores exactly as before, and the
     old re-ranker's fingerprint (its features, its calibration) is unchanged by the option
     existing; once the term moves, the logits do."""
-    from xmr.retrieval.reranker import save_reranker, start_weights
+    from xmr.retrieval.reranker import save_reranker
     from xmr.retrieval.reranker_files import config_digest
     from xmr.training.reranker_training.config import check_start
 
-    old = _random_runtime(seed=7, image_stem="conv", token_alignment=True, image_pool=1)
-    config = RerankerConfig(**{**vars(old.config), "relation_readout": True})
-    new = Reranker(config).eval()
-    kept = start_weights(new, old.model.state_dict())
+    old, new, kept = _added_to_a_trained_reranker("relation_readout", True, "relation_direction")
     assert "relation_direction.weight" in kept and all(k.startswith("relation_") for k in kept)
-    rng = np.random.default_rng(8)
-    text = torch.tensor(rng.normal(size=(3, 12, 32)), dtype=torch.float32)
-    image = torch.tensor(rng.normal(size=(3, 9, 32)), dtype=torch.float32)
-    mask = text_mask(torch.tensor([12, 4, 7]), 12)
-    with torch.no_grad():
-        before = old.model(text, mask, image)
-        assert torch.equal(new(text, mask, image), before)
-        torch.nn.init.normal_(new.relation_direction.weight, std=0.3)
-        assert (new(text, mask, image) - before).abs().max() > 1e-3
     saved = {**vars(old.config)}
     assert (
         config_digest({**saved, "relation_readout": False}).hexdigest()
