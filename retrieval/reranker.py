@@ -36,7 +36,7 @@ from xmr.retrieval.reranker_files import (
     reranker_folder,
     reranker_name,
 )
-from xmr.retrieval.token_pooling import pool_patch_tokens, pooled_count
+from xmr.retrieval.token_pooling import pool_patch_tokens, pooled_count, pooled_side
 
 if TYPE_CHECKING:
     from xmr.retrieval.encoder import Encoder, LazyEncoder
@@ -235,8 +235,7 @@ class Reranker(nn.Module):
         )
         self.cls = nn.Parameter(torch.zeros(1, 1, w))
         if config.patch_position == "sincos":
-            n_patches = pooled_count(config.image_tokens, config.image_pool)
-            side = int(round(n_patches**0.5))
+            side = pooled_side(config.image_tokens, config.image_pool)
             # Derived from the config, so not saved with the weights.
             self.register_buffer("grid_codes", grid_sincos(side, w)[None], persistent=False)
             # Zero at the start: a re-ranker trained without it (--init-from) scores exactly
@@ -268,7 +267,7 @@ class Reranker(nn.Module):
             # 1, not 0 like the head: at 0 the query and key projections get no gradient.
             self.align_scale = nn.Parameter(torch.tensor(1.0))
         if config.relation_readout:
-            side = int(round(pooled_count(config.image_tokens, config.image_pool) ** 0.5))
+            side = pooled_side(config.image_tokens, config.image_pool)
             self.register_buffer("patch_xy", grid_coordinates(side), persistent=False)
             heads = RELATION_HEADS
             # Where each word looks: its own attention over the patches.

@@ -14,11 +14,16 @@ if TYPE_CHECKING:
     import torch
 
 
-def pooled_count(n_tokens: int, k: int) -> int:
-    """Tokens left after k x k pooling of a square grid of n_tokens (edges kept: ceil)."""
+def pooled_side(n_tokens: int, k: int) -> int:
+    """The side of the grid left after k x k pooling of a square grid of n_tokens (edges
+    kept: ceil)."""
     side = int(round(n_tokens**0.5))
-    cells = -(-side // k)  # ceil(side / k)
-    return cells * cells
+    return -(-side // k)  # ceil(side / k)
+
+
+def pooled_count(n_tokens: int, k: int) -> int:
+    """Tokens left after k x k pooling of a square grid of n_tokens."""
+    return pooled_side(n_tokens, k) ** 2
 
 
 def pool_patch_tokens(tokens: torch.Tensor, k: int) -> torch.Tensor:

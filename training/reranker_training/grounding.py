@@ -9,6 +9,7 @@ patch as a target, and a cross-entropy over the patches teaches the looks direct
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,12 +25,14 @@ class GroundingTargets:
     positions: np.ndarray  # (G,) int64
     patches: np.ndarray  # (G,) int64
 
-    def __len__(self) -> int:
-        return len(self.captions)
+    @functools.cached_property
+    def named_captions(self) -> np.ndarray:
+        """(C,) the captions that have a target, once (drawn from every step)."""
+        return np.unique(self.captions)
 
     def of_captions(self, n: int, rng: np.random.Generator) -> GroundingTargets:
         """Every target of `n` captions drawn at random from those that have one."""
-        chosen = rng.choice(np.unique(self.captions), size=n, replace=False)
+        chosen = rng.choice(self.named_captions, size=n, replace=False)
         keep = np.isin(self.captions, chosen)
         return GroundingTargets(self.captions[keep], self.positions[keep], self.patches[keep])
 

@@ -151,17 +151,17 @@ def _grounding(config: RerankerTrainConfig, encoder, train, image_tokens: int):
     if not config.grounding:
         return None
     from xmr.retrieval.errors import InputError
-    from xmr.retrieval.token_pooling import pooled_count
+    from xmr.retrieval.token_pooling import pooled_side
     from xmr.training.corpus.records import dataset_records
     from xmr.training.corpus.scenes import Scene
 
     records = dataset_records(config.data, train, "--grounding reads where objects are")
     scenes = [Scene.from_json(rec["scene"]) for rec in records]
-    side = int(round(pooled_count(image_tokens, config.image_pool) ** 0.5))
+    side = pooled_side(image_tokens, config.image_pool)
     targets = grounding_targets(scenes, train, encoder.tokenizer, side)
-    if len(np.unique(targets.captions)) < config.grounding:
+    if len(targets.named_captions) < config.grounding:
         raise InputError(
-            f"--grounding {config.grounding}: only {len(np.unique(targets.captions))} "
+            f"--grounding {config.grounding}: only {len(targets.named_captions)} "
             f"captions of {config.data} name an object alone; use a smaller --grounding"
         )
     return targets
