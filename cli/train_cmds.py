@@ -274,6 +274,23 @@ def train_reranker(
             help="Captions per step taught where object words look (corpus scenes).",
         ),
     ] = 0,
+    relation_pairs: Annotated[
+        int,
+        typer.Option(
+            "--relation-pairs",
+            metavar="N",
+            min=0,
+            help="Captions per step taught which words a relation joins (corpus grammar).",
+        ),
+    ] = 0,
+    relation_lr: Annotated[
+        float | None,
+        typer.Option(
+            "--relation-lr",
+            metavar="RATE",
+            help="Learning rate of the relation term's weights (default: --lr).",
+        ),
+    ] = None,
     edit_pairs: Annotated[
         int,
         typer.Option(
@@ -374,7 +391,7 @@ def train_reranker(
 _NATIVE_ONLY = (
     "width", "layers", "heads", "image_layers", "image_pool", "image_token_layer",
     "image_stem", "token_alignment", "patch_position", "relation_readout", "grounding",
-    "edit_pairs", "edit_kinds",
+    "relation_pairs", "relation_lr", "edit_pairs", "edit_kinds",
 )  # fmt: skip
 
 

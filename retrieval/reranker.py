@@ -50,7 +50,6 @@ IMAGE_STEMS = ("attention", "conv")
 # "sincos": fixed 2-D sin-cos codes of each patch's row and column (half the channels each,
 # as in MAE) through a linear map that starts at zero (Reranker.grid_position).
 PATCH_POSITIONS = ("none", "sincos")
-RELATION_HEADS = 4  # relations one caption can state ("A left of B; C under B")
 # The relation term's directions start at zero and the weights move about one learning
 # rate per step (AdamW): the gain brings the term to the logit's scale within a few hundred
 # steps at a fine-tuning rate, without speeding up the weights it starts from.
@@ -269,15 +268,17 @@ class Reranker(nn.Module):
         if config.relation_readout:
             side = pooled_side(config.image_tokens, config.image_pool)
             self.register_buffer("patch_xy", grid_coordinates(side), persistent=False)
-            heads = RELATION_HEADS
             # Where each word looks: its own attention over the patches.
             self.relation_ln_image, self.relation_key = nn.LayerNorm(w), nn.Linear(w, w)
             self.relation_ln, self.relation_query = nn.LayerNorm(w), nn.Linear(w, w)
-            self.relation_pair = nn.Linear(w, 2 * w)  # which word pairs a head compares
-            # Each word's direction (x, y) per head, as the pair's first and second word.
-            # Zero at the start: the relation term is 0, so a re-ranker trained without it
-            # (--init-from) scores exactly as before until training moves it.
-            self.relation_direction = nn.Linear(w, heads * 2 * 2)
+            # Each word as a relation: which words are its subject and its object
+            # (queries), against each word as an operand (keys); and whether it is one.
+            self.relation_roles = nn.Linear(w, 3 * w)
+            self.relation_gate = nn.Linear(w, 1)
+            # The direction (x, y) a relation word states. Zero at the start: the relation
+            # term is 0, so a re-ranker trained without it (--init-from) scores exactly as
+            # before until training moves it.
+            self.relation_direction = nn.Linear(w, 2)
             nn.init.zeros_(self.relation_direction.weight)
             nn.init.zeros_(self.relation_direction.bias)
 
@@ -383,30 +384,38 @@ class Reranker(nn.Module):
     def relate(
         self, words: torch.Tensor, text_mask: torch.Tensor, looks: torch.Tensor
     ) -> torch.Tensor:
-        """A relation network over word pairs (as in Santoro et al. 2017), on where words look.
+        """The relation term: for each word read as a relation ("left"), where its subject
+        is against where its object is, along the direction it states.
 
         Each word's place is the mean patch centre under the softmax of its looks
-        (B, L, N', from word_looks): (B, L, 2). Per head, a softmax over word pairs (i, j)
-        picks the pairs to compare (e.g. "circle" and "square" around "left of"), and each
-        picked pair adds (a_i + b_j) . (place_i - place_j): linear in their displacement,
-        so the same words with the operands' places swapped score the opposite.
+        (B, L, N', from word_looks): (B, L, 2). A word r points at its subject and its
+        object (relation_roles_of: distributions over the words) and states a direction
+        d_r; the term is sum_r gate_r * d_r . (subject place_r - object place_r). It is
+        linear in the operands' displacement, so exchanging their places ("the circle
+        left of the square" read against a square left of a circle) negates it.
         -> (B,) logit term.
         """
-        b, length, w = words.shape
-        heads = RELATION_HEADS
         place = looks.softmax(-1) @ self.patch_xy  # (B, L, 2)
-        apart = place[:, :, None, :] - place[:, None, :, :]  # (B, L, L, 2): place_i - place_j
+        gate, subject, obj = self.relation_roles_of(words, text_mask)
+        apart = (subject - obj) @ place  # (B, L, 2): subject place - object place, per word
+        direction = RELATION_GAIN * self.relation_direction(self.relation_ln(words))  # (B, L, 2)
+        return (gate * (direction * apart).sum(-1)).sum(-1)  # (B,)
+
+    def relation_roles_of(
+        self, words: torch.Tensor, text_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """words (B, L, W), text_mask (B, L) -> the gate (B, L): how much each word counts
+        as a relation (a distribution over the words); and for each word r, its subject
+        and its object (B, L, L), distributions over the words j. What relation-pair
+        training teaches (training/reranker_training/relation_pairs.py)."""
         h = self.relation_ln(words)
-        q, k = self.relation_pair(h).view(b, length, 2, heads, w // heads).unbind(2)
-        pair = torch.einsum("bihr,bjhr->bhij", q, k) / (w // heads) ** 0.5  # (B, H, L, L)
-        valid = text_mask[:, None, :, None] & text_mask[:, None, None, :]  # (B, 1, L, L)
-        pair = pair.masked_fill(~valid, float("-inf")).flatten(2).softmax(-1)
-        direction = RELATION_GAIN * self.relation_direction(h)  # (B, L, H * 2 * 2)
-        first, second = direction.view(b, length, 2, heads, 2).unbind(2)
-        along = torch.einsum("bihc,bijc->bhij", first, apart) + torch.einsum(
-            "bjhc,bijc->bhij", second, apart
-        )  # (B, H, L, L): (a_i + b_j) . (place_i - place_j)
-        return (pair * along.flatten(2)).sum((1, 2))  # (B,)
+        subject_query, object_query, key = self.relation_roles(h).chunk(3, dim=-1)
+        scale = key.shape[-1] ** 0.5
+        padding = ~text_mask[:, None, :]  # (B, 1, L): padding is nobody's operand
+        subject = (subject_query @ key.transpose(1, 2) / scale).masked_fill(padding, -torch.inf)
+        obj = (object_query @ key.transpose(1, 2) / scale).masked_fill(padding, -torch.inf)
+        gate = self.relation_gate(h).squeeze(-1).masked_fill(~text_mask, -torch.inf)
+        return gate.softmax(-1), subject.softmax(-1), obj.softmax(-1)  # (B, L), 2 x (B, L, L)
 
     def forward(
         self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor

@@ -31,10 +31,10 @@ _DIRECTION_OF = {
     for table_name, table in (("rel", REL_WORDS), ("rel_it", REL_IT_WORDS), ("abs", ABS_WORDS))
 }
 _NP = (
-    rf"(?:a|an|the)(?: {_alternation(_SIZE_OF)})?(?: {_alternation(COLOURS)})?"
+    rf"\b(?:a|an|the)(?: {_alternation(_SIZE_OF)})?(?: {_alternation(COLOURS)})?"
     rf" {_alternation(SHAPES)}"
 )
-_NP_PARTS = re.compile(
+NOUN_PHRASE_PARTS = re.compile(
     rf"(a|an|the)(?: ({_alternation(_SIZE_OF)}))?(?: ({_alternation(COLOURS)}))?"
     rf" ({_alternation(SHAPES)})"
 )
@@ -44,7 +44,7 @@ _SUFFIX = re.compile(rf" on an? ({_BG}) background$")
 _LEAD = re.compile(r"(?:an image|a picture) of ")
 _SEPARATOR = re.compile(r"; |, and |\. ")
 _LIST_SEPARATOR = re.compile(r", | and ")
-_CLAUSES = {
+CLAUSES = {
     "rel": re.compile(rf"({_NP})(?: is)? ({_alternation(_DIRECTION_OF['rel'])}) ({_NP})"),
     "rel_it": re.compile(rf"({_NP}) with ({_NP}) ({_alternation(_DIRECTION_OF['rel_it'])})"),
     "abs": re.compile(rf"({_NP}) is ({_alternation(_DIRECTION_OF['abs'])})"),
@@ -54,7 +54,7 @@ _CLAUSES = {
 
 def _referents(scene: Scene, np_text: str) -> list[SceneObject] | None:
     """Objects a noun phrase can mean; None when "the ..." does not pick out exactly one."""
-    match = _NP_PARTS.fullmatch(np_text)
+    match = NOUN_PHRASE_PARTS.fullmatch(np_text)
     assert match is not None  # only called on text that matched _NP
     article, size_word, colour, shape = match.groups()
     found = [
@@ -84,14 +84,14 @@ def _outermost(scene: Scene, x: SceneObject, direction: str) -> bool:
 
 
 def _clause_true(scene: Scene, clause: str) -> bool:
-    if m := _CLAUSES["rel"].fullmatch(clause):
+    if m := CLAUSES["rel"].fullmatch(clause):
         return _related(scene, m[1], _DIRECTION_OF["rel"][m[2]], m[3])
-    if m := _CLAUSES["rel_it"].fullmatch(clause):
+    if m := CLAUSES["rel_it"].fullmatch(clause):
         return _related(scene, m[2], _DIRECTION_OF["rel_it"][m[3]], m[1])
-    if m := _CLAUSES["abs"].fullmatch(clause):
+    if m := CLAUSES["abs"].fullmatch(clause):
         direction = _DIRECTION_OF["abs"][m[2]]
         return any(_outermost(scene, x, direction) for x in _referents(scene, m[1]) or [])
-    if m := _CLAUSES["exist"].fullmatch(clause):
+    if m := CLAUSES["exist"].fullmatch(clause):
         return all(_referents(scene, np_text) for np_text in _LIST_SEPARATOR.split(m[1]))
     raise InputError(f"caption clause {clause!r} is not in the xmr-shapes grammar")
 

@@ -32,6 +32,12 @@ class RerankerTrainConfig:
     # Captions per step whose object words are taught where to look (grounding.py); needs
     # relation_readout and a corpus with scenes.
     grounding: int = 0
+    # Captions per step whose relation's words are taught as the pair the relation term
+    # compares (relation_pairs.py); needs relation_readout and captions of the corpus grammar.
+    relation_pairs: int = 0
+    # Learning rate of the relation term's weights (None: lr). Started beside a trained
+    # re-ranker, they have far to go while the rest is only fine-tuned.
+    relation_lr: float | None = None
     # Extra (image, true caption, its edit) triples per step, scored by the logit alone:
     # the direct binding signal that the listwise loss, dominated by stage 1, dilutes.
     edit_pairs: int = 0
@@ -88,6 +94,12 @@ def check_config(config: RerankerTrainConfig) -> None:
         )
     if config.grounding and not config.relation_readout:
         raise InputError("--grounding teaches the relation term's looks: add --relation-readout")
+    if config.relation_lr is not None and not config.relation_readout:
+        raise InputError("--relation-lr sets the relation term's rate: add --relation-readout")
+    if config.relation_pairs and not config.relation_readout:
+        raise InputError(
+            "--relation-pairs teaches the relation term's word pairs: add --relation-readout"
+        )
     edit_columns(config.edit_kinds)
     if config.init_from:
         check_start(Path(config.init_from), asdict(config))

@@ -9,32 +9,21 @@ patch as a target, and a cross-entropy over the patches teaches the looks direct
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
 
+from xmr.training.reranker_training.caption_rows import CaptionRows
+
 
 @dataclass
-class GroundingTargets:
+class GroundingTargets(CaptionRows):
     """One row per (caption, word that names one object): the caption's row, the word's
     last token's position in the caption's tokens, and the patch under the object's
     centre (row-major on the re-ranker's grid)."""
 
-    captions: np.ndarray  # (G,) int64
     positions: np.ndarray  # (G,) int64
     patches: np.ndarray  # (G,) int64
-
-    @functools.cached_property
-    def named_captions(self) -> np.ndarray:
-        """(C,) the captions that have a target, once (drawn from every step)."""
-        return np.unique(self.captions)
-
-    def of_captions(self, n: int, rng: np.random.Generator) -> GroundingTargets:
-        """Every target of `n` captions drawn at random from those that have one."""
-        chosen = rng.choice(self.named_captions, size=n, replace=False)
-        keep = np.isin(self.captions, chosen)
-        return GroundingTargets(self.captions[keep], self.positions[keep], self.patches[keep])
 
 
 def grounding_targets(scenes, dataset, tokenizer, side: int) -> GroundingTargets:
@@ -74,17 +63,12 @@ def grounding_loss(model, targets: GroundingTargets, text_to_image, f):
     patch, the caption read against its own image. f: losses.FeatureTensors."""
     import torch.nn.functional as F
 
-    from xmr.retrieval.reranker import text_mask
-    from xmr.training.reranker_training.losses import torch_rows
+    from xmr.training.reranker_training.losses import own_image_words, torch_rows
 
     device = f.image_tokens.device
     rows, where = np.unique(targets.captions, return_inverse=True)  # (C,), (G,) into rows
-    states = model.encode_images(f.image_tokens[torch_rows(text_to_image[rows], device)].float())
-    captions = torch_rows(rows, device)
-    lengths = f.text_lengths[captions]
-    longest = int(lengths.max())
-    text = f.text_tokens[captions][:, :longest].float()  # (C, L, D)
-    looks = model.looks(text, text_mask(lengths, longest), states)  # (C, L, N')
+    words, _, states = own_image_words(model, rows, text_to_image, f)
+    looks = model.word_looks(words, states[len(model.blocks) + 1][0])  # (C, L, N')
     picked = looks[torch_rows(where, device), torch_rows(targets.positions, device)]  # (G, N')
     return F.cross_entropy(picked.float(), torch_rows(targets.patches, device))
 

@@ -34,6 +34,11 @@ from xmr.training.reranker_training.grounding import (
 )
 from xmr.training.reranker_training.losses import FeatureTensors, edit_pair_loss, listwise_loss
 from xmr.training.reranker_training.mining import Pools, draw_batch, hard_pools
+from xmr.training.reranker_training.relation_pairs import (
+    RelationPairs,
+    relation_pair_loss,
+    relation_pairs,
+)
 from xmr.training.runs import seed_everything, warmup_cosine
 from xmr.training.train_log import write_train_log
 
@@ -48,6 +53,7 @@ class TrainingData:
     edits: CaptionEdits
     edit_pairs: EditPairs
     grounding: GroundingTargets | None  # where object words should look (--grounding)
+    relation_pairs: RelationPairs | None  # which words relations join (--relation-pairs)
 
 
 def train_reranker(
@@ -73,7 +79,7 @@ def train_reranker(
     data = _training_data(config, encoder, preparing)
     model = _new_reranker(config, encoder, data.tensors)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        _parameter_groups(config, model), weight_decay=config.weight_decay
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(config.warmup_steps, config.steps)
@@ -142,8 +148,9 @@ def _training_data(config: RerankerTrainConfig, encoder, preparing) -> TrainingD
     )
     pairs = edit_pair_pool(edits, config.edit_kinds, train.text_to_image)
     grounding = _grounding(config, encoder, train, feats.image_tokens.shape[1])
+    related = _relation_pairs(config, encoder, train)
     tensors = FeatureTensors.of(feats, encoder.device)
-    return TrainingData(train, tensors, pools, edits, pairs, grounding)
+    return TrainingData(train, tensors, pools, edits, pairs, grounding, related)
 
 
 def _grounding(config: RerankerTrainConfig, encoder, train, image_tokens: int):
@@ -159,12 +166,39 @@ def _grounding(config: RerankerTrainConfig, encoder, train, image_tokens: int):
     scenes = [Scene.from_json(rec["scene"]) for rec in records]
     side = pooled_side(image_tokens, config.image_pool)
     targets = grounding_targets(scenes, train, encoder.tokenizer, side)
-    if len(targets.named_captions) < config.grounding:
+    if len(targets.distinct_captions) < config.grounding:
         raise InputError(
-            f"--grounding {config.grounding}: only {len(targets.named_captions)} "
+            f"--grounding {config.grounding}: only {len(targets.distinct_captions)} "
             f"captions of {config.data} name an object alone; use a smaller --grounding"
         )
     return targets
+
+
+def _parameter_groups(config: RerankerTrainConfig, model) -> list[dict]:
+    """The optimizer's groups: the relation term's weights at --relation-lr when given,
+    everything else at --lr."""
+    named = list(model.named_parameters())
+    relation = [p for n, p in named if n.startswith("relation_")]
+    if config.relation_lr is None or not relation:
+        return [{"params": [p for _, p in named], "lr": config.lr}]
+    rest = [p for n, p in named if not n.startswith("relation_")]
+    return [{"params": rest, "lr": config.lr}, {"params": relation, "lr": config.relation_lr}]
+
+
+def _relation_pairs(config: RerankerTrainConfig, encoder, train):
+    """The relation pairs of the training split's captions (--relation-pairs), or None."""
+    if not config.relation_pairs:
+        return None
+    from xmr.retrieval.errors import InputError
+
+    pairs = relation_pairs(train.captions, encoder.tokenizer)
+    if len(pairs.distinct_captions) < config.relation_pairs:
+        raise InputError(
+            f"--relation-pairs {config.relation_pairs}: only {len(pairs.distinct_captions)} "
+            f"captions of {config.data} state a relation in the xmr-shapes grammar; "
+            "use a smaller --relation-pairs"
+        )
+    return pairs
 
 
 def _new_reranker(config: RerankerTrainConfig, encoder, tensors: FeatureTensors):
@@ -245,6 +279,10 @@ def _step_loss(config: RerankerTrainConfig, model, data: TrainingData, rng):
             targets = data.grounding.of_captions(config.grounding, rng)
             loss = loss + grounding_loss(model, targets, data.train.text_to_image, data.tensors)
             n_pairs += config.grounding
+        if data.relation_pairs is not None:
+            related = data.relation_pairs.of_captions(config.relation_pairs, rng)
+            loss = loss + relation_pair_loss(model, related, data.train.text_to_image, data.tensors)
+            n_pairs += config.relation_pairs
     return loss, n_pairs
 
 

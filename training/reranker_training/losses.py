@@ -48,6 +48,24 @@ def torch_rows(rows, device):
     return torch.as_tensor(np.asarray(rows), device=device)
 
 
+def own_image_words(model, captions: np.ndarray, text_to_image, f: FeatureTensors):
+    """Each caption's word states read against its own image: what the grounding and
+    relation-pair losses supervise. captions (C,) rows -> (words (C, L, W), mask (C, L),
+    the images' states from encode_images)."""
+    from xmr.retrieval.reranker import text_mask
+
+    device = f.image_tokens.device
+    states = model.encode_images(
+        f.image_tokens[torch_rows(text_to_image[captions], device)].float()
+    )
+    rows = torch_rows(captions, device)
+    lengths = f.text_lengths[rows]
+    longest = int(lengths.max())
+    mask = text_mask(lengths, longest)
+    text = f.text_tokens[rows][:, :longest].float()  # (C, L, D)
+    return model.text_states(text, mask, states)[:, 1:], mask, states
+
+
 def listwise_loss(model, batch: Batch, edited, f: FeatureTensors):
     """Cross-entropy over each query's candidate list, true candidate first.
 
