@@ -329,7 +329,7 @@ class Reranker(nn.Module):
             alignment_keys = image_kv[len(self.blocks)][0]
             logits = logits + self.align(words, text_mask, alignment_keys)
             if self.config.relation_readout:
-                looks = self.word_looks(words, image_kv[len(self.blocks) + 1][0])
+                looks = self.word_looks(words, image_kv)
                 logits = logits + self.relate(words, text_mask, looks)
         return logits
 
@@ -349,21 +349,13 @@ class Reranker(nn.Module):
             x = block(x, mask, kv)
         return x
 
-    def looks(
-        self,
-        text: torch.Tensor,
-        text_mask: torch.Tensor,
-        image_kv: Sequence[tuple[torch.Tensor, ...]],
+    def word_looks(
+        self, words: torch.Tensor, image_kv: Sequence[tuple[torch.Tensor, ...]]
     ) -> torch.Tensor:
-        """text (B, L, D), text_mask (B, L) bool, image states from encode_images ->
-        (B, L, N') logits of where each word looks: what the relation term compares, and
-        what grounding (training/reranker_training/grounding.py) teaches."""
-        words = self.text_states(text, text_mask, image_kv)[:, 1:]
-        return self.word_looks(words, image_kv[len(self.blocks) + 1][0])
-
-    def word_looks(self, words: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """words (B, L, W) states after the cross blocks, keys (B, N', W) the relation keys
-        (encode_images) -> (B, L, N') logits of where each word looks."""
+        """words (B, L, W) states after the cross blocks (text_states), image states from
+        encode_images -> (B, L, N') logits of where each word looks: what the relation term
+        compares, and what grounding (training/reranker_training/grounding.py) teaches."""
+        keys = image_kv[len(self.blocks) + 1][0]  # (B, N', W): the relation keys
         query = self.relation_query(self.relation_ln(words))  # (B, L, W)
         return query @ keys.transpose(1, 2) / query.shape[-1] ** 0.5
 
@@ -428,9 +420,13 @@ class Reranker(nn.Module):
         without them (trained before the option existed, or with it off) loads into this
         model with these at their initial value and scores as it did (start_weights)."""
         neutral = {"grid_position.weight"} if self.config.patch_position != "none" else set()
-        if self.config.relation_readout:
-            neutral |= {n for n, _ in self.named_parameters() if n.startswith("relation_")}
-        return neutral
+        return neutral | self.relation_parameters()
+
+    def relation_parameters(self) -> set[str]:
+        """The relation term's weights (relation_readout; none without it)."""
+        if not self.config.relation_readout:
+            return set()
+        return {n for n, _ in self.named_parameters() if n.startswith("relation_")}
 
 
 def start_weights(model: Reranker, state: dict[str, torch.Tensor]) -> list[str]:

@@ -101,7 +101,9 @@ def test_grounding_loss_is_the_cross_entropy_of_each_words_looks(prepared):
             image = f.image_tokens[data.train.text_to_image[caption]][None].float()
             length = f.text_lengths[caption : caption + 1]
             text = f.text_tokens[caption : caption + 1, : int(length)].float()
-            looks = model.looks(text, text_mask(length, int(length)), model.encode_images(image))
+            states = model.encode_images(image)
+            words = model.text_states(text, text_mask(length, int(length)), states)[:, 1:]
+            looks = model.word_looks(words, states)
             losses.append(-looks[0, position].log_softmax(-1)[patch])
     assert float(got.detach()) == pytest.approx(float(torch.stack(losses).mean()), rel=1e-4)
     got.backward()  # it teaches the looks: the key and query projections get a gradient

@@ -1,6 +1,7 @@
 """Relation-pair targets and loss (training/reranker_training/relation_pairs.py): which
 words of a caption a relation joins, read from the corpus grammar, checked token by token
-on written captions; the loss against the same mass written out, and that it teaches."""
+on written captions; the loss against the same cross-entropies written out, and that it
+teaches."""
 
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ def test_relation_pair_loss_is_the_roles_cross_entropies(prepared):
 
 
 @pytest.mark.slow
-def test_relation_pair_loss_teaches_the_pair_attention(prepared):
+def test_relation_pair_loss_teaches_the_roles(prepared):
     import copy
 
     from xmr.training.reranker_training.relation_pairs import relation_pair_loss

@@ -32,8 +32,9 @@ class RerankerTrainConfig:
     # Captions per step whose object words are taught where to look (grounding.py); needs
     # relation_readout and a corpus with scenes.
     grounding: int = 0
-    # Captions per step whose relation's words are taught as the pair the relation term
-    # compares (relation_pairs.py); needs relation_readout and captions of the corpus grammar.
+    # Captions per step whose relation word, and the words of the objects it joins, are
+    # taught to the relation term's roles (relation_pairs.py); needs relation_readout and
+    # captions of the corpus grammar.
     relation_pairs: int = 0
     # Learning rate of the relation term's weights (None: lr). Started beside a trained
     # re-ranker, they have far to go while the rest is only fine-tuned.
@@ -98,7 +99,7 @@ def check_config(config: RerankerTrainConfig) -> None:
         raise InputError("--relation-lr sets the relation term's rate: add --relation-readout")
     if config.relation_pairs and not config.relation_readout:
         raise InputError(
-            "--relation-pairs teaches the relation term's word pairs: add --relation-readout"
+            "--relation-pairs teaches the relation term's roles: add --relation-readout"
         )
     edit_columns(config.edit_kinds)
     if config.init_from:

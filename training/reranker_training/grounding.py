@@ -1,6 +1,6 @@
 """Grounding: where the words of a training caption should look, from the corpus's scenes.
 
-The relation term (Reranker.relate) compares where words look (Reranker.looks). Trained
+The relation term (Reranker.relate) compares where words look (Reranker.word_looks). Trained
 through the relation loss alone, those looks barely find their objects. In a generated
 corpus the scene says where every object is, so a word that names one object of its
 scene ("red" when one object is red, "hexagon" when one is a hexagon) gets that object's
@@ -68,7 +68,7 @@ def grounding_loss(model, targets: GroundingTargets, text_to_image, f):
     device = f.image_tokens.device
     rows, where = np.unique(targets.captions, return_inverse=True)  # (C,), (G,) into rows
     words, _, states = own_image_words(model, rows, text_to_image, f)
-    looks = model.word_looks(words, states[len(model.blocks) + 1][0])  # (C, L, N')
+    looks = model.word_looks(words, states)  # (C, L, N')
     picked = looks[torch_rows(where, device), torch_rows(targets.positions, device)]  # (G, N')
     return F.cross_entropy(picked.float(), torch_rows(targets.patches, device))
 

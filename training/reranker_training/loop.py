@@ -178,10 +178,11 @@ def _parameter_groups(config: RerankerTrainConfig, model) -> list[dict]:
     """The optimizer's groups: the relation term's weights at --relation-lr when given,
     everything else at --lr."""
     named = list(model.named_parameters())
-    relation = [p for n, p in named if n.startswith("relation_")]
-    if config.relation_lr is None or not relation:
+    if config.relation_lr is None:  # check_config: given only with the relation term
         return [{"params": [p for _, p in named], "lr": config.lr}]
-    rest = [p for n, p in named if not n.startswith("relation_")]
+    names = model.relation_parameters()
+    relation = [p for n, p in named if n in names]
+    rest = [p for n, p in named if n not in names]
     return [{"params": rest, "lr": config.lr}, {"params": relation, "lr": config.relation_lr}]
 
 
