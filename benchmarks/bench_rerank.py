@@ -35,6 +35,7 @@ def _describe(config) -> str:
     stem = "conv stem" if config.image_stem == "conv" else "attention stem"
     extras = ", token alignment" if config.token_alignment else ""
     extras += ", relation term" if getattr(config, "relation_readout", False) else ""
+    extras += ", pixel stem" if getattr(config, "pixel_patch", 0) else ""
     return f"width {config.width}, {stem}{extras}"
 
 
@@ -72,7 +73,8 @@ def latency_ms(runtime, k: int, rng, repeats: int, text_length: int, warmup: int
     kept features) and one image against K texts ("i2t"), `repeats` calls each after
     `warmup` unrecorded ones; random fp16 tokens, as the token store hands them over."""
     c = runtime.config
-    images = rng.normal(size=(k, c.image_tokens, c.token_dim)).astype(np.float16)  # (K, N, D)
+    # (K, N, D + any patch pixels a pixel stem reads)
+    images = rng.normal(size=(k, c.image_tokens, c.image_token_dim)).astype(np.float16)
     texts = rng.normal(size=(k, c.text_len, c.token_dim)).astype(np.float16)  # (K, L, D)
     lengths = np.full(k, text_length)
     stage1 = np.zeros(k, np.float32)

@@ -62,6 +62,21 @@ def _config(cls, options: dict):
     )
 
 
+def _count_option(flag: str, help: str):
+    """A training option that counts something per step or run (0: off)."""
+    return typer.Option(flag, metavar="N", min=0, help=help)
+
+
+def _rate_option(flag: str, help: str):
+    """A learning-rate option (None: the default its help names)."""
+    return typer.Option(flag, metavar="RATE", help=help)
+
+
+# Titles of the stages before training that are not embedding, by the name a trainer
+# reports them under.
+_PREPARING = {"pixel stem": "teaching the pixel stem each patch's shape (epochs)"}
+
+
 class _TrainingReport:
     """A training command's progress on stderr, for the trainers' callbacks: a bar per
     stage where stderr is a terminal, else a line per stage and every 50 steps (a log file,
@@ -78,7 +93,8 @@ class _TrainingReport:
         return self.bars[title]
 
     def preparing(self, what: str, done: int, total: int) -> None:
-        title = f"embedding {what}"
+        # stages before the steps: the frozen encoder's embedding, then any other work
+        title = _PREPARING.get(what, f"embedding {what}")
         opening = title not in self.bars
         bar = self._bar(title, total)
         if opening and bar.disable and not self.quiet:
@@ -265,40 +281,46 @@ def train_reranker(
             help="Compare where word pairs look (relations; starts neutral).",
         ),
     ] = False,
+    pixel_stem: Annotated[
+        bool,
+        typer.Option(
+            "--pixel-stem/--no-pixel-stem",
+            help="Also read the input pixels with convolutions (shape; starts neutral).",
+        ),
+    ] = False,
     grounding: Annotated[
         int,
-        typer.Option(
-            "--grounding",
-            metavar="N",
-            min=0,
-            help="Captions per step taught where object words look (corpus scenes).",
+        _count_option(
+            "--grounding", "Captions per step taught where object words look (corpus scenes)."
         ),
     ] = 0,
     relation_pairs: Annotated[
         int,
-        typer.Option(
+        _count_option(
             "--relation-pairs",
-            metavar="N",
-            min=0,
-            help="Captions per step taught which words a relation joins (corpus grammar).",
+            "Captions per step taught which words a relation joins (corpus grammar).",
         ),
     ] = 0,
     relation_lr: Annotated[
         float | None,
-        typer.Option(
-            "--relation-lr",
-            metavar="RATE",
-            help="Learning rate of the relation term's weights (default: --lr).",
+        _rate_option(
+            "--relation-lr", "Learning rate of the relation term's weights (default: --lr)."
         ),
+    ] = None,
+    pixel_stem_epochs: Annotated[
+        int,
+        _count_option(
+            "--pixel-stem-epochs",
+            "Epochs teaching a new pixel stem each patch's shape (corpus scenes).",
+        ),
+    ] = 0,
+    pixel_lr: Annotated[
+        float | None,
+        _rate_option("--pixel-lr", "Learning rate of the pixel stem's weights (default: --lr)."),
     ] = None,
     edit_pairs: Annotated[
         int,
-        typer.Option(
-            "--edit-pairs",
-            metavar="N",
-            min=0,
-            help="Caption-vs-edit pairs per step (direct binding signal).",
-        ),
+        _count_option("--edit-pairs", "Caption-vs-edit pairs per step (direct binding signal)."),
     ] = 0,
     edit_kinds: Annotated[
         str,
@@ -351,10 +373,8 @@ def train_reranker(
     ] = None,
     lr: Annotated[
         float | None,
-        typer.Option(
-            "--lr",
-            metavar="RATE",
-            help="Default: native 5e-4; blip-itm 2e-5 from weights, 1e-3 from a config.",
+        _rate_option(
+            "--lr", "Default: native 5e-4; blip-itm 2e-5 from weights, 1e-3 from a config."
         ),
     ] = None,
     device: Device = None,
@@ -391,7 +411,8 @@ def train_reranker(
 _NATIVE_ONLY = (
     "width", "layers", "heads", "image_layers", "image_pool", "image_token_layer",
     "image_stem", "token_alignment", "patch_position", "relation_readout", "grounding",
-    "relation_pairs", "relation_lr", "edit_pairs", "edit_kinds",
+    "pixel_stem", "pixel_stem_epochs", "pixel_lr", "relation_pairs", "relation_lr",
+    "edit_pairs", "edit_kinds",
 )  # fmt: skip
 
 

@@ -49,6 +49,7 @@ def run_benchmark(
         with_tokens=native is not None,
         # the image tokens of the vision block the re-ranker was trained on
         token_layer=None if native is None else native.config.image_token_layer,
+        with_pixels=native is not None and native.config.pixel_patch > 0,
         progress=progress,
     )
     t2i = np.asarray(dataset.text_to_image)

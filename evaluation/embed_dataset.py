@@ -48,14 +48,19 @@ def embed_dataset(
     with_tokens: bool = True,
     progress=None,
     token_layer: int | None = None,
+    with_pixels: bool = False,
 ) -> DatasetEmbeddings:
     """`progress(stage, done, total)` is called as batches finish (optional); image tokens
-    come from vision block `token_layer` (None: the last; Encoder.encode_images)."""
+    come from vision block `token_layer` (None: the last; Encoder.encode_images), with
+    their patches' pixels appended when `with_pixels` (retrieval/pixel_stem.py)."""
     paths = [str(p) for p in dataset.image_paths]
     started = time.monotonic()
     vectors, tokens = [], []
     done = 0
-    for batch in embed_images(paths, encoder, token_layer, batch_size, workers):
+    batches = embed_images(
+        paths, encoder, token_layer, batch_size, workers, with_pixels=with_pixels
+    )
+    for batch in batches:
         failed = [d for d in batch.images if d.error is not None]
         if failed:
             raise DatasetError(f"{paths[failed[0].position]}: {failed[0].error}")
@@ -104,10 +109,16 @@ def encode_text_list(encoder, texts, batch_size: int = 256, with_tokens=True, pr
 
 
 def cache_key(
-    encoder_identity: dict, dataset, with_tokens: bool, token_layer: int | None = None
+    encoder_identity: dict,
+    dataset,
+    with_tokens: bool,
+    token_layer: int | None = None,
+    with_pixels: bool = False,
 ) -> str:
     digest = hashlib.sha256()
     tokens = with_tokens if token_layer is None else f"block {token_layer}"
+    if with_pixels:
+        tokens = f"{tokens} + pixels"
     digest.update(
         json.dumps(
             {"v": CACHE_VERSION, "enc": encoder_identity, "tokens": tokens}, sort_keys=True
@@ -129,7 +140,9 @@ def embed_dataset_cached(
         return embed_dataset(encoder, dataset, **kwargs), False
     with_tokens = kwargs.get("with_tokens", True)
     layer = kwargs.get("token_layer") if with_tokens else None
-    path = Path(cache_dir) / f"{cache_key(encoder.identity(), dataset, with_tokens, layer)}.npz"
+    pixels = bool(kwargs.get("with_pixels")) and with_tokens
+    key = cache_key(encoder.identity(), dataset, with_tokens, layer, pixels)
+    path = Path(cache_dir) / f"{key}.npz"
     if path.exists():
         data = np.load(path)
         return DatasetEmbeddings(

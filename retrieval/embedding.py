@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
+from xmr.retrieval.errors import InputError
 from xmr.retrieval.imageio import (
     DEFAULT_MAX_PIXELS,
     DecodedImage,
@@ -66,18 +67,23 @@ def embed_images(
     batch_size: int = 64,
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    with_pixels: bool = False,
 ) -> Iterator[ImageBatch]:
     """Decode `paths` (`workers` processes running ahead) and encode each batch.
 
-    Image tokens come from vision block `token_layer` (None: the last). Pixels are
-    dropped once encoded, so a batch carries only metadata, reasons and the outputs.
+    Image tokens come from vision block `token_layer` (None: the last); `with_pixels`
+    appends each patch's input pixels to its token (for a re-ranker's pixel stem). Pixels
+    are dropped once encoded, so a batch carries only metadata, reasons and the outputs.
     """
     for batch in decode_images(paths, encoder.preprocess, batch_size, workers, max_pixels):
-        yield encode_batch(encoder, batch, token_layer)
+        yield encode_batch(encoder, batch, token_layer, with_pixels)
 
 
 def encode_batch(
-    encoder: Encoder | LazyEncoder, batch: ImageBatch, token_layer: int | None = None
+    encoder: Encoder | LazyEncoder,
+    batch: ImageBatch,
+    token_layer: int | None = None,
+    with_pixels: bool = False,
 ) -> ImageBatch:
     """Encode the decoded images of `batch` in one call; frees their pixels."""
     decoded = batch.decoded
@@ -86,7 +92,14 @@ def encode_batch(
 
         started = time.perf_counter()
         pixels = torch.stack([cast("torch.Tensor", d.pixels) for d in decoded])  # (G, 3, H, W)
-        batch.encoded = encoder.encode_images(pixels, token_layer)
+        encoded = encoder.encode_images(pixels, token_layer)
+        if with_pixels:
+            from xmr.retrieval.pixel_stem import with_patch_pixels
+
+            if encoded.tokens is None:
+                raise InputError("this model's image tower has no patch tokens to add pixels to")
+            encoded.tokens = with_patch_pixels(encoded.tokens, pixels)
+        batch.encoded = encoded
         batch.encode_seconds += time.perf_counter() - started
     for image in batch.images:
         image.pixels = None

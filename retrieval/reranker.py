@@ -28,6 +28,7 @@ from torch import nn
 
 from xmr.retrieval.calibration import Logistic, rerank_fit, rerank_probability
 from xmr.retrieval.fusion import fused_score  # noqa: F401 (the final score, for both families)
+from xmr.retrieval.pixel_stem import PixelStem
 from xmr.retrieval.reranker_files import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -82,6 +83,10 @@ class RerankerConfig:
     # own word-patch attention, which training can supervise: grounding.py), compared
     # between word pairs. Built on token_alignment's place in the model.
     relation_readout: bool = False
+    # Side p of the pixel patch each image token also carries (0: none). With p > 0 the
+    # tokens are (N, token_dim + 3 p^2): a convolutional stem reads the pixels beside the
+    # encoder's features (retrieval/pixel_stem.py), for the shape those features lack.
+    pixel_patch: int = 0
     mlp_ratio: float = 4.0
     stage1_weight: float = 0.0  # final score = logit + stage1_weight * stage-1 similarity
     itc_weight: float = 0.0  # the encoder's logit scale: stage 1 as a contrastive logit (BLIP)
@@ -96,6 +101,13 @@ class RerankerConfig:
             )
         if self.relation_readout and not self.token_alignment:
             raise ValueError("relation_readout is added beside token_alignment: turn both on")
+        if self.pixel_patch and self.image_pool != 1:
+            raise ValueError("a pixel stem reads every patch: image_pool must be 1")
+
+    @property
+    def image_token_dim(self) -> int:
+        """The features of one stored image token: the encoder's, then any patch pixels."""
+        return self.token_dim + 3 * self.pixel_patch**2
 
 
 def grid_coordinates(side: int) -> torch.Tensor:
@@ -241,6 +253,8 @@ class Reranker(nn.Module):
             # as before until training moves it; the fixed codes still give it a gradient.
             self.grid_position = nn.Linear(w, w, bias=False)
             nn.init.zeros_(self.grid_position.weight)
+        if config.pixel_patch:
+            self.pixel_stem = PixelStem(config.pixel_patch, w)
         nn.init.normal_(self.text_pos, std=0.02)
         nn.init.normal_(self.image_pos, std=0.02)
         nn.init.normal_(self.cls, std=0.02)
@@ -288,7 +302,10 @@ class Reranker(nn.Module):
         feature_cache.py, so text->image search skips it)."""
         if image.shape[1] == self.config.image_tokens:  # (a token store may hold them pooled)
             image = pool_patch_tokens(image, self.config.image_pool)  # (B, N', D)
-        img = self.image_in(image) + self.image_pos  # (B, N', W)
+        d = self.config.token_dim
+        img = self.image_in(image[..., :d]) + self.image_pos  # (B, N', W)
+        if self.config.pixel_patch:
+            img = img + self.pixel_stem(image[..., d:])  # (B, N, 3 p^2) pixels -> (B, N, W)
         if self.config.patch_position == "sincos":
             img = img + self.grid_position(self.grid_codes)
         for block in self.image_blocks:
@@ -420,7 +437,11 @@ class Reranker(nn.Module):
         without them (trained before the option existed, or with it off) loads into this
         model with these at their initial value and scores as it did (start_weights)."""
         neutral = {"grid_position.weight"} if self.config.patch_position != "none" else set()
-        return neutral | self.relation_parameters()
+        return neutral | self.relation_parameters() | self.pixel_parameters()
+
+    def pixel_parameters(self) -> set[str]:
+        """The pixel stem's weights (pixel_patch; none without it)."""
+        return {n for n, _ in self.named_parameters() if n.startswith("pixel_stem.")}
 
     def relation_parameters(self) -> set[str]:
         """The relation term's weights (relation_readout; none without it)."""

@@ -32,14 +32,16 @@ def token_mismatch(library: TokenLayout, reranker: Matcher | RerankerRuntime | N
     if reranker is None or getattr(reranker, "family", "native") != "native":
         return None  # a matcher with its own vision tower reads no stored tokens
     reranker_config = getattr(reranker, "config")  # noqa: B009 (native: a RerankerRuntime)
-    config = {k: getattr(reranker_config, k) for k in ("image_pool", "image_token_layer")}
+    read = ("image_pool", "image_token_layer", "pixel_patch")
+    config = {k: getattr(reranker_config, k) for k in read}
     return reranker_config_mismatch(library, config, reranker.name)
 
 
 def reranker_config_mismatch(library: TokenLayout, config: dict, name: str) -> str | None:
     """The same question from a re-ranker's config alone (no torch): the stored tokens are
-    pooled k x k for another grid (its learned positions fit one grid only), or come from
-    another vision block than the one it was trained on."""
+    pooled k x k for another grid (its learned positions fit one grid only), come from
+    another vision block than the one it was trained on, or lack the patch pixels its
+    pixel stem reads."""
     if library.images.tokens is None:
         return None
     pool, layer = library.token_pool, library.token_layer
@@ -50,6 +52,12 @@ def reranker_config_mismatch(library: TokenLayout, config: dict, name: str) -> s
             f"index {library.directory} stores image tokens pooled {pool}x{pool}, but "
             f"re-ranker {name} reads them pooled {wanted_pool}x{wanted_pool}; use one trained "
             f"on {pool}x{pool} pooled image tokens, or re-index without a token pool"
+        )
+    if config.get("pixel_patch"):
+        return (
+            f"re-ranker {name} also reads each patch's pixels (a pixel stem), which index "
+            f"{library.directory} does not keep: xmr index stores the encoder's tokens only. "
+            "Search without re-ranking, or with a re-ranker trained without --pixel-stem"
         )
     if wanted_layer != layer:
         return (

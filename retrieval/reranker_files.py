@@ -84,7 +84,7 @@ def folder_fingerprint(folder: Path) -> str:
 # config with one off is the config of a re-ranker saved before it existed, so it digests
 # the same (config_digest) and may start a run that turns it on (--init-from), its new
 # weights starting neutral (reranker.Reranker.neutral_parameters).
-ADDABLE = {"patch_position": "none", "relation_readout": False}
+ADDABLE = {"patch_position": "none", "relation_readout": False, "pixel_patch": 0}
 
 
 def config_digest(config: dict):

@@ -89,7 +89,7 @@ def export_reranker(runtime: RerankerRuntime, folder: Path) -> None:
     feats = runtime.feature_shape  # (N', W)
     common = {"name": runtime.name, "fingerprint": runtime.fingerprint}
     gen = torch.Generator().manual_seed(0)
-    tokens = torch.randn(3, n, config.token_dim, generator=gen)
+    tokens = torch.randn(3, n, config.image_token_dim, generator=gen)
     if store.present(folder, store.read_meta(folder), "stem.onnx") is None:
         stem = StemGraph(model)
         _export(stem, (tokens,), folder / "stem.onnx", ["tokens"], ["features"],

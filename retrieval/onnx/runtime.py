@@ -21,6 +21,7 @@ from xmr.retrieval.calibration import Logistic, rerank_fit, rerank_probability
 from xmr.retrieval.encoded import Encoded
 from xmr.retrieval.fusion import fused_score
 from xmr.retrieval.matching import Scored, native_candidate_inputs
+from xmr.retrieval.reranker_files import ADDABLE
 
 if TYPE_CHECKING:
     from xmr.retrieval.onnx.preprocess import NumpyPreprocess
@@ -110,7 +111,8 @@ class OnnxReranker:
     ):
         self.name = name
         self.fingerprint = fingerprint
-        self.config = SimpleNamespace(**config)
+        # a config saved before an ADDABLE option existed has it off
+        self.config = SimpleNamespace(**{**ADDABLE, **config})
         self.folder = Path(folder)
         self._stem = session(self.folder / "stem.onnx", prepack)
         self._match = session(self.folder / "match.onnx", prepack)

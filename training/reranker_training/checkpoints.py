@@ -35,12 +35,14 @@ def resume(out: Path, model, optimizer, schedule, state, device: str) -> None:
     schedule.load_state_dict(payload["schedule"])
     state.step = payload["state"]["step"]
     state.history = payload["state"]["history"]
+    state.pixel_stem = payload["state"].get("pixel_stem")
 
 
-def start_from(model, folder: Path) -> None:
+def start_from(model, folder: Path) -> list[str]:
     """Load a saved re-ranker's weights into `model`, whose config must match its own
     (the fused stage-1 weight aside: training starts again from the encoder's scale), or
-    add options it lacked (reranker_files.ADDABLE), whose new weights start neutral."""
+    add options it lacked (reranker_files.ADDABLE), whose new weights start neutral.
+    -> the names of those new weights."""
     from safetensors.torch import load_file
 
     from xmr.retrieval.errors import InputError
@@ -53,6 +55,6 @@ def start_from(model, folder: Path) -> None:
     except OSError as exc:
         raise InputError(f"--init-from {folder}: {exc}") from exc
     try:
-        start_weights(model, state)  # float16 files are cast to the model's float32
+        return start_weights(model, state)  # float16 files are cast to the model's float32
     except ValueError as exc:
         raise InputError(f"--init-from {folder}: {exc}") from exc

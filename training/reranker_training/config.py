@@ -29,6 +29,12 @@ class RerankerTrainConfig:
     token_alignment: bool = False
     patch_position: str = "none"  # or "sincos": row/column codes on the patches (RerankerConfig)
     relation_readout: bool = False  # a word-pair relation term (RerankerConfig)
+    # A convolutional stem over the model's input pixels beside the encoder's tokens
+    # (RerankerConfig.pixel_patch): the shape small encoders' patch tokens lack.
+    pixel_stem: bool = False
+    # Epochs of teaching a new pixel stem's convolutions the shape and colour under each
+    # patch (patch_labels.py) before the ranking steps; needs a corpus with scenes.
+    pixel_stem_epochs: int = 0
     # Captions per step whose object words are taught where to look (grounding.py); needs
     # relation_readout and a corpus with scenes.
     grounding: int = 0
@@ -39,6 +45,8 @@ class RerankerTrainConfig:
     # Learning rate of the relation term's weights (None: lr). Started beside a trained
     # re-ranker, they have far to go while the rest is only fine-tuned.
     relation_lr: float | None = None
+    # Learning rate of the pixel stem's weights (None: lr): new beside a trained re-ranker.
+    pixel_lr: float | None = None
     # Extra (image, true caption, its edit) triples per step, scored by the logit alone:
     # the direct binding signal that the listwise loss, dominated by stage 1, dilutes.
     edit_pairs: int = 0
@@ -70,6 +78,7 @@ class RerankerTrainState:
     step: int = 0
     history: list[dict] = field(default_factory=list)
     fusion: dict | None = None  # the validation-chosen stage1_weight and its R@1s
+    pixel_stem: dict | None = None  # what --pixel-stem-epochs reached (patch_labels.py)
 
 
 def check_config(config: RerankerTrainConfig) -> None:
@@ -101,6 +110,12 @@ def check_config(config: RerankerTrainConfig) -> None:
         raise InputError(
             "--relation-pairs teaches the relation term's roles: add --relation-readout"
         )
+    if config.pixel_lr is not None and not config.pixel_stem:
+        raise InputError("--pixel-lr sets the pixel stem's rate: add --pixel-stem")
+    if config.pixel_stem_epochs and not config.pixel_stem:
+        raise InputError("--pixel-stem-epochs teaches the pixel stem: add --pixel-stem")
+    if config.pixel_stem and config.image_pool != 1:
+        raise InputError("--pixel-stem reads every patch's pixels: use --image-pool 1")
     edit_columns(config.edit_kinds)
     if config.init_from:
         check_start(Path(config.init_from), asdict(config))

@@ -85,10 +85,14 @@ def train_reranker(
         optimizer, warmup_cosine(config.warmup_steps, config.steps)
     )
     state = RerankerTrainState()
-    if config.init_from and not (out / CHECKPOINT).exists():
-        start_from(model, Path(config.init_from))
+    resuming = (out / CHECKPOINT).exists()
+    started = model.neutral_parameters()  # all new without --init-from
+    if config.init_from and not resuming:
+        started = set(start_from(model, Path(config.init_from)))
     resume(out, model, optimizer, schedule, state, encoder.device)
     val = _validation_set(config, encoder)
+    if config.pixel_stem_epochs and not resuming and "pixel_stem.out.weight" in started:
+        state.pixel_stem = _pretrain_pixel_stem(config, model, data, val, preparing)
     _run_steps(config, model, optimizer, schedule, state, data, val, progress, validated)
 
     model.eval()
@@ -98,6 +102,8 @@ def train_reranker(
     save_reranker(model, out)
     if val is not None and config.calibrate_fusion:
         extra["score_calibration"] = _calibrate_scores(model, val, config.candidates, out)
+    if state.pixel_stem is not None:
+        extra["pixel_stem"] = state.pixel_stem
     write_train_log(out, config, state.history, **extra)
     return state
 
@@ -141,7 +147,13 @@ def _training_data(config: RerankerTrainConfig, encoder, preparing) -> TrainingD
             f"--batch-size {config.batch_size} is more than the {len(train.image_paths)} "
             f"training images of {config.data}: use a smaller --batch-size"
         )
-    feats = embed_dataset(encoder, train, progress=preparing, token_layer=config.image_token_layer)
+    feats = embed_dataset(
+        encoder,
+        train,
+        progress=preparing,
+        token_layer=config.image_token_layer,
+        with_pixels=config.pixel_stem,
+    )
     pools = hard_pools(feats, train, config.hard_pool, config.gallery)
     edits = caption_edits(
         encoder, train.captions, random.Random(config.seed), encoder.device, preparing
@@ -153,17 +165,50 @@ def _training_data(config: RerankerTrainConfig, encoder, preparing) -> TrainingD
     return TrainingData(train, tensors, pools, edits, pairs, grounding, related)
 
 
+def _pretrain_pixel_stem(config: RerankerTrainConfig, model, data: TrainingData, val, preparing):
+    """Teach the new pixel stem what each training patch shows (--pixel-stem-epochs),
+    measured on the validation split when there is one; -> the log entry."""
+    import torch
+
+    from xmr.retrieval.token_pooling import pooled_side
+    from xmr.training.reranker_training.patch_labels import patch_labels, pretrain_pixel_stem
+
+    side = pooled_side(model.config.image_tokens, 1)
+    d = model.config.token_dim  # the pixels follow the encoder's features in each token
+    labels = patch_labels(_scenes(config, data.train, "--pixel-stem-epochs"), side)
+    held_out = None
+    if val is not None:
+        dataset, embedded, _ = val
+        pixels = torch.from_numpy(embedded.image_tokens[..., d:]).to(data.tensors.image_tokens)
+        held_out = (pixels, patch_labels(_scenes(config, dataset, "--pixel-stem-epochs"), side))
+    return pretrain_pixel_stem(
+        model.pixel_stem,
+        data.tensors.image_tokens[..., d:],
+        labels,
+        config.pixel_stem_epochs,
+        held_out,
+        seed=config.seed,
+        progress=preparing,
+    )
+
+
+def _scenes(config: RerankerTrainConfig, dataset, option: str) -> list:
+    """The corpus scene of each image of `dataset`, for an option that reads them."""
+    from xmr.training.corpus.records import dataset_records
+    from xmr.training.corpus.scenes import Scene
+
+    records = dataset_records(config.data, dataset, f"{option} reads what the images show")
+    return [Scene.from_json(rec["scene"]) for rec in records]
+
+
 def _grounding(config: RerankerTrainConfig, encoder, train, image_tokens: int):
     """The grounding targets of the training split (--grounding), or None."""
     if not config.grounding:
         return None
     from xmr.retrieval.errors import InputError
     from xmr.retrieval.token_pooling import pooled_side
-    from xmr.training.corpus.records import dataset_records
-    from xmr.training.corpus.scenes import Scene
 
-    records = dataset_records(config.data, train, "--grounding reads where objects are")
-    scenes = [Scene.from_json(rec["scene"]) for rec in records]
+    scenes = _scenes(config, train, "--grounding")
     side = pooled_side(image_tokens, config.image_pool)
     targets = grounding_targets(scenes, train, encoder.tokenizer, side)
     if len(targets.distinct_captions) < config.grounding:
@@ -175,15 +220,20 @@ def _grounding(config: RerankerTrainConfig, encoder, train, image_tokens: int):
 
 
 def _parameter_groups(config: RerankerTrainConfig, model) -> list[dict]:
-    """The optimizer's groups: the relation term's weights at --relation-lr when given,
-    everything else at --lr."""
+    """The optimizer's groups: the relation term's weights at --relation-lr and the pixel
+    stem's at --pixel-lr when given, everything else at --lr."""
     named = list(model.named_parameters())
-    if config.relation_lr is None:  # check_config: given only with the relation term
-        return [{"params": [p for _, p in named], "lr": config.lr}]
-    names = model.relation_parameters()
-    relation = [p for n, p in named if n in names]
-    rest = [p for n, p in named if n not in names]
-    return [{"params": rest, "lr": config.lr}, {"params": relation, "lr": config.relation_lr}]
+    own_rates = [
+        (model.relation_parameters(), config.relation_lr),
+        (model.pixel_parameters(), config.pixel_lr),
+    ]
+    groups, taken = [], set()
+    for names, rate in own_rates:
+        if rate is not None:  # check_config: given only with their option on
+            groups.append({"params": [p for n, p in named if n in names], "lr": rate})
+            taken |= names
+    rest = {"params": [p for n, p in named if n not in taken], "lr": config.lr}
+    return [rest, *groups]
 
 
 def _relation_pairs(config: RerankerTrainConfig, encoder, train):
@@ -208,8 +258,10 @@ def _new_reranker(config: RerankerTrainConfig, encoder, tensors: FeatureTensors)
     from xmr.retrieval.reranker import Reranker, RerankerConfig
 
     itc = float(encoder.model.logit_scale.exp())
+    token_dim = tensors.text_tokens.shape[2]  # the encoder's D, on both sides
+    pixel_features = tensors.image_tokens.shape[2] - token_dim  # 3 p^2 with a pixel stem
     rconfig = RerankerConfig(
-        token_dim=tensors.image_tokens.shape[2],
+        token_dim=token_dim,
         text_len=tensors.text_tokens.shape[1],
         image_tokens=tensors.image_tokens.shape[1],
         width=config.width,
@@ -222,6 +274,7 @@ def _new_reranker(config: RerankerTrainConfig, encoder, tensors: FeatureTensors)
         token_alignment=config.token_alignment,
         patch_position=config.patch_position,
         relation_readout=config.relation_readout,
+        pixel_patch=round((pixel_features / 3) ** 0.5),
         encoder=encoder.spec.canonical,
         itc_weight=itc,
         stage1_weight=itc,
@@ -317,4 +370,7 @@ def _validation_set(config: RerankerTrainConfig, encoder):
         val = load_dataset(config.data, config.images_root, split="val").head(config.val_images)
     except DatasetError:
         return None
-    return val, embed_dataset(encoder, val, token_layer=config.image_token_layer), encoder
+    embedded = embed_dataset(
+        encoder, val, token_layer=config.image_token_layer, with_pixels=config.pixel_stem
+    )
+    return val, embedded, encoder
