@@ -44,7 +44,10 @@ def main() -> int:
     if config.threads:
         torch.set_num_threads(config.threads)
     payload = torch.load(args.out / CHECKPOINT, map_location="cpu", weights_only=False)
-    state = RerankerTrainState(step=payload["state"]["step"], history=payload["state"]["history"])
+    saved = payload["state"]
+    state = RerankerTrainState(
+        step=saved["step"], history=saved["history"], pixel_stem=saved.get("pixel_stem")
+    )
     encoder = load_encoder(config.model, "cpu")
     val = _validation_set(config, encoder)
     if val is None:
@@ -57,6 +60,8 @@ def main() -> int:
     save_reranker(model, args.out)
     extra["score_calibration"] = _calibrate_scores(model, val, config.candidates, args.out)
     extra["stopped_at_step"] = state.step
+    if state.pixel_stem is not None:
+        extra["pixel_stem"] = state.pixel_stem
     write_train_log(args.out, config, state.history, **extra)
     log(f"saved {args.out} (stage-1 weight {model.config.stage1_weight:.2f})")
     return 0
