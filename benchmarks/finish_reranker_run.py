@@ -28,7 +28,7 @@ def main() -> int:
 
     from xmr.retrieval.encoder import load_encoder
     from xmr.retrieval.reranker import save_reranker
-    from xmr.training.reranker_training.checkpoints import CHECKPOINT
+    from xmr.training.reranker_training.checkpoints import CHECKPOINT, restore_state
     from xmr.training.reranker_training.config import RerankerTrainConfig, RerankerTrainState
     from xmr.training.reranker_training.loop import (
         _calibrate,
@@ -44,10 +44,8 @@ def main() -> int:
     if config.threads:
         torch.set_num_threads(config.threads)
     payload = torch.load(args.out / CHECKPOINT, map_location="cpu", weights_only=False)
-    saved = payload["state"]
-    state = RerankerTrainState(
-        step=saved["step"], history=saved["history"], pixel_stem=saved.get("pixel_stem")
-    )
+    state = RerankerTrainState()
+    restore_state(state, payload["state"])
     encoder = load_encoder(config.model, "cpu")
     val = _validation_set(config, encoder)
     if val is None:

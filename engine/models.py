@@ -147,9 +147,7 @@ def _token_shape_mismatch(library: Library, config: dict, name: str) -> str | No
     """The re-ranker reads tokens of another shape than the index stores (another model)."""
     stored = library.manifest.get("image_tokens")
     pool = library.token_pool
-    # a pixel stem's tokens also carry their patch's pixels (RerankerConfig.image_token_dim)
-    dim = int(config.get("token_dim", 0)) + 3 * int(config.get("pixel_patch", 0)) ** 2
-    wanted = [pooled_count(int(config.get("image_tokens", 0)), pool), dim]
+    wanted = [pooled_count(int(config.get("image_tokens", 0)), pool), config.get("token_dim")]
     if stored is None or list(stored) == wanted:
         return None
     return (

@@ -33,9 +33,15 @@ def resume(out: Path, model, optimizer, schedule, state, device: str) -> None:
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     schedule.load_state_dict(payload["schedule"])
-    state.step = payload["state"]["step"]
-    state.history = payload["state"]["history"]
-    state.pixel_stem = payload["state"].get("pixel_stem")
+    restore_state(state, payload["state"])
+
+
+def restore_state(state, saved: dict) -> None:
+    """Set a RerankerTrainState from a checkpoint's copy of one (the fusion is chosen
+    again at the end, so it is not restored)."""
+    state.step = saved["step"]
+    state.history = saved["history"]
+    state.pixel_stem = saved.get("pixel_stem")
 
 
 def start_from(model, folder: Path) -> list[str]:

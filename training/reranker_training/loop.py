@@ -91,7 +91,7 @@ def train_reranker(
         started = set(start_from(model, Path(config.init_from)))
     resume(out, model, optimizer, schedule, state, encoder.device)
     val = _validation_set(config, encoder)
-    if config.pixel_stem_epochs and not resuming and "pixel_stem.out.weight" in started:
+    if config.pixel_stem_epochs and not resuming and model.pixel_parameters() <= started:
         state.pixel_stem = _pretrain_pixel_stem(config, model, data, val, preparing)
     _run_steps(config, model, optimizer, schedule, state, data, val, progress, validated)
 
