@@ -188,7 +188,9 @@ def main() -> int:
             index = Path(tmp) / "index"
             link_images(args.data, scenes, Path(tmp) / "images")
             log(f"indexing {len(scenes)} images of {args.data} ({args.split}) with {args.model}")
-            report = Engine(index).index([Path(tmp) / "images"], model=args.model)
+            # the image tokens (and any pixels) the re-ranker reads, and its kept features
+            keeps = "auto" if args.reranker == "none" else args.reranker
+            report = Engine(index).index([Path(tmp) / "images"], model=args.model, reranker=keeps)
             log(f"indexed: {report.notices or 'ok'}")
         engine = Engine(index, reranker=args.reranker)
         started = time.perf_counter()

@@ -220,7 +220,11 @@ def info(
         layer = data["image_token_layer"]
         pool = data["image_token_pool"]
         source = "last vision block" if layer is None else f"vision block {layer}"
-        image_tokens = f"{image_tokens} ({source}{f', pooled {pool}x{pool}' if pool > 1 else ''})"
+        if pool > 1:
+            source += f", pooled {pool}x{pool}"
+        if data["image_token_pixels"]:
+            source += ", with each patch's pixels"
+        image_tokens = f"{image_tokens} ({source})"
     typer.echo(f"tokens:   images {image_tokens}, texts {data['text_tokens']}")
     kept = data["reranker_features"]
     if kept:

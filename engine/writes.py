@@ -117,7 +117,7 @@ def index_images(
         check_reranker_choice,
         folder_config,
         folder_fingerprint,
-        folder_token_layer,
+        folder_token_source,
         reranker_folder,
         reranker_name,
     )
@@ -142,10 +142,10 @@ def index_images(
         raise InputError(f"{', '.join(missing)} does not exist; give a folder of images")
     encoder = LazyEncoder(model_for_index(directory, model), device)
     named = reranker_folder(reranker, encoder.spec)  # resolved once, read without loading
-    layer = "auto" if reranker in ("auto", "none") else folder_token_layer(named)
+    tokens = "auto" if reranker in ("auto", "none") else folder_token_source(named)
     notices: list[str] = []
     with Library.open_or_create(
-        directory, encoder, keep_tokens, index_type, max_memory, token_pool, layer
+        directory, encoder, keep_tokens, index_type, max_memory, token_pool, tokens
     ) as library:
         notices += library.notices  # what opening found and repaired
         notices += random_weights_notice(encoder.spec)  # once the index accepted the model

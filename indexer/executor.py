@@ -37,13 +37,15 @@ class Executor:
         batch_size: int,
         workers: int,
         max_pixels: int,
+        with_pixels: bool = False,
     ) -> Iterator[ImageBatch]:
         """ImageBatch per `batch_size` paths, in order (retrieval.embedding.embed_images)."""
+        args = (paths, encoder, token_layer, batch_size, workers, max_pixels, with_pixels)
         if self.kind == "local":
-            return embed_images(paths, encoder, token_layer, batch_size, workers, max_pixels)
+            return embed_images(*args)
         from xmr.indexer.ray_executor import ray_embed_images
 
-        return ray_embed_images(self, paths, encoder, token_layer, batch_size, workers, max_pixels)
+        return ray_embed_images(self, *args)
 
     def encode_texts(self, texts: Sequence[str], encoder, batch_size: int) -> Iterator:
         """Encoded per `batch_size` texts, in order (retrieval.embedding.text_batches)."""

@@ -295,6 +295,7 @@ def _embed(library, encoder, pending, twins, options, summary, reporter) -> None
         options.batch_size,
         options.workers,
         options.max_pixels,
+        library.token_pixels > 0,
     )
     session = library.writer_db.session()
     uncommitted = 0

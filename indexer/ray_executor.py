@@ -77,7 +77,15 @@ def pool_plan(executor, workers: int) -> dict:
 class ImageEmbedActor:
     """One Ray actor: the encoder loaded once, the shared step run on each block."""
 
-    def __init__(self, spec: str, device: str, token_layer, workers: int, max_pixels: int):
+    def __init__(
+        self,
+        spec: str,
+        device: str,
+        token_layer,
+        workers: int,
+        max_pixels: int,
+        with_pixels: bool = False,
+    ):
         import torch
 
         from xmr.retrieval.encoder import load_encoder
@@ -85,12 +93,19 @@ class ImageEmbedActor:
         torch.set_num_threads(max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1")))))
         self.encoder = load_encoder(spec, device)
         self.token_layer, self.workers, self.max_pixels = token_layer, workers, max_pixels
+        self.with_pixels = with_pixels
 
     def __call__(self, block: dict) -> dict:
         paths = [str(p) for p in block["path"]]
         batches = list(
             embed_images(
-                paths, self.encoder, self.token_layer, len(paths), self.workers, self.max_pixels
+                paths,
+                self.encoder,
+                self.token_layer,
+                len(paths),
+                self.workers,
+                self.max_pixels,
+                self.with_pixels,
             )
         )
         return image_columns(batches, np.asarray(block["position"], dtype=np.int64))
@@ -168,13 +183,16 @@ def batch_from_columns(columns: dict, first: int) -> ImageBatch:
     return ImageBatch(images, encoded, seconds)
 
 
-def ray_embed_images(executor, paths, encoder, token_layer, batch_size, workers, max_pixels):
+def ray_embed_images(
+    executor, paths, encoder, token_layer, batch_size, workers, max_pixels, with_pixels=False
+):
     """Executor.embed_images on Ray: ImageBatch per `batch_size` paths, in order."""
     columns = {"position": np.arange(len(paths), dtype=np.int64), "path": list(paths)}
     actor_args = {
         "spec": encoder.spec.canonical,
         "token_layer": token_layer,
         "max_pixels": max_pixels,
+        "with_pixels": with_pixels,
     }
     first = 0
     for part in _run(executor, columns, ImageEmbedActor, actor_args, batch_size, workers):

@@ -93,17 +93,24 @@ def encode_batch(
         started = time.perf_counter()
         pixels = torch.stack([cast("torch.Tensor", d.pixels) for d in decoded])  # (G, 3, H, W)
         encoded = encoder.encode_images(pixels, token_layer)
-        if with_pixels:
-            from xmr.retrieval.pixel_stem import with_patch_pixels
-
-            if encoded.tokens is None:
-                raise InputError("this model's image tower has no patch tokens to add pixels to")
-            encoded.tokens = with_patch_pixels(encoded.tokens, pixels)
-        batch.encoded = encoded
+        batch.encoded = add_patch_pixels(encoded, pixels) if with_pixels else encoded
         batch.encode_seconds += time.perf_counter() - started
     for image in batch.images:
         image.pixels = None
     return batch
+
+
+def add_patch_pixels(encoded: Encoded, pixels) -> Encoded:
+    """`encoded` with each image token followed by its patch's input pixels, from the
+    `pixels` (B, 3, H, W) it was encoded from: the tokens a re-ranker's pixel stem reads."""
+    import torch
+
+    from xmr.retrieval.pixel_stem import with_patch_pixels
+
+    if encoded.tokens is None:
+        raise InputError("this model's image tower has no patch tokens to add pixels to")
+    encoded.tokens = with_patch_pixels(encoded.tokens, torch.as_tensor(pixels))
+    return encoded
 
 
 def text_batches(

@@ -75,6 +75,7 @@ from xmr.retrieval.recovery import (
     translated_error,
 )
 from xmr.retrieval.reranker_compat import token_mismatch
+from xmr.retrieval.reranker_files import TokenSource
 from xmr.retrieval.storage import (
     move_aside,
     remove_temporaries,
@@ -267,7 +268,7 @@ class Library:
         index_type: str | None = None,
         max_memory: str | int | None = None,
         token_pool: int | None = None,
-        token_layer: int | None | str = "auto",
+        token_source: TokenSource | str = "auto",
         verify: str = "quick",
     ) -> Library:
         """Open for writing with `encoder`, creating the index if it does not exist.
@@ -279,9 +280,10 @@ class Library:
         `index_type` / `max_memory` (None: keep the stored policy) change the index
         policy; the next save applies it. `token_pool` k stores image patch tokens k x k
         average-pooled (k^2 less disk; a re-ranker trained with `--image-pool k` reads them
-        unchanged); fixed when the index is created, as is `token_layer`, the vision block
-        the stored image tokens come from (None: the last; "auto": the block the model's own
-        re-ranker reads); whatever writes image tokens passes `library.token_layer` on.
+        unchanged); fixed when the index is created, as is `token_source`, what each stored
+        image token holds (reranker_files.TokenSource: its vision block, and whether its
+        patch's pixels follow; "auto": what the model's own re-ranker reads); whatever
+        writes image tokens passes `library.token_layer` and `library.token_pixels` on.
         """
         from xmr.retrieval.db import Database
 
@@ -312,7 +314,7 @@ class Library:
                     if (directory / MANIFEST_FILE).exists():
                         move_aside(directory / MANIFEST_FILE)
             if manifest is None:  # the model loads here, with the lock already held
-                manifest = new_manifest(directory, encoder, keep_tokens, token_pool, token_layer)
+                manifest = new_manifest(directory, encoder, keep_tokens, token_pool, token_source)
                 db = db or Database(directory)
                 write_manifest(directory, db, manifest)
             elif (
@@ -356,6 +358,13 @@ class Library:
         """The vision block the stored image tokens come from (None: the last)."""
         layer = self.manifest.get("image_token_layer")
         return None if layer is None else int(layer)
+
+    @property
+    def token_pixels(self) -> int:
+        """p when each stored image token also carries its p x p patch's input pixels,
+        3 p^2 values after the encoder's (for a re-ranker's pixel stem); 0 when it does
+        not (indexes before it: 0)."""
+        return int(self.manifest.get("image_token_pixels") or 0)
 
     @property
     def encoder_spec(self) -> str:

@@ -8,12 +8,14 @@ the copy; the file wins whenever it is sound, being the last thing a writer writ
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xmr.retrieval.errors import ManifestDamaged
 from xmr.retrieval.index_choice import IndexPolicy
+from xmr.retrieval.reranker_files import TokenSource, folder_token_source, reranker_folder
 from xmr.retrieval.storage import atomic_write_bytes, move_aside
 
 if TYPE_CHECKING:
@@ -48,6 +50,10 @@ def manifest_problem(data: object) -> str | None:
         (
             data.get("image_token_layer") is None or _is_int(data["image_token_layer"]),
             "'image_token_layer' is not a number",
+        ),
+        (
+            data.get("image_token_pixels") is None or _is_int(data["image_token_pixels"]),
+            "'image_token_pixels' is not a number",
         ),
         (data.get("index") is None or isinstance(data["index"], dict), "'index' is not an object"),
         (_optional_features(data.get("reranker_features")), "'reranker_features' is malformed"),
@@ -130,18 +136,23 @@ def new_manifest(
     encoder: Encoder | LazyEncoder,
     keep_tokens: bool,
     token_pool: int | None,
-    token_layer: int | str | None,
+    token_source: TokenSource | str,
 ) -> dict:
+    """The manifest of a new index; `token_source` "auto" keeps the image tokens the
+    model's own re-ranker reads."""
     token_pool = token_pool or 1
-    if token_layer == "auto":
-        from xmr.retrieval.reranker_files import folder_token_layer, reranker_folder
-
-        token_layer = folder_token_layer(reranker_folder("auto", encoder))
+    if not isinstance(token_source, TokenSource):  # "auto"
+        token_source = folder_token_source(reranker_folder("auto", encoder))
     image_tokens = encoder.image_token_shape if keep_tokens else None
+    # Pooled tokens have no patch of their own to carry, and a pixel stem reads every patch.
+    keeps_pixels = image_tokens is not None and token_source.pixels and token_pool == 1
+    pixel_patch = _pixel_patch(encoder) if keeps_pixels else 0
     if image_tokens is not None and token_pool > 1:
         from xmr.retrieval.token_pooling import pooled_count
 
         image_tokens = (pooled_count(image_tokens[0], token_pool), image_tokens[1])
+    if image_tokens is not None and pixel_patch:
+        image_tokens = (image_tokens[0], image_tokens[1] + 3 * pixel_patch**2)
     return {
         "format": FORMAT_VERSION,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -149,10 +160,20 @@ def new_manifest(
         "dim": encoder.dim,
         "image_tokens": _shape(image_tokens),
         "image_token_pool": token_pool,
-        "image_token_layer": token_layer,
+        "image_token_layer": token_source.layer,
+        "image_token_pixels": pixel_patch,
         "text_tokens": _shape(encoder.text_token_shape) if keep_tokens else None,
         "index": IndexPolicy().as_dict(),
     }
+
+
+def _pixel_patch(encoder: Encoder | LazyEncoder) -> int:
+    """p of the p x p pixel patch under each image token: the input side over the side of
+    the token grid (pixel_stem.with_patch_pixels)."""
+    shape = encoder.image_token_shape
+    if shape is None:  # no patch grid: no patch pixels either
+        return 0
+    return encoder.image_size[0] // math.isqrt(shape[0])
 
 
 def load_manifest(directory: Path, db: DatabaseReader, writable: bool) -> tuple[dict, list[str]]:

@@ -11,6 +11,8 @@ tokens: each token's features are the encoder's D features, then its patch's pix
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -30,7 +32,7 @@ def patch_pixels(pixels: torch.Tensor, side: int) -> torch.Tensor:
 def pixels_of_patches(patches: torch.Tensor, p: int) -> torch.Tensor:
     """patch_pixels undone: (B, S^2, 3 * p * p) -> (B, 3, S * p, S * p)."""
     b, n, _ = patches.shape
-    side = int(round(n**0.5))
+    side = math.isqrt(int(n))  # int(): a constant when traced for an ONNX export
     grid = patches.reshape(b, side, side, 3, p, p).permute(0, 3, 1, 4, 2, 5)  # (B,3,S,p,S,p)
     return grid.reshape(b, 3, side * p, side * p)
 

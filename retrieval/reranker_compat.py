@@ -25,6 +25,9 @@ class TokenLayout(Protocol):
     @property
     def token_layer(self) -> int | None: ...
 
+    @property
+    def token_pixels(self) -> int: ...
+
 
 def token_mismatch(library: TokenLayout, reranker: Matcher | RerankerRuntime | None) -> str | None:
     """Why `reranker` cannot read the index's stored image tokens, with the fix, or None
@@ -41,7 +44,7 @@ def reranker_config_mismatch(library: TokenLayout, config: dict, name: str) -> s
     """The same question from a re-ranker's config alone (no torch): the stored tokens are
     pooled k x k for another grid (its learned positions fit one grid only), come from
     another vision block than the one it was trained on, or lack the patch pixels its
-    pixel stem reads."""
+    pixel stem reads. Pixels kept for a re-ranker that does not read them are ignored."""
     if library.images.tokens is None:
         return None
     pool, layer = library.token_pool, library.token_layer
@@ -53,11 +56,11 @@ def reranker_config_mismatch(library: TokenLayout, config: dict, name: str) -> s
             f"re-ranker {name} reads them pooled {wanted_pool}x{wanted_pool}; use one trained "
             f"on {pool}x{pool} pooled image tokens, or re-index without a token pool"
         )
-    if config.get("pixel_patch"):
+    if config.get("pixel_patch") and not library.token_pixels:
         return (
             f"re-ranker {name} also reads each patch's pixels (a pixel stem), which index "
-            f"{library.directory} does not keep: xmr index stores the encoder's tokens only. "
-            "Search without re-ranking, or with a re-ranker trained without --pixel-stem"
+            f"{library.directory} does not keep; re-index into a new index folder with "
+            "`--reranker` naming this re-ranker, or search without re-ranking"
         )
     if wanted_layer != layer:
         return (

@@ -7,7 +7,7 @@ Loading the model itself is reranker.py's job (`resolve_reranker`, `load_reranke
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from xmr.retrieval.errors import InvalidModelSpec
 from xmr.retrieval.modelspec import ModelSpec
@@ -57,11 +57,21 @@ def folder_config(folder: Path) -> dict:
     return config
 
 
-def folder_token_layer(folder: Path | None) -> int | None:
-    """The vision block whose tokens the re-ranker in `folder` reads (None: the last, or no
-    folder), from its config alone: an index picks the tokens it stores before any load."""
-    layer = None if folder is None else folder_config(folder).get("image_token_layer")
-    return None if layer is None else int(layer)
+class TokenSource(NamedTuple):
+    """What each stored image token holds: the output of vision block `layer` (None: the
+    last), then, when `pixels`, its patch's input pixels (3 x p x p, for a re-ranker's
+    pixel stem; p is the input side over the grid side)."""
+
+    layer: int | None = None
+    pixels: bool = False
+
+
+def folder_token_source(folder: Path | None) -> TokenSource:
+    """The image tokens the re-ranker in `folder` reads (no folder: the last block's, no
+    pixels), from its config alone: an index picks what it stores before any load."""
+    config = {} if folder is None else folder_config(folder)
+    layer = config.get("image_token_layer")
+    return TokenSource(None if layer is None else int(layer), bool(config.get("pixel_patch")))
 
 
 def folder_fingerprint(folder: Path) -> str:

@@ -20,6 +20,7 @@ def index_info(library: Library) -> dict:
         "image_tokens": manifest.get("image_tokens"),
         "image_token_pool": library.token_pool,
         "image_token_layer": library.token_layer,  # vision block (None: the last)
+        "image_token_pixels": library.token_pixels,  # p: each token also has its p x p pixels
         "text_tokens": manifest.get("text_tokens"),
         # {"reranker", "fingerprint", "shape"} of the kept image features (feature_cache.py)
         "reranker_features": manifest.get(MANIFEST_KEY),

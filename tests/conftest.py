@@ -229,6 +229,8 @@ def random_reranker(dim=32, text_len=12, image_tokens=9, seed=0, **config):
         torch.nn.init.normal_(model.grid_position.weight, std=0.2)
     if config.relation_readout:  # the same
         torch.nn.init.normal_(model.relation_direction.weight, std=0.3)
+    if config.pixel_patch:  # the same
+        torch.nn.init.normal_(model.pixel_stem.out.weight, std=1.0)
     return RerankerRuntime(model, f"random-pool{config.image_pool}", "cpu")
 
 

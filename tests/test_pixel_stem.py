@@ -5,6 +5,8 @@ when it cannot be used."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -131,25 +133,142 @@ def test_trainer_options_for_the_pixel_stem(tmp_path):
     assert not any(names[id(p)].startswith(("pixel_", "relation_")) for p in rest["params"])
 
 
+def _pixel_reranker(encoder, seed: int = 0, pixel_patch: int = 8):
+    from conftest import random_reranker
+
+    return random_reranker(
+        32, encoder.model.context_length, 16, seed, image_pool=1, pixel_patch=pixel_patch
+    )
+
+
+def test_an_index_keeps_each_patchs_pixels_for_a_pixel_stem(tmp_path, encoder):
+    """Stored tokens, and the tokens of an image query from outside the index, carry the
+    same pixels training gave the re-ranker (embed_images(with_pixels=True)); the kept
+    features are the stem's; a re-ranker without a stem scores as on a plain index."""
+    from xmr.indexer.images import IndexOptions, index_folders
+    from xmr.retrieval.embedding import add_patch_pixels
+    from xmr.retrieval.imageio import decode_image
+    from xmr.retrieval.library import Library
+    from xmr.retrieval.reranker_files import TokenSource
+    from xmr.retrieval.searcher import Searcher
+
+    make_images(tmp_path / "imgs", 6)
+    for name, pixels in (("pix", True), ("plain", False)):
+        with Library.open_or_create(
+            tmp_path / name, encoder, token_source=TokenSource(None, pixels)
+        ) as library:
+            index_folders(library, encoder, [tmp_path / "imgs"], IndexOptions(workers=0))
+
+    reranker = _pixel_reranker(encoder)
+    with Library.open(tmp_path / "pix") as library:
+        assert library.token_pixels == 8 and library.manifest["image_tokens"] == [16, 32 + 3 * 64]
+        rows = [(i, path) for i, path, _ in library.db.indexed_images()]
+        assert len(rows) == 6
+        for row_id, path in rows:
+            pixels, *_ = decode_image(path, encoder.preprocess)
+            want = add_patch_pixels(encoder.encode_images(pixels[None]), pixels[None]).tokens
+            stored = library.images.tokens.read(np.array([row_id]))[0]
+            np.testing.assert_array_equal(stored, want[0])
+
+        outside = make_images(tmp_path / "outside", 1, start_seed=90)[0]
+        searcher = Searcher(library, encoder, reranker)  # accepted: the pixels are there
+        query = searcher.image_query(outside)
+        pixels, *_ = decode_image(str(outside), encoder.preprocess)
+        want = add_patch_pixels(encoder.encode_images(pixels[None]), pixels[None]).tokens[0]
+        np.testing.assert_array_equal(query.tokens, want)
+        hits = searcher.search(searcher.text_query("a red square"), "images", k=6, candidates=6)
+        assert [h.reranker for h in hits] == ["random-pool1"] * 6
+
+    with Library.open_or_create(tmp_path / "pix", encoder) as library:
+        library.keep_reranker_features(reranker)
+        ids = np.array([row_id for row_id, _ in rows])
+        features = library.images.features.read(ids).astype(np.float32)
+        stored = torch.tensor(library.images.tokens.read(ids), dtype=torch.float32)
+        with torch.no_grad():
+            want = reranker.model.image_features(stored).numpy()
+        np.testing.assert_allclose(features, want, rtol=1e-2, atol=1e-2)  # kept as float16
+        # the stem's part is in them: the same tokens with other pixels give others
+        stored[..., 32:] = 0
+        with torch.no_grad():
+            blind = reranker.model.image_features(stored).numpy()
+        assert np.abs(features - blind).max() > 0.1
+
+    plain_reranker = _pixel_reranker(encoder, seed=5, pixel_patch=0)
+    logits = {}
+    for name in ("pix", "plain"):
+        with Library.open(tmp_path / name) as library:
+            searcher = Searcher(library, encoder, plain_reranker)
+            found = searcher.search(searcher.text_query("two blue circles"), "images", k=6)
+            logits[name] = {h.path: h.rerank_logit for h in found}
+    assert logits["pix"].keys() == logits["plain"].keys()
+    for path, logit in logits["plain"].items():
+        assert logits["pix"][path] == pytest.approx(logit, abs=1e-4)
+
+
 def test_an_index_refuses_a_reranker_that_reads_pixels_it_does_not_keep(tmp_path, encoder):
     from conftest import index_with
 
     from xmr.retrieval.errors import InvalidModelSpec
     from xmr.retrieval.library import Library
-    from xmr.retrieval.reranker import RerankerRuntime
     from xmr.retrieval.searcher import Searcher
 
     make_images(tmp_path / "imgs", 3)
     index_with(tmp_path / "idx", encoder, [tmp_path / "imgs"])
-    text_len = encoder.model.context_length
-    config = RerankerConfig(token_dim=32, text_len=text_len, image_tokens=16, width=32,
-                            layers=1, pixel_patch=8)  # fmt: skip
-    runtime = RerankerRuntime(Reranker(config).eval(), "pix", "cpu")
     with Library.open(tmp_path / "idx") as library:
-        with pytest.raises(InvalidModelSpec, match="re-ranker pix also reads each patch's pix"):
-            Searcher(library, encoder, runtime)
+        assert not library.token_pixels
+        with pytest.raises(InvalidModelSpec, match="re-ranker random-pool1 also reads each pat"):
+            Searcher(library, encoder, _pixel_reranker(encoder))
         plain = Searcher(library, encoder, None)  # stage 1 still answers
         assert len(plain.search(plain.text_query("a red square"), "images", k=3)) == 3
+
+
+def test_xmr_index_keeps_pixels_for_the_reranker_it_is_given(tmp_path, tiny_spec, encoder):
+    """`xmr index --reranker` with a pixel stem keeps the pixels and that re-ranker's
+    features; searching with it works; an index built for a re-ranker without a stem says
+    how to get one that keeps them."""
+    from conftest import run_xmr
+
+    from xmr.retrieval.reranker import save_reranker
+
+    make_images(tmp_path / "imgs", 5)
+    save_reranker(_pixel_reranker(encoder, seed=1).model, tmp_path / "rr_pix")
+    save_reranker(_pixel_reranker(encoder, seed=2, pixel_patch=0).model, tmp_path / "rr_plain")
+    for name, reranker in (("idx_pix", "rr_pix"), ("idx_plain", "rr_plain")):
+        done = run_xmr(
+            "index", tmp_path / "imgs", "--model", tiny_spec, "--index", tmp_path / name,
+            "--reranker", tmp_path / reranker, "-q",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "idx_pix" / "manifest.json").read_text())
+    assert manifest["image_token_pixels"] == 8 and manifest["reranker_features"]
+    assert "with each patch's pixels" in run_xmr("info", "--index", tmp_path / "idx_pix").stdout
+    plain = json.loads((tmp_path / "idx_plain" / "manifest.json").read_text())
+    assert plain["image_token_pixels"] == 0 and plain["image_tokens"] == [16, 32]
+
+    good = run_xmr(
+        "search", "a red square", "--index", tmp_path / "idx_pix",
+        "--reranker", tmp_path / "rr_pix", "--json",
+    )  # fmt: skip
+    assert good.returncode == 0, good.stderr
+    assert {hit["reranker"] for hit in json.loads(good.stdout)} == {"rr_pix"}
+    assert "ONNX path is unavailable" not in good.stderr  # the stem exports
+    # A re-ranker without a stem reads the pixel index's tokens as the plain index's.
+    logits = {}
+    for name in ("idx_pix", "idx_plain"):
+        done = run_xmr(
+            "search", "two blue circles", "--index", tmp_path / name,
+            "--reranker", tmp_path / "rr_plain", "--json",
+        )  # fmt: skip
+        assert done.returncode == 0 and "ONNX path is unavailable" not in done.stderr
+        logits[name] = {hit["path"]: hit["rerank_logit"] for hit in json.loads(done.stdout)}
+        assert None not in logits[name].values()
+    assert logits["idx_pix"] == pytest.approx(logits["idx_plain"], abs=1e-3)
+    bad = run_xmr(
+        "search", "a red square", "--index", tmp_path / "idx_plain",
+        "--reranker", tmp_path / "rr_pix",
+    )  # fmt: skip
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "does not keep; re-index into a new index folder with `--reranker`" in bad.stderr
 
 
 def _scene(objects, canvas: int = 64):

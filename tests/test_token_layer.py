@@ -50,12 +50,15 @@ def test_an_index_stores_its_blocks_tokens_and_refuses_a_reranker_of_another(tmp
     from xmr.retrieval.errors import InvalidModelSpec
     from xmr.retrieval.imageio import decode_image
     from xmr.retrieval.library import Library
+    from xmr.retrieval.reranker_files import TokenSource
     from xmr.retrieval.searcher import Searcher
 
     make_images(tmp_path / "imgs", 6)
     make_images(tmp_path / "imgs" / "later", 2, start_seed=50)
     options = IndexOptions(workers=0, exclude=("later",))
-    with Library.open_or_create(tmp_path / "idx", encoder, token_layer=0) as library:
+    with Library.open_or_create(
+        tmp_path / "idx", encoder, token_source=TokenSource(layer=0)
+    ) as library:
         index_folders(library, encoder, [tmp_path / "imgs"], options)
     # Reopened without saying, the index keeps block 0 for the images a later run adds.
     with Library.open_or_create(tmp_path / "idx", encoder) as library:

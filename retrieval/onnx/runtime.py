@@ -146,7 +146,10 @@ class OnnxReranker:
         return native_candidate_inputs(self, library, query, collection, ids)
 
     def image_features(self, tokens: np.ndarray, batch: int = 256) -> np.ndarray:
-        """(M, N, D) tokens -> (M, N', W) float32, the re-ranker's image stem."""
+        """(M, N, D) tokens -> (M, N', W) float32, the re-ranker's image stem. Patch pixels
+        an index keeps for a pixel stem this re-ranker lacks are left out."""
+        c = self.config
+        tokens = tokens[..., : c.token_dim + 3 * c.pixel_patch**2]
         parts = [
             self._stem.run(None, {"tokens": np.asarray(tokens[s : s + batch], np.float32)})[0]
             for s in range(0, len(tokens), batch)
