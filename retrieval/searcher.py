@@ -27,7 +27,6 @@ import numpy as np
 from xmr.retrieval.calibration import stage1_probability
 from xmr.retrieval.content_hash import content_hash, content_hash_bytes
 from xmr.retrieval.duplicates import PixelCheck
-from xmr.retrieval.embedding import add_patch_pixels
 from xmr.retrieval.errors import InputError, InvalidModelSpec, ItemNotFound
 from xmr.retrieval.files import require_regular_file
 from xmr.retrieval.filters import SearchFilter
@@ -331,6 +330,8 @@ class Searcher:
         # its tokens from the vision block whose tokens the index stores
         encoded = self.compute(self.encoder.encode_images, pixels[None], self.library.token_layer)
         if self.library.token_pixels:  # and the pixels of each patch, as the index keeps them
+            from xmr.retrieval.embedding import add_patch_pixels  # (PIL: not for text queries)
+
             encoded = add_patch_pixels(encoded, pixels[None])
         tokens = None if encoded.tokens is None else encoded.tokens[0]
         exclude = () if exclude_id is None else (exclude_id,)

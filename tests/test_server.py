@@ -73,6 +73,21 @@ def _no_server_json(*args) -> list[dict]:
     return json.loads(result.stdout)
 
 
+def _same_results(served: list[dict], cli: list[dict]) -> bool:
+    """The same hits with the same fields; scores may differ in their last printed digit
+    (the server's warm encoder and a fresh process may run different runtimes)."""
+    scores = ("score", "stage1_score")
+
+    def rest(hits):
+        return [{k: v for k, v in h.items() if k not in scores} for h in hits]
+
+    return rest(served) == rest(cli) and all(
+        h[k] == pytest.approx(c[k], abs=2e-6)
+        for h, c in zip(served, cli, strict=True)
+        for k in scores
+    )
+
+
 # -- the contract ----------------------------------------------------------------------
 def test_search_answers_with_the_cli_fields_notices_and_timings(served, photo_index):
     _, index_dir = photo_index
@@ -82,7 +97,9 @@ def test_search_answers_with_the_cli_fields_notices_and_timings(served, photo_in
     assert answer["page"]["offset"] == 0 and answer["page"]["k"] == 7
     assert set(answer["timings_ms"]) == {"encode", "stage1", "rerank", "total"}
     assert answer["reranked"] is False  # the tiny test model ships no re-ranker
-    assert answer["results"] == _no_server_json("a red square", "--index", index_dir, "-k", 7)
+    assert _same_results(
+        answer["results"], _no_server_json("a red square", "--index", index_dir, "-k", 7)
+    )
     for hit in answer["results"]:
         assert set(hit) == {
             "rank",
@@ -98,7 +115,7 @@ def test_search_answers_with_the_cli_fields_notices_and_timings(served, photo_in
     status, answer = served.json("/api/search?q=caption&target=texts&k=3")
     assert status == 200
     expected = _no_server_json("caption", "--texts", "--index", index_dir, "-k", 3)
-    assert answer["results"] == expected and len(expected) == 3
+    assert _same_results(answer["results"], expected) and len(expected) == 3
     assert set(expected[0]) == {"rank", "score", "id", "stage1_score", "kind", "text", "source"}
 
 
