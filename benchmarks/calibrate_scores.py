@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         reliability,
     )
     from xmr.evaluation.datasets import load_dataset
-    from xmr.evaluation.embed_dataset import embed_dataset
+    from xmr.evaluation.embed_dataset import embed_dataset, token_options
     from xmr.retrieval.calibration import write_calibration
     from xmr.retrieval.encoder import load_encoder
     from xmr.retrieval.fusion import fused_score
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     def pairs_of(path: str, split: str):
         dataset = load_dataset(path, split=split).head(args.images)
         log(f"embedding {len(dataset.image_paths)} images of {path} ({split})")
-        embeddings = embed_dataset(encoder, dataset)
+        embeddings = embed_dataset(encoder, dataset, **token_options(runtime))
         return dataset, candidate_pairs(runtime, dataset, embeddings, args.k)
 
     dataset, pairs = pairs_of(args.data, "val")

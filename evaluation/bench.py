@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from xmr.evaluation import metrics
-from xmr.evaluation.embed_dataset import embed_dataset_cached
+from xmr.evaluation.embed_dataset import embed_dataset_cached, token_options
 from xmr.evaluation.negatives import negative_accuracy
 
 CURVE_KS = (1, 2, 3, 5, 7, 10, 15, 20, 30, 50)
@@ -47,9 +47,7 @@ def run_benchmark(
         batch_size=options.batch_size,
         workers=options.workers,
         with_tokens=native is not None,
-        # the image tokens of the vision block the re-ranker was trained on
-        token_layer=None if native is None else native.config.image_token_layer,
-        with_pixels=native is not None and native.config.pixel_patch > 0,
+        **token_options(native),  # the image tokens the re-ranker was trained on
         progress=progress,
     )
     t2i = np.asarray(dataset.text_to_image)

@@ -40,6 +40,16 @@ class DatasetEmbeddings:
         return len(self.text_vectors) / max(self.text_seconds, 1e-9)
 
 
+def token_options(reranker) -> dict:
+    """embed_dataset's token arguments for the image tokens `reranker` reads: its vision
+    block's, followed by each patch's pixels for a pixel stem. {} for none, or for a
+    pretrained matcher, which reads the image files itself."""
+    if reranker is None or getattr(reranker, "family", "native") != "native":
+        return {}
+    config = reranker.config
+    return {"token_layer": config.image_token_layer, "with_pixels": bool(config.pixel_patch)}
+
+
 def embed_dataset(
     encoder,
     dataset,

@@ -103,13 +103,13 @@ def encode_batch(
 def add_patch_pixels(encoded: Encoded, pixels) -> Encoded:
     """`encoded` with each image token followed by its patch's input pixels, from the
     `pixels` (B, 3, H, W) it was encoded from: the tokens a re-ranker's pixel stem reads."""
-    import torch
-
-    from xmr.retrieval.pixel_stem import with_patch_pixels
+    from xmr.retrieval.patch_pixels import with_patch_pixels
 
     if encoded.tokens is None:
         raise InputError("this model's image tower has no patch tokens to add pixels to")
-    encoded.tokens = with_patch_pixels(encoded.tokens, torch.as_tensor(pixels))
+    if hasattr(pixels, "cpu"):  # a torch tensor, maybe on a GPU
+        pixels = pixels.float().cpu().numpy()
+    encoded.tokens = with_patch_pixels(encoded.tokens, pixels)
     return encoded
 
 

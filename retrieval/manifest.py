@@ -169,7 +169,7 @@ def new_manifest(
 
 def _pixel_patch(encoder: Encoder | LazyEncoder) -> int:
     """p of the p x p pixel patch under each image token: the input side over the side of
-    the token grid (pixel_stem.with_patch_pixels)."""
+    the token grid (patch_pixels.with_patch_pixels)."""
     shape = encoder.image_token_shape
     if shape is None:  # no patch grid: no patch pixels either
         return 0

@@ -6,43 +6,24 @@ block (docs/models/xmr-tiny2-token-probe.md), so a re-ranker reading only those 
 cannot tell "a red circle and a blue square" from its colour swap. A few convolutions
 over the model's input pixels see shape at once. The pixels travel inside the image
 tokens: each token's features are the encoder's D features, then its patch's pixels
-(3 x p x p, channel-major), so every store and cache of tokens carries them unchanged.
+(3 x p x p, channel-major; retrieval/patch_pixels.py), so every store and cache of
+tokens carries them unchanged.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import nn
 
 
-def patch_pixels(pixels: torch.Tensor, side: int) -> torch.Tensor:
-    """pixels (B, 3, H, W), H = W = side * p -> (B, side^2, 3 * p * p): each patch of the
-    side x side grid (row-major, as the encoder's tokens) as one row of its pixels."""
-    b, c, h, w = pixels.shape
-    p = h // side
-    if h != w or h != side * p:
-        raise ValueError(f"pixels {h} x {w} do not split into a {side} x {side} grid")
-    grid = pixels.reshape(b, c, side, p, side, p).permute(0, 2, 4, 1, 3, 5)  # (B,S,S,3,p,p)
-    return grid.reshape(b, side * side, c * p * p)
-
-
 def pixels_of_patches(patches: torch.Tensor, p: int) -> torch.Tensor:
-    """patch_pixels undone: (B, S^2, 3 * p * p) -> (B, 3, S * p, S * p)."""
+    """patch_pixels.patch_pixels undone: (B, S^2, 3 * p * p) -> (B, 3, S * p, S * p)."""
     b, n, _ = patches.shape
     side = math.isqrt(int(n))  # int(): a constant when traced for an ONNX export
     grid = patches.reshape(b, side, side, 3, p, p).permute(0, 3, 1, 4, 2, 5)  # (B,3,S,p,S,p)
     return grid.reshape(b, 3, side * p, side * p)
-
-
-def with_patch_pixels(tokens: np.ndarray, pixels: torch.Tensor) -> np.ndarray:
-    """tokens (B, N, D) float16 and their images' pixels (B, 3, H, W) -> (B, N, D + 3p^2)
-    float16: the tokens the re-ranker with a pixel stem reads."""
-    side = int(round(tokens.shape[1] ** 0.5))
-    rows = patch_pixels(pixels.float(), side).to(torch.float16).cpu().numpy()
-    return np.concatenate([tokens, rows], axis=2)
 
 
 class PixelStem(nn.Module):

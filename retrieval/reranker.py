@@ -305,6 +305,12 @@ class Reranker(nn.Module):
         d = self.config.token_dim
         img = self.image_in(image[..., :d]) + self.image_pos  # (B, N', W)
         if self.config.pixel_patch:
+            if image.shape[-1] != self.config.image_token_dim:
+                raise ValueError(
+                    f"image tokens of width {image.shape[-1]} lack the patch pixels this "
+                    f"re-ranker's pixel stem reads (width {self.config.image_token_dim}); "
+                    "embed them with with_pixels=True"
+                )
             img = img + self.pixel_stem(image[..., d:])  # (B, N, 3 p^2) pixels -> (B, N, W)
         if self.config.patch_position == "sincos":
             img = img + self.grid_position(self.grid_codes)

@@ -81,7 +81,7 @@ def test_xmr_tiny_calibration_ranks_matches_of_unseen_scenes_higher(tmp_path):
     non-matches on average, at both stages."""
     from xmr.evaluation.calibration import candidate_pairs
     from xmr.evaluation.datasets import load_dataset
-    from xmr.evaluation.embed_dataset import embed_dataset
+    from xmr.evaluation.embed_dataset import embed_dataset, token_options
     from xmr.retrieval.encoder import load_encoder
     from xmr.retrieval.fusion import fused_score
     from xmr.retrieval.reranker import load_reranker
@@ -91,7 +91,8 @@ def test_xmr_tiny_calibration_ranks_matches_of_unseen_scenes_higher(tmp_path):
     dataset = load_dataset(corpus.captions_path, split=None)
     encoder = load_encoder("xmr-tiny", "cpu")
     runtime = load_reranker(TINY / "reranker", encoder, "cpu")
-    pairs = candidate_pairs(runtime, dataset, embed_dataset(encoder, dataset), 16)
+    embeddings = embed_dataset(encoder, dataset, **token_options(runtime))
+    pairs = candidate_pairs(runtime, dataset, embeddings, 16)
     fused = fused_score(pairs.logits, pairs.stage1, runtime.config.stage1_weight)
     shown = runtime.probability(fused)
     order = np.argsort(fused)

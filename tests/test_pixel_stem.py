@@ -12,7 +12,8 @@ import pytest
 import torch
 from conftest import make_images
 
-from xmr.retrieval.pixel_stem import patch_pixels, pixels_of_patches
+from xmr.retrieval.patch_pixels import patch_pixels
+from xmr.retrieval.pixel_stem import pixels_of_patches
 from xmr.retrieval.reranker import Reranker, RerankerConfig, start_weights, text_mask
 
 
@@ -26,16 +27,17 @@ def test_patch_rows_are_the_patches_the_encoders_tokens_come_from(encoder):
         grid = visual.conv1(pixels)  # (B, width, S, S)
         side = grid.shape[-1]
         want = grid.flatten(2).transpose(1, 2)  # (B, S^2, width), the tokens' row-major order
-        rows = patch_pixels(pixels, side)  # (B, S^2, 3 p^2)
+        rows = torch.from_numpy(patch_pixels(pixels.numpy(), side))  # (B, S^2, 3 p^2)
         got = rows @ visual.conv1.weight.reshape(len(visual.conv1.weight), -1).T
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     # A grid read column-major would put the wrong patch under every token but the diagonal.
     transposed = pixels.transpose(2, 3)
-    assert not torch.allclose(patch_pixels(transposed, side) @ visual.conv1.weight.reshape(
-        len(visual.conv1.weight), -1).T, want, atol=1e-2)  # fmt: skip
+    wrong = torch.from_numpy(patch_pixels(transposed.numpy(), side))
+    weight = visual.conv1.weight.reshape(len(visual.conv1.weight), -1)
+    assert not torch.allclose(wrong @ weight.T, want, atol=1e-2)
     assert torch.equal(pixels_of_patches(rows, size // side), pixels)
     with pytest.raises(ValueError, match="do not split into a 5 x 5 grid"):
-        patch_pixels(pixels, 5)
+        patch_pixels(pixels.numpy(), 5)
 
 
 def test_embedded_tokens_carry_their_images_preprocessed_pixels(tmp_path, encoder):
@@ -50,7 +52,7 @@ def test_embedded_tokens_carry_their_images_preprocessed_pixels(tmp_path, encode
     np.testing.assert_array_equal(carrying.encoded.tokens[..., :d], plain.encoded.tokens)
     for row, path in enumerate(paths):
         pixels, *_ = decode_image(path, encoder.preprocess)
-        want = patch_pixels(pixels[None], 4).to(torch.float16).numpy()[0]
+        want = patch_pixels(pixels[None], 4).astype(np.float16)[0]
         np.testing.assert_array_equal(carrying.encoded.tokens[row, :, d:], want)
 
 
