@@ -31,6 +31,7 @@ from xmr.retrieval.reranker_compat import reranker_config_mismatch
 from xmr.retrieval.reranker_files import (
     check_reranker_choice,
     folder_config,
+    model_rerankers,
     reranker_folder,
     reranker_name,
 )
@@ -68,7 +69,7 @@ def random_weights_notice(spec: ModelSpec) -> list[str]:
 @dataclass(frozen=True)
 class RerankerChoice:
     """What `auto | none | FOLDER` means for one index: the folder to load (None: stage 1
-    only) and, when the index's tokens do not suit the model's own re-ranker, why."""
+    only) and, when the index's tokens do not suit the model's current re-ranker, why."""
 
     folder: Path | None
     notice: str | None = None
@@ -124,23 +125,55 @@ def choose_matcher(choice: str, spec: ModelSpec, library: Library) -> RerankerCh
 
 
 def choose_reranker(choice: str, spec: ModelSpec, library: Library) -> RerankerChoice:
-    """Decided from the re-ranker's config alone (no torch): `auto` falls back to stage 1
-    with a notice when the index cannot feed it; an explicit folder is refused instead."""
+    """Decided from the re-ranker's config alone (no torch): `auto` takes the model's
+    re-ranker that the index can feed (auto_reranker); an explicit folder the index cannot
+    feed is refused."""
     check_reranker_choice(choice)
     matcher = choose_matcher(choice, spec, library)
     if matcher is not None:
         return matcher
+    if choice == "auto":
+        return auto_reranker(spec, library)
     folder = reranker_folder(choice, spec)
     if folder is None or library.images.tokens is None:
         return RerankerChoice(None)
-    config = folder_config(folder)
-    reason = reranker_config_mismatch(library, config, reranker_name(folder))
-    reason = reason or _token_shape_mismatch(library, config, reranker_name(folder))
+    reason = index_mismatch(library, folder)
     if reason is None:
         return RerankerChoice(folder)
-    if choice == "auto":
-        return RerankerChoice(None, f"{reason}; stage 1 only")
     raise InvalidModelSpec(f"{reason}; or search without re-ranking")
+
+
+def auto_reranker(
+    spec: ModelSpec, library: Library, fallback: str = "stage 1 only"
+) -> RerankerChoice:
+    """The model's current re-ranker where the index's tokens suit it. An index built for
+    a re-ranker the model shipped before (its tokens lack what the current one reads)
+    keeps that one, with a notice saying how to move on: its results stay re-ranked, not
+    dropped to stage 1. None with the reason and `fallback` (what follows) when none fits."""
+    folders = model_rerankers(spec)
+    if not folders or library.images.tokens is None:
+        return RerankerChoice(None)
+    current_reason = index_mismatch(library, folders[0])
+    if current_reason is None:
+        return RerankerChoice(folders[0])
+    for earlier in folders[1:]:
+        if index_mismatch(library, earlier) is None:
+            return RerankerChoice(
+                earlier,
+                f"index {library.directory} was built for {reranker_name(earlier)}, which "
+                f"re-ranks it; to re-rank with the current {reranker_name(folders[0])}, "
+                "re-index into a new index folder",
+            )
+    return RerankerChoice(None, f"{current_reason}; {fallback}")
+
+
+def index_mismatch(library: Library, folder: Path) -> str | None:
+    """Why the re-ranker in `folder` cannot read the index's stored image tokens, with the
+    fix; None when it can."""
+    config, name = folder_config(folder), reranker_name(folder)
+    return reranker_config_mismatch(library, config, name) or _token_shape_mismatch(
+        library, config, name
+    )
 
 
 def _token_shape_mismatch(library: Library, config: dict, name: str) -> str | None:

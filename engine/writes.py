@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from xmr.engine.models import random_weights_notice
+from xmr.engine.models import auto_reranker, random_weights_notice
 from xmr.engine.progress import Reporter
 from xmr.retrieval.errors import InputError
 from xmr.retrieval.library import Library
-from xmr.retrieval.modelspec import DEFAULT_MODEL
+from xmr.retrieval.modelspec import DEFAULT_MODEL, ModelSpec
 from xmr.retrieval.reranker_compat import reranker_config_mismatch
+from xmr.retrieval.reranker_files import folder_config, reranker_name
 
 if TYPE_CHECKING:
     from xmr.engine.progress import IndexSummary
@@ -115,11 +116,9 @@ def index_images(
     let_idle_threads_sleep()  # before the encoder loads torch
     from xmr.retrieval.reranker_files import (
         check_reranker_choice,
-        folder_config,
         folder_fingerprint,
         folder_token_source,
         reranker_folder,
-        reranker_name,
     )
 
     run_on = parse_executor(executor, actors)  # a bad value fails before any work
@@ -149,13 +148,11 @@ def index_images(
     ) as library:
         notices += library.notices  # what opening found and repaired
         notices += random_weights_notice(encoder.spec)  # once the index accepted the model
-        folder = named if keep_tokens else None
-        reason = folder and reranker_config_mismatch(
-            library, folder_config(folder), reranker_name(folder)
-        )
-        if reason:  # decided from its config: no model loads on every run to find this out
-            notices.append(f"{reason}; its image features are not kept")
-            folder = None
+        # decided from configs: no model loads on every run to find out what fits
+        folder, reason = _kept_features_reranker(library, reranker, named, encoder.spec)
+        if reason and keep_tokens:
+            notices.append(reason)
+        folder = folder if keep_tokens else None
         summary = index_folders(
             library,
             encoder,
@@ -169,6 +166,21 @@ def index_images(
             library, reranker, device, feature_form, options, reporter
         )
     return WriteReport(summary, notices, encoder.load() if encoder.loaded else None)
+
+
+def _kept_features_reranker(
+    library: Library, reranker: str, named: Path | None, spec: ModelSpec
+) -> tuple[Path | None, str | None]:
+    """The re-ranker whose image features the index keeps, and what to tell the user: under
+    auto the model's re-ranker that the index's tokens suit (an index built for an earlier
+    one keeps that one's), else the one named if they suit it."""
+    if reranker == "auto":
+        choice = auto_reranker(spec, library, "its image features are not kept")
+        return choice.folder, choice.notice
+    reason = named and reranker_config_mismatch(library, folder_config(named), reranker_name(named))
+    if reason:
+        return None, f"{reason}; its image features are not kept"
+    return named, None
 
 
 def _check_matcher(reranker: str) -> None:

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 
 RERANKER_SUBDIR = "reranker"  # a model folder may carry its re-ranker here
+# ... and the re-rankers it shipped before, "reranker-v1", "reranker-v2", ...: indexes built
+# for one of those keep re-ranking with it until they are re-indexed (model_rerankers)
+EARLIER_PREFIX = "reranker-v"
 CONFIG_FILE = "reranker_config.json"  # what `xmr train-reranker --out` writes
 WEIGHTS_FILE = "reranker.safetensors"
 
@@ -37,10 +40,27 @@ def reranker_folder(
     return check_reranker_choice(choice)
 
 
+def model_rerankers(model: ModelSpec | TextEncoder | LazyEncoder) -> list[Path]:
+    """The re-rankers a shipped or folder model carries, its current one first, then the
+    earlier ones newest first; `auto` picks the first that an index's tokens suit."""
+    current = reranker_folder("auto", model)
+    if current is None:
+        return []
+    earlier = [
+        (int(version), path)
+        for path in current.parent.glob(f"{EARLIER_PREFIX}*")
+        if path.is_dir() and (version := path.name[len(EARLIER_PREFIX) :]).isdigit()
+    ]
+    return [current] + [path for _, path in sorted(earlier, reverse=True)]
+
+
 def reranker_name(folder: Path) -> str:
-    """How messages name the re-ranker in `folder` (a model's own: MODEL/reranker)."""
+    """How messages name the re-ranker in `folder` (a model's own: MODEL/reranker, or
+    MODEL/reranker-v1 for one it shipped before)."""
     folder = Path(folder)
-    return folder.name if folder.name != RERANKER_SUBDIR else f"{folder.parent.name}/{folder.name}"
+    if folder.name == RERANKER_SUBDIR or folder.name.startswith(EARLIER_PREFIX):
+        return f"{folder.parent.name}/{folder.name}"
+    return folder.name
 
 
 def folder_config(folder: Path) -> dict:

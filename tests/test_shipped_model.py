@@ -108,3 +108,52 @@ def test_default_search_on_an_xmr_tiny_index_reranks_and_a_pooled_index_falls_ba
     assert "pooled 2x2" in note and "stage 1 only" in note
     assert [h["id"] for h in pooled] == [h["id"] for h in hits["pooled", "plain"][0]]
     assert [h["score"] for h in pooled] == [h["score"] for h in hits["pooled", "plain"][0]]
+
+
+@pytest.mark.slow
+def test_an_index_built_for_the_earlier_reranker_keeps_reranking_with_it(tmp_path):
+    """xmr-tiny's current re-ranker reads each patch's pixels, which an index built for its
+    first re-ranker (reranker-v1) does not keep: `auto` re-ranks that index with
+    reranker-v1, says how to move on, and indexing it again keeps reranker-v1's features;
+    a new index gets the pixels and the current re-ranker."""
+    import json
+    import shutil
+
+    from conftest import run_xmr
+
+    from xmr.training.corpus import make_corpus
+
+    corpus = make_corpus(tmp_path / "scenes", 24, seed=78)
+    earlier = SHIPPED_MODELS_DIR / "xmr-tiny" / "reranker-v1"
+    query = "a red circle left of a blue square"
+    answers = {}
+    for name, extra in (("old", ["--reranker", str(earlier)]), ("new", [])):
+        index = str(tmp_path / name)
+        done = run_xmr(
+            "index", str(corpus.images_dir), "--index", index, "--model", "xmr-tiny", *extra
+        )
+        assert done.returncode == 0, done.stderr
+        run = run_xmr("search", query, "--index", index, "--json", "-k", "5")
+        assert run.returncode == 0, run.stderr
+        answers[name] = (json.loads(run.stdout), run.stderr)
+
+    old_hits, old_note = answers["old"]
+    assert {h["reranker"] for h in old_hits} == {"xmr-tiny/reranker-v1"}
+    assert all("rerank_logit" in h for h in old_hits)
+    assert "re-index into a new index folder" in old_note and "stage 1" not in old_note
+    new_hits, new_note = answers["new"]
+    assert {h["reranker"] for h in new_hits} == {"xmr-tiny/reranker"}
+    assert "reranker-v1" not in new_note
+
+    # An image added to the old index: indexed under auto, it keeps reranker-v1's features
+    # (nothing says they are not kept) and the new image is re-ranked like the rest.
+    first = sorted(corpus.images_dir.iterdir())[0]
+    shutil.copy(first, corpus.images_dir / f"copy{first.suffix}")
+    again = run_xmr("index", str(corpus.images_dir), "--index", str(tmp_path / "old"))
+    assert again.returncode == 0, again.stderr
+    assert "not kept" not in again.stderr
+    infos = {n: run_xmr("info", "--index", str(tmp_path / n)).stdout for n in ("old", "new")}
+    assert "pixels" not in infos["old"] and "with each patch's pixels" in infos["new"]
+    run = run_xmr("search", query, "--index", str(tmp_path / "old"), "--json", "-k", "25")
+    hits = json.loads(run.stdout)
+    assert len(hits) == 25 and {h["reranker"] for h in hits} == {"xmr-tiny/reranker-v1"}
