@@ -35,6 +35,18 @@ def negative_accuracy(
     Without `runtime` the score is the dual encoder's cosine; with a re-ranker runtime it is
     the fused final score (retrieval.reranker.fused_score) at `stage1_weight`.
     """
+    scores = negative_scores(encoder, dataset, embeddings, runtime, stage1_weight)
+    return {
+        kind: round(metrics.hard_negative_accuracy(pos, neg), 2)
+        for kind, (pos, neg) in scores.items()
+    }
+
+
+def negative_scores(
+    encoder, dataset, embeddings, runtime=None, stage1_weight: float = 1.0
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """kind -> (true caption's scores (P,), its edit's (P,)), pair by pair in
+    negative_pairs' order; scored as negative_accuracy says."""
     out = {}
     for kind, pairs in negative_pairs(dataset).items():
         images = np.array([i for i, _, _ in pairs])
@@ -54,7 +66,7 @@ def negative_accuracy(
             neg_logits = runtime.score_pairs(negatives.tokens, negatives.lengths, states, rows)
             pos = fused_score(pos_logits, pos, stage1_weight)
             neg = fused_score(neg_logits, neg, stage1_weight)
-        out[kind] = round(metrics.hard_negative_accuracy(pos, neg), 2)
+        out[kind] = (pos, neg)
     return out
 
 
