@@ -54,6 +54,7 @@ def _runtimes(device: str, folders=(), onnx: bool = False):
 
     from xmr.engine.models import Models
     from xmr.retrieval.modelspec import SHIPPED_MODELS_DIR
+    from xmr.retrieval.onnx.runtime import OnnxReranker
     from xmr.retrieval.reranker import Reranker, RerankerConfig, RerankerRuntime, load_reranker
 
     shipped = SHIPPED_MODELS_DIR / "xmr-tiny" / "reranker"
@@ -61,11 +62,10 @@ def _runtimes(device: str, folders=(), onnx: bool = False):
     models = Models("xmr-tiny", "cpu") if onnx else None
     for folder in trained:
         runtime = models.reranker(folder) if models else load_reranker(folder, device=device)
-        if models and getattr(runtime, "device", None) is not None:
+        if models and not isinstance(runtime, OnnxReranker):  # PyTorch answered instead
             raise SystemExit(f"{folder}: no ONNX export ({'; '.join(models.notices)})")
-        name = "xmr-tiny (shipped" if folder == shipped else f"{runtime.name} ("
-        sep = ": " if folder == shipped else ""
-        yield f"{name}{sep}{_describe(runtime.config)})", runtime
+        name = "xmr-tiny (shipped: " if folder == shipped else f"{runtime.name} ("
+        yield f"{name}{_describe(runtime.config)})", runtime
     if onnx:
         return
     for name, (dim, text_len, image_tokens, pool) in SHAPES.items():
@@ -88,8 +88,7 @@ def timed_calls(runtime, k: int, rng, text_length: int) -> dict[str, Callable[[]
     store hands them over."""
     c = runtime.config
     # (K, N, D + any patch pixels a pixel stem reads)
-    width = c.token_dim + (3 * c.pixel_patch**2 if getattr(c, "pixel_patch", 0) else 0)
-    images = rng.normal(size=(k, c.image_tokens, width)).astype(np.float16)
+    images = rng.normal(size=(k, c.image_tokens, c.image_token_dim)).astype(np.float16)
     texts = rng.normal(size=(k, c.text_len, c.token_dim)).astype(np.float16)  # (K, L, D)
     lengths = np.full(k, text_length)
     stage1 = np.zeros(k, np.float32)

@@ -55,6 +55,7 @@ def main() -> int:
     from xmr.evaluation.embed_dataset import embed_dataset, token_options
     from xmr.evaluation.negatives import negative_pairs, negative_scores
     from xmr.retrieval.encoder import load_encoder
+    from xmr.retrieval.fusion import fused_score
     from xmr.retrieval.reranker import resolve_reranker
 
     scenes = {r["filename"]: r["scene"] for r in json.loads(Path(args.data).read_text())["images"]}
@@ -66,8 +67,10 @@ def main() -> int:
     log(f"embedding {len(dataset.image_paths)} images")
     embeddings = embed_dataset(encoder, dataset, **token_options(runtime))
     weight = runtime.config.stage1_weight
-    pos, neg = negative_scores(encoder, dataset, embeddings, runtime, weight)[args.kind]
+    # the logits (a stage-1 weight of 0) and the cosines, fused here: one re-ranking pass
     logit_pos, logit_neg = negative_scores(encoder, dataset, embeddings, runtime, 0.0)[args.kind]
+    cos_pos, cos_neg = negative_scores(encoder, dataset, embeddings)[args.kind]
+    pos, neg = fused_score(logit_pos, cos_pos, weight), fused_score(logit_neg, cos_neg, weight)
     right, logit_right = pos > neg, logit_pos > logit_neg  # (P,) each
     groups: dict[str, list[int]] = defaultdict(list)
     for row, (image, _, _) in enumerate(negative_pairs(dataset)[args.kind]):

@@ -115,8 +115,9 @@ class OnnxReranker:
         self.config = SimpleNamespace(**{**ADDABLE, **config})
         self.folder = Path(folder)
         self._stem = session(self.folder / "stem.onnx", prepack)
-        # the features per token the exported stem takes (only its batch axis is dynamic)
-        self._token_width = int(self._stem.get_inputs()[0].shape[2])
+        # the features per token the exported stem takes (only its batch axis is dynamic),
+        # as RerankerConfig.image_token_dim says for the PyTorch re-ranker
+        self.config.image_token_dim = int(self._stem.get_inputs()[0].shape[2])
         self._match = session(self.folder / "match.onnx", prepack)
         # the fused score -> probability fit kept with the re-ranker (calibration.py)
         self.calibration: Logistic | None = None
@@ -150,7 +151,7 @@ class OnnxReranker:
     def image_features(self, tokens: np.ndarray, batch: int = 256) -> np.ndarray:
         """(M, N, D) tokens -> (M, N', W) float32, the re-ranker's image stem. Patch pixels
         an index keeps for a pixel stem this re-ranker lacks are left out."""
-        tokens = tokens[..., : self._token_width]
+        tokens = tokens[..., : self.config.image_token_dim]
         parts = [
             self._stem.run(None, {"tokens": np.asarray(tokens[s : s + batch], np.float32)})[0]
             for s in range(0, len(tokens), batch)
