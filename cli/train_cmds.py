@@ -330,6 +330,22 @@ def train_reranker(
             help="Edits those pairs use: attribute,relation,operands,object.",
         ),
     ] = "attribute",
+    edit_mining: Annotated[
+        int,
+        typer.Option(
+            "--edit-mining",
+            metavar="K",
+            min=1,
+            help="Draw K x --edit-pairs pairs and train on the hardest --edit-pairs.",
+        ),
+    ] = 1,
+    phrase_queries: Annotated[
+        int,
+        _count_option(
+            "--phrase-queries",
+            "Short phrases per step, ranked against their look-alikes (corpus scenes).",
+        ),
+    ] = 0,
     hard_negatives: Annotated[
         int,
         typer.Option(
@@ -412,7 +428,7 @@ _NATIVE_ONLY = (
     "width", "layers", "heads", "image_layers", "image_pool", "image_token_layer",
     "image_stem", "token_alignment", "patch_position", "relation_readout", "grounding",
     "pixel_stem", "pixel_stem_epochs", "pixel_lr", "relation_pairs", "relation_lr",
-    "edit_pairs", "edit_kinds",
+    "edit_pairs", "edit_kinds", "edit_mining", "phrase_queries",
 )  # fmt: skip
 
 

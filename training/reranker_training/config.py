@@ -52,6 +52,13 @@ class RerankerTrainConfig:
     edit_pairs: int = 0
     edit_kinds: str = "attribute"  # which edits those are: attribute,relation,object
     edit_weight: float = 1.0
+    # Draw edit_mining x edit_pairs pairs and train on the edit_pairs the re-ranker scores
+    # worst (1: all drawn pairs, uniformly).
+    edit_mining: int = 1
+    # Phrase queries per step ("a red circle"), each ranked against its stage-1
+    # look-alikes with every image it is true of a right answer (phrase_queries.py); needs
+    # a corpus with scenes and phrases.
+    phrase_queries: int = 0
     hard_pool: int = 16  # M: stage-1 top-M each negative is drawn from
     gallery: int = 1000  # images per mining gallery: about the size stage 2 will re-rank from
     hard_negatives: int = 2  # H per query, drawn from the pool
@@ -117,6 +124,8 @@ def check_config(config: RerankerTrainConfig) -> None:
     if config.pixel_stem and config.image_pool != 1:
         raise InputError("--pixel-stem reads every patch's pixels: use --image-pool 1")
     edit_columns(config.edit_kinds)
+    if config.edit_mining > 1 and not config.edit_pairs:
+        raise InputError("--edit-mining picks among edit pairs: add --edit-pairs")
     if config.init_from:
         check_start(Path(config.init_from), asdict(config))
 

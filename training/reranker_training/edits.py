@@ -91,8 +91,10 @@ class EditPairs:
     images: np.ndarray  # (P,) image id of each caption
 
     def draw(self, n: int, rng) -> EditPairs:
-        pick = rng.choice(len(self.captions), min(n, len(self.captions)), replace=False)
-        return EditPairs(self.captions[pick], self.edits[pick], self.images[pick])
+        return self.take(rng.choice(len(self.captions), min(n, len(self.captions)), replace=False))
+
+    def take(self, rows) -> EditPairs:
+        return EditPairs(self.captions[rows], self.edits[rows], self.images[rows])
 
 
 def edit_columns(kinds: str) -> list[int]:

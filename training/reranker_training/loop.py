@@ -32,8 +32,18 @@ from xmr.training.reranker_training.grounding import (
     grounding_loss,
     grounding_targets,
 )
-from xmr.training.reranker_training.losses import FeatureTensors, edit_pair_loss, listwise_loss
+from xmr.training.reranker_training.losses import (
+    FeatureTensors,
+    edit_pair_loss,
+    hardest_edit_pairs,
+    listwise_loss,
+)
 from xmr.training.reranker_training.mining import Pools, draw_batch, hard_pools
+from xmr.training.reranker_training.phrase_queries import (
+    PhraseQueries,
+    phrase_queries,
+    phrase_query_loss,
+)
 from xmr.training.reranker_training.relation_pairs import (
     RelationPairs,
     relation_pair_loss,
@@ -54,6 +64,7 @@ class TrainingData:
     edit_pairs: EditPairs
     grounding: GroundingTargets | None  # where object words should look (--grounding)
     relation_pairs: RelationPairs | None  # which words relations join (--relation-pairs)
+    phrases: PhraseQueries | None = None  # short phrases and their look-alikes (--phrase-queries)
 
 
 def train_reranker(
@@ -161,8 +172,9 @@ def _training_data(config: RerankerTrainConfig, encoder, preparing) -> TrainingD
     pairs = edit_pair_pool(edits, config.edit_kinds, train.text_to_image)
     grounding = _grounding(config, encoder, train, feats.image_tokens.shape[1])
     related = _relation_pairs(config, encoder, train)
+    phrases = _phrase_queries(config, encoder, train, feats.image_vectors, preparing)
     tensors = FeatureTensors.of(feats, encoder.device)
-    return TrainingData(train, tensors, pools, edits, pairs, grounding, related)
+    return TrainingData(train, tensors, pools, edits, pairs, grounding, related, phrases)
 
 
 def _pretrain_pixel_stem(config: RerankerTrainConfig, model, data: TrainingData, val, preparing):
@@ -252,6 +264,25 @@ def _relation_pairs(config: RerankerTrainConfig, encoder, train):
     return pairs
 
 
+def _phrase_queries(config: RerankerTrainConfig, encoder, train, image_vectors, preparing):
+    """The training split's phrases with their galleries (--phrase-queries), or None."""
+    if not config.phrase_queries:
+        return None
+    from xmr.retrieval.errors import InputError
+    from xmr.training.corpus.records import dataset_records
+    from xmr.training.corpus.scenes import Scene
+
+    records = dataset_records(config.data, train, "--phrase-queries reads what the images show")
+    own = [list(rec.get("phrases") or []) for rec in records]
+    if not any(own):
+        raise InputError(
+            f"--phrase-queries: the records of {config.data} have no phrases; write the "
+            "corpus again with xmr make-corpus, which adds them"
+        )
+    scenes = [Scene.from_json(rec["scene"]) for rec in records]
+    return phrase_queries(encoder, own, scenes, image_vectors, preparing)
+
+
 def _new_reranker(config: RerankerTrainConfig, encoder, tensors: FeatureTensors):
     """A fresh re-ranker shaped for the encoder's tokens, its head at zero (see Reranker),
     fused with stage 1 at the encoder's logit scale: trained as a correction of stage 1."""
@@ -316,7 +347,8 @@ def _run_steps(config, model, optimizer, schedule, state, data, val, progress, v
 
 
 def _step_loss(config: RerankerTrainConfig, model, data: TrainingData, rng):
-    """One batch's loss: the listwise loss, plus the edit-pair loss when asked for.
+    """One batch's loss: the listwise loss, plus the edit-pair, grounding, relation-pair and
+    phrase losses when asked for.
     -> (loss, number of pairs scored)."""
     from xmr.retrieval.reranker import autocast
 
@@ -325,7 +357,11 @@ def _step_loss(config: RerankerTrainConfig, model, data: TrainingData, rng):
     with autocast(str(data.tensors.image_tokens.device)):  # bf16 on CUDA, off on the CPU
         loss, n_pairs = listwise_loss(model, batch, edited, data.tensors)
         if config.edit_pairs and len(data.edit_pairs.captions):
-            pairs = data.edit_pairs.draw(config.edit_pairs, rng)
+            pairs = data.edit_pairs.draw(config.edit_pairs * config.edit_mining, rng)
+            if config.edit_mining > 1:
+                pairs = hardest_edit_pairs(
+                    model, pairs, data.edits, data.tensors, config.edit_pairs
+                )
             pair_loss = edit_pair_loss(model, pairs, data.edits, data.tensors)
             loss = loss + config.edit_weight * pair_loss
             n_pairs += 2 * len(pairs.captions)
@@ -337,6 +373,10 @@ def _step_loss(config: RerankerTrainConfig, model, data: TrainingData, rng):
             related = data.relation_pairs.of_captions(config.relation_pairs, rng)
             loss = loss + relation_pair_loss(model, related, data.train.text_to_image, data.tensors)
             n_pairs += config.relation_pairs
+        if data.phrases is not None:
+            phrases = data.phrases.draw(config.phrase_queries, rng)
+            loss = loss + phrase_query_loss(model, phrases, data.phrases, data.tensors)
+            n_pairs += int(phrases.valid.sum())
     return loss, n_pairs
 
 

@@ -148,6 +148,21 @@ def edit_pair_loss(model, pairs: EditPairs, edits, f: FeatureTensors):
     gradient goes to what the edit changed (which colour is on which shape, which side)."""
     import torch.nn.functional as F
 
+    return F.softplus(-edit_pair_margins(model, pairs, edits, f)).mean()
+
+
+def hardest_edit_pairs(model, pairs: EditPairs, edits, f: FeatureTensors, n: int) -> EditPairs:
+    """The n of `pairs` whose true caption the re-ranker now scores least above its edit:
+    where the binding still fails (crowded scenes, small objects), not where it is learnt."""
+    import torch
+
+    with torch.no_grad():
+        margins = edit_pair_margins(model, pairs, edits, f)  # (P,)
+    return pairs.take(torch.argsort(margins)[:n].cpu().numpy())
+
+
+def edit_pair_margins(model, pairs: EditPairs, edits, f: FeatureTensors):
+    """(P,) float32: each pair's true caption logit minus its edit's, on the caption's image."""
     from xmr.retrieval.reranker import text_mask
 
     device = f.image_tokens.device
@@ -161,4 +176,4 @@ def edit_pair_loss(model, pairs: EditPairs, edits, f: FeatureTensors):
     captions, edited = torch_rows(pairs.captions, device), torch_rows(pairs.edits, device)
     true = logits(f.text_tokens[captions], f.text_lengths[captions])  # (P,)
     false = logits(edits.tokens[edited], edits.lengths[edited])  # (P,)
-    return F.softplus(false.float() - true.float()).mean()
+    return true.float() - false.float()
