@@ -43,18 +43,23 @@ def _margin_alone(model, data, caption: int, edit: int, image: int) -> float:
     return true - false
 
 
-def test_mining_keeps_the_pairs_scored_worst(prepared):
-    from xmr.training.reranker_training.losses import hardest_edit_pairs
-
-    _, data, model = prepared
-    pool = data.edit_pairs.draw(48, np.random.default_rng(2))
+def _margins_alone(model, data, pool) -> np.ndarray:
+    """(P,) every pair of `pool` scored by itself."""
     with torch.no_grad():
-        margins = np.array(
+        return np.array(
             [
                 _margin_alone(model, data, c, e, i)
                 for c, e, i in zip(pool.captions, pool.edits, pool.images, strict=True)
             ]
         )
+
+
+def test_mining_keeps_the_pairs_scored_worst(prepared):
+    from xmr.training.reranker_training.losses import hardest_edit_pairs
+
+    _, data, model = prepared
+    pool = data.edit_pairs.draw(48, np.random.default_rng(2))
+    margins = _margins_alone(model, data, pool)
     assert margins.std() > 1e-3  # the pairs really score differently
     kept = hardest_edit_pairs(model, pool, data.edits, data.tensors, 16)
     expected = np.argsort(margins)[:16]
@@ -69,13 +74,8 @@ def test_the_edit_pair_loss_reads_each_pairs_margin(prepared):
 
     _, data, model = prepared
     pool = data.edit_pairs.draw(12, np.random.default_rng(4))
+    margins = torch.from_numpy(_margins_alone(model, data, pool))
     with torch.no_grad():
-        margins = torch.tensor(
-            [
-                _margin_alone(model, data, c, e, i)
-                for c, e, i in zip(pool.captions, pool.edits, pool.images, strict=True)
-            ]
-        )
         loss = edit_pair_loss(model, pool, data.edits, data.tensors)
     expected = torch.nn.functional.softplus(-margins).mean()
     assert float(loss) == pytest.approx(float(expected), rel=1e-4)

@@ -41,7 +41,6 @@ def caption_edits(
     `progress("caption edits", done, total)` as they are encoded."""
     import torch
 
-    from xmr.evaluation.embed_dataset import encode_text_list
     from xmr.training.text_edits import (
         change_object,
         flip_relation,
@@ -68,17 +67,27 @@ def caption_edits(
     if not texts:  # captions without colours, relations or known objects: no text negatives
         empty = torch.zeros(0, device=device)
         return CaptionEdits(rows, empty, empty.long(), empty, texts)
+    encoded = encoded_texts(encoder, texts, "caption edits", device, progress)
+    return CaptionEdits(rows, *encoded, texts)
+
+
+def encoded_texts(encoder, texts: list[str], what: str, device: str, progress=None) -> tuple:
+    """Texts through the frozen encoder, as the losses read them: (tokens (X, L, D) float16,
+    lengths (X,) int64, vectors (X, D) float32) tensors on `device`;
+    `progress(what, done, total)` as they are encoded."""
+    import torch
+
+    from xmr.evaluation.embed_dataset import encode_text_list
+
     encoded = encode_text_list(
         encoder,
         texts,
-        progress=progress and (lambda _, done, total: progress("caption edits", done, total)),
+        progress=progress and (lambda _, done, total: progress(what, done, total)),
     )
-    return CaptionEdits(
-        rows,
+    return (
         torch.from_numpy(encoded.tokens).to(device),
         torch.from_numpy(encoded.lengths.astype(np.int64)).to(device),
         torch.from_numpy(encoded.vectors).to(device),
-        texts,
     )
 
 

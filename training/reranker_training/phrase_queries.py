@@ -70,36 +70,20 @@ def phrase_queries(
     """phrases_of_images (N,) each training image's own phrases, scenes (N,) its corpus
     Scene, image_vectors (N, D) its stage-1 vectors -> the phrases encoded, with galleries.
     `progress("phrases", done, total)` while they are encoded."""
-    import torch
-
-    from xmr.evaluation.embed_dataset import encode_text_list
     from xmr.training.corpus.phrases import is_phrase_true
+    from xmr.training.reranker_training.edits import encoded_texts
 
     texts = sorted({p for own in phrases_of_images for p in own})
     row = {text: q for q, text in enumerate(texts)}
     owners = np.array([row[p] for own in phrases_of_images for p in own], np.int64)
     owner_images = np.array([i for i, own in enumerate(phrases_of_images) for _ in own], np.int64)
-    encoded = encode_text_list(
-        encoder,
-        texts,
-        progress=progress and (lambda _, done, total: progress("phrases", done, total)),
-    )
-    gallery = _top_images(encoded.vectors, np.asarray(image_vectors, np.float32), GALLERY)
+    tokens, lengths, vectors = encoded_texts(encoder, texts, "phrases", encoder.device, progress)
+    gallery = _top_images(vectors.cpu().numpy(), np.asarray(image_vectors, np.float32), GALLERY)
     truth = np.array(
         [[is_phrase_true(scenes[i], texts[q]) for i in gallery[q]] for q in range(len(texts))],
         bool,
     ).reshape(gallery.shape)
-    device = encoder.device
-    return PhraseQueries(
-        texts,
-        torch.from_numpy(encoded.tokens).to(device),
-        torch.from_numpy(encoded.lengths.astype(np.int64)).to(device),
-        torch.from_numpy(encoded.vectors).to(device),
-        owners,
-        owner_images,
-        gallery,
-        truth,
-    )
+    return PhraseQueries(texts, tokens, lengths, vectors, owners, owner_images, gallery, truth)
 
 
 def _top_images(text_vectors: np.ndarray, image_vectors: np.ndarray, g: int) -> np.ndarray:
