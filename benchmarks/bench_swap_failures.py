@@ -41,6 +41,16 @@ def scene_groups(scene: dict) -> list[str]:
     return [g for g in groups if g]
 
 
+def _tally(right, logit_right) -> dict:
+    """Pairs, % right with the fused score and with the logit alone, failures."""
+    return {
+        "pairs": len(right),
+        "accuracy": round(float(right.mean()) * 100, 1),
+        "logit_accuracy": round(float(logit_right.mean()) * 100, 1),
+        "failures": int((~right).sum()),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", help="captions.json of `xmr make-corpus`")
@@ -77,21 +87,10 @@ def main() -> int:
         for group in scene_groups(scenes[Path(dataset.image_paths[image]).name]):
             groups[group].append(row)
     table = [
-        {
-            "group": group,
-            "pairs": len(rows),
-            "accuracy": round(float(right[rows].mean()) * 100, 1),
-            "logit_accuracy": round(float(logit_right[rows].mean()) * 100, 1),
-            "failures": int((~right[rows]).sum()),
-        }
+        {"group": group, **_tally(right[rows], logit_right[rows])}
         for group, rows in sorted(groups.items())
     ]
-    total = {
-        "pairs": len(right),
-        "accuracy": round(float(right.mean()) * 100, 1),
-        "logit_accuracy": round(float(logit_right.mean()) * 100, 1),
-        "failures": int((~right).sum()),
-    }
+    total = _tally(right, logit_right)
     lines = [
         f"# {args.kind} by scene: {args.name}",
         "",

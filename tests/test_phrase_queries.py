@@ -20,10 +20,9 @@ def prepared(tmp_path_factory):
 
 
 def _scenes(config, train):
-    from xmr.training.corpus.records import dataset_records
-    from xmr.training.corpus.scenes import Scene
+    from xmr.training.reranker_training.loop import _scenes as training_scenes
 
-    return [Scene.from_json(r["scene"]) for r in dataset_records(config.data, train, "test")]
+    return training_scenes(config, train, "the test")
 
 
 def test_galleries_are_stage1_look_alikes_with_the_scenes_truth(prepared):
